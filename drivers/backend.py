@@ -1,0 +1,110 @@
+"""The ChipBackend contract: the one interface every chip implements.
+
+The simulated chip, the FPGA driver and the replay backend all implement it, so experiment code
+never names a concrete backend. Every call is a batch of numpy arrays; there is no per-device
+call, because a per-device round trip over a serial link would make training take weeks.
+"""
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Dict, FrozenSet, Optional, Type
+
+import numpy as np
+
+from drivers.geometry import Geometry
+from drivers.pulse import PulseSpec
+
+
+class Capability(str, enum.Enum):
+    """Optional abilities a backend may advertise in ChipInfo.capabilities."""
+
+    MATVEC = "matvec"            # analog weighted sums on chip
+    EXACT_READ = "exact_read"    # noise-free read of the true state (simulators only)
+    STATE_FILE = "state_file"    # chip state can be saved and restored (simulators only)
+
+
+@dataclass(frozen=True)
+class ChipInfo:
+    """What a chip says about itself in its HELLO answer."""
+
+    chip_id: str
+    firmware_version: str
+    protocol_version: str
+    geometry: Geometry
+    g_min_us: float
+    g_max_us: float
+    adc_bits: int
+    capabilities: FrozenSet[str] = frozenset()
+    hard_limits: Dict[str, float] = field(default_factory=dict)
+
+    def supports(self, capability: Capability | str) -> bool:
+        return Capability(capability).value in self.capabilities
+
+    def to_dict(self) -> dict:
+        return {
+            "chip_id": self.chip_id,
+            "firmware_version": self.firmware_version,
+            "protocol_version": self.protocol_version,
+            "geometry": {"arrays": self.geometry.arrays, "rows": self.geometry.rows,
+                         "cols": self.geometry.cols},
+            "g_min_us": self.g_min_us,
+            "g_max_us": self.g_max_us,
+            "adc_bits": self.adc_bits,
+            "capabilities": sorted(self.capabilities),
+            "hard_limits": dict(self.hard_limits),
+        }
+
+
+class ChipBackend(abc.ABC):
+    """A PCM chip, real or simulated.
+
+    Addresses are flat uint32 device indices (see drivers.geometry). Conductances are float32
+    in microsiemens.
+    """
+
+    @abc.abstractmethod
+    def info(self) -> ChipInfo:
+        """Identity, geometry, conductance range, capabilities and hard limits."""
+
+    @abc.abstractmethod
+    def read(self, addresses: np.ndarray) -> np.ndarray:
+        """Read the conductance of each device, in µS, as float32 (one batch)."""
+
+    @abc.abstractmethod
+    def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec) -> None:
+        """Apply n_pulses[i] copies of `pulse` to device addresses[i], as one batch.
+
+        Addresses within one batch are unique. Programming is blind: nothing is verified.
+        """
+
+    def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Analog weighted sums I = G·V over a block of devices.
+
+        `addresses` is an (m, n) block, `x` has shape (n,) or (n, k); returns (m,) or (m, k)
+        float32 currents in µS·V units (µA). Only where info() lists Capability.MATVEC.
+        """
+        from drivers.errors import NotSupportedError
+        raise NotSupportedError("this backend has no on-chip matvec", command="MATVEC")
+
+    def read_exact(self, addresses: np.ndarray) -> np.ndarray:
+        """Noise-free conductances (drift applied), where info() lists EXACT_READ."""
+        from drivers.errors import NotSupportedError
+        raise NotSupportedError("this backend has no exact read", command="READ_EXACT")
+
+    @abc.abstractmethod
+    def safe_state(self) -> None:
+        """Leave every word and bit line idle; safe to call at any time, repeatedly."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the chip. Calls safe_state() first where the link still works."""
+
+    def __enter__(self) -> "ChipBackend":
+        return self
+
+    def __exit__(self, exc_type: Optional[Type[BaseException]],
+                 exc: Optional[BaseException], tb: Optional[TracebackType]) -> None:
+        self.close()

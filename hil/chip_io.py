@@ -1,0 +1,54 @@
+"""ChipIO: the training loop's only door to the chip.
+
+Every read and program command goes through here, so it is counted once and reported to the
+recorder once, whatever backend sits behind it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from drivers.backend import ChipBackend
+from drivers.pulse import PulseKind, PulseSpec
+from hil.recorder import NullRecorder, Recorder
+
+
+@dataclass
+class IoCounters:
+    program_commands: int = 0
+    read_commands: int = 0
+    set_pulses: int = 0
+    reset_pulses: int = 0
+    devices_read: int = 0
+
+
+class ChipIO:
+    """Backend + recorder + counters. `step` is set by the trainer before each step."""
+
+    def __init__(self, backend: ChipBackend, recorder: Recorder | None = None) -> None:
+        self.backend = backend
+        self.recorder = recorder or NullRecorder()
+        self.counters = IoCounters()
+        self.step = 0
+
+    def read(self, addresses: np.ndarray, purpose: str) -> np.ndarray:
+        values = self.backend.read(addresses)
+        self.counters.read_commands += 1
+        self.counters.devices_read += int(addresses.size)
+        self.recorder.on_read(self.step, addresses, values, purpose)
+        return values
+
+    def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec,
+                purpose: str) -> None:
+        if addresses.size == 0:
+            return
+        self.recorder.before_program(self.step, addresses, n_pulses, pulse, purpose)
+        self.backend.program(addresses, n_pulses, pulse)
+        self.counters.program_commands += 1
+        total = int(n_pulses.sum())
+        if pulse.kind is PulseKind.SET:
+            self.counters.set_pulses += total
+        else:
+            self.counters.reset_pulses += total
+        self.recorder.on_program(self.step, addresses, n_pulses, pulse, purpose)

@@ -1,0 +1,1 @@
+"""Sub-commands of `pcm-hil`. Each module defines `register(subparsers)`; the CLI finds them."""

@@ -1,0 +1,56 @@
+"""The recorder: the one place every chip read and program command is reported to.
+
+The training loop never talks to a log directly; ChipIO (hil.chip_io) reports each command
+here, and the trainer reports snapshots, metrics and status. The HDF5 run log implements this
+interface; NullRecorder is used when a run is not logged.
+
+`purpose` tags say why a command was sent: "init_reset", "init_set", "update", "readback",
+"refresh_reset", "refresh_set", "refresh_readback", "full_read".
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional
+
+import numpy as np
+
+from drivers.pulse import PulseSpec
+
+
+class Recorder:
+    """Base recorder: every hook is a no-op. Subclasses override what they store."""
+
+    def begin(self, *, config: Mapping[str, Any], provenance: Mapping[str, Any],
+              layout: Mapping[str, np.ndarray]) -> None:
+        """Called once before the first chip command of a run."""
+
+    def on_read(self, step: int, addresses: np.ndarray, values: np.ndarray,
+                purpose: str) -> None:
+        """A read batch and the values it returned."""
+
+    def before_program(self, step: int, addresses: np.ndarray, n_pulses: np.ndarray,
+                       pulse: PulseSpec, purpose: str) -> None:
+        """Write-ahead: a program batch about to be sent."""
+
+    def on_program(self, step: int, addresses: np.ndarray, n_pulses: np.ndarray,
+                   pulse: PulseSpec, purpose: str) -> None:
+        """A program batch the chip acknowledged."""
+
+    def on_snapshot(self, step: int, g_us: np.ndarray, chi: Mapping[str, np.ndarray]) -> None:
+        """Full state the host holds: conductance of every mapped device, and χ per layer."""
+
+    def on_step_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Per-step metrics (loss, pulses, refreshes...)."""
+
+    def on_epoch_metrics(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        """Per-epoch metrics (train/test accuracy, baseline accuracy...)."""
+
+    def flush(self) -> None:
+        """Make everything recorded so far durable."""
+
+    def finish(self, status: str, reason: Optional[str] = None,
+               summary: Optional[Dict[str, Any]] = None) -> None:
+        """Final status: completed, aborted or failed (with the reason)."""
+
+
+class NullRecorder(Recorder):
+    """Records nothing."""
