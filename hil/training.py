@@ -1,0 +1,432 @@
+"""Mixed-precision training of an MLP on a PCM chip (Nandakumar et al. 2020).
+
+The host does forward and backward passes in fp32 from the weights W = β(G+ - G-) it has
+read off the chip (or, in matvec=chip mode, has the chip compute the weighted sums), keeps
+the updates in χ, and sends one batched SET command per step for all the pulses χ calls for,
+followed by one read-back of exactly those devices. Refreshes, when due, add a RESET batch, a
+SET batch and a read-back. All chip I/O goes through ChipIO, so the run log sees everything.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+from drivers.backend import Capability, ChipBackend
+from drivers.errors import ConfigError
+from drivers.pulse import DEFAULT_RESET, DEFAULT_SET
+from hil import network
+from hil.chip_io import ChipIO
+from hil.config import ExperimentConfig, MatvecMode
+from hil.mapping import Mapping, load_bad_devices, map_layers
+from hil.mnist import Mnist, load_mnist
+from hil.optimizer import MixedPrecisionOptimizer, pulses_for, refresh_candidates
+from hil.recorder import NullRecorder, Recorder
+
+log = logging.getLogger("pcm_hil.training")
+F32 = np.float32
+
+
+@dataclass
+class Dataset:
+    """Train and test arrays with the bias column added."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+
+    @classmethod
+    def from_mnist(cls, m: Mnist, n_train: int, n_test: int) -> "Dataset":
+        return cls(network.add_bias(m.train_x[:n_train]), m.train_y[:n_train].astype(np.int64),
+                   network.add_bias(m.test_x[:n_test]), m.test_y[:n_test].astype(np.int64))
+
+
+def load_dataset(cfg: ExperimentConfig) -> Dataset:
+    return Dataset.from_mnist(load_mnist(cfg.data.source), cfg.data.train_examples,
+                              cfg.data.test_examples)
+
+
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The example order of an epoch: a pure function of (seed, epoch), shared with the
+    baseline so both see the same data in the same order."""
+    return np.random.default_rng([seed, 1, epoch]).permutation(n)
+
+
+def learning_rate(cfg: ExperimentConfig, epoch: int) -> float:
+    return cfg.optimizer.learning_rate * cfg.optimizer.lr_decay ** epoch
+
+
+def initial_weights(cfg: ExperimentConfig) -> List[np.ndarray]:
+    return network.init_weights(cfg.network.layers, cfg.network.init_range,
+                                np.random.default_rng([cfg.seed, 0]))
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    train_accuracy: float
+    train_loss: float
+    test_accuracy: float
+    set_pulses: int
+    refreshes: int
+    seconds: float
+    baseline_test_accuracy: Optional[float] = None
+
+
+@dataclass
+class _Layer:
+    """Host-side state of one layer: conductance cache, weights from it, addresses."""
+
+    beta: F32
+    plus: np.ndarray
+    minus: np.ndarray
+    gp: np.ndarray
+    gm: np.ndarray
+    w: np.ndarray
+
+    def update_cache(self, flat: np.ndarray, positive: np.ndarray, values: np.ndarray) -> None:
+        gp, gm, w = self.gp.reshape(-1), self.gm.reshape(-1), self.w.reshape(-1)
+        gp[flat[positive]] = values[positive]
+        gm[flat[~positive]] = values[~positive]
+        w[flat] = self.beta * (gp[flat] - gm[flat])
+
+
+class ChipMatmul(network.HostMatmul):
+    """Weighted sums computed by the chip: one MATVEC per device block, W·x = β(I+ - I-).
+
+    Forward sums run along a layer's inputs, backward ones along its outputs (the crossbar
+    driven from the other side), as on a real array.
+    """
+
+    def __init__(self, trainer: "MixedPrecisionTrainer") -> None:
+        super().__init__(trainer.weights)
+        self.trainer = trainer
+
+    def _diff(self, plus: np.ndarray, minus: np.ndarray, v: np.ndarray,
+              beta: F32) -> np.ndarray:
+        be = self.trainer.backend
+        self.trainer.matvec_commands += 2
+        return (beta * (be.matvec(plus, v) - be.matvec(minus, v))).astype(F32)
+
+    def forward(self, layer: int, a_in: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
+        lay = self.trainer.layers[layer]
+        p, m = (lay.plus, lay.minus) if rows is None else (lay.plus[rows], lay.minus[rows])
+        return self._diff(p.T, m.T, a_in.T, lay.beta).T
+
+    def backward(self, layer: int, delta: np.ndarray) -> np.ndarray:
+        lay = self.trainer.layers[layer]
+        return self._diff(lay.plus[:-1], lay.minus[:-1], delta.T, lay.beta).T
+
+
+class MixedPrecisionTrainer:
+    """One training run on one chip. Use `run()`, or drive `initialize`/`train_epoch`."""
+
+    def __init__(self, cfg: ExperimentConfig, backend: ChipBackend,
+                 recorder: Recorder | None = None) -> None:
+        self.cfg = cfg
+        self.backend = backend
+        self.recorder = recorder or NullRecorder()
+        self.io = ChipIO(backend, self.recorder)
+        self.chip_info = backend.info()
+        bad = load_bad_devices(cfg.mapping.bad_devices, cfg.mapping.bad_devices_file)
+        self.mapping: Mapping = map_layers(cfg.network.layers, self.chip_info.geometry,
+                                           cfg.mapping.start_address, bad)
+        opt = cfg.optimizer
+        shapes = [lm.shape for lm in self.mapping.layers]
+        self.optimizer = MixedPrecisionOptimizer(shapes, opt.beta, opt.epsilon_us,
+                                                 opt.max_pulses_per_update)
+        self.layers = [
+            _Layer(F32(b), lm.plus, lm.minus, np.zeros(lm.shape, F32), np.zeros(lm.shape, F32),
+                   np.zeros(lm.shape, F32))
+            for b, lm in zip(opt.beta, self.mapping.layers)]
+        self.curve = self._programming_curve()
+        self.step = 0
+        self.examples = 0
+        self.refreshes = 0
+        self.matvec_commands = 0
+        self._matmul: network.HostMatmul | None = None
+        if cfg.training.matvec is MatvecMode.CHIP:
+            if not self.chip_info.supports(Capability.MATVEC):
+                raise ConfigError("the backend has no on-chip matvec", key="training.matvec")
+            self._matmul = ChipMatmul(self)
+
+    # --- set-up ---------------------------------------------------------------------------
+    def _programming_curve(self) -> np.ndarray:
+        """Expected conductance after n SET pulses from RESET, from the device model."""
+        from sim_backend.pcm_model import PcmModel
+        return PcmModel.load(self.cfg.chip.model).mean_set_curve(40)
+
+    def provenance(self) -> Dict[str, Any]:
+        return {"chip": self.chip_info.to_dict(), "seed": self.cfg.seed,
+                "chip_seed": self.cfg.chip_seed, "host": platform.node(),
+                "python": platform.python_version(), "numpy": np.__version__}
+
+    def initialize(self) -> None:
+        """RESET every mapped device, program the initial weights blind, read everything."""
+        self.recorder.begin(config=self.cfg.to_dict(), provenance=self.provenance(),
+                            layout=self.mapping.layout())
+        self.io.step = 0
+        addr = self.mapping.addresses
+        self.io.program(addr, np.ones(addr.size, np.int64), DEFAULT_RESET, "init_reset")
+        w0 = initial_weights(self.cfg)
+        targets, counts = [], []
+        for layer, w in zip(self.layers, w0):
+            n = pulses_for(np.abs(w) / layer.beta, self.curve)
+            pos = w > 0
+            targets += [layer.plus[pos & (n > 0)], layer.minus[~pos & (n > 0)]]
+            counts += [n[pos & (n > 0)], n[~pos & (n > 0)]]
+        self.io.program(np.concatenate(targets), np.concatenate(counts), DEFAULT_SET, "init_set")
+        self.full_read("full_read")
+        self.recorder.on_snapshot(0, self.cache_vector(), self.chi_dict())
+
+    def full_read(self, purpose: str) -> None:
+        values = self.io.read(self.mapping.addresses, purpose)
+        pos = 0
+        for layer in self.layers:
+            n = layer.gp.size
+            layer.gp[...] = values[pos:pos + n].reshape(layer.gp.shape)
+            layer.gm[...] = values[pos + n:pos + 2 * n].reshape(layer.gm.shape)
+            np.multiply(layer.beta, layer.gp - layer.gm, out=layer.w)
+            pos += 2 * n
+
+    def cache_vector(self) -> np.ndarray:
+        return np.concatenate([a.ravel() for layer in self.layers for a in (layer.gp, layer.gm)])
+
+    def chi_dict(self) -> Dict[str, np.ndarray]:
+        return {f"layer{i}": c for i, c in enumerate(self.optimizer.chi)}
+
+    @property
+    def weights(self) -> List[np.ndarray]:
+        return [layer.w for layer in self.layers]
+
+    # --- one step ---------------------------------------------------------------------------
+    def train_step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> tuple:
+        self.step += 1
+        self.io.step = self.step
+        loss, correct, grads = network.train_step(self.weights, xb, yb, lr, self._matmul)
+        plans = [self.optimizer.accumulate(i, g) for i, g in enumerate(grads)]
+        addrs, counts = [], []
+        for layer, plan in zip(self.layers, plans):
+            addrs.append(np.where(plan.positive, layer.plus.reshape(-1)[plan.flat],
+                                  layer.minus.reshape(-1)[plan.flat]))
+            counts.append(plan.n)
+        addr = np.concatenate(addrs)
+        pulses = 0
+        if addr.size:
+            n = np.concatenate(counts)
+            pulses = int(n.sum())
+            self.io.program(addr, n, DEFAULT_SET, "update")
+            values = self.io.read(addr, "readback")
+            pos = 0
+            for layer, plan in zip(self.layers, plans):
+                k = plan.flat.size
+                layer.update_cache(plan.flat, plan.positive, values[pos:pos + k])
+                pos += k
+        refreshed = 0
+        period = self.cfg.optimizer.refresh.period_steps
+        if period and self.step % period == 0:
+            refreshed = self.refresh()
+        fr = self.cfg.training.full_read_every_steps
+        if fr and self.step % fr == 0:
+            self.full_read("full_read")
+        self.examples += xb.shape[0]
+        return loss, correct, pulses, refreshed
+
+    def refresh(self) -> int:
+        """Refresh saturated pairs: RESET both, re-program |G+ - G-| on one, read back."""
+        cfg = self.cfg.optimizer.refresh
+        found = [refresh_candidates(layer.gp, layer.gm, cfg) for layer in self.layers]
+        total = sum(f.size for f in found)
+        if total == 0:
+            return 0
+        resets, sets, counts, reads, w_old = [], [], [], [], []
+        for layer, flat in zip(self.layers, found):
+            p, m = layer.plus.reshape(-1)[flat], layer.minus.reshape(-1)[flat]
+            diff = layer.gp.reshape(-1)[flat] - layer.gm.reshape(-1)[flat]
+            n = pulses_for(np.abs(diff), self.curve)
+            resets += [p, m]
+            target = np.where(diff > 0, p, m)
+            sets.append(target[n > 0])
+            counts.append(n[n > 0])
+            reads += [p, m]
+            w_old.append(layer.w.reshape(-1)[flat].copy())
+        self.io.program(np.concatenate(resets), np.ones(2 * total, np.int64), DEFAULT_RESET,
+                        "refresh_reset")
+        self.io.program(np.concatenate(sets), np.concatenate(counts), DEFAULT_SET,
+                        "refresh_set")
+        values = self.io.read(np.concatenate(reads), "refresh_readback")
+        pos = 0
+        for i, (layer, flat) in enumerate(zip(self.layers, found)):
+            k = flat.size
+            ones = np.ones(k, bool)
+            layer.update_cache(flat, ones, values[pos:pos + k])
+            layer.update_cache(flat, ~ones, values[pos + k:pos + 2 * k])
+            pos += 2 * k
+            if cfg.compensate:
+                chi = self.optimizer.chi[i].reshape(-1)
+                chi[flat] += w_old[i] - layer.w.reshape(-1)[flat]
+        self.refreshes += total
+        return total
+
+    # --- epochs ---------------------------------------------------------------------------
+    def train_epoch(self, data: Dataset, epoch: int,
+                    on_progress: Callable[[int], None] | None = None) -> EpochResult:
+        t0 = time.perf_counter()
+        lr = learning_rate(self.cfg, epoch)
+        order = epoch_order(self.cfg.seed, epoch, data.train_x.shape[0])
+        bs = self.cfg.optimizer.batch_size
+        loss_sum, correct_sum, pulses0, refresh0 = 0.0, 0, self.io.counters.set_pulses, \
+            self.refreshes
+        rec = self.recorder
+        for s in range(0, order.size, bs):
+            idx = order[s:s + bs]
+            loss, correct, pulses, refreshed = self.train_step(data.train_x[idx],
+                                                               data.train_y[idx], lr)
+            loss_sum += loss
+            correct_sum += correct
+            rec.on_step_metrics(self.step, {"epoch": epoch, "loss": loss, "correct": correct,
+                                            "examples": idx.size, "set_pulses": pulses,
+                                            "refreshes": refreshed})
+            if on_progress is not None and self.step % 100 == 0:
+                on_progress(min(s + bs, order.size))
+        self.full_read("full_read")
+        test_acc = network.accuracy(self.weights, data.test_x, data.test_y)
+        return EpochResult(epoch, correct_sum / order.size, loss_sum / order.size, test_acc,
+                           self.io.counters.set_pulses - pulses0, self.refreshes - refresh0,
+                           time.perf_counter() - t0)
+
+    def state_digest(self) -> str:
+        """SHA-256 of the final conductance of every mapped device (noise-free if possible)."""
+        addr = self.mapping.addresses
+        if self.chip_info.supports(Capability.EXACT_READ):
+            g = self.backend.read_exact(addr)
+        else:
+            g = self.cache_vector()
+        return hashlib.sha256(np.ascontiguousarray(g, dtype="<f4").tobytes()).hexdigest()
+
+
+class BaselineTrainer:
+    """The fp32 software baseline: same network, init, data order and learning rate."""
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+        self.weights = initial_weights(cfg)
+
+    def train_epoch(self, data: Dataset, epoch: int) -> float:
+        lr = learning_rate(self.cfg, epoch)
+        order = epoch_order(self.cfg.seed, epoch, data.train_x.shape[0])
+        bs = self.cfg.optimizer.batch_size
+        for s in range(0, order.size, bs):
+            idx = order[s:s + bs]
+            _, _, grads = network.train_step(self.weights, data.train_x[idx],
+                                             data.train_y[idx], lr)
+            for w, g in zip(self.weights, grads):
+                network.apply_gradient(w, g)
+        return network.accuracy(self.weights, data.test_x, data.test_y)
+
+
+def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
+                   recorder: Recorder | None = None, progress: bool = False,
+                   data: Dataset | None = None,
+                   report: Callable[[EpochResult], None] | None = None) -> Dict[str, Any]:
+    """Train on `backend` as `cfg` says; returns the run summary (see docs/training.md)."""
+    recorder = recorder or NullRecorder()
+    data = data if data is not None else load_dataset(cfg)
+    trainer = MixedPrecisionTrainer(cfg, backend, recorder)
+    baseline = BaselineTrainer(cfg) if cfg.training.baseline else None
+    n_train = data.train_x.shape[0]
+    epochs: List[EpochResult] = []
+    train_seconds = 0.0
+    status, reason = "failed", None
+    try:
+        t0 = time.perf_counter()
+        trainer.initialize()
+        train_seconds += time.perf_counter() - t0
+        for epoch in range(cfg.training.epochs):
+            bar = _progress_bar(progress, n_train, f"epoch {epoch + 1}/{cfg.training.epochs}")
+            last = [0]
+
+            def on_progress(done: int) -> None:
+                bar.update(done - last[0])
+                last[0] = done
+
+            res = trainer.train_epoch(data, epoch, on_progress if bar else None)
+            train_seconds += res.seconds
+            if bar:
+                bar.update(n_train - last[0])
+                bar.close()
+            if baseline is not None:
+                res.baseline_test_accuracy = baseline.train_epoch(data, epoch)
+            epochs.append(res)
+            metrics = {k: v for k, v in res.__dict__.items() if v is not None}
+            recorder.on_epoch_metrics(epoch, metrics)
+            if report:
+                report(res)
+        recorder.on_snapshot(trainer.step, trainer.cache_vector(), trainer.chi_dict())
+        status = "completed"
+    except KeyboardInterrupt:
+        status, reason = "aborted", "interrupted by the operator"
+        raise
+    except BaseException as e:
+        reason = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        summary = _summary(cfg, trainer, epochs, train_seconds, n_train) \
+            if status == "completed" else None
+        recorder.finish(status, reason, summary)
+        try:
+            backend.safe_state()
+        except Exception:  # noqa: BLE001 - the original error matters more
+            log.exception("safe_state failed after the run")
+    return summary  # type: ignore[return-value]
+
+
+def _progress_bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="ex", mininterval=1.0, leave=False)
+
+
+def _summary(cfg: ExperimentConfig, trainer: MixedPrecisionTrainer, epochs: List[EpochResult],
+             train_seconds: float, n_train: int) -> Dict[str, Any]:
+    c = trainer.io.counters
+    n_weights = sum(layer.w.size for layer in trainer.layers)
+    examples = trainer.examples
+    last = epochs[-1]
+    out: Dict[str, Any] = {
+        "name": cfg.name,
+        "seed": cfg.seed,
+        "backend": cfg.chip.backend,
+        "test_accuracy": last.test_accuracy,
+        "train_accuracy": last.train_accuracy,
+        "epochs": len(epochs),
+        "examples": examples,
+        "steps": trainer.step,
+        "weights": n_weights,
+        "devices": trainer.mapping.n_devices,
+        "set_pulses": c.set_pulses,
+        "reset_pulses": c.reset_pulses,
+        "update_set_pulses": int(sum(e.set_pulses for e in epochs)),
+        "refreshes": trainer.refreshes,
+        "program_commands": c.program_commands,
+        "read_commands": c.read_commands,
+        "matvec_commands": trainer.matvec_commands,
+        "devices_read": c.devices_read,
+        "train_seconds": train_seconds,
+        "examples_per_s": examples / train_seconds if train_seconds else None,
+        "programming_reduction": (n_weights * examples / max(1, sum(e.set_pulses
+                                                                   for e in epochs))),
+        "per_epoch": [{k: v for k, v in e.__dict__.items()} for e in epochs],
+        "state_digest": trainer.state_digest(),
+    }
+    if last.baseline_test_accuracy is not None:
+        out["baseline_test_accuracy"] = last.baseline_test_accuracy
+        out["accuracy_gap"] = last.baseline_test_accuracy - last.test_accuracy
+    return out
