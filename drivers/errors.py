@@ -68,6 +68,7 @@ class ConfigError(HilError, ValueError):
                  source: Optional[str] = None) -> None:
         self.key = key
         self.source = source
+        self.detail = message
         where = ""
         if source:
             where += f"{source}: "

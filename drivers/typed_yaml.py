@@ -122,7 +122,9 @@ def load_dataclass(cls: Type[T], data: Any, prefix: str = "",
             raise ConfigError("required key is missing", key=key, source=source)
     try:
         return cls(**kwargs)
-    except ConfigError:
+    except ConfigError as e:
+        if e.source is None and source is not None:
+            raise ConfigError(e.detail, key=e.key, source=source) from None
         raise
     except (ValueError, TypeError) as e:
         raise ConfigError(str(e), key=prefix or None, source=source) from None

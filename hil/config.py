@@ -19,6 +19,12 @@ class MatvecMode(str, enum.Enum):
     CHIP = "chip"   # weighted sums on the chip (needs Capability.MATVEC)
 
 
+class ChiUpdate(str, enum.Enum):
+    NOMINAL = "nominal"    # subtract p·ε from χ (the paper: blind programming)
+    MEASURED = "measured"  # subtract the change read back from the chip
+    EXPECTED = "expected"  # subtract the device model's expected change (still blind)
+
+
 class RefreshCriterion(str, enum.Enum):
     BOTH = "both"      # aihwkit: larger device > high_us and smaller device > low_us
     EITHER = "either"  # either device > high_us
@@ -101,6 +107,7 @@ class OptimizerConfig:
     epsilon_us: float = 0.9          # device granularity ε: nominal ΔG of one SET pulse
     beta: List[float] = field(default_factory=lambda: [0.1, 0.3])   # W = β (G+ - G-), per µS
     max_pulses_per_update: int = 8   # cap of p per device per update (the rest stays in χ)
+    chi_update: ChiUpdate = ChiUpdate.NOMINAL
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
 
     def __post_init__(self) -> None:

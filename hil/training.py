@@ -22,7 +22,7 @@ from drivers.errors import ConfigError
 from drivers.pulse import DEFAULT_RESET, DEFAULT_SET
 from hil import network
 from hil.chip_io import ChipIO
-from hil.config import ExperimentConfig, MatvecMode
+from hil.config import ChiUpdate, ExperimentConfig, MatvecMode
 from hil.mapping import Mapping, load_bad_devices, map_layers
 from hil.mnist import Mnist, load_mnist
 from hil.optimizer import MixedPrecisionOptimizer, pulses_for, refresh_candidates
@@ -45,6 +45,12 @@ class Dataset:
     def from_mnist(cls, m: Mnist, n_train: int, n_test: int) -> "Dataset":
         return cls(network.add_bias(m.train_x[:n_train]), m.train_y[:n_train].astype(np.int64),
                    network.add_bias(m.test_x[:n_test]), m.test_y[:n_test].astype(np.int64))
+
+
+    def head(self, n_train: int, n_test: int) -> "Dataset":
+        """The first examples, as the config's data section asks."""
+        return Dataset(self.train_x[:n_train], self.train_y[:n_train], self.test_x[:n_test],
+                       self.test_y[:n_test])
 
 
 def load_dataset(cfg: ExperimentConfig) -> Dataset:
@@ -89,6 +95,21 @@ class _Layer:
     gp: np.ndarray
     gm: np.ndarray
     w: np.ndarray
+
+    np_: np.ndarray = None  # SET pulses since RESET per G+ device (for chi_update=expected)
+    nm: np.ndarray = None
+
+    def __post_init__(self) -> None:
+        self.np_ = np.zeros(self.gp.shape, np.uint16)
+        self.nm = np.zeros(self.gp.shape, np.uint16)
+
+    def count_pulses(self, flat: np.ndarray, positive: np.ndarray, n: np.ndarray) -> None:
+        for arr, sel in ((self.np_.reshape(-1), positive), (self.nm.reshape(-1), ~positive)):
+            arr[flat[sel]] = np.minimum(arr[flat[sel]].astype(np.int64) + n[sel], 65535)
+
+    def reset_counts(self, flat: np.ndarray) -> None:
+        self.np_.reshape(-1)[flat] = 0
+        self.nm.reshape(-1)[flat] = 0
 
     def update_cache(self, flat: np.ndarray, positive: np.ndarray, values: np.ndarray) -> None:
         gp, gm, w = self.gp.reshape(-1), self.gm.reshape(-1), self.w.reshape(-1)
@@ -145,6 +166,8 @@ class MixedPrecisionTrainer:
             _Layer(F32(b), lm.plus, lm.minus, np.zeros(lm.shape, F32), np.zeros(lm.shape, F32),
                    np.zeros(lm.shape, F32))
             for b, lm in zip(opt.beta, self.mapping.layers)]
+        from sim_backend.pcm_model import PcmModel
+        self.model = PcmModel.load(cfg.chip.model)   # the host's knowledge of its devices
         self.curve = self._programming_curve()
         self.step = 0
         self.examples = 0
@@ -159,8 +182,7 @@ class MixedPrecisionTrainer:
     # --- set-up ---------------------------------------------------------------------------
     def _programming_curve(self) -> np.ndarray:
         """Expected conductance after n SET pulses from RESET, from the device model."""
-        from sim_backend.pcm_model import PcmModel
-        return PcmModel.load(self.cfg.chip.model).mean_set_curve(40)
+        return self.model.mean_set_curve(40)
 
     def provenance(self) -> Dict[str, Any]:
         return {"chip": self.chip_info.to_dict(), "seed": self.cfg.seed,
@@ -179,6 +201,7 @@ class MixedPrecisionTrainer:
         for layer, w in zip(self.layers, w0):
             n = pulses_for(np.abs(w) / layer.beta, self.curve)
             pos = w > 0
+            layer.np_[pos], layer.nm[~pos] = n[pos], n[~pos]
             targets += [layer.plus[pos & (n > 0)], layer.minus[~pos & (n > 0)]]
             counts += [n[pos & (n > 0)], n[~pos & (n > 0)]]
         self.io.program(np.concatenate(targets), np.concatenate(counts), DEFAULT_SET, "init_set")
@@ -211,6 +234,8 @@ class MixedPrecisionTrainer:
         self.io.step = self.step
         loss, correct, grads = network.train_step(self.weights, xb, yb, lr, self._matmul)
         plans = [self.optimizer.accumulate(i, g) for i, g in enumerate(grads)]
+        if self.cfg.optimizer.chi_update is ChiUpdate.EXPECTED:
+            self._expected_correction(plans)
         addrs, counts = [], []
         for layer, plan in zip(self.layers, plans):
             addrs.append(np.where(plan.positive, layer.plus.reshape(-1)[plan.flat],
@@ -223,10 +248,19 @@ class MixedPrecisionTrainer:
             pulses = int(n.sum())
             self.io.program(addr, n, DEFAULT_SET, "update")
             values = self.io.read(addr, "readback")
+            measured = self.cfg.optimizer.chi_update is ChiUpdate.MEASURED
             pos = 0
-            for layer, plan in zip(self.layers, plans):
+            for i, (layer, plan) in enumerate(zip(self.layers, plans)):
                 k = plan.flat.size
+                if measured:
+                    w_before = layer.w.reshape(-1)[plan.flat]
                 layer.update_cache(plan.flat, plan.positive, values[pos:pos + k])
+                if measured:
+                    # χ already lost the nominal ±p·ε; trade it for the change the chip made.
+                    eps = self.optimizer.eps_w[i]
+                    nominal = np.where(plan.positive, plan.n, -plan.n).astype(F32) * eps
+                    self.optimizer.chi[i].reshape(-1)[plan.flat] += \
+                        nominal - (layer.w.reshape(-1)[plan.flat] - w_before)
                 pos += k
         refreshed = 0
         period = self.cfg.optimizer.refresh.period_steps
@@ -237,6 +271,27 @@ class MixedPrecisionTrainer:
             self.full_read("full_read")
         self.examples += xb.shape[0]
         return loss, correct, pulses, refreshed
+
+    def _expected_correction(self, plans: list) -> None:
+        """Trade the nominal ±p·ε in χ for the change the device model expects from p pulses
+        at the device's cached conductance and pulse count (blind: nothing is read for it)."""
+        for i, (layer, plan) in enumerate(zip(self.layers, plans)):
+            if not plan.flat.size:
+                continue
+            pos = plan.positive
+            g = np.where(pos, layer.gp.reshape(-1)[plan.flat], layer.gm.reshape(-1)[plan.flat])
+            n0 = np.where(pos, layer.np_.reshape(-1)[plan.flat],
+                          layer.nm.reshape(-1)[plan.flat]).astype(np.int64)
+            g_new = g.astype(np.float64)
+            for k in range(int(plan.n.max())):
+                live = plan.n > k
+                g_new = np.where(live, self.model.set_pulse(g_new, n0 + k + 1, 0.0), g_new)
+            dw = (layer.beta * (g_new - g)).astype(F32)
+            eps = self.optimizer.eps_w[i]
+            nominal = plan.n.astype(F32) * eps
+            self.optimizer.chi[i].reshape(-1)[plan.flat] += np.where(pos, nominal - dw,
+                                                                     dw - nominal)
+            layer.count_pulses(plan.flat, pos, plan.n)
 
     def refresh(self) -> int:
         """Refresh saturated pairs: RESET both, re-program |G+ - G-| on one, read back."""
@@ -260,6 +315,10 @@ class MixedPrecisionTrainer:
                         "refresh_reset")
         self.io.program(np.concatenate(sets), np.concatenate(counts), DEFAULT_SET,
                         "refresh_set")
+        for layer, flat in zip(self.layers, found):
+            diff = layer.gp.reshape(-1)[flat] - layer.gm.reshape(-1)[flat]
+            layer.reset_counts(flat)
+            layer.count_pulses(flat, diff > 0, pulses_for(np.abs(diff), self.curve))
         values = self.io.read(np.concatenate(reads), "refresh_readback")
         pos = 0
         for i, (layer, flat) in enumerate(zip(self.layers, found)):
@@ -337,7 +396,8 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
                    report: Callable[[EpochResult], None] | None = None) -> Dict[str, Any]:
     """Train on `backend` as `cfg` says; returns the run summary (see docs/training.md)."""
     recorder = recorder or NullRecorder()
-    data = data if data is not None else load_dataset(cfg)
+    data = load_dataset(cfg) if data is None else data.head(cfg.data.train_examples,
+                                                            cfg.data.test_examples)
     trainer = MixedPrecisionTrainer(cfg, backend, recorder)
     baseline = BaselineTrainer(cfg) if cfg.training.baseline else None
     n_train = data.train_x.shape[0]

@@ -25,6 +25,7 @@ from drivers.backend import Capability, ChipBackend, ChipInfo
 from drivers.errors import ChipError, ConfigError, SafetyLimitError
 from drivers.geometry import ADDRESS_DTYPE, Geometry, check_unique
 from drivers.pulse import PulseKind, PulseSpec
+from firmware_interface.adc import adc_full_scale_us, adc_roundtrip
 from sim_backend import counter_rng as crng
 from sim_backend.counter_rng import Stream
 from sim_backend.pcm_model import PcmModel
@@ -101,7 +102,7 @@ class SimulatedChip(ChipBackend):
     def read(self, addresses: np.ndarray) -> np.ndarray:
         addr = self._check(addresses, "READ")
         self._advance(self.timing.command_s + self.timing.read_s * addr.size)
-        return self._noisy_read(addr).astype(np.float32)
+        return adc_roundtrip(self._noisy_read(addr), adc_full_scale_us(self.model.g_max_us))
 
     def read_exact(self, addresses: np.ndarray) -> np.ndarray:
         addr = self._check(addresses, "READ_EXACT")
@@ -222,7 +223,9 @@ class SimulatedChip(ChipBackend):
         self.clock_s += seconds
 
     def _apply_set(self, addr: np.ndarray, n: np.ndarray) -> None:
-        g = self._g[addr].astype(np.float64)
+        # Stored state is float32: round after every pulse, so n pulses in one command equal
+        # n commands of one pulse bit for bit.
+        g = self._g[addr].copy()
         ev = self._pulse_ev[addr].astype(np.uint64)
         nset = self._n_set[addr].astype(np.int64)
         spread = self.model.variability.set_mean_rel_std
@@ -234,10 +237,11 @@ class SimulatedChip(ChipBackend):
                 idx = np.flatnonzero(live)
                 z = crng.normal(crng.hash_key(self.seed, Stream.SET, addr[idx], ev[idx] + k))
                 sc = scale[idx] if spread else 1.0
-                g[idx] = self.model.set_pulse(g[idx], nset[idx] + k + 1, z, sc)
+                g[idx] = self.model.set_pulse(g[idx], nset[idx] + k + 1, z, sc) \
+                    .astype(np.float32)
             else:
                 z = crng.normal(crng.hash_key(self.seed, Stream.SET, addr, ev + k))
-                g = self.model.set_pulse(g, nset + k + 1, z, scale)
+                g = self.model.set_pulse(g, nset + k + 1, z, scale).astype(np.float32)
         self._g[addr] = g
         self._n_set[addr] = np.minimum(nset + n, np.iinfo(np.uint16).max)
         self._after_pulse(addr, n)

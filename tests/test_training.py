@@ -1,0 +1,141 @@
+"""Mixed-precision training end to end on the in-process simulated chip."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from drivers.geometry import Geometry
+from hil.backend_url import SimDefaults, open_backend
+from hil.recorder import Recorder
+from hil.training import MixedPrecisionTrainer, run_experiment
+from sim_backend import PcmModel, SimulatedChip
+
+from conftest import small_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class CommandLog(Recorder):
+    """Counts commands per step, as the run log would see them."""
+
+    def __init__(self):
+        self.by_step = {}
+
+    def _add(self, step, kind, purpose):
+        self.by_step.setdefault(step, []).append((kind, purpose))
+
+    def on_read(self, step, addresses, values, purpose):
+        self._add(step, "read", purpose)
+
+    def on_program(self, step, addresses, n_pulses, pulse, purpose):
+        self._add(step, "program", purpose)
+
+
+def _chip(cfg):
+    return open_backend("sim://", SimDefaults(seed=cfg.chip_seed))
+
+
+def test_short_run_learns_and_batches_io(small_data):
+    cfg = small_config(optimizer={"refresh": {"period_steps": 50}})
+    rec = CommandLog()
+    s = run_experiment(cfg, _chip(cfg), rec, data=small_data)
+    # 3,000 examples of one epoch: well above chance (10 %) on 1,000 held-out digits
+    assert s["test_accuracy"] > 0.80
+    assert s["examples"] == 3000 and s["steps"] == 3000
+    assert s["set_pulses"] > 0 and s["refreshes"] >= 0
+    for step, cmds in rec.by_step.items():
+        if step == 0:
+            continue
+        normal = [c for c in cmds if not c[1].startswith("refresh") and c[1] != "full_read"]
+        assert normal in ([], [("program", "update"), ("read", "readback")]), (step, cmds)
+        refresh = [c for c in cmds if c[1].startswith("refresh")]
+        assert len(refresh) in (0, 3)
+        if refresh:
+            assert step % 50 == 0
+    # the reduction against programming every weight on every example
+    assert s["programming_reduction"] > 100
+
+
+def test_same_seed_same_digest_other_seed_differs(small_data):
+    cfg = small_config(data={"train_examples": 500, "test_examples": 200})
+    runs = [run_experiment(cfg, _chip(cfg), data=small_data) for _ in range(2)]
+    assert runs[0]["state_digest"] == runs[1]["state_digest"]
+    assert runs[0]["test_accuracy"] == runs[1]["test_accuracy"]
+    other = small_config(seed=8, data={"train_examples": 500, "test_examples": 200})
+    assert run_experiment(other, _chip(other), data=small_data)["state_digest"] != \
+        runs[0]["state_digest"]
+
+
+def test_mini_batch_and_measured_chi_and_chip_matvec(small_data):
+    cfg = small_config(data={"train_examples": 600, "test_examples": 300},
+                       optimizer={"batch_size": 4, "chi_update": "measured"})
+    s = run_experiment(cfg, _chip(cfg), data=small_data)
+    assert s["steps"] == 150 and s["examples"] == 600
+    cfg = small_config(data={"train_examples": 200, "test_examples": 300},
+                       training={"matvec": "chip"})
+    s = run_experiment(cfg, _chip(cfg), data=small_data)
+    assert s["matvec_commands"] == 200 * 6  # 2 blocks × (2 forward + 1 backward layer)
+
+
+def test_ideal_devices_lose_no_update(small_data):
+    """With ideal devices (ΔG = ε exactly) and no refresh, W + χ is the initial weights plus
+    every update the optimizer was given: nothing is lost between χ and the chip."""
+    from hil import network
+    cfg = small_config(data={"train_examples": 300, "test_examples": 300},
+                       chip={"model": "ideal"},
+                       optimizer={"epsilon_us": 0.5, "refresh": {"period_steps": 0}})
+    chip = SimulatedChip(PcmModel.preset("ideal"), Geometry(1, 512, 2048), seed=1)
+    t = MixedPrecisionTrainer(cfg, chip)
+    t.initialize()
+    expect = [w.copy() for w in t.weights]
+    for i in range(100):
+        xb, yb = small_data.train_x[i:i + 1], small_data.train_y[i:i + 1]
+        _, _, grads = network.train_step(t.weights, xb, yb, 0.1)
+        for e, g in zip(expect, grads):
+            network.apply_gradient(e, g)
+        t.train_step(xb, yb, 0.1)
+    assert t.io.counters.set_pulses > 1000
+    for layer, chi, e in zip(t.layers, t.optimizer.chi, expect):
+        # each read passes a 16-bit ADC: at most a few code steps of β·0.0004 µS per weight
+        assert np.abs(layer.w + chi - e).max() < 2e-3
+
+
+def test_cli_train_writes_summary(tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("name: tiny\ndata: {train_examples: 300, test_examples: 200}\n"
+                   "training: {epochs: 1, baseline: true}\n")
+    out = tmp_path / "s.json"
+    r = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--config", str(cfg),
+                        "--summary-json", str(out), "--no-progress",
+                        "--run", str(tmp_path / "run.h5"), "--seed", "3"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stderr
+    s = json.loads(out.read_text())
+    for key in ("test_accuracy", "baseline_test_accuracy", "epochs", "examples", "set_pulses",
+                "reset_pulses", "refreshes", "program_commands", "read_commands",
+                "train_seconds", "state_digest"):
+        assert key in s, key
+    assert s["seed"] == 3 and s["examples"] == 300 and len(s["state_digest"]) == 64
+    assert "epoch   1/1" in r.stdout
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--config", "nope.yaml"], "file not found"),
+    (["--epochs", "x"], "expected an integer"),
+    (["--epochs", "0"], "--epochs"),
+    (["--backend", "gopher://x"], "unknown backend URL scheme"),
+    (["--backend", "sim://?colour=red"], "unknown sim:// option"),
+])
+def test_cli_bad_arguments_give_one_clear_error(args, match, tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("data: {train_examples: 10, test_examples: 10}\ntraining: {epochs: 1}\n")
+    argv = ["--config", str(cfg), "--no-log", *args] if args[0] != "--config" else \
+        [*args, "--no-log"]
+    r = subprocess.run([sys.executable, "-m", "hil.cli", "train", *argv],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode != 0
+    assert match in r.stderr
+    assert "Traceback" not in r.stderr
