@@ -32,21 +32,37 @@ class Stream(enum.IntEnum):
 
 
 def mix64(z: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser on a uint64 array (wrapping arithmetic, new array)."""
+    """SplitMix64 finaliser on a uint64 array (wrapping arithmetic, new array).
+
+    Array arithmetic on uint64 wraps silently in numpy, so no errstate guard is needed.
+    """
     z = np.asarray(z, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> _S30)) * _M1
-        z = (z ^ (z >> _S27)) * _M2
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
     return z ^ (z >> _S31)
+
+
+def _mix64_int(z: int) -> int:
+    """SplitMix64 finaliser on a Python int (for per-stream constants)."""
+    mask = 0xFFFFFFFFFFFFFFFF
+    z &= mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def stream_key(seed: int, stream: Stream) -> np.uint64:
+    """The constant that separates (seed, stream) pairs."""
+    return np.uint64(_mix64_int((seed * 0x9E3779B97F4A7C15 + int(stream)) & 0xFFFFFFFFFFFFFFFF))
 
 
 def hash_key(seed: int, stream: Stream, addresses: np.ndarray,
              counter: np.ndarray | int = 0) -> np.ndarray:
     """64-bit hash of (seed, stream, address, counter), vectorised over addresses/counter."""
-    with np.errstate(over="ignore"):
-        base = mix64(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * _GOLDEN + np.uint64(int(stream)))
-        h = mix64(base ^ np.asarray(addresses, dtype=np.uint64))
-        return mix64(h + np.asarray(counter, dtype=np.uint64) * _GOLDEN)
+    h = mix64(np.asarray(addresses, dtype=np.uint64) ^ stream_key(seed, stream))
+    c = np.asarray(counter, dtype=np.uint64)
+    return mix64(h + (c * _GOLDEN if c.ndim else np.uint64((int(c) * 0x9E3779B97F4A7C15)
+                                                           & 0xFFFFFFFFFFFFFFFF)))
 
 
 def uniform(h: np.ndarray) -> np.ndarray:

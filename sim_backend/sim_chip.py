@@ -149,6 +149,12 @@ class SimulatedChip(ChipBackend):
         g = self._noisy_read(flat).reshape(block.shape)
         return (g @ xv).astype(np.float32)
 
+    def advance_clock(self, seconds: float) -> None:
+        """Let simulated time pass with the chip idle (drift characterisation waits)."""
+        if not seconds >= 0:
+            raise ValueError(f"cannot advance the clock by {seconds} s")
+        self.clock_s += float(seconds)
+
     def safe_state(self) -> None:
         """Nothing to idle in a simulator; kept for the contract."""
 

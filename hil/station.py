@@ -1,0 +1,398 @@
+"""The station (testbed) file: which chip link, which instruments, which limits and monitors.
+
+One YAML file describes a bench: the chip's backend URL, the VISA instruments around it, the
+safety limits every experiment on that bench obeys, and the monitors polled during training.
+It is loaded strictly (drivers.typed_yaml): an unknown key, a missing limit or a monitor that
+names an instrument the station does not have is one ConfigError naming the entry, before any
+hardware is touched. See docs/instruments.md for the format.
+"""
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Dict, Iterator, List, Mapping, Optional
+
+import numpy as np
+
+from drivers.errors import ConfigError, SafetyLimitError
+from drivers.instruments import DRIVERS, InstrumentError, ScpiInstrument
+from drivers.pulse import PulseKind, PulseSpec
+from drivers.typed_yaml import dataclass_to_dict, load_dataclass, read_yaml
+
+STATION_FORMAT = "pcm-hil-station/1"
+SIM_LIBRARY = "@sim"   # visa_library shorthand: the pyvisa-sim file shipped for the driver kind
+
+
+class InstrumentKind(str, enum.Enum):
+    SMU = "smu"
+    POWER_SUPPLY = "power_supply"
+    TEMPERATURE = "temperature"
+
+
+class MonitorAction(str, enum.Enum):
+    """What a monitor asks the training loop to do when its quantity leaves the band."""
+
+    PAUSE = "pause"
+    ABORT = "abort"
+
+
+@dataclass(frozen=True)
+class ChipLink:
+    """How to reach the chip: a backend URL (sim://, socket://HOST:PORT, /dev/ttyUSB0, ...)."""
+
+    url: str
+
+    def __post_init__(self) -> None:
+        if not self.url.strip():
+            raise ValueError("chip.url must not be empty")
+
+
+@dataclass(frozen=True)
+class InstrumentSpec:
+    """One VISA instrument of the bench.
+
+    visa_library: None = the system VISA; "@sim" = pyvisa-sim with the definition shipped for
+    this driver kind; "FILE.yaml@sim" = pyvisa-sim with that file (relative to the station
+    file); anything else ("@py", a VISA shared-library path) goes to pyvisa as is.
+    limits: per-parameter [low, high] that narrow the driver's own limits (null = keep).
+    """
+
+    name: str
+    kind: InstrumentKind
+    resource: str
+    visa_library: Optional[str] = None
+    timeout_ms: int = 2000
+    check_errors: bool = True
+    limits: Dict[str, List[Optional[float]]] = field(default_factory=dict)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name.strip():
+            raise ValueError("name must not be empty")
+        if not self.resource.strip():
+            raise ValueError("resource must not be empty")
+        if self.timeout_ms < 1:
+            raise ValueError(f"timeout_ms must be >= 1, got {self.timeout_ms}")
+
+
+@dataclass(frozen=True)
+class PulseLimits:
+    """Largest pulse of one kind the bench may send."""
+
+    amplitude_v_max: float
+    width_ns_max: float
+
+    def __post_init__(self) -> None:
+        for k in ("amplitude_v_max", "width_ns_max"):
+            if not getattr(self, k) > 0:
+                raise ValueError(f"{k} must be > 0, got {getattr(self, k)}")
+
+
+@dataclass(frozen=True)
+class SafetyLimits:
+    """Limits checked on the host before any command reaches the link.
+
+    max_pulses_per_device: pulses one device may get in one program command.
+    max_pulses_per_step: pulses (all devices) one training step may send.
+    max_batch_devices: devices in one program or read command.
+    supply_current_max_a: narrows every power supply's current-limit range.
+    """
+
+    set: PulseLimits
+    reset: PulseLimits
+    max_pulses_per_device: int
+    max_pulses_per_step: int
+    max_batch_devices: int
+    supply_current_max_a: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        for k in ("max_pulses_per_device", "max_pulses_per_step", "max_batch_devices"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.supply_current_max_a is not None and not self.supply_current_max_a > 0:
+            raise ValueError(f"supply_current_max_a must be > 0, got "
+                             f"{self.supply_current_max_a}")
+
+    def pulse_limits(self, kind: PulseKind) -> PulseLimits:
+        return self.set if PulseKind(kind) is PulseKind.SET else self.reset
+
+    def check_pulse(self, pulse: PulseSpec, command: Optional[str] = None) -> None:
+        """Raise SafetyLimitError if the pulse shape exceeds this bench's limits."""
+        lim = self.pulse_limits(pulse.kind)
+        cmd = command or f"PROGRAM_{pulse.kind.name}"
+        name = pulse.kind.name.lower()
+        if pulse.amplitude_v > lim.amplitude_v_max:
+            raise SafetyLimitError(f"{pulse.kind.name} amplitude {pulse.amplitude_v} V exceeds "
+                                   f"safety.{name}.amplitude_v_max = {lim.amplitude_v_max} V",
+                                   command=cmd)
+        if pulse.width_ns > lim.width_ns_max:
+            raise SafetyLimitError(f"{pulse.kind.name} width {pulse.width_ns} ns exceeds "
+                                   f"safety.{name}.width_ns_max = {lim.width_ns_max} ns",
+                                   command=cmd)
+
+    def check_program(self, addresses: np.ndarray, n_pulses: np.ndarray,
+                      pulse: PulseSpec) -> None:
+        """Check one program command (pulse shape, batch size, pulses per device)."""
+        cmd = f"PROGRAM_{pulse.kind.name}"
+        self.check_pulse(pulse, cmd)
+        addr = np.asarray(addresses)
+        n = np.asarray(n_pulses)
+        if addr.size > self.max_batch_devices:
+            raise SafetyLimitError(f"batch of {addr.size} devices exceeds "
+                                   f"safety.max_batch_devices = {self.max_batch_devices}",
+                                   command=cmd)
+        bad = (n < 0) | (n > self.max_pulses_per_device)
+        if np.any(bad):
+            raise SafetyLimitError(f"pulses per device must be in 0..{self.max_pulses_per_device}"
+                                   " (safety.max_pulses_per_device)", command=cmd,
+                                   devices=addr[bad] if addr.shape == n.shape else None)
+
+    def check_read(self, addresses: np.ndarray) -> None:
+        n = int(np.asarray(addresses).size)
+        if n > self.max_batch_devices:
+            raise SafetyLimitError(f"batch of {n} devices exceeds safety.max_batch_devices = "
+                                   f"{self.max_batch_devices}", command="READ")
+
+    def check_step(self, total_pulses: int) -> None:
+        """Check the pulses one training step would send, before it sends any."""
+        if total_pulses > self.max_pulses_per_step:
+            raise SafetyLimitError(f"{total_pulses} pulses in one step exceed "
+                                   f"safety.max_pulses_per_step = {self.max_pulses_per_step}")
+
+
+@dataclass(frozen=True)
+class MonitorSpec:
+    """Poll `instrument.quantity` every N steps; outside [low, high] ask for `action`."""
+
+    instrument: str
+    quantity: str
+    every_n_steps: int = 1
+    low: Optional[float] = None
+    high: Optional[float] = None
+    action: MonitorAction = MonitorAction.PAUSE
+
+    def __post_init__(self) -> None:
+        if self.every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {self.every_n_steps}")
+        if self.low is None and self.high is None:
+            raise ValueError("a monitor needs a band: set low, high or both")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"low {self.low:g} > high {self.high:g}")
+
+    @property
+    def label(self) -> str:
+        return f"{self.instrument}.{self.quantity}"
+
+    def in_band(self, value: float) -> bool:
+        if not np.isfinite(value):
+            return False
+        return ((self.low is None or value >= self.low)
+                and (self.high is None or value <= self.high))
+
+
+@dataclass(frozen=True)
+class Station:
+    """A whole bench. `source_dir` (not a YAML key) resolves relative paths in the file."""
+
+    chip: ChipLink
+    safety: SafetyLimits
+    format: str = STATION_FORMAT
+    name: str = ""
+    description: str = ""
+    instruments: List[InstrumentSpec] = field(default_factory=list)
+    monitors: List[MonitorSpec] = field(default_factory=list)
+    source_dir: str = field(default="", init=False, repr=False, compare=False)
+
+    def instrument(self, name: str) -> InstrumentSpec:
+        for spec in self.instruments:
+            if spec.name == name:
+                return spec
+        raise ConfigError(f"no instrument named {name!r} (instruments: "
+                          f"{', '.join(i.name for i in self.instruments) or 'none'})")
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclass_to_dict(self)
+        d.pop("source_dir", None)
+        return d
+
+    def visa_library(self, spec: InstrumentSpec) -> Optional[str]:
+        """The pyvisa ResourceManager argument for an instrument (see InstrumentSpec)."""
+        lib = spec.visa_library
+        if lib is None:
+            return None
+        if lib == SIM_LIBRARY:
+            return f"{sim_definition(spec.kind.value)}{SIM_LIBRARY}"
+        if lib.endswith(SIM_LIBRARY):
+            path = lib[: -len(SIM_LIBRARY)]
+            if not os.path.isabs(path) and self.source_dir:
+                path = os.path.join(self.source_dir, path)
+            return f"{path}{SIM_LIBRARY}"
+        return lib
+
+
+def sim_definition(kind: str) -> str:
+    """Path of the pyvisa-sim YAML shipped (sim_backend/instruments) for a driver kind."""
+    ref = resources.files("sim_backend") / "instruments" / f"{kind}.yaml"
+    if not ref.is_file():
+        raise ConfigError(f"no simulated instrument definition for kind {kind!r}")
+    return str(ref)
+
+
+# --- loading ----------------------------------------------------------------------------------
+def load_station(path: str | os.PathLike) -> Station:
+    """Read and validate a station file; every problem is one ConfigError naming the entry."""
+    src = str(path)
+    station = load_dataclass(Station, read_yaml(path), source=src)
+    object.__setattr__(station, "source_dir", os.path.dirname(os.path.abspath(src)))
+    validate_station(station, source=src)
+    return station
+
+
+def validate_station(station: Station, source: Optional[str] = None) -> None:
+    """Cross-entry checks the dataclasses cannot do alone."""
+    if station.format != STATION_FORMAT:
+        raise ConfigError(f"format {station.format!r} is not {STATION_FORMAT!r}", key="format",
+                          source=source)
+    seen: Dict[str, int] = {}
+    for i, spec in enumerate(station.instruments):
+        key = f"instruments[{i}]"
+        if spec.name in seen:
+            raise ConfigError(f"instrument name {spec.name!r} already used by "
+                              f"instruments[{seen[spec.name]}]", key=f"{key}.name",
+                              source=source)
+        seen[spec.name] = i
+        cls = DRIVERS[spec.kind.value]
+        params = {p.name: p for p in cls.PARAMS}
+        for pname, rng in spec.limits.items():
+            lkey = f"{key}.limits.{pname}"
+            p = params.get(pname)
+            if p is None or not p.settable or p.kind is bool:
+                numeric = [q.name for q in cls.PARAMS if q.settable and q.kind is not bool]
+                raise ConfigError(f"{pname!r} is not a numeric setting of a {spec.kind.value} "
+                                  f"(settings: {', '.join(numeric)})", key=lkey, source=source)
+            if len(rng) != 2:
+                raise ConfigError(f"expected [low, high], got {rng!r}", key=lkey, source=source)
+            lo, hi = rng
+            if lo is not None and hi is not None and lo > hi:
+                raise ConfigError(f"low {lo:g} > high {hi:g}", key=lkey, source=source)
+        if spec.visa_library and spec.visa_library.endswith(SIM_LIBRARY) \
+                and spec.visa_library != SIM_LIBRARY:
+            lib = station.visa_library(spec)
+            assert lib is not None
+            if not os.path.isfile(lib[: -len(SIM_LIBRARY)]):
+                raise ConfigError(f"pyvisa-sim file {lib[:-len(SIM_LIBRARY)]!r} not found",
+                                  key=f"{key}.visa_library", source=source)
+    has_supply = any(s.kind is InstrumentKind.POWER_SUPPLY for s in station.instruments)
+    if has_supply and station.safety.supply_current_max_a is None:
+        raise ConfigError("required when the station has a power_supply",
+                          key="safety.supply_current_max_a", source=source)
+    for i, mon in enumerate(station.monitors):
+        key = f"monitors[{i}]"
+        if mon.instrument not in seen:
+            raise ConfigError(f"{mon.instrument!r} is not an instrument of this station "
+                              f"(instruments: {', '.join(seen) or 'none'})",
+                              key=f"{key}.instrument", source=source)
+        kind = station.instruments[seen[mon.instrument]].kind.value
+        quantities = DRIVERS[kind].QUANTITIES
+        if mon.quantity not in quantities:
+            raise ConfigError(f"{mon.quantity!r} is not a quantity of a {kind} "
+                              f"(quantities: {', '.join(quantities)})",
+                              key=f"{key}.quantity", source=source)
+
+
+# --- opening the instruments -------------------------------------------------------------------
+class InstrumentSet(Mapping[str, ScpiInstrument]):
+    """The open instruments of a station, by name; closes them all together."""
+
+    def __init__(self, instruments: Dict[str, ScpiInstrument]) -> None:
+        self._inst = dict(instruments)
+
+    def __getitem__(self, name: str) -> ScpiInstrument:
+        try:
+            return self._inst[name]
+        except KeyError:
+            raise ConfigError(f"no open instrument named {name!r} (open: "
+                              f"{', '.join(self._inst) or 'none'})") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._inst
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._inst.get(name, default)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._inst)
+
+    def __len__(self) -> int:
+        return len(self._inst)
+
+    def snapshot(self) -> Dict[str, Any]:
+        """Every instrument's settings and readings, for run provenance."""
+        return {name: inst.snapshot() for name, inst in self._inst.items()}
+
+    def close(self) -> None:
+        errors = []
+        for inst in self._inst.values():
+            try:
+                inst.close()
+            except Exception as e:  # close every one even if one fails
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def __enter__(self) -> "InstrumentSet":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_instrument(station: Station, spec: InstrumentSpec) -> ScpiInstrument:
+    """Open one instrument, narrow its limits from the station, check its present settings."""
+    cls = DRIVERS[spec.kind.value]
+    inst = cls.open(spec.resource, name=spec.name, visa_library=station.visa_library(spec),
+                    timeout_ms=spec.timeout_ms, check_errors=spec.check_errors)
+    try:
+        idx = station.instruments.index(spec)
+        for pname, (lo, hi) in spec.limits.items():
+            inst.parameters[pname].tighten(lo, hi, f"station instruments[{idx}].limits."
+                                                   f"{pname}")
+        if spec.kind is InstrumentKind.POWER_SUPPLY and \
+                station.safety.supply_current_max_a is not None:
+            inst.parameters["current_limit_a"].tighten(
+                None, station.safety.supply_current_max_a, "station safety.supply_current_max_a")
+        check_settings(inst)
+    except BaseException:
+        inst.close()
+        raise
+    return inst
+
+
+def check_settings(inst: ScpiInstrument) -> None:
+    """Refuse an instrument whose present settings already violate its (narrowed) limits."""
+    for p in inst.parameters.values():
+        if not (p.spec.settable and p.spec.gettable) or p.spec.kind is bool:
+            continue
+        if p.low is None and p.high is None:
+            continue
+        value = p.get()
+        if (p.low is not None and value < p.low) or (p.high is not None and value > p.high):
+            raise InstrumentError(f"present {p.name} = {value:g} {p.unit} is outside its limits "
+                                  f"[{p.low}, {p.high}] (from {p.limits_source}); set it within "
+                                  "them on the instrument before using this station",
+                                  instrument=inst.name)
+
+
+def open_instruments(station: Station, names: Optional[List[str]] = None) -> InstrumentSet:
+    """Open the station's instruments (or only `names`); all or nothing."""
+    specs = station.instruments if names is None else [station.instrument(n) for n in names]
+    opened: Dict[str, ScpiInstrument] = {}
+    try:
+        for spec in specs:
+            opened[spec.name] = open_instrument(station, spec)
+    except BaseException:
+        InstrumentSet(opened).close()
+        raise
+    return InstrumentSet(opened)
