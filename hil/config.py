@@ -102,12 +102,12 @@ class OptimizerConfig:
     """The mixed-precision optimizer (Nandakumar et al. 2020)."""
 
     learning_rate: float = 0.1
-    lr_decay: float = 1.0            # multiply the learning rate by this after every epoch
+    lr_decay: float = 0.9            # multiply the learning rate by this after every epoch
     batch_size: int = 1              # examples per weight update
-    epsilon_us: float = 0.9          # device granularity ε: nominal ΔG of one SET pulse
+    epsilon_us: float = 1.5          # pulse threshold ε: pulses when |χ| >= β·ε
     beta: List[float] = field(default_factory=lambda: [0.1, 0.3])   # W = β (G+ - G-), per µS
     max_pulses_per_update: int = 8   # cap of p per device per update (the rest stays in χ)
-    chi_update: ChiUpdate = ChiUpdate.NOMINAL
+    chi_update: ChiUpdate = ChiUpdate.MEASURED
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
 
     def __post_init__(self) -> None:

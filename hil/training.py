@@ -27,6 +27,7 @@ from hil.mapping import Mapping, load_bad_devices, map_layers
 from hil.mnist import Mnist, load_mnist
 from hil.optimizer import MixedPrecisionOptimizer, pulses_for, refresh_candidates
 from hil.recorder import NullRecorder, Recorder
+from hil.run_control import RunAborted, RunControl
 
 log = logging.getLogger("pcm_hil.training")
 F32 = np.float32
@@ -335,7 +336,8 @@ class MixedPrecisionTrainer:
 
     # --- epochs ---------------------------------------------------------------------------
     def train_epoch(self, data: Dataset, epoch: int,
-                    on_progress: Callable[[int], None] | None = None) -> EpochResult:
+                    on_progress: Callable[[int], None] | None = None,
+                    control: RunControl | None = None) -> EpochResult:
         t0 = time.perf_counter()
         lr = learning_rate(self.cfg, epoch)
         order = epoch_order(self.cfg.seed, epoch, data.train_x.shape[0])
@@ -354,6 +356,8 @@ class MixedPrecisionTrainer:
                                             "refreshes": refreshed})
             if on_progress is not None and self.step % 100 == 0:
                 on_progress(min(s + bs, order.size))
+            if control is not None:
+                control.check(self.step)
         self.full_read("full_read")
         test_acc = network.accuracy(self.weights, data.test_x, data.test_y)
         return EpochResult(epoch, correct_sum / order.size, loss_sum / order.size, test_acc,
@@ -393,8 +397,13 @@ class BaselineTrainer:
 def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
                    recorder: Recorder | None = None, progress: bool = False,
                    data: Dataset | None = None,
-                   report: Callable[[EpochResult], None] | None = None) -> Dict[str, Any]:
-    """Train on `backend` as `cfg` says; returns the run summary (see docs/training.md)."""
+                   report: Callable[[EpochResult], None] | None = None,
+                   control: RunControl | None = None) -> Dict[str, Any]:
+    """Train on `backend` as `cfg` says; returns the run summary (see docs/training.md).
+
+    Raises RunAborted when `control` asks to stop (after finishing the step in flight); the
+    recorder is told the run was aborted and the chip is put in its safe state either way.
+    """
     recorder = recorder or NullRecorder()
     data = load_dataset(cfg) if data is None else data.head(cfg.data.train_examples,
                                                             cfg.data.test_examples)
@@ -416,7 +425,7 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
                 bar.update(done - last[0])
                 last[0] = done
 
-            res = trainer.train_epoch(data, epoch, on_progress if bar else None)
+            res = trainer.train_epoch(data, epoch, on_progress if bar else None, control)
             train_seconds += res.seconds
             if bar:
                 bar.update(n_train - last[0])
@@ -430,8 +439,11 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
                 report(res)
         recorder.on_snapshot(trainer.step, trainer.cache_vector(), trainer.chi_dict())
         status = "completed"
+    except RunAborted as e:
+        status, reason = "aborted", str(e)
+        raise
     except KeyboardInterrupt:
-        status, reason = "aborted", "interrupted by the operator"
+        status, reason = "aborted", f"interrupted at once by the operator at step {trainer.step}"
         raise
     except BaseException as e:
         reason = f"{type(e).__name__}: {e}"

@@ -229,28 +229,30 @@ class SimulatedChip(ChipBackend):
         self.clock_s += seconds
 
     def _apply_set(self, addr: np.ndarray, n: np.ndarray) -> None:
-        # Stored state is float32: round after every pulse, so n pulses in one command equal
-        # n commands of one pulse bit for bit.
-        g = self._g[addr].copy()
-        ev = self._pulse_ev[addr].astype(np.uint64)
-        nset = self._n_set[addr].astype(np.int64)
+        # Devices sorted by pulse count, most first: the devices still receiving their k-th
+        # pulse are then a prefix, and every draw of the command comes from one hash call.
+        order = np.argsort(-n, kind="stable")
+        a, nn = addr[order], n[order]
+        g = self._g[a]
+        ev = self._pulse_ev[a].astype(np.uint64)
+        nset = self._n_set[a].astype(np.int64)
+        live = np.searchsorted(-nn, -np.arange(1, int(nn[0]) + 1), side="right")
+        ctr = np.concatenate([ev[:m] + np.uint64(k) for k, m in enumerate(live)])
+        z_all = crng.normal(crng.hash_key(self.seed, Stream.SET,
+                                          np.concatenate([a[:m] for m in live]), ctr))
         spread = self.model.variability.set_mean_rel_std
-        scale = 1.0 + spread * crng.normal(crng.hash_key(self.seed, Stream.D2D, addr)) \
-            if spread else 1.0
-        for k in range(int(n.max())):
-            live = n > k
-            if not live.all():
-                idx = np.flatnonzero(live)
-                z = crng.normal(crng.hash_key(self.seed, Stream.SET, addr[idx], ev[idx] + k))
-                sc = scale[idx] if spread else 1.0
-                g[idx] = self.model.set_pulse(g[idx], nset[idx] + k + 1, z, sc) \
-                    .astype(np.float32)
-            else:
-                z = crng.normal(crng.hash_key(self.seed, Stream.SET, addr, ev + k))
-                g = self.model.set_pulse(g, nset + k + 1, z, scale).astype(np.float32)
-        self._g[addr] = g
-        self._n_set[addr] = np.minimum(nset + n, np.iinfo(np.uint16).max)
-        self._after_pulse(addr, n)
+        scale = 1.0 + spread * crng.normal(crng.hash_key(self.seed, Stream.D2D, a)) \
+            if spread else np.ones(1)
+        pos = 0
+        for k, m in enumerate(live):
+            # Stored state is float32: round after every pulse, so n pulses in one command
+            # equal n commands of one pulse bit for bit.
+            g[:m] = self.model.set_pulse(g[:m], nset[:m] + k + 1, z_all[pos:pos + m],
+                                         scale[:m] if spread else 1.0)
+            pos += m
+        self._g[a] = g
+        self._n_set[a] = np.minimum(nset + nn, np.iinfo(np.uint16).max)
+        self._after_pulse(a, nn)
 
     def _apply_reset(self, addr: np.ndarray, n: np.ndarray) -> None:
         # Repeated RESETs each melt-quench anew: only the last one's draw survives.

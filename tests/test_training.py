@@ -139,3 +139,22 @@ def test_cli_bad_arguments_give_one_clear_error(args, match, tmp_path):
     assert r.returncode != 0
     assert match in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_ctrl_c_stops_after_the_step_and_exits_130(tmp_path):
+    import signal
+    import time
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text("data: {train_examples: 60000, test_examples: 100}\n"
+                   "training: {epochs: 5, baseline: false}\n")
+    p = subprocess.Popen([sys.executable, "-m", "hil.cli", "train", "--config", str(cfg),
+                          "--no-progress", "--no-log"], cwd=ROOT, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    line = p.stdout.readline()
+    assert line.startswith("training "), line
+    time.sleep(4.0)   # data loaded, training under way
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert "aborted: interrupted by the operator (Ctrl-C) after step" in err
+    assert "Traceback" not in err

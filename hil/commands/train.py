@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Optional
 
 from drivers.errors import ConfigError
 from hil.backend_url import SimDefaults, open_backend
 from hil.config import ExperimentConfig, load_config, with_overrides
+from hil.run_control import RunAborted, RunControl
 from hil.training import EpochResult, run_experiment
 
 DEFAULT_CONFIG = "configs/mnist_mlp.yaml"
@@ -97,9 +99,20 @@ def run(args: argparse.Namespace) -> int:
     recorder, path = _open_recorder(args, cfg)
     if path:
         print(f"run log: {path}")
-    with open_backend(cfg.chip.backend, sim_defaults(cfg)) as backend:
-        summary = run_experiment(cfg, backend, recorder, progress=not args.no_progress,
-                                 report=_print_epoch(cfg.training.epochs))
+    control = RunControl()
+    try:
+        with open_backend(cfg.chip.backend, sim_defaults(cfg)) as backend, \
+                control.sigint_handler():
+            print(f"training {cfg.name}: {cfg.data.train_examples:,} examples x "
+                  f"{cfg.training.epochs} epochs on {cfg.chip.backend} (Ctrl-C stops after the "
+                  "current step)", flush=True)
+            summary = run_experiment(cfg, backend, recorder, progress=not args.no_progress,
+                                     report=_print_epoch(cfg.training.epochs),
+                                     control=control)
+    except (RunAborted, KeyboardInterrupt) as e:
+        print(f"aborted: {e or 'stopped at once'}; the chip is in its safe state"
+              + (f"; run log {path} is marked aborted" if path else ""), file=sys.stderr)
+        return 130
     print(_final_line(summary))
     if args.summary_json:
         os.makedirs(os.path.dirname(args.summary_json) or ".", exist_ok=True)
