@@ -71,7 +71,10 @@ class ChipBackend(abc.ABC):
 
     @abc.abstractmethod
     def read(self, addresses: np.ndarray) -> np.ndarray:
-        """Read the conductance of each device, in µS, as float32 (one batch)."""
+        """Read the conductance of each device, in µS, as float32 (one batch).
+
+        Addresses within one batch are unique, as for program().
+        """
 
     @abc.abstractmethod
     def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec) -> None:

@@ -25,7 +25,7 @@ from drivers.backend import Capability, ChipBackend, ChipInfo
 from drivers.errors import ChipError, ConfigError, SafetyLimitError
 from drivers.geometry import ADDRESS_DTYPE, Geometry, check_unique
 from drivers.pulse import PulseKind, PulseSpec
-from firmware_interface.adc import adc_full_scale_us, adc_roundtrip
+from firmware_interface.adc import ADC_BITS, adc_full_scale_us, adc_roundtrip
 from sim_backend import counter_rng as crng
 from sim_backend.counter_rng import Stream
 from sim_backend.pcm_model import PcmModel
@@ -94,13 +94,14 @@ class SimulatedChip(ChipBackend):
         return ChipInfo(
             chip_id=self.chip_id, firmware_version="sim-1", protocol_version="1.0",
             geometry=self.geometry, g_min_us=self.model.g_min_us,
-            g_max_us=self.model.g_max_us, adc_bits=0,
+            g_max_us=self.model.g_max_us, adc_bits=ADC_BITS,
             capabilities=frozenset({Capability.MATVEC.value, Capability.EXACT_READ.value,
                                     Capability.STATE_FILE.value}),
             hard_limits=self.limits.as_dict())
 
     def read(self, addresses: np.ndarray) -> np.ndarray:
         addr = self._check(addresses, "READ")
+        check_unique(addr, command="READ")
         self._advance(self.timing.command_s + self.timing.read_s * addr.size)
         return adc_roundtrip(self._noisy_read(addr), adc_full_scale_us(self.model.g_max_us))
 

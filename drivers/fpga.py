@@ -1,0 +1,532 @@
+"""The FPGA chip driver: the ChipBackend contract over the binary wire protocol.
+
+The link is whatever pyserial's `serial_for_url` opens: a serial device (/dev/ttyUSB0, COM3),
+a pty path, or `socket://HOST:PORT` (the firmware emulator, or a board behind a TCP bridge).
+Structure follows PyMeasure's adapters: public methods do the exchange and log every byte
+(logger "pcm_hil.wire", DEBUG, hex), and the raw I/O sits in small private methods
+(`_open_port`, `_write`, `_read`, `_discard_input`, `_close_port`) a subclass can replace for
+another transport.
+
+Retries never repeat an effect: every attempt of one command reuses its sequence number, and
+the firmware answers a repeated sequence number from its memory instead of executing it again.
+So a lost PROGRAM_ACK is retried safely, and a lost READ_REPLY is retried without a second
+read-noise draw (which keeps emulator runs bit-identical to in-process runs).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from typing import Dict, List, Optional, Tuple
+from urllib.parse import parse_qs
+
+import numpy as np
+import serial
+
+from drivers.backend import Capability, ChipBackend, ChipInfo
+from drivers.errors import (AddressError, ChipError, ChipFaultError, LinkError,
+                            NotSupportedError, ProtocolError, SafetyLimitError)
+from drivers.geometry import Geometry, check_unique
+from drivers.pulse import PulseKind, PulseSpec
+from firmware_interface import adc
+from firmware_interface.frame import OVERHEAD, Decoded, Frame, FrameDecoder, FrameError
+from firmware_interface.messages import (Hello, InfoReply, MatvecReply, MatvecRequest, Message,
+                                         Nack, ProgramAck, ProgramRequest, ReadExactReply,
+                                         ReadExactRequest, ReadReply, ReadRequest,
+                                         SafeStateRequest, StatusReply, StatusRequest,
+                                         decode_message)
+from firmware_interface.protocol import (PROTOCOL_VERSION, Capability as WireCapability,
+                                         NackCode, Opcode, PayloadError, reply_opcode)
+
+WIRE_LOG = logging.getLogger("pcm_hil.wire")
+log = logging.getLogger(__name__)
+
+DEFAULT_BAUDRATE = 921_600
+
+#: Which typed error a NACK code becomes.
+NACK_ERRORS = {
+    NackCode.BAD_CRC: LinkError,
+    NackCode.UNKNOWN_OPCODE: ProtocolError,
+    NackCode.BAD_LENGTH: ProtocolError,
+    NackCode.BAD_PAYLOAD: ProtocolError,
+    NackCode.ADDRESS_OUT_OF_RANGE: AddressError,
+    NackCode.DUPLICATE_ADDRESS: AddressError,
+    NackCode.SAFETY_LIMIT: SafetyLimitError,
+    NackCode.BUSY: ChipFaultError,
+    NackCode.UNSUPPORTED: NotSupportedError,
+    NackCode.VERSION_MISMATCH: ProtocolError,
+    NackCode.TOO_LARGE: ProtocolError,
+    NackCode.CHIP_FAULT: ChipFaultError,
+}
+
+_CAPABILITY_NAMES = {WireCapability.MATVEC: Capability.MATVEC.value,
+                     WireCapability.EXACT_READ: Capability.EXACT_READ.value,
+                     WireCapability.STATE_FILE: Capability.STATE_FILE.value}
+
+
+class _LinkLost(Exception):
+    """The port failed (closed socket, unplugged adapter): reopen it."""
+
+
+class _Retry(Exception):
+    """This attempt failed in a way the same frame may fix (timeout, corrupted reply)."""
+
+
+def nack_error(nack: Nack, command: str) -> ChipError:
+    """The typed error for a NACK, carrying the command, the devices and the NACK code."""
+    cls = NACK_ERRORS.get(nack.code, ChipFaultError)
+    more = ""
+    if nack.n_devices > nack.devices.size:
+        more = f" ({nack.n_devices} devices at fault, first {nack.devices.size} listed)"
+    err = cls(f"chip refused: {nack.code.name}: {nack.message}{more}", command=command,
+              devices=nack.devices if nack.devices.size else None)
+    err.nack_code = nack.code  # type: ignore[attr-defined]
+    return err
+
+
+class FpgaChip(ChipBackend):
+    """A PCM chip behind FPGA firmware that speaks the pcm-hil wire protocol."""
+
+    def __init__(self, url: str, *, baudrate: int = DEFAULT_BAUDRATE, timeout_s: float = 5.0,
+                 retries: int = 5, reconnect_timeout_s: float = 10.0,
+                 busy_backoff_s: float = 0.05, seq_start: Optional[int] = None,
+                 connect: bool = True) -> None:
+        self.url = url
+        self.baudrate = int(baudrate)
+        self.timeout_s = float(timeout_s)
+        self.retries = int(retries)
+        self.reconnect_timeout_s = float(reconnect_timeout_s)
+        self.busy_backoff_s = float(busy_backoff_s)
+        self.poll_s = 0.05  # longest single blocking read; the per-attempt deadline governs
+        # A random start keeps a new session's numbers clear of a previous session's replies
+        # still held in the firmware's memory.
+        self._seq = (int.from_bytes(os.urandom(4), "little") if seq_start is None
+                     else int(seq_start)) & 0xFFFFFFFF
+        self._port: Optional[serial.SerialBase] = None
+        self._decoder = FrameDecoder()
+        self._hello: Optional[InfoReply] = None
+        self._info: Optional[ChipInfo] = None
+        self._closed = False
+        self._lock = threading.RLock()
+        self._rx_total = 0
+        self.stats: Dict[str, Dict[str, int]] = {}
+        self.link_counters = {"reconnects": 0, "retries": 0, "timeouts": 0, "bad_replies": 0,
+                              "stale_replies": 0, "nacks": 0}
+        if connect:
+            self.open()
+
+    # --- raw I/O (override for another transport) -------------------------------------------
+    def _open_port(self) -> None:
+        self._port = serial.serial_for_url(self.url, baudrate=self.baudrate,
+                                           timeout=min(self.poll_s, self.timeout_s),
+                                           write_timeout=self.timeout_s)
+
+    def _close_port(self) -> None:
+        port, self._port = self._port, None
+        if port is not None:
+            try:
+                port.close()
+            except (serial.SerialException, OSError):
+                pass
+
+    def _write(self, data: bytes) -> int:
+        if self._port is None:
+            raise _LinkLost("port not open")
+        n = self._port.write(data)
+        self._port.flush()
+        return len(data) if n is None else int(n)
+
+    def _read(self, n: int, timeout_s: float) -> bytes:
+        """At most n bytes, waiting at most min(timeout_s, poll_s); callers loop to a
+        deadline. (The port timeout is changed only for a short tail, as changing it
+        reconfigures a real serial port.)"""
+        if self._port is None:
+            raise _LinkLost("port not open")
+        t = max(min(timeout_s, self.poll_s), 1e-3)
+        if self._port.timeout != t:
+            self._port.timeout = t
+        return bytes(self._port.read(n))
+
+    def _discard_input(self) -> None:
+        if self._port is not None:
+            self._port.reset_input_buffer()
+
+    # --- connection -----------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the link and shake hands (HELLO); refuses an incompatible protocol major."""
+        with self._lock:
+            try:
+                self._open_port()
+            except (serial.SerialException, OSError, ValueError) as e:
+                raise LinkError(f"cannot open {self.url!r}: {e}", command="OPEN") from None
+            self._decoder.reset()
+            try:
+                self._handshake(self.transaction(Hello(), command="HELLO"))
+            except BaseException:
+                self._close_port()
+                raise
+
+    def _handshake(self, reply: Message) -> None:
+        if not isinstance(reply, InfoReply):
+            raise ProtocolError(f"HELLO answered with {type(reply).__name__}", command="HELLO")
+        if reply.protocol_version[0] != PROTOCOL_VERSION[0]:
+            raise ProtocolError(
+                f"firmware speaks protocol {reply.protocol_version[0]}."
+                f"{reply.protocol_version[1]}, this driver {PROTOCOL_VERSION[0]}.x",
+                command="HELLO")
+        if self._hello is not None and (
+                (reply.arrays, reply.rows, reply.cols, reply.chip_id)
+                != (self._hello.arrays, self._hello.rows, self._hello.cols,
+                    self._hello.chip_id)):
+            raise ChipFaultError(f"a different chip ({reply.chip_id}, {reply.arrays}x"
+                                 f"{reply.rows}x{reply.cols}) answered after reconnecting",
+                                 command="HELLO")
+        self._hello = reply
+        caps = frozenset(name for bit, name in _CAPABILITY_NAMES.items()
+                         if reply.capabilities & int(bit))
+        self._info = ChipInfo(
+            chip_id=reply.chip_id, firmware_version=reply.firmware_version,
+            protocol_version=f"{reply.protocol_version[0]}.{reply.protocol_version[1]}",
+            geometry=Geometry(reply.arrays, reply.rows, reply.cols),
+            g_min_us=reply.g_min_us, g_max_us=reply.g_max_us, adc_bits=reply.adc_bits,
+            capabilities=caps, hard_limits=dict(reply.hard_limits))
+
+    def _reconnect(self, command: str) -> None:
+        """Reopen the URL and shake hands again, until reconnect_timeout_s runs out."""
+        deadline = time.monotonic() + self.reconnect_timeout_s
+        delay = 0.02
+        last: Exception | None = None
+        while True:
+            self._close_port()
+            self.link_counters["reconnects"] += 1
+            try:
+                self._open_port()
+                self._decoder.reset()
+                reply = self._exchange(Hello(), self._next_seq(), "HELLO", attempts=2,
+                                       reconnect=False)
+                self._handshake(reply)
+                log.info("link to %s re-established", self.url)
+                return
+            except (ProtocolError, ChipFaultError):
+                raise
+            except (serial.SerialException, OSError, ValueError, LinkError) as e:
+                last = e
+            if time.monotonic() + delay > deadline:
+                raise LinkError(f"link to {self.url!r} lost and not re-established within "
+                                f"{self.reconnect_timeout_s} s ({last})", command=command)
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    # --- public wire layer ----------------------------------------------------------------
+    def send_frame(self, data: bytes) -> None:
+        """Write one frame's bytes (logged as hex at DEBUG on pcm_hil.wire)."""
+        if WIRE_LOG.isEnabledFor(logging.DEBUG):
+            WIRE_LOG.debug("TX %d bytes: %s", len(data), data.hex(" "))
+        try:
+            n = self._write(data)
+        except (serial.SerialException, OSError) as e:
+            raise _LinkLost(str(e)) from None
+        if n != len(data):
+            raise _LinkLost(f"short write: {n} of {len(data)} bytes")
+
+    def receive(self, timeout_s: float) -> List[Decoded]:
+        """Read what completes the next frame (bounded by timeout_s); return decoded items."""
+        want = self._decoder.wanted()
+        try:
+            data = self._read(want, timeout_s)
+        except (serial.SerialException, OSError) as e:
+            raise _LinkLost(str(e)) from None
+        if len(data) > want:
+            raise ProtocolError(f"read returned {len(data)} bytes, asked for {want}")
+        if data and WIRE_LOG.isEnabledFor(logging.DEBUG):
+            WIRE_LOG.debug("RX %d bytes: %s", len(data), data.hex(" "))
+        self._rx_total += len(data)
+        return self._decoder.feed(data)
+
+    def transaction(self, message: Message, *, command: Optional[str] = None,
+                    reply_bytes: int = 64) -> Message:
+        """Send one request and return its reply, retrying with the same sequence number.
+
+        Raises the typed error of a NACK, LinkError when no valid reply came after all
+        attempts, ProtocolError for a reply that breaks the protocol.
+        """
+        with self._lock:
+            if self._closed:
+                raise ChipError("chip is closed", command=command)
+            return self._exchange(message, self._next_seq(),
+                                  command or message.OPCODE.name, attempts=self.retries + 1,
+                                  reconnect=True, reply_bytes=reply_bytes)
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        return self._seq
+
+    def _exchange(self, message: Message, seq: int, command: str, *, attempts: int,
+                  reconnect: bool, reply_bytes: int = 64) -> Message:
+        frame = message.frame(seq)
+        max_payload = self._hello.max_payload if self._hello else None
+        if max_payload is not None and len(frame) - OVERHEAD > max_payload:
+            raise ProtocolError(f"request of {len(frame) - OVERHEAD} bytes exceeds the "
+                                f"firmware's max_payload of {max_payload}; split the batch",
+                                command=command)
+        st = self.stats.setdefault(command, {"commands": 0, "round_trips": 0, "bytes_tx": 0,
+                                             "bytes_rx": 0})
+        st["commands"] += 1
+        rx_before = self._rx_total
+        # Allow the transfer time of both frames at the link rate, on top of the timeout.
+        timeout = self.timeout_s + (len(frame) + reply_bytes) * 10.0 / max(self.baudrate, 1)
+        why = "no attempt"
+        try:
+            for attempt in range(attempts):
+                if attempt:
+                    self.link_counters["retries"] += 1
+                    log.info("%s seq=%d: retry %d (%s)", command, seq, attempt, why)
+                try:
+                    if reconnect and self._port is None:
+                        self._reconnect(command)
+                    self._discard_input()
+                    self._decoder.reset()
+                    st["round_trips"] += 1
+                    st["bytes_tx"] += len(frame)
+                    self.send_frame(frame)
+                    reply = self._await(seq, time.monotonic() + timeout, command)
+                except _LinkLost as e:
+                    why = f"link lost: {e}"
+                    log.warning("%s seq=%d: %s", command, seq, why)
+                    self._close_port()
+                    if not reconnect:
+                        raise LinkError(why, command=command) from None
+                    continue
+                except _Retry as e:
+                    why = str(e)
+                    continue
+                if isinstance(reply, Nack):
+                    self.link_counters["nacks"] += 1
+                    if reply.code.retryable:
+                        why = f"NACK {reply.code.name}"
+                        if reply.code is NackCode.BUSY:
+                            time.sleep(self.busy_backoff_s * (attempt + 1))
+                        continue
+                    raise nack_error(reply, command)
+                if reply.OPCODE != reply_opcode(message.OPCODE):
+                    raise ProtocolError(f"expected {reply_opcode(message.OPCODE).name}, got "
+                                        f"{reply.OPCODE.name}", command=command)
+                return reply
+        finally:
+            st["bytes_rx"] += self._rx_total - rx_before
+        raise LinkError(f"no valid reply after {attempts} attempts (last: {why})",
+                        command=command)
+
+    def _await(self, seq: int, deadline: float, command: str) -> Message:
+        """The reply to `seq`: skips stale frames, raises _Retry on timeout or bad CRC."""
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.link_counters["timeouts"] += 1
+                raise _Retry(f"timeout after {self.timeout_s:g} s "
+                             f"({self._decoder.buffered} bytes of a partial frame)")
+            for item in self.receive(remaining):
+                if isinstance(item, FrameError):
+                    self.link_counters["bad_replies"] += 1
+                    if item.seq == seq:
+                        raise _Retry(f"reply {item.code.name}")
+                    continue
+                if item.seq != seq:
+                    self.link_counters["stale_replies"] += 1
+                    log.debug("dropping stale frame seq=%d (awaiting %d)", item.seq, seq)
+                    continue
+                return self._decode_reply(item, command)
+
+    def _decode_reply(self, frame: Frame, command: str) -> Message:
+        if frame.version[0] != PROTOCOL_VERSION[0]:
+            raise ProtocolError(f"firmware speaks protocol {frame.version[0]}."
+                                f"{frame.version[1]}, this driver {PROTOCOL_VERSION[0]}.x",
+                                command=command)
+        if frame.opcode not in (int(op) for op in Opcode) or not Opcode(frame.opcode).is_reply:
+            raise ProtocolError(f"reply with opcode 0x{frame.opcode:02X}", command=command)
+        try:
+            return decode_message(frame)
+        except PayloadError as e:
+            raise ProtocolError(f"malformed {Opcode(frame.opcode).name} reply: {e}",
+                                command=command) from None
+
+    # --- contract -------------------------------------------------------------------------
+    def info(self) -> ChipInfo:
+        self._require_open("INFO")
+        assert self._info is not None
+        return self._info
+
+    @property
+    def adc_full_scale_us(self) -> float:
+        assert self._hello is not None
+        return self._hello.adc_full_scale_us
+
+    def read(self, addresses: np.ndarray) -> np.ndarray:
+        addr = self._check(addresses, "READ")
+        uniq, inverse = np.unique(addr, return_inverse=True)
+        reply = self.transaction(ReadRequest(uniq), command="READ",
+                                 reply_bytes=2 * uniq.size + 32)
+        assert isinstance(reply, ReadReply)
+        self._expect_count(reply.codes.size, uniq.size, "READ")
+        values = adc.adc_dequantise(reply.codes, self.adc_full_scale_us)
+        return values[inverse.ravel()]
+
+    def read_exact(self, addresses: np.ndarray) -> np.ndarray:
+        self._require(Capability.EXACT_READ, "READ_EXACT")
+        addr = self._check(addresses, "READ_EXACT")
+        uniq, inverse = np.unique(addr, return_inverse=True)
+        reply = self.transaction(ReadExactRequest(uniq), command="READ_EXACT",
+                                 reply_bytes=4 * uniq.size + 32)
+        assert isinstance(reply, ReadExactReply)
+        self._expect_count(reply.values.size, uniq.size, "READ_EXACT")
+        return reply.values[inverse.ravel()].copy()
+
+    def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec) -> None:
+        cmd = "PROGRAM_" + pulse.kind.name
+        addr = self._check(addresses, cmd)
+        n = np.asarray(n_pulses)
+        if n.shape != addr.shape:
+            raise ChipError(f"n_pulses has shape {n.shape}, addresses {addr.shape}",
+                            command=cmd)
+        limits = self.info().hard_limits
+        max_n = int(min(limits.get("max_pulses_per_device", 255), 255))
+        if n.size and (n.min() < 0 or n.max() > max_n):
+            bad = (n < 0) | (n > max_n)
+            raise SafetyLimitError(f"pulses per device must be in 0..{max_n}", command=cmd,
+                                   devices=addr[bad])
+        self._check_pulse(pulse, cmd, limits)
+        check_unique(addr, command=cmd)
+        n = n.astype(np.int64)
+        keep = n > 0
+        order = np.argsort(addr[keep], kind="stable")
+        addr, n = addr[keep][order], n[keep][order]
+        try:
+            req = ProgramRequest.from_units(int(pulse.kind), pulse.amplitude_v, pulse.width_ns,
+                                            addr, n)
+        except ValueError as e:
+            raise SafetyLimitError(f"pulse not representable on the wire: {e}",
+                                   command=cmd) from None
+        ack = self.transaction(req, command=cmd)
+        assert isinstance(ack, ProgramAck)
+        if ack.devices != addr.size or ack.pulses != int(n.sum()):
+            raise ChipFaultError(f"chip acknowledged {ack.devices} devices / {ack.pulses} "
+                                 f"pulses, sent {addr.size} / {int(n.sum())}", command=cmd,
+                                 devices=addr)
+
+    def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
+        self._require(Capability.MATVEC, "MATVEC")
+        block = np.asarray(addresses)
+        if block.ndim != 2:
+            raise ChipError(f"matvec needs a 2-D block of addresses, got shape {block.shape}",
+                            command="MATVEC")
+        flat = self._check(block.ravel(), "MATVEC")
+        xv = np.asarray(x, dtype=np.float64)
+        if xv.ndim not in (1, 2) or xv.shape[0] != block.shape[1]:
+            raise ChipError(f"x has shape {xv.shape}, the block {block.shape[1]} columns",
+                            command="MATVEC")
+        k = 1 if xv.ndim == 1 else xv.shape[1]
+        reply = self.transaction(MatvecRequest(flat.reshape(block.shape), xv),
+                                 command="MATVEC", reply_bytes=4 * block.shape[0] * k + 32)
+        assert isinstance(reply, MatvecReply)
+        want = (block.shape[0],) if xv.ndim == 1 else (block.shape[0], k)
+        if reply.values.shape != want:
+            raise ProtocolError(f"MATVEC reply of shape {reply.values.shape}, expected {want}",
+                                command="MATVEC")
+        return reply.values.copy()
+
+    def safe_state(self) -> None:
+        self.transaction(SafeStateRequest(), command="SAFE_STATE")
+
+    def status(self) -> StatusReply:
+        """Last executed sequence number and the firmware's counters."""
+        reply = self.transaction(StatusRequest(), command="STATUS")
+        assert isinstance(reply, StatusReply)
+        return reply
+
+    def close(self) -> None:
+        """Idle the chip where the link still works, then release the port. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._port is not None:
+                saved = (self.retries, self.reconnect_timeout_s)
+                self.retries, self.reconnect_timeout_s = 1, min(1.0, self.reconnect_timeout_s)
+                try:
+                    self.safe_state()
+                except ChipError as e:
+                    log.warning("safe_state on close failed: %s", e)
+                finally:
+                    self.retries, self.reconnect_timeout_s = saved
+            self._closed = True
+            self._close_port()
+
+    @property
+    def last_seq(self) -> int:
+        """Sequence number of the last request sent."""
+        return self._seq
+
+    # --- checks ---------------------------------------------------------------------------
+    def _require_open(self, command: str) -> None:
+        if self._closed:
+            raise ChipError("chip is closed", command=command)
+
+    def _require(self, capability: Capability, command: str) -> None:
+        self._require_open(command)
+        if not self.info().supports(capability):
+            raise NotSupportedError(f"chip lacks the {capability.value} capability",
+                                    command=command)
+
+    def _check(self, addresses: np.ndarray, command: str) -> np.ndarray:
+        self._require_open(command)
+        return self.info().geometry.check(addresses, command=command)
+
+    @staticmethod
+    def _check_pulse(pulse: PulseSpec, cmd: str, limits: Dict[str, float]) -> None:
+        key = "set_amplitude_v_max" if pulse.kind is PulseKind.SET else "reset_amplitude_v_max"
+        amax = limits.get(key)
+        if amax is not None and pulse.amplitude_v > amax:
+            raise SafetyLimitError(f"amplitude {pulse.amplitude_v} V exceeds the chip's "
+                                   f"{amax} V", command=cmd)
+        wmax = limits.get("width_ns_max")
+        if wmax is not None and pulse.width_ns > wmax:
+            raise SafetyLimitError(f"width {pulse.width_ns} ns exceeds the chip's {wmax} ns",
+                                   command=cmd)
+
+    @staticmethod
+    def _expect_count(got: int, want: int, command: str) -> None:
+        if got != want:
+            raise ProtocolError(f"reply carries {got} values for {want} devices",
+                                command=command)
+
+
+def _parse_serial_url(url: str) -> Tuple[str, dict]:
+    """`serial://PATH?baudrate=N&timeout=S&retries=K` -> (PATH, options)."""
+    rest = url[len("serial://"):]
+    path, _, query = rest.partition("?")
+    q = {k: v[-1] for k, v in parse_qs(query).items()}
+    conv = {"baudrate": int, "timeout": float, "retries": int}
+    opts = {}
+    for k, v in q.items():
+        if k not in conv:
+            raise LinkError(f"unknown serial:// option {k!r} (known: {', '.join(conv)})",
+                            command="OPEN")
+        try:
+            opts["timeout_s" if k == "timeout" else k] = conv[k](v)
+        except ValueError:
+            raise LinkError(f"bad value {v!r} for serial:// option {k}", command="OPEN") \
+                from None
+    return path, opts
+
+
+def open_fpga(url: str, **options: object) -> FpgaChip:
+    """Open the FPGA chip a URL names: a device or pty path, socket://HOST:PORT, or
+    serial://PATH?baudrate=N&timeout=S (options for the driver itself)."""
+    if url.startswith("serial://"):
+        url, parsed = _parse_serial_url(url)
+        parsed.update(options)
+        options = parsed
+    return FpgaChip(url, **options)  # type: ignore[arg-type]
+
+
+__all__ = ["FpgaChip", "open_fpga", "NACK_ERRORS", "nack_error", "WIRE_LOG"]

@@ -1,0 +1,260 @@
+"""Address sets and address blocks on the wire.
+
+An *address set* (READ, READ_EXACT, PROGRAM) is a strictly ascending list of flat device
+addresses. Ascending order makes duplicates detectable and lets the encoder pick the smallest
+of three encodings; per-device arrays that go with a set (pulse counts, read codes) follow the
+same ascending order. Layout::
+
+    u8  mode      0 RAW, 1 DELTA, 2 BITMAP
+    u32 count     number of addresses
+    u32 body_len  bytes of body that follow
+    body:
+      RAW    count × u32 addresses
+      DELTA  count LEB128 varints: the first address, then each gap to the previous (≥ 1)
+      BITMAP u32 base, u32 span, ceil(span/8) bytes; bit i (LSB first in each byte) set means
+             address base + i is in the set; unused trailing bits are 0
+
+A 1 Mi-device chip needs at most 3 varint bytes per address (gaps < 2^21), so a pulsed device
+(address + u8 count) costs at most 4 bytes; dense blocks cost 1 byte (DELTA) or 1/8 (BITMAP).
+
+An *address block* (MATVEC) is an ordered (m, n) matrix of addresses::
+
+    LIST    m*n × u32 addresses, row-major
+    AFFINE  u32 base, i32 row_stride, i32 col_stride: address[i, j] = base + i*rs + j*cs
+"""
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Optional, Tuple
+
+import numpy as np
+
+from firmware_interface.protocol import NackCode, PayloadError
+
+SET_HEADER = struct.Struct("<BII")
+BITMAP_HEAD = struct.Struct("<II")
+AFFINE = struct.Struct("<Iii")
+_U32_LIMIT = 1 << 32
+_MAX_VARINT_BYTES = 5  # a uint32 needs at most 5 groups of 7 bits
+_MAX_BITMAP_SPAN = 1 << 28  # a 32 MiB bitmap; the automatic choice never comes near it
+
+
+class AddressMode(enum.IntEnum):
+    RAW = 0
+    DELTA = 1
+    BITMAP = 2
+
+
+class BlockMode(enum.IntEnum):
+    LIST = 0
+    AFFINE = 1
+
+
+# --- LEB128 varints, vectorised -----------------------------------------------------------
+def varint_sizes(values: np.ndarray) -> np.ndarray:
+    """Bytes each value takes as an unsigned LEB128 varint."""
+    v = np.asarray(values, dtype=np.uint64)
+    n = np.ones(v.shape, dtype=np.int64)
+    for k in range(1, 10):
+        n += v >= np.uint64(1 << (7 * k))
+    return n
+
+
+def varint_encode(values: np.ndarray) -> bytes:
+    """Unsigned LEB128 of each value, concatenated (shortest form)."""
+    v = np.asarray(values, dtype=np.uint64).ravel()
+    if v.size == 0:
+        return b""
+    sizes = varint_sizes(v)
+    starts = np.cumsum(sizes) - sizes
+    out = np.empty(int(sizes.sum()), dtype=np.uint8)
+    for k in range(int(sizes.max())):
+        sel = sizes > k
+        group = (v[sel] >> np.uint64(7 * k)) & np.uint64(0x7F)
+        more = np.where(sizes[sel] > k + 1, 0x80, 0).astype(np.uint64)
+        out[starts[sel] + k] = (group | more).astype(np.uint8)
+    return out.tobytes()
+
+
+def varint_decode(data: bytes, count: int) -> np.ndarray:
+    """Decode exactly `count` uint32 varints filling `data`; PayloadError otherwise."""
+    b = np.frombuffer(data, dtype=np.uint8)
+    if count == 0:
+        if b.size:
+            raise PayloadError(NackCode.BAD_LENGTH, "varint body has bytes but count is 0")
+        return np.zeros(0, dtype=np.uint64)
+    last = (b & 0x80) == 0
+    ends = np.flatnonzero(last)
+    if ends.size != count or not last[-1]:
+        raise PayloadError(NackCode.BAD_LENGTH,
+                           f"varint body holds {ends.size} values, count says {count}")
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    sizes = ends - starts + 1
+    if sizes.max() > _MAX_VARINT_BYTES:
+        raise PayloadError(NackCode.BAD_PAYLOAD, "varint longer than 5 bytes")
+    if np.any((sizes > 1) & (b[ends] == 0)):
+        raise PayloadError(NackCode.BAD_PAYLOAD, "varint not in its shortest form")
+    owner = np.repeat(np.arange(count), sizes)
+    shift = (np.arange(b.size) - starts[owner]) * 7
+    parts = (b & 0x7F).astype(np.uint64) << shift.astype(np.uint64)
+    values = np.bitwise_or.reduceat(parts, starts)
+    if np.any(values >= np.uint64(_U32_LIMIT)):
+        raise PayloadError(NackCode.ADDRESS_OUT_OF_RANGE, "varint value above uint32")
+    return values
+
+
+# --- address sets ---------------------------------------------------------------------------
+def _check_ascending(addresses: np.ndarray) -> np.ndarray:
+    a = np.asarray(addresses)
+    if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)):
+        raise ValueError("an address set is a 1-D integer array")
+    a = a.astype(np.int64)
+    if a.size and (a.min() < 0 or a.max() >= _U32_LIMIT):
+        raise ValueError("addresses must fit in uint32")
+    if a.size > 1 and np.any(np.diff(a) <= 0):
+        raise ValueError("an address set must be strictly ascending (sort and deduplicate)")
+    return a.astype(np.uint32)
+
+
+def address_set_sizes(addresses: np.ndarray) -> dict:
+    """Body bytes of each encoding of an ascending address set (the encoder takes the least)."""
+    a = np.asarray(addresses, dtype=np.int64)
+    sizes = {AddressMode.RAW: 4 * a.size}
+    if a.size:
+        gaps = np.diff(a, prepend=0)
+        sizes[AddressMode.DELTA] = int(varint_sizes(gaps).sum())
+        sizes[AddressMode.BITMAP] = BITMAP_HEAD.size + (int(a[-1] - a[0]) + 1 + 7) // 8
+    return sizes
+
+
+def encode_address_set(addresses: np.ndarray, mode: Optional[AddressMode] = None) -> bytes:
+    """Encode a strictly ascending address set, in `mode` or the smallest encoding."""
+    a = _check_ascending(addresses)
+    if mode is None:
+        sizes = address_set_sizes(a)
+        mode = min(sizes, key=lambda m: (sizes[m], int(m)))
+    mode = AddressMode(mode)
+    if mode is AddressMode.RAW:
+        body = a.astype("<u4").tobytes()
+    elif mode is AddressMode.DELTA:
+        body = varint_encode(np.diff(a.astype(np.int64), prepend=0).astype(np.uint64))
+    else:
+        if a.size == 0:
+            body = BITMAP_HEAD.pack(0, 0)
+        else:
+            base, span = int(a[0]), int(a[-1]) - int(a[0]) + 1
+            if span > _MAX_BITMAP_SPAN:
+                raise ValueError(f"BITMAP span {span} too large; use DELTA")
+            bits = np.zeros(span, dtype=np.uint8)
+            bits[a.astype(np.int64) - base] = 1
+            body = BITMAP_HEAD.pack(base, span) + np.packbits(bits, bitorder="little").tobytes()
+    return SET_HEADER.pack(int(mode), int(a.size), len(body)) + body
+
+
+def decode_address_set(buf: bytes, offset: int = 0) -> Tuple[np.ndarray, int]:
+    """Decode an address set at `offset`; returns (uint32 addresses ascending, next offset)."""
+    if len(buf) - offset < SET_HEADER.size:
+        raise PayloadError(NackCode.BAD_LENGTH, "payload too short for an address set header")
+    mode, count, body_len = SET_HEADER.unpack_from(buf, offset)
+    start = offset + SET_HEADER.size
+    end = start + body_len
+    if end > len(buf):
+        raise PayloadError(NackCode.BAD_LENGTH,
+                           f"address set body of {body_len} bytes overruns the payload")
+    body = bytes(buf[start:end])
+    if mode == AddressMode.RAW:
+        if body_len != 4 * count:
+            raise PayloadError(NackCode.BAD_LENGTH,
+                               f"RAW address set of {count} needs {4 * count} bytes, "
+                               f"has {body_len}")
+        a = np.frombuffer(body, dtype="<u4").astype(np.int64)
+        if a.size > 1:
+            d = np.diff(a)
+            if np.any(d == 0):
+                raise PayloadError(NackCode.DUPLICATE_ADDRESS, "address repeated in a batch",
+                                   np.unique(a[1:][d == 0]))
+            if np.any(d < 0):
+                raise PayloadError(NackCode.BAD_PAYLOAD, "RAW addresses not ascending")
+    elif mode == AddressMode.DELTA:
+        gaps = varint_decode(body, count).astype(np.int64)
+        a = np.cumsum(gaps)
+        if a.size > 1 and np.any(gaps[1:] == 0):
+            raise PayloadError(NackCode.DUPLICATE_ADDRESS, "address repeated in a batch",
+                               np.unique(a[1:][gaps[1:] == 0]))
+        if a.size and a[-1] >= _U32_LIMIT:
+            raise PayloadError(NackCode.ADDRESS_OUT_OF_RANGE, "address above uint32",
+                               a[a >= _U32_LIMIT][:16])
+    elif mode == AddressMode.BITMAP:
+        if body_len < BITMAP_HEAD.size:
+            raise PayloadError(NackCode.BAD_LENGTH, "BITMAP body shorter than its header")
+        base, span = BITMAP_HEAD.unpack_from(body)
+        if body_len != BITMAP_HEAD.size + (span + 7) // 8:
+            raise PayloadError(NackCode.BAD_LENGTH,
+                               f"BITMAP of span {span} needs {(span + 7) // 8} bytes")
+        bits = np.unpackbits(np.frombuffer(body, np.uint8, offset=BITMAP_HEAD.size),
+                             bitorder="little")
+        if np.any(bits[span:]):
+            raise PayloadError(NackCode.BAD_PAYLOAD, "BITMAP padding bits not zero")
+        a = base + np.flatnonzero(bits[:span]).astype(np.int64)
+        if a.size != count:
+            raise PayloadError(NackCode.BAD_LENGTH,
+                               f"BITMAP has {a.size} bits set, count says {count}")
+        if a.size and a[-1] >= _U32_LIMIT:
+            raise PayloadError(NackCode.ADDRESS_OUT_OF_RANGE, "address above uint32",
+                               a[a >= _U32_LIMIT][:16])
+    else:
+        raise PayloadError(NackCode.BAD_PAYLOAD, f"unknown address set mode {mode}")
+    return a.astype(np.uint32), end
+
+
+# --- address blocks (MATVEC) ------------------------------------------------------------------
+def affine_params(block: np.ndarray) -> Optional[Tuple[int, int, int]]:
+    """(base, row_stride, col_stride) if the block is an affine grid, else None."""
+    b = np.asarray(block, dtype=np.int64)
+    m, n = b.shape
+    if m == 0 or n == 0:
+        return None
+    base = int(b[0, 0])
+    rs = int(b[1, 0] - b[0, 0]) if m > 1 else 0
+    cs = int(b[0, 1] - b[0, 0]) if n > 1 else 0
+    if not (-(1 << 31) <= rs < (1 << 31) and -(1 << 31) <= cs < (1 << 31)):
+        return None
+    grid = base + np.arange(m, dtype=np.int64)[:, None] * rs \
+        + np.arange(n, dtype=np.int64)[None, :] * cs
+    return (base, rs, cs) if np.array_equal(grid, b) else None
+
+
+def encode_block_body(block: np.ndarray) -> Tuple[BlockMode, bytes]:
+    """Smallest encoding of an (m, n) address block: AFFINE where it is a grid, else LIST."""
+    b = np.asarray(block)
+    params = affine_params(b)
+    if params is not None:
+        return BlockMode.AFFINE, AFFINE.pack(*params)
+    return BlockMode.LIST, np.ascontiguousarray(b, dtype="<u4").tobytes()
+
+
+def block_body_size(mode: int, m: int, n: int) -> int:
+    if mode == BlockMode.AFFINE:
+        return AFFINE.size
+    if mode == BlockMode.LIST:
+        return 4 * m * n
+    raise PayloadError(NackCode.BAD_PAYLOAD, f"unknown address block mode {mode}")
+
+
+def decode_block_body(mode: int, m: int, n: int, body: bytes) -> np.ndarray:
+    """(m, n) uint32 addresses of a block body; PayloadError where an address leaves uint32."""
+    if mode == BlockMode.LIST:
+        return np.frombuffer(body, dtype="<u4").astype(np.uint32).reshape(m, n)
+    if mode != BlockMode.AFFINE:
+        raise PayloadError(NackCode.BAD_PAYLOAD, f"unknown address block mode {mode}")
+    base, rs, cs = AFFINE.unpack(body)
+    if m == 0 or n == 0:
+        raise PayloadError(NackCode.BAD_PAYLOAD, "AFFINE block must not be empty")
+    grid = base + np.arange(m, dtype=np.int64)[:, None] * rs \
+        + np.arange(n, dtype=np.int64)[None, :] * cs
+    bad = (grid < 0) | (grid >= _U32_LIMIT)
+    if np.any(bad):
+        raise PayloadError(NackCode.ADDRESS_OUT_OF_RANGE, "AFFINE block leaves uint32",
+                           grid[bad][:16])
+    return grid.astype(np.uint32)

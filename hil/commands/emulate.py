@@ -1,0 +1,142 @@
+"""`pcm-hil emulate`: serve a simulated chip over the real wire protocol (TCP or a pty).
+
+The production FPGA driver connects to it exactly as to a board, so CI exercises the whole
+link: framing, retries, idempotency under injected faults, reconnects.
+"""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+EPILOG = """\
+The first line on stdout is the URL to connect to, e.g. socket://127.0.0.1:40123 or
+/dev/pts/7; pass it as the backend URL of any other command. Stop with Ctrl-C or SIGTERM:
+both write --stats-json and --state before exiting.
+
+examples:
+  pcm-hil emulate --listen 127.0.0.1:7700 --model jap --seed 1
+  pcm-hil emulate --listen 127.0.0.1:0 --rows 64 --cols 64 --drop 0.05 --corrupt 0.05 \\
+      --fault-seed 3 --stats-json emu-stats.json
+  pcm-hil emulate --pty --baud 921600 --latency-ms 1 --state chip.npz
+"""
+
+
+def _probability(text: str) -> float:
+    try:
+        p = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= p <= 1.0:
+        raise argparse.ArgumentTypeError(f"a probability must be in [0, 1], got {p}")
+    return p
+
+
+def _non_negative(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a {kind.__name__}: {text!r}") from None
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+        return v
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    v = _non_negative(int)(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "emulate", help="serve a simulated chip over the FPGA wire protocol (TCP or pty)",
+        description="Firmware emulator: a simulated PCM chip behind the binary wire "
+                    "protocol, with a modelled link and seeded fault injection.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--listen", metavar="HOST:PORT",
+                       help="serve over TCP (connect with socket://HOST:PORT); port 0 picks a "
+                            "free port. A bare PORT binds 127.0.0.1")
+    where.add_argument("--pty", action="store_true",
+                       help="serve over a new pseudo-terminal; its path is printed")
+    chip = p.add_argument_group("simulated chip")
+    chip.add_argument("--model", default="jap",
+                      help="device model: a preset name (jap, ideal, pcm_like) or a model "
+                           "YAML file (default: jap)")
+    chip.add_argument("--seed", type=_non_negative(int), default=0,
+                      help="chip seed: same seed, same chip, bit for bit (default: 0)")
+    chip.add_argument("--arrays", type=_positive_int, default=1, help="arrays (default: 1)")
+    chip.add_argument("--rows", type=_positive_int, default=512,
+                      help="rows (word lines) per array (default: 512)")
+    chip.add_argument("--cols", type=_positive_int, default=2048,
+                      help="columns (bit lines) per array (default: 2048)")
+    chip.add_argument("--state", metavar="FILE",
+                      help="keep the chip state in FILE (loaded if present, saved after "
+                           "every state-changing command and at exit) plus FILE.seq.json, "
+                           "so a restarted emulator keeps its chip and never re-applies a "
+                           "retried batch")
+    link = p.add_argument_group("link model")
+    link.add_argument("--baud", type=_non_negative(int), default=0,
+                      help="model a serial link of N baud (10 bits per byte); 0 = unlimited")
+    link.add_argument("--latency-ms", type=_non_negative(float), default=0.0,
+                      help="fixed delay added to every reply, ms")
+    faults = p.add_argument_group("fault injection (seeded, repeatable)")
+    faults.add_argument("--corrupt", type=_probability, default=0.0, metavar="P",
+                        help="probability per request that one byte of the request or of "
+                             "its reply is flipped")
+    faults.add_argument("--drop", type=_probability, default=0.0, metavar="P",
+                        help="probability per request that the request or its reply is lost")
+    faults.add_argument("--delay-ms", type=_non_negative(float), default=0.0, metavar="X",
+                        help="delay every reply by a uniform random 0..X ms")
+    faults.add_argument("--disconnect-every", type=_non_negative(int), default=0,
+                        metavar="N",
+                        help="drop the link instead of replying to every N-th executed "
+                             "command (TCP: close the connection; pty: a short outage)")
+    faults.add_argument("--fault-seed", type=_non_negative(int), default=0,
+                        help="seed of the fault RNG (default: 0)")
+    p.add_argument("--stats-json", metavar="FILE",
+                   help="write counters (faults by kind, commands executed, repeats answered "
+                        "from memory, pulses by kind) as JSON at exit and on SIGTERM")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from drivers.errors import ConfigError
+    from drivers.geometry import Geometry
+    from sim_backend.emulator import (EmulatorServer, FaultConfig, Firmware, LinkModel,
+                                      parse_listen)
+    from sim_backend.pcm_model import PcmModel
+    from sim_backend.sim_chip import SimulatedChip
+
+    try:
+        listen = parse_listen(args.listen) if args.listen else None
+    except ValueError as e:
+        raise ConfigError(str(e), key="--listen") from None
+    model = PcmModel.load(args.model)
+    chip = SimulatedChip(model, Geometry(args.arrays, args.rows, args.cols), seed=args.seed)
+    firmware = Firmware(chip, state_path=args.state)
+    try:
+        server = EmulatorServer(
+            firmware, listen=listen, pty=args.pty,
+            faults=FaultConfig(corrupt=args.corrupt, drop=args.drop, delay_ms=args.delay_ms,
+                               disconnect_every=args.disconnect_every, seed=args.fault_seed),
+            link=LinkModel(baud=args.baud, latency_ms=args.latency_ms),
+            stats_path=args.stats_json)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {args.listen}: {e}", key="--listen") from None
+
+    def stop(signum: int, frame: object) -> None:
+        server.request_stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(server.url, flush=True)
+    print(f"pcm-hil emulate: serving a {args.arrays}x{args.rows}x{args.cols} {model.name} "
+          f"chip (seed {args.seed}) on {server.url}", file=sys.stderr, flush=True)
+    server.serve_forever()
+    return 0

@@ -1,0 +1,649 @@
+"""The firmware emulator: the wire protocol served over TCP or a pty, backed by SimulatedChip.
+
+The production FPGA driver runs unchanged against it. Two layers:
+
+* `Firmware` is the protocol engine a real FPGA implements: frames in, reply frames out. It
+  validates every request (NACK with a typed code), enforces the chip's hard limits (the
+  simulated chip raises SafetyLimitError; that becomes NACK SAFETY_LIMIT), remembers the
+  replies of recent sequence numbers so a repeated request is answered from memory and never
+  executed twice, and can keep the chip state (and that memory) in a file across restarts.
+* `EmulatorServer` is the link: a TCP listener or a pty, a modelled link rate and latency, and
+  fault injection (corrupted bytes, dropped frames, random delays, disconnects, BUSY and chip
+  faults) drawn from a seeded RNG, with counters written as JSON.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import select
+import socket
+import threading
+import time
+import tty
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple
+
+import numpy as np
+
+from drivers.backend import Capability as ContractCapability
+from drivers.errors import (AddressError, ChipError, ConfigError, NotSupportedError,
+                            SafetyLimitError)
+from drivers.pulse import PulseKind, PulseSpec
+from firmware_interface.adc import ADC_BITS, adc_full_scale_us, adc_quantise
+from firmware_interface.frame import Decoded, Frame, FrameDecoder, FrameError, crc32
+from firmware_interface.messages import (MESSAGE_TYPES, Hello, InfoReply, MatvecReply,
+                                         MatvecRequest, Message, Nack, ProgramAck,
+                                         ProgramRequest, ReadExactReply, ReadExactRequest,
+                                         ReadReply, ReadRequest, SafeStateAck,
+                                         SafeStateRequest, StatusReply, StatusRequest)
+from firmware_interface.protocol import (PROTOCOL_VERSION, REMEMBERED_OPCODES,
+                                         REQUEST_OPCODES, Capability, NackCode, Opcode,
+                                         PayloadError)
+from sim_backend.sim_chip import SimulatedChip
+
+log = logging.getLogger(__name__)
+
+SEQ_MEMORY_FORMAT = "pcm-hil-seq-memory/1"
+#: Commands that change the chip's state (a read advances the clock and the read-noise
+#: counters); the state file is saved after each of them.
+STATE_CHANGING = frozenset({Opcode.READ, Opcode.PROGRAM, Opcode.MATVEC})
+_CAPS = {ContractCapability.MATVEC.value: Capability.MATVEC,
+         ContractCapability.EXACT_READ.value: Capability.EXACT_READ,
+         ContractCapability.STATE_FILE.value: Capability.STATE_FILE}
+
+
+@dataclass
+class _Remembered:
+    opcode: int
+    request_crc: int
+    reply: bytes
+    clock_s: float
+
+
+class Firmware:
+    """The firmware's protocol engine over a simulated chip (transport-free, single-threaded).
+
+    `state_path`: keep the chip state there (loaded at start if present, saved after every
+    state-changing command and by `save()`), plus the sequence-number memory in
+    `state_path + ".seq.json"`, so a restarted emulator neither forgets a chip nor applies a
+    retried batch twice. Both files are replaced atomically; the memory is written first and
+    its entries are kept on load only if the chip state contains their effect (by the chip's
+    simulated clock, which every state-changing command advances).
+    """
+
+    def __init__(self, chip: SimulatedChip, *, memory_depth: int = 16,
+                 max_payload: int = 1 << 24, capabilities: Optional[frozenset] = None,
+                 protocol_version: Tuple[int, int] = PROTOCOL_VERSION,
+                 firmware_version: str = "emu-1", state_path: Optional[str] = None,
+                 persist_depth: int = 4) -> None:
+        if memory_depth < 1:
+            raise ValueError("memory_depth must be >= 1")
+        self.chip = chip
+        self.memory_depth = int(memory_depth)
+        self.persist_depth = max(1, min(int(persist_depth), self.memory_depth))
+        self.max_payload = int(max_payload)
+        names = chip.info().capabilities if capabilities is None else capabilities
+        self.capabilities = Capability(0)
+        for name in names:
+            self.capabilities |= _CAPS[str(name)]
+        self.version = tuple(protocol_version)
+        self.firmware_version = firmware_version
+        self.state_path = state_path
+        self.full_scale_us = adc_full_scale_us(chip.model.g_max_us)
+        self.memory: "OrderedDict[int, _Remembered]" = OrderedDict()
+        self.last_seq: Optional[int] = None
+        self.idle = True
+        self.counters: Dict[str, object] = {
+            "commands_executed": 0, "repeats_answered": 0, "set_pulses": 0,
+            "reset_pulses": 0, "devices_read": 0, "bad_frames": 0, "nacks_sent": 0,
+            "by_opcode": {}, "nacks": {}}
+        #: Whether the last handle() executed a remembered command afresh (not a repeat).
+        self.executed_fresh = False
+        if state_path and os.path.exists(state_path):
+            self.load()
+
+    # --- persistence ----------------------------------------------------------------------
+    @property
+    def memory_path(self) -> Optional[str]:
+        return None if not self.state_path else f"{self.state_path}.seq.json"
+
+    def save(self) -> None:
+        """Write the sequence memory, then the chip state (both atomically)."""
+        if not self.state_path:
+            return
+        entries = list(self.memory.items())[-self.persist_depth:]
+        doc = {"format": SEQ_MEMORY_FORMAT, "last_seq": self.last_seq,
+               "entries": [{"seq": s, "opcode": e.opcode, "request_crc": e.request_crc,
+                            "clock_s": e.clock_s,
+                            "reply": base64.b64encode(e.reply).decode("ascii")}
+                           for s, e in entries]}
+        path = self.memory_path
+        assert path is not None
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(doc, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self.chip.save_state(self.state_path)
+
+    def load(self) -> None:
+        """Restore the chip state and the part of the memory the state contains."""
+        assert self.state_path is not None
+        self.chip.load_state(self.state_path)
+        path = self.memory_path
+        if not path or not os.path.exists(path):
+            return
+        try:
+            with open(path, encoding="utf-8") as f:
+                doc = json.load(f)
+            if doc.get("format") != SEQ_MEMORY_FORMAT:
+                raise ValueError(f"format {doc.get('format')!r}, expected "
+                                 f"{SEQ_MEMORY_FORMAT!r}")
+            entries = [(int(e["seq"]), _Remembered(
+                int(e["opcode"]), int(e["request_crc"]), base64.b64decode(e["reply"]),
+                float(e["clock_s"]))) for e in doc["entries"]]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ConfigError(f"not a sequence memory file ({e})", source=path) from None
+        self.memory.clear()
+        for seq, entry in entries:  # keep only what the saved chip state contains
+            if entry.clock_s <= self.chip.clock_s:
+                self.memory[seq] = entry
+        if self.memory:
+            self.last_seq = next(reversed(self.memory))
+
+    # --- the engine -------------------------------------------------------------------------
+    def nack(self, seq: int, code: NackCode, request_opcode: int, message: str,
+             devices: Optional[np.ndarray] = None) -> bytes:
+        """A NACK frame (counted)."""
+        self.counters["nacks_sent"] += 1  # type: ignore[operator]
+        nacks = self.counters["nacks"]
+        nacks[code.name] = nacks.get(code.name, 0) + 1  # type: ignore[union-attr]
+        msg = Nack(code, request_opcode & 0xFF, message,
+                   np.zeros(0) if devices is None else devices)
+        return msg.frame(seq, version=self.version)  # type: ignore[arg-type]
+
+    def handle(self, item: Decoded) -> Optional[bytes]:
+        """The reply frame to one decoded item (None: nothing to answer)."""
+        self.executed_fresh = False
+        if isinstance(item, FrameError):
+            self.counters["bad_frames"] += 1  # type: ignore[operator]
+            what = ("frame CRC-32 mismatch" if item.code is NackCode.BAD_CRC else
+                    f"payload of {item.length} bytes above max_payload {self.max_payload}")
+            return self.nack(item.seq, item.code, item.opcode, what)
+        frame = item
+        if frame.version[0] != self.version[0]:
+            return self.nack(frame.seq, NackCode.VERSION_MISMATCH, frame.opcode,
+                             f"firmware speaks protocol {self.version[0]}.{self.version[1]}, "
+                             f"request is {frame.version[0]}.{frame.version[1]}")
+        if frame.opcode not in REQUEST_OPCODES:
+            return self.nack(frame.seq, NackCode.UNKNOWN_OPCODE, frame.opcode,
+                             f"unknown request opcode 0x{frame.opcode:02X}")
+        opcode = Opcode(frame.opcode)
+        remembered = opcode in REMEMBERED_OPCODES
+        if remembered:
+            hit = self.memory.get(frame.seq)
+            if (hit is not None and hit.opcode == frame.opcode
+                    and hit.request_crc == crc32(frame.payload)):
+                self.counters["repeats_answered"] += 1  # type: ignore[operator]
+                return hit.reply
+        try:
+            request = MESSAGE_TYPES[opcode].decode(frame.payload)
+            reply = self._execute(request)
+        except PayloadError as e:
+            return self.nack(frame.seq, e.code, frame.opcode, e.message, e.devices)
+        except SafetyLimitError as e:
+            return self.nack(frame.seq, NackCode.SAFETY_LIMIT, frame.opcode, e.message,
+                             e.devices)
+        except AddressError as e:
+            code = (NackCode.DUPLICATE_ADDRESS if "repeated" in e.message
+                    else NackCode.ADDRESS_OUT_OF_RANGE)
+            return self.nack(frame.seq, code, frame.opcode, e.message, e.devices)
+        except NotSupportedError as e:
+            return self.nack(frame.seq, NackCode.UNSUPPORTED, frame.opcode, e.message)
+        except ChipError as e:
+            return self.nack(frame.seq, NackCode.CHIP_FAULT, frame.opcode, e.message,
+                             e.devices)
+        except ValueError as e:  # e.g. a PulseSpec with a zero amplitude
+            return self.nack(frame.seq, NackCode.BAD_PAYLOAD, frame.opcode, str(e))
+        except Exception as e:  # a bug must not kill the emulator: report it as a fault
+            log.exception("%s seq=%d failed", opcode.name, frame.seq)
+            return self.nack(frame.seq, NackCode.CHIP_FAULT, frame.opcode,
+                             f"internal error: {e!r}")
+        self.counters["commands_executed"] += 1  # type: ignore[operator]
+        by_op = self.counters["by_opcode"]
+        by_op[opcode.name] = by_op.get(opcode.name, 0) + 1  # type: ignore[union-attr]
+        data = reply.frame(frame.seq, version=self.version)  # type: ignore[arg-type]
+        if remembered:
+            self.executed_fresh = True
+            self.last_seq = frame.seq
+            self.memory.pop(frame.seq, None)
+            self.memory[frame.seq] = _Remembered(frame.opcode, crc32(frame.payload), data,
+                                                 self.chip.clock_s)
+            while len(self.memory) > self.memory_depth:
+                self.memory.popitem(last=False)
+            if opcode in STATE_CHANGING and self.state_path:
+                try:
+                    self.save()
+                except OSError as e:  # the command ran; say so, and keep serving
+                    log.error("cannot save the chip state to %s: %s", self.state_path, e)
+        return data
+
+    def _execute(self, req: Message) -> Message:
+        chip = self.chip
+        if isinstance(req, Hello):
+            return self.info_reply()
+        if isinstance(req, StatusRequest):
+            return self.status_reply()
+        if isinstance(req, ReadExactRequest):
+            if not self.capabilities & Capability.EXACT_READ:
+                raise NotSupportedError("this chip has no exact read", command="READ_EXACT")
+            return ReadExactReply(chip.read_exact(req.addresses))
+        if isinstance(req, ReadRequest):
+            values = chip.read(req.addresses)
+            self.counters["devices_read"] += int(req.addresses.size)  # type: ignore[operator]
+            return ReadReply(adc_quantise(values, self.full_scale_us))
+        if isinstance(req, ProgramRequest):
+            kind = PulseKind(int(req.kind))
+            pulse = PulseSpec(kind, req.amplitude_v, req.width_ns)
+            chip.program(req.addresses, req.n_pulses, pulse)
+            total = int(req.n_pulses.sum(dtype=np.int64))
+            key = "set_pulses" if kind is PulseKind.SET else "reset_pulses"
+            self.counters[key] += total  # type: ignore[operator]
+            self.idle = False
+            return ProgramAck(int(req.addresses.size), total)
+        if isinstance(req, MatvecRequest):
+            if not self.capabilities & Capability.MATVEC:
+                raise NotSupportedError("this chip has no on-chip matvec", command="MATVEC")
+            out = chip.matvec(req.block, req.x)
+            self.counters["devices_read"] += int(req.block.size)  # type: ignore[operator]
+            return MatvecReply(out)
+        if isinstance(req, SafeStateRequest):
+            chip.safe_state()
+            self.idle = True
+            return SafeStateAck()
+        raise PayloadError(NackCode.UNKNOWN_OPCODE, f"no handler for {req.OPCODE.name}")
+
+    def info_reply(self) -> InfoReply:
+        info = self.chip.info()
+        g = info.geometry
+        return InfoReply(self.version, g.arrays, g.rows, g.cols,  # type: ignore[arg-type]
+                         info.g_min_us, info.g_max_us, self.full_scale_us, ADC_BITS,
+                         self.memory_depth, int(self.capabilities), self.max_payload,
+                         info.chip_id, self.firmware_version,
+                         tuple((k, float(v)) for k, v in info.hard_limits.items()))
+
+    def status_reply(self) -> StatusReply:
+        c = self.counters
+        return StatusReply(self.last_seq or 0, self.last_seq is not None, self.idle,
+                           int(c["commands_executed"]), int(c["repeats_answered"]),
+                           int(c["set_pulses"]), int(c["reset_pulses"]),
+                           int(c["devices_read"]), int(c["bad_frames"]),
+                           int(c["nacks_sent"]))
+
+
+# --- the link -------------------------------------------------------------------------------
+FAULT_KINDS = ("corrupt_request", "corrupt_reply", "drop_request", "drop_reply", "delay",
+               "disconnect", "busy", "chip_fault")
+
+
+@dataclass
+class FaultConfig:
+    """Link faults, drawn per request frame from a seeded RNG (so a run is repeatable).
+
+    corrupt / drop: probability per request that one byte is flipped / the frame is lost,
+    on the way in or (equally likely) on the way back. delay_ms: every reply waits a uniform
+    0..delay_ms. disconnect_every: the reply of every N-th freshly executed command is lost
+    with the connection (TCP: closed; pty: an outage that discards input for outage_s).
+    script: {request number (1-based, counting every intact request frame, HELLO included):
+    fault kind}, for tests that need one exact fault; a scripted "delay" waits outage_s.
+    """
+
+    corrupt: float = 0.0
+    drop: float = 0.0
+    delay_ms: float = 0.0
+    disconnect_every: int = 0
+    seed: int = 0
+    outage_s: float = 0.2
+    script: Dict[int, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("corrupt", "drop"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} probability must be in [0, 1], got {p}")
+        if self.delay_ms < 0 or self.disconnect_every < 0:
+            raise ValueError("delay_ms and disconnect_every must be >= 0")
+        for k, kind in self.script.items():
+            if kind not in FAULT_KINDS:
+                raise ValueError(f"unknown fault kind {kind!r} for request {k}")
+
+
+@dataclass
+class LinkModel:
+    """Modelled link: 10 bits per byte at `baud` (0 = unlimited) plus a fixed latency."""
+
+    baud: int = 0
+    latency_ms: float = 0.0
+
+    def delay_s(self, nbytes: int) -> float:
+        t = self.latency_ms / 1000.0
+        if self.baud > 0:
+            t += nbytes * 10.0 / self.baud
+        return t
+
+
+class EmulatorServer:
+    """Serves one Firmware over TCP (one client at a time; a new connection replaces the old
+    one, as reopening a serial port would) or over a pty (os.openpty; connect to `url`)."""
+
+    def __init__(self, firmware: Firmware, *, listen: Optional[Tuple[str, int]] = None,
+                 pty: bool = False, faults: Optional[FaultConfig] = None,
+                 link: Optional[LinkModel] = None, stats_path: Optional[str] = None) -> None:
+        if (listen is None) == (not pty):
+            raise ValueError("give exactly one of listen=(host, port) or pty=True")
+        self.firmware = firmware
+        self.faults = faults or FaultConfig()
+        self.link = link or LinkModel()
+        self.stats_path = stats_path
+        self._rng = np.random.default_rng(self.faults.seed)
+        self._decoder = FrameDecoder(firmware.max_payload)
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._conn: Optional[socket.socket] = None
+        self._listener: Optional[socket.socket] = None
+        self._master: Optional[int] = None
+        self._slave: Optional[int] = None
+        self._outage_until = 0.0
+        self._requests = 0
+        self._fresh = 0
+        self._closed = False
+        self.counters: Dict[str, object] = {
+            "faults": {k: 0 for k in FAULT_KINDS}, "requests": 0, "connections": 0,
+            "bytes_rx": 0, "bytes_tx": 0}
+        #: Called with (request Frame, reply bytes or None) after each request (tests).
+        self.on_request: Optional[Callable[[Frame, Optional[bytes]], None]] = None
+        if pty:
+            self._master, self._slave = os.openpty()
+            tty.setraw(self._slave)
+            os.set_blocking(self._master, False)
+            self.url = os.ttyname(self._slave)
+        else:
+            assert listen is not None
+            host, port = listen
+            s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                              socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+            s.listen(1)
+            self._listener = s
+            bound = s.getsockname()
+            self.address = (bound[0], bound[1])
+            h = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+            self.url = f"socket://{h}:{bound[1]}"
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self) -> "EmulatorServer":
+        """Serve in a background thread."""
+        self._thread = threading.Thread(target=self.serve_forever, name="pcm-hil-emulator",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def request_stop(self) -> None:
+        """Ask serve_forever to return (safe from a signal handler)."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Stop serving, close the link, write stats and state."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for s in (self._conn, self._listener):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        self._conn = self._listener = None
+        for fd in (self._master, self._slave):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._master = self._slave = None
+        try:
+            self.firmware.save()
+        except OSError as e:
+            log.error("cannot save the chip state to %s: %s", self.firmware.state_path, e)
+        finally:
+            self.write_stats()
+
+    def __enter__(self) -> "EmulatorServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stats(self) -> dict:
+        """Every counter: link faults, firmware commands and pulses, decoder errors."""
+        fw = self.firmware
+        out = json.loads(json.dumps(self.counters))
+        out["firmware"] = json.loads(json.dumps(fw.counters))
+        out["chip"] = dict(fw.chip.counters)
+        out["decoder"] = self._decoder.counters()
+        out["pulses"] = {"set": fw.counters["set_pulses"], "reset": fw.counters["reset_pulses"]}
+        out["commands_executed"] = fw.counters["commands_executed"]
+        out["repeats_answered"] = fw.counters["repeats_answered"]
+        return out
+
+    def write_stats(self) -> None:
+        if not self.stats_path:
+            return
+        tmp = f"{self.stats_path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.stats(), f, indent=2, sort_keys=True)
+        os.replace(tmp, self.stats_path)
+
+    # --- serving --------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        """Serve until request_stop()/stop(); then close (stats and state are written)."""
+        try:
+            while not self._stop.is_set():
+                if self._master is not None:
+                    self._poll_pty()
+                else:
+                    self._poll_tcp()
+        finally:
+            if self._thread is None:  # run in the caller's thread: clean up here
+                self.close()
+
+    def _poll_tcp(self) -> None:
+        assert self._listener is not None
+        watch = [self._listener] + ([self._conn] if self._conn is not None else [])
+        ready, _, _ = select.select(watch, [], [], 0.05)
+        if self._listener in ready:
+            conn, _ = self._listener.accept()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._drop_connection()
+            self._conn = conn
+            self.counters["connections"] += 1  # type: ignore[operator]
+            return
+        if self._conn is not None and self._conn in ready:
+            try:
+                data = self._conn.recv(1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                self._drop_connection()
+                return
+            self._on_bytes(data)
+
+    def _poll_pty(self) -> None:
+        assert self._master is not None
+        ready, _, _ = select.select([self._master], [], [], 0.05)
+        if not ready:
+            return
+        try:
+            data = os.read(self._master, 1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            time.sleep(0.05)
+            return
+        if time.monotonic() < self._outage_until:
+            return
+        self._on_bytes(data)
+
+    def _drop_connection(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except OSError:
+                pass
+        self._conn = None
+        self._decoder.reset()
+
+    def _on_bytes(self, data: bytes) -> None:
+        self.counters["bytes_rx"] += len(data)  # type: ignore[operator]
+        for item in self._decoder.feed(data):
+            if isinstance(item, FrameError):
+                self._send(self.firmware.handle(item), 0)
+            else:
+                self._on_request(item)
+
+    def _draw_fault(self, n: int) -> Tuple[Optional[str], float]:
+        u = self._rng.random(5)  # always five draws: the stream does not depend on config
+        delay = float(u[4]) * self.faults.delay_ms / 1000.0
+        if n in self.faults.script:
+            return self.faults.script[n], delay
+        if u[0] < self.faults.corrupt:
+            return ("corrupt_request" if u[1] < 0.5 else "corrupt_reply"), delay
+        if u[2] < self.faults.drop:
+            return ("drop_request" if u[3] < 0.5 else "drop_reply"), delay
+        return None, delay
+
+    def _count(self, kind: str) -> None:
+        self.counters["faults"][kind] += 1  # type: ignore[index]
+        log.info("fault injected: %s", kind)
+
+    def _on_request(self, frame: Frame) -> None:
+        self._requests += 1
+        self.counters["requests"] = self._requests
+        fault, delay = self._draw_fault(self._requests)
+        size = frame.wire_size
+        reply: Optional[bytes] = None
+        try:
+            if fault == "drop_request":
+                self._count(fault)
+                return
+            if fault == "corrupt_request":
+                self._count(fault)
+                raw = bytearray(frame.encode())
+                raw[int(self._rng.integers(len(raw)))] ^= int(self._rng.integers(1, 256))
+                for item in FrameDecoder(self.firmware.max_payload).feed(bytes(raw)):
+                    reply = self.firmware.handle(item)
+                    self._send(reply, size)
+                return
+            if fault in ("busy", "chip_fault"):
+                self._count(fault)
+                code = NackCode.BUSY if fault == "busy" else NackCode.CHIP_FAULT
+                reply = self.firmware.nack(frame.seq, code, frame.opcode, f"injected {fault}")
+                self._send(reply, size)
+                return
+            reply = self.firmware.handle(frame)
+            if reply is None:
+                return
+            every = self.faults.disconnect_every
+            if self.firmware.executed_fresh:
+                self._fresh += 1
+            if fault == "disconnect" or (self.firmware.executed_fresh and every
+                                         and self._fresh % every == 0):
+                self._count("disconnect")
+                self._disconnect()
+                return
+            if fault == "drop_reply":
+                self._count(fault)
+                return
+            if fault == "corrupt_reply":
+                self._count(fault)
+                raw = bytearray(reply)
+                raw[int(self._rng.integers(len(raw)))] ^= int(self._rng.integers(1, 256))
+                reply = bytes(raw)
+            if fault == "delay":
+                delay = max(delay, self.faults.outage_s)
+            if delay > 0:
+                self._count("delay")
+                time.sleep(delay)
+            self._send(reply, size)
+        finally:
+            if self.on_request is not None:
+                self.on_request(frame, reply)
+
+    def _disconnect(self) -> None:
+        if self._master is not None:
+            self._outage_until = time.monotonic() + self.faults.outage_s
+            self._decoder.reset()
+        else:
+            self._drop_connection()
+
+    def _send(self, data: Optional[bytes], request_bytes: int) -> None:
+        if not data:
+            return
+        wait = self.link.delay_s(request_bytes + len(data))
+        if wait > 0:
+            time.sleep(wait)
+        try:
+            if self._master is not None:
+                self._write_pty(data)
+            elif self._conn is not None:
+                self._conn.sendall(data)
+            else:
+                return
+        except OSError as e:
+            log.info("reply lost: %s", e)
+            self._drop_connection()
+            return
+        self.counters["bytes_tx"] += len(data)  # type: ignore[operator]
+
+    def _write_pty(self, data: bytes) -> None:
+        assert self._master is not None
+        view = memoryview(data)
+        deadline = time.monotonic() + 5.0
+        while view:
+            try:
+                n = os.write(self._master, view)
+                view = view[n:]
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise OSError("pty not drained by the host within 5 s") from None
+                select.select([], [self._master], [], 0.05)
+
+
+def parse_listen(value: str) -> Tuple[str, int]:
+    """`HOST:PORT`, `[V6]:PORT` or `PORT` (on 127.0.0.1) -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = "127.0.0.1", value
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        p = int(port)
+    except ValueError:
+        raise ValueError(f"--listen wants HOST:PORT, got {value!r}") from None
+    if not 0 <= p <= 65535:
+        raise ValueError(f"port {p} outside 0..65535")
+    return host, p
+
+
+__all__ = ["Firmware", "EmulatorServer", "FaultConfig", "LinkModel", "FAULT_KINDS",
+           "parse_listen"]

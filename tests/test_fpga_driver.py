@@ -1,0 +1,508 @@
+"""The production FPGA driver against the firmware emulator, over a real TCP socket and a pty.
+
+Every result is compared with an in-process SimulatedChip of the same seed: read values bit for
+bit, true conductances after the same program commands.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+import time
+
+import numpy as np
+import pytest
+
+from drivers.errors import (AddressError, ChipError, ChipFaultError, LinkError,
+                            NotSupportedError, ProtocolError, SafetyLimitError)
+from drivers.fpga import FpgaChip, NACK_ERRORS, open_fpga
+from drivers.geometry import Geometry
+from drivers.pulse import PulseSpec
+from firmware_interface.addresses import encode_address_set
+from firmware_interface.frame import Frame, encode_frame
+from firmware_interface.messages import (MatvecRequest, Nack, ProgramRequest, ReadRequest,
+                                         StatusReply, decode_message)
+from firmware_interface.protocol import NackCode, Opcode, PulseCode
+from sim_backend.emulator import EmulatorServer, FaultConfig, Firmware
+from sim_backend.pcm_model import PcmModel
+from sim_backend.sim_chip import SimulatedChip
+
+GEO = Geometry(1, 64, 64)
+SEED = 11
+
+
+def make_chip(seed: int = SEED, geometry: Geometry = GEO) -> SimulatedChip:
+    return SimulatedChip(PcmModel.preset("jap"), geometry, seed=seed)
+
+
+def serve(transport: str = "tcp", faults: FaultConfig | None = None, **fw) -> EmulatorServer:
+    geometry = fw.pop("geometry", GEO)
+    firmware = Firmware(make_chip(geometry=geometry), **fw)
+    kw = {"pty": True} if transport == "pty" else {"listen": ("127.0.0.1", 0)}
+    return EmulatorServer(firmware, faults=faults, **kw).start()
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float32).view(np.uint32)
+
+
+@pytest.fixture(params=["tcp", "pty"])
+def transport(request):
+    return request.param
+
+
+@pytest.fixture
+def emu(transport):
+    server = serve(transport)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def chip(emu):
+    c = FpgaChip(emu.url, timeout_s=0.5, retries=4, reconnect_timeout_s=3.0)
+    yield c
+    c.close()
+
+
+def workload(backend, steps: int = 6, seed: int = 0):
+    """A training-like mix of commands; returns everything the backend answered."""
+    rng = np.random.default_rng(seed)
+    out = []
+    n_dev = GEO.n_devices
+    for step in range(steps):
+        addr = rng.choice(n_dev, 400, replace=False)
+        pulses = rng.integers(0, 6, addr.size)
+        backend.program(addr, pulses, PulseSpec.reset() if step == 2 else PulseSpec.set())
+        out.append(backend.read(addr[:300]))
+        block = np.arange(8 * 64).reshape(8, 64) + 64 * step
+        out.append(backend.matvec(block, rng.standard_normal(64)))
+        out.append(backend.matvec(block[:, ::2], rng.standard_normal((32, 3)).astype(np.float32)))
+    out.append(backend.read_exact(np.arange(n_dev)))
+    return out
+
+
+def assert_same(a_list, b_list):
+    assert len(a_list) == len(b_list)
+    for a, b in zip(a_list, b_list):
+        assert a.shape == b.shape and a.dtype == b.dtype == np.float32
+        assert np.array_equal(bits(a), bits(b))
+
+
+# --- equality with the in-process chip ----------------------------------------------------------
+def test_bit_identical_to_in_process(emu, chip):
+    ref = make_chip()
+    assert_same(workload(ref), workload(chip))
+    fw_chip = emu.firmware.chip
+    assert np.array_equal(fw_chip.true_conductance(np.arange(GEO.n_devices)),
+                          ref.true_conductance(np.arange(GEO.n_devices)))
+    assert fw_chip.counters == ref.counters
+    assert fw_chip.clock_s == ref.clock_s
+
+
+def test_bit_identical_under_link_faults(transport):
+    """Corrupted and dropped frames in both directions, random delays and disconnects change
+    nothing: every pulse batch is applied exactly once, every read draws its noise once."""
+    faults = FaultConfig(corrupt=0.15, drop=0.15, delay_ms=5, disconnect_every=7, seed=4,
+                         outage_s=0.05)
+    server = serve(transport, faults)
+    try:
+        ref = make_chip()
+        with FpgaChip(server.url, timeout_s=0.15, retries=10) as chip:
+            assert_same(workload(ref, steps=4), workload(chip, steps=4))
+        st = server.stats()
+        assert sum(st["faults"].values()) > 10
+        assert st["faults"]["disconnect"] >= 1
+        assert st["repeats_answered"] >= 1
+        assert st["pulses"] == {"set": ref.counters["set_pulses"],
+                                "reset": ref.counters["reset_pulses"]}
+        assert server.firmware.chip.counters == ref.counters
+    finally:
+        server.stop()
+
+
+def test_info_from_hello(chip, emu):
+    info = chip.info()
+    assert info.geometry == GEO
+    assert info.protocol_version == "1.0" and info.adc_bits == 16
+    assert info.supports("matvec") and info.supports("exact_read")
+    assert info.hard_limits == emu.firmware.chip.limits.as_dict()
+    assert chip.adc_full_scale_us == pytest.approx(25.0)
+
+
+def test_status_and_safe_state(chip, emu):
+    chip.program(np.array([1, 2]), np.array([1, 2]), PulseSpec.set())
+    s = chip.status()
+    assert isinstance(s, StatusReply)
+    assert s.last_seq_valid and s.last_seq == chip.last_seq - 1
+    assert s.set_pulses == 3 and not s.idle
+    chip.safe_state()
+    assert chip.status().idle
+
+
+def test_close_idles_the_chip_and_refuses_further_commands(emu):
+    chip = FpgaChip(emu.url, timeout_s=0.5)
+    chip.program(np.array([3]), np.array([1]), PulseSpec.set())
+    assert not emu.firmware.idle
+    chip.close()
+    assert emu.firmware.idle
+    chip.close()  # idempotent
+    with pytest.raises(ChipError, match="closed"):
+        chip.read(np.array([1]))
+
+
+def test_duplicate_read_addresses_get_identical_values(chip):
+    v = chip.read(np.array([5, 9, 5, 5]))
+    assert v[0] == v[2] == v[3]
+
+
+def test_empty_batches_still_reach_the_chip(chip, emu):
+    ref = make_chip()
+    for b in (ref, chip):
+        b.read(np.zeros(0, np.uint32))
+        b.program(np.zeros(0, np.uint32), np.zeros(0, np.int64), PulseSpec.set())
+        b.program(np.array([4]), np.array([0]), PulseSpec.set())
+    assert emu.firmware.chip.clock_s == ref.clock_s
+
+
+# --- checks before anything is sent -----------------------------------------------------------
+BAD_CALLS = [
+    ("read", (np.array([GEO.n_devices]),), AddressError),
+    ("read", (np.array([-1]),), AddressError),
+    ("program", (np.array([1, 1]), np.array([1, 1]), PulseSpec.set()), AddressError),
+    ("program", (np.array([1]), np.array([256]), PulseSpec.set()), SafetyLimitError),
+    ("program", (np.array([1]), np.array([-1]), PulseSpec.set()), SafetyLimitError),
+    ("program", (np.array([1]), np.array([1]), PulseSpec.set(amplitude_v=2.5)),
+     SafetyLimitError),
+    ("program", (np.array([1]), np.array([1]), PulseSpec.reset(amplitude_v=4.5)),
+     SafetyLimitError),
+    ("program", (np.array([1]), np.array([1]), PulseSpec.set(width_ns=20_000)),
+     SafetyLimitError),
+    ("program", (np.array([1, 2]), np.array([1]), PulseSpec.set()), ChipError),
+    ("matvec", (np.arange(4), np.ones(4)), ChipError),
+    ("matvec", (np.arange(4).reshape(2, 2), np.ones(3)), ChipError),
+    ("read_exact", (np.array([GEO.n_devices + 5]),), AddressError),
+]
+
+
+def test_bad_calls_raise_like_in_process_and_send_nothing(chip, emu):
+    ref = make_chip()
+    before = emu.counters["requests"]
+    for method, args, error in BAD_CALLS:
+        with pytest.raises(error) as e_ref:
+            getattr(ref, method)(*args)
+        with pytest.raises(error) as e_drv:
+            getattr(chip, method)(*args)
+        assert e_drv.value.command == e_ref.value.command, (method, args)
+        if e_ref.value.devices is not None:
+            assert np.array_equal(e_drv.value.devices, e_ref.value.devices)
+    assert emu.counters["requests"] == before
+
+
+def test_batch_above_max_payload_is_refused_before_sending():
+    server = serve(max_payload=256)
+    try:
+        with FpgaChip(server.url, timeout_s=0.5) as chip:
+            with pytest.raises(ProtocolError, match="max_payload"):
+                chip.read(np.arange(0, 4096, 7))
+            chip.read(np.arange(100))  # dense sets fit easily
+    finally:
+        server.stop()
+
+
+# --- every NACK code, through the real link ---------------------------------------------------
+def raw_exchange(chip: FpgaChip, data: bytes, seq: int, timeout: float = 1.0) -> Nack:
+    """Send raw bytes through the driver's public wire methods; return the NACK for seq."""
+    chip.send_frame(data)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for item in chip.receive(deadline - time.monotonic()):
+            if isinstance(item, Frame) and item.seq == seq:
+                msg = decode_message(item)
+                assert isinstance(msg, Nack), msg
+                return msg
+    raise AssertionError("no reply")
+
+
+def test_nack_bad_crc(chip):
+    f = bytearray(ReadRequest(np.array([1, 2])).frame(900))
+    f[20] ^= 0xFF
+    assert raw_exchange(chip, bytes(f), 900).code is NackCode.BAD_CRC
+
+
+def test_nack_unknown_opcode(chip):
+    assert raw_exchange(chip, encode_frame(901, 0x55), 901).code is NackCode.UNKNOWN_OPCODE
+    reply_as_request = encode_frame(902, Opcode.INFO)
+    assert raw_exchange(chip, reply_as_request, 902).code is NackCode.UNKNOWN_OPCODE
+
+
+def test_nack_bad_length(chip):
+    n = raw_exchange(chip, encode_frame(903, Opcode.STATUS, b"xyz"), 903)
+    assert n.code is NackCode.BAD_LENGTH and n.request_opcode == Opcode.STATUS
+
+
+def test_nack_bad_payload(chip):
+    assert raw_exchange(chip, encode_frame(904, Opcode.READ, struct.pack("<BII", 9, 0, 0)),
+                        904).code is NackCode.BAD_PAYLOAD
+    bad_kind = struct.pack("<BxII", 7, 1, 1) + encode_address_set(np.array([1])) + b"\x01"
+    assert raw_exchange(chip, encode_frame(905, Opcode.PROGRAM, bad_kind),
+                        905).code is NackCode.BAD_PAYLOAD
+    zero_amp = ProgramRequest(PulseCode.SET, 0, 50_000, np.array([1]), np.array([1]))
+    assert raw_exchange(chip, zero_amp.frame(906), 906).code is NackCode.BAD_PAYLOAD
+
+
+def test_nack_duplicate_address(chip):
+    payload = struct.pack("<BII", 0, 3, 12) + np.array([1, 7, 7], "<u4").tobytes()
+    n = raw_exchange(chip, encode_frame(907, Opcode.READ, payload), 907)
+    assert n.code is NackCode.DUPLICATE_ADDRESS and list(n.devices) == [7]
+
+
+def test_nack_version_mismatch(chip):
+    f = encode_frame(908, Opcode.STATUS, version=(2, 0))
+    assert raw_exchange(chip, f, 908).code is NackCode.VERSION_MISMATCH
+
+
+def test_nack_too_large_then_link_keeps_working():
+    server = serve(max_payload=1024)
+    try:
+        with FpgaChip(server.url, timeout_s=0.5) as chip:
+            big = encode_frame(909, Opcode.READ, bytes(5000))
+            assert raw_exchange(chip, big, 909).code is NackCode.TOO_LARGE
+            assert chip.read(np.arange(10)).shape == (10,)
+    finally:
+        server.stop()
+
+
+def test_nack_address_out_of_range_maps_to_address_error(chip):
+    """Bypassing the driver's own checks, the firmware's NACK becomes the same typed error."""
+    with pytest.raises(AddressError) as e:
+        chip.transaction(ReadRequest(np.array([5, GEO.n_devices, GEO.n_devices + 3])),
+                         command="READ")
+    assert e.value.nack_code is NackCode.ADDRESS_OUT_OF_RANGE
+    assert list(e.value.devices) == [GEO.n_devices, GEO.n_devices + 3]
+    assert e.value.command == "READ"
+
+
+def test_nack_safety_limit_maps_to_safety_limit_error(chip, emu):
+    req = ProgramRequest.from_units(PulseCode.SET, 3.0, 50.0, np.array([1]), np.array([1]))
+    with pytest.raises(SafetyLimitError) as e:
+        chip.transaction(req, command="PROGRAM_SET")
+    assert e.value.nack_code is NackCode.SAFETY_LIMIT
+    assert emu.firmware.chip.counters["set_pulses"] == 0
+
+
+def test_nack_unsupported():
+    server = serve(capabilities=frozenset())
+    try:
+        with FpgaChip(server.url, timeout_s=0.5) as chip:
+            assert not chip.info().supports("matvec")
+            with pytest.raises(NotSupportedError):
+                chip.matvec(np.arange(4).reshape(2, 2), np.ones(2))
+            with pytest.raises(NotSupportedError):
+                chip.read_exact(np.arange(4))
+            with pytest.raises(NotSupportedError) as e:  # past the driver's own check
+                chip.transaction(MatvecRequest(np.arange(4).reshape(2, 2), np.ones(2)))
+            assert e.value.nack_code is NackCode.UNSUPPORTED
+    finally:
+        server.stop()
+
+
+def test_nack_busy_is_retried_with_the_same_frame():
+    server = serve(faults=FaultConfig(script={2: "busy", 3: "busy"}))
+    try:
+        with FpgaChip(server.url, timeout_s=0.5, busy_backoff_s=0.01) as chip:
+            chip.program(np.array([1, 2]), np.array([2, 2]), PulseSpec.set())
+            assert server.firmware.counters["set_pulses"] == 4
+            assert server.stats()["faults"]["busy"] == 2
+            assert chip.stats["PROGRAM_SET"]["round_trips"] == 3
+    finally:
+        server.stop()
+
+
+def test_nack_chip_fault():
+    server = serve(faults=FaultConfig(script={2: "chip_fault"}))
+    try:
+        with FpgaChip(server.url, timeout_s=0.5) as chip:
+            with pytest.raises(ChipFaultError) as e:
+                chip.read(np.arange(3))
+            assert e.value.nack_code is NackCode.CHIP_FAULT and e.value.command == "READ"
+    finally:
+        server.stop()
+
+
+def test_every_nack_code_has_a_typed_error():
+    assert set(NACK_ERRORS) == set(NackCode)
+
+
+# --- retries, idempotency, reconnects, resync -------------------------------------------------
+@pytest.mark.parametrize("fault", ["drop_reply", "corrupt_reply", "disconnect", "delay"])
+def test_retried_program_is_applied_once(transport, fault):
+    """The PROGRAM executes, its ACK is lost; the retry (same sequence number) is answered
+    from the firmware's memory, so the chip sees the pulses once."""
+    server = serve(transport, FaultConfig(script={2: fault}, outage_s=0.4))
+    try:
+        ref = make_chip()
+        addr, n = np.arange(0, 4096, 5), np.full(820, 3)
+        with FpgaChip(server.url, timeout_s=0.25, retries=4) as chip:
+            chip.program(addr, n, PulseSpec.set())
+            ref.program(addr, n, PulseSpec.set())
+            assert np.array_equal(bits(chip.read(addr)), bits(ref.read(addr)))
+            assert chip.stats["PROGRAM_SET"]["round_trips"] >= 2
+        fw = server.firmware
+        assert fw.counters["set_pulses"] == int(n.sum())
+        assert fw.chip.counters == ref.counters
+        assert fw.counters["repeats_answered"] >= 1
+        assert np.array_equal(fw.chip.true_conductance(addr), ref.true_conductance(addr))
+    finally:
+        server.stop()
+
+
+def test_lost_request_is_simply_resent(transport):
+    server = serve(transport, FaultConfig(script={2: "drop_request", 3: "corrupt_request"}))
+    try:
+        with FpgaChip(server.url, timeout_s=0.2) as chip:
+            chip.program(np.array([7]), np.array([4]), PulseSpec.set())
+        assert server.firmware.counters["set_pulses"] == 4
+        assert server.firmware.counters["repeats_answered"] == 0
+    finally:
+        server.stop()
+
+
+class GarbledLink(FpgaChip):
+    """A driver whose link adds line noise in front of every frame it receives (a subclass
+    replacing only the private I/O, as a different transport would)."""
+
+    NOISE = b"\x00\xA5\xFF\xA5\x5A\x01\x00"
+
+    def _read(self, n: int, timeout_s: float) -> bytes:
+        pending = self.__dict__.setdefault("_pending", bytearray())
+        if not pending:
+            data = super()._read(n, timeout_s)
+            pending += (self.NOISE + data) if data[:2] == b"\xA5\x5A" else data
+        out = bytes(pending[:n])
+        del pending[:n]
+        return out
+
+    def _discard_input(self) -> None:
+        self.__dict__.get("_pending", bytearray()).clear()
+        super()._discard_input()
+
+
+def test_driver_resyncs_after_garbage_in_replies(emu):
+    ref = make_chip()
+    with GarbledLink(emu.url, timeout_s=0.5) as chip:
+        assert_same(workload(ref, steps=2), workload(chip, steps=2))
+        assert chip._decoder.garbage_bytes > 0
+
+
+def test_emulator_resyncs_after_garbage_in_requests(chip, emu):
+    chip.send_frame(b"\x00\x01\xA5\x5Agarbage\xA5" * 3)
+    ref = make_chip()
+    assert np.array_equal(bits(chip.read(np.arange(50))), bits(ref.read(np.arange(50))))
+    assert emu.stats()["decoder"]["garbage_bytes"] > 0
+
+
+def test_reconnect_after_the_emulator_drops_the_link():
+    server = serve(faults=FaultConfig(disconnect_every=2))
+    try:
+        ref = make_chip()
+        with FpgaChip(server.url, timeout_s=0.5) as chip:
+            assert_same(workload(ref, steps=2), workload(chip, steps=2))
+            assert chip.link_counters["reconnects"] >= 3
+        assert server.stats()["connections"] >= 4
+    finally:
+        server.stop()
+
+
+def test_link_gone_for_good_raises_link_error():
+    server = serve()
+    chip = FpgaChip(server.url, timeout_s=0.2, retries=1, reconnect_timeout_s=0.3)
+    server.stop()
+    with pytest.raises(LinkError) as e:
+        chip.read(np.arange(4))
+    assert e.value.command == "READ"
+    chip.close()
+
+
+def test_open_fails_cleanly():
+    with pytest.raises(LinkError, match="cannot open"):
+        FpgaChip("socket://127.0.0.1:1", timeout_s=0.2)
+
+
+def test_incompatible_major_version_is_refused():
+    server = serve(protocol_version=(2, 0))
+    try:
+        with pytest.raises(ProtocolError, match="protocol 2.0"):
+            FpgaChip(server.url, timeout_s=0.5)
+    finally:
+        server.stop()
+
+
+def test_newer_minor_version_is_accepted():
+    server = serve(protocol_version=(1, 7))
+    try:
+        with FpgaChip(server.url, timeout_s=0.5) as chip:
+            assert chip.info().protocol_version == "1.7"
+            chip.read(np.arange(3))
+    finally:
+        server.stop()
+
+
+def test_wire_log_has_every_byte_in_hex(chip, caplog):
+    with caplog.at_level(logging.DEBUG, logger="pcm_hil.wire"):
+        chip.read(np.array([1, 2, 3]))
+    tx = [r.getMessage() for r in caplog.records if r.getMessage().startswith("TX")]
+    rx = [r.getMessage() for r in caplog.records if r.getMessage().startswith("RX")]
+    assert tx and rx and all(r.name == "pcm_hil.wire" for r in caplog.records)
+    assert "a5 5a 01 00" in tx[0]
+    rx_bytes = sum(int(m.split()[1]) for m in rx)
+    assert rx_bytes == chip.stats["READ"]["bytes_rx"]
+
+
+def test_open_fpga_and_backend_url(emu):
+    from hil.backend_url import open_backend
+
+    with open_backend(emu.url) as chip:
+        assert isinstance(chip, FpgaChip)
+        chip.read(np.arange(3))
+    with open_fpga(emu.url, timeout_s=0.5) as chip:
+        assert chip.timeout_s == 0.5
+
+
+def test_serial_url_options(emu):
+    if not emu.url.startswith("/"):
+        pytest.skip("serial:// names a device path")
+    with open_fpga(f"serial://{emu.url}?baudrate=115200&timeout=0.7") as chip:
+        assert chip.baudrate == 115200 and chip.timeout_s == 0.7
+        chip.read(np.arange(3))
+    with pytest.raises(LinkError, match="unknown serial:// option"):
+        open_fpga(f"serial://{emu.url}?speed=1")
+
+
+# --- what goes over the wire ------------------------------------------------------------------
+def test_bytes_per_pulsed_device_and_per_read_value():
+    """On a 1 Mi-device chip: ≤ 4 bytes per pulsed device (even scattered), ≤ 2 bytes per read
+    value, one round trip per command."""
+    geo = Geometry(1, 512, 2048)
+    server = serve(geometry=geo)
+    try:
+        with FpgaChip(server.url, timeout_s=5.0) as chip:
+            rng = np.random.default_rng(0)
+            for n_dev in (2, 1000, 100_000):
+                addr = rng.choice(geo.n_devices, n_dev, replace=False)
+                if n_dev == 2:
+                    addr = np.array([0, geo.n_devices - 1])  # the widest possible gap
+                chip.stats.clear()
+                chip.program(addr, rng.integers(1, 5, n_dev), PulseSpec.set())
+                st = chip.stats["PROGRAM_SET"]
+                assert st["round_trips"] == 1
+                assert st["bytes_tx"] - 39 <= 4 * n_dev  # 20 frame + 19 PROGRAM header
+                chip.read(addr)
+                st = chip.stats["READ"]
+                assert st["round_trips"] == 1
+                assert st["bytes_rx"] - 24 == 2 * n_dev  # 20 frame + 4 count
+            chip.stats.clear()
+            rows = np.arange(512 * 2048).reshape(512, 2048)[:128]  # whole word lines
+            chip.program(rows.ravel(), np.ones(rows.size, int), PulseSpec.set())
+            assert chip.stats["PROGRAM_SET"]["bytes_tx"] < 1.13 * rows.size  # BITMAP + counts
+    finally:
+        server.stop()
