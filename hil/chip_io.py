@@ -21,6 +21,8 @@ class IoCounters:
     set_pulses: int = 0
     reset_pulses: int = 0
     devices_read: int = 0
+    largest_batch: int = 0            # devices in the largest command
+    most_pulses_per_device: int = 0   # largest pulse count sent to one device in one command
 
 
 class ChipIO:
@@ -36,6 +38,7 @@ class ChipIO:
         values = self.backend.read(addresses)
         self.counters.read_commands += 1
         self.counters.devices_read += int(addresses.size)
+        self.counters.largest_batch = max(self.counters.largest_batch, int(addresses.size))
         self.recorder.on_read(self.step, addresses, values, purpose)
         return values
 
@@ -45,7 +48,10 @@ class ChipIO:
             return
         self.recorder.before_program(self.step, addresses, n_pulses, pulse, purpose)
         self.backend.program(addresses, n_pulses, pulse)
-        self.counters.program_commands += 1
+        c = self.counters
+        c.program_commands += 1
+        c.largest_batch = max(c.largest_batch, int(addresses.size))
+        c.most_pulses_per_device = max(c.most_pulses_per_device, int(n_pulses.max()))
         total = int(n_pulses.sum())
         if pulse.kind is PulseKind.SET:
             self.counters.set_pulses += total

@@ -85,9 +85,16 @@ class Monitor:
 
     def poll(self, step: int) -> PollResult:
         """Read what is due at `step`; return readings, violations and the action (or None)."""
+        return self._read(step, self.due(step))
+
+    def poll_all(self, step: int) -> PollResult:
+        """Read every monitor now (while a run is paused, waiting to be back in band)."""
+        return self._read(step, self.specs)
+
+    def _read(self, step: int, specs: Sequence[MonitorSpec]) -> PollResult:
         readings: Dict[str, float] = {}
         violations = []
-        for spec in self.due(step):
+        for spec in specs:
             inst = self.instruments[spec.instrument]
             try:
                 value = inst.read_quantity(spec.quantity)

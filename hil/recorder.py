@@ -41,6 +41,9 @@ class Recorder:
     def on_step_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         """Per-step metrics (loss, pulses, refreshes...)."""
 
+    def on_monitor(self, step: int, readings: Mapping[str, float]) -> None:
+        """Instrument readings taken by the station's monitors at this step."""
+
     def on_epoch_metrics(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """Per-epoch metrics (train/test accuracy, baseline accuracy...)."""
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from drivers.errors import ConfigError, SafetyLimitError
 from drivers.instruments import DRIVERS, InstrumentError, ScpiInstrument
-from drivers.pulse import PulseKind, PulseSpec
+from drivers.safety import PulseLimits, SafetyLimits  # noqa: F401 - part of the station API
 from drivers.typed_yaml import dataclass_to_dict, load_dataclass, read_yaml
 
 STATION_FORMAT = "pcm-hil-station/1"
@@ -75,91 +75,6 @@ class InstrumentSpec:
             raise ValueError("resource must not be empty")
         if self.timeout_ms < 1:
             raise ValueError(f"timeout_ms must be >= 1, got {self.timeout_ms}")
-
-
-@dataclass(frozen=True)
-class PulseLimits:
-    """Largest pulse of one kind the bench may send."""
-
-    amplitude_v_max: float
-    width_ns_max: float
-
-    def __post_init__(self) -> None:
-        for k in ("amplitude_v_max", "width_ns_max"):
-            if not getattr(self, k) > 0:
-                raise ValueError(f"{k} must be > 0, got {getattr(self, k)}")
-
-
-@dataclass(frozen=True)
-class SafetyLimits:
-    """Limits checked on the host before any command reaches the link.
-
-    max_pulses_per_device: pulses one device may get in one program command.
-    max_pulses_per_step: pulses (all devices) one training step may send.
-    max_batch_devices: devices in one program or read command.
-    supply_current_max_a: narrows every power supply's current-limit range.
-    """
-
-    set: PulseLimits
-    reset: PulseLimits
-    max_pulses_per_device: int
-    max_pulses_per_step: int
-    max_batch_devices: int
-    supply_current_max_a: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        for k in ("max_pulses_per_device", "max_pulses_per_step", "max_batch_devices"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
-        if self.supply_current_max_a is not None and not self.supply_current_max_a > 0:
-            raise ValueError(f"supply_current_max_a must be > 0, got "
-                             f"{self.supply_current_max_a}")
-
-    def pulse_limits(self, kind: PulseKind) -> PulseLimits:
-        return self.set if PulseKind(kind) is PulseKind.SET else self.reset
-
-    def check_pulse(self, pulse: PulseSpec, command: Optional[str] = None) -> None:
-        """Raise SafetyLimitError if the pulse shape exceeds this bench's limits."""
-        lim = self.pulse_limits(pulse.kind)
-        cmd = command or f"PROGRAM_{pulse.kind.name}"
-        name = pulse.kind.name.lower()
-        if pulse.amplitude_v > lim.amplitude_v_max:
-            raise SafetyLimitError(f"{pulse.kind.name} amplitude {pulse.amplitude_v} V exceeds "
-                                   f"safety.{name}.amplitude_v_max = {lim.amplitude_v_max} V",
-                                   command=cmd)
-        if pulse.width_ns > lim.width_ns_max:
-            raise SafetyLimitError(f"{pulse.kind.name} width {pulse.width_ns} ns exceeds "
-                                   f"safety.{name}.width_ns_max = {lim.width_ns_max} ns",
-                                   command=cmd)
-
-    def check_program(self, addresses: np.ndarray, n_pulses: np.ndarray,
-                      pulse: PulseSpec) -> None:
-        """Check one program command (pulse shape, batch size, pulses per device)."""
-        cmd = f"PROGRAM_{pulse.kind.name}"
-        self.check_pulse(pulse, cmd)
-        addr = np.asarray(addresses)
-        n = np.asarray(n_pulses)
-        if addr.size > self.max_batch_devices:
-            raise SafetyLimitError(f"batch of {addr.size} devices exceeds "
-                                   f"safety.max_batch_devices = {self.max_batch_devices}",
-                                   command=cmd)
-        bad = (n < 0) | (n > self.max_pulses_per_device)
-        if np.any(bad):
-            raise SafetyLimitError(f"pulses per device must be in 0..{self.max_pulses_per_device}"
-                                   " (safety.max_pulses_per_device)", command=cmd,
-                                   devices=addr[bad] if addr.shape == n.shape else None)
-
-    def check_read(self, addresses: np.ndarray) -> None:
-        n = int(np.asarray(addresses).size)
-        if n > self.max_batch_devices:
-            raise SafetyLimitError(f"batch of {n} devices exceeds safety.max_batch_devices = "
-                                   f"{self.max_batch_devices}", command="READ")
-
-    def check_step(self, total_pulses: int) -> None:
-        """Check the pulses one training step would send, before it sends any."""
-        if total_pulses > self.max_pulses_per_step:
-            raise SafetyLimitError(f"{total_pulses} pulses in one step exceed "
-                                   f"safety.max_pulses_per_step = {self.max_pulses_per_step}")
 
 
 @dataclass(frozen=True)

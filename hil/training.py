@@ -13,7 +13,7 @@ import logging
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 import numpy as np
 
@@ -29,7 +29,11 @@ from hil.optimizer import MixedPrecisionOptimizer, pulses_for, refresh_candidate
 from hil.recorder import NullRecorder, Recorder
 from hil.run_control import RunAborted, RunControl
 
+if TYPE_CHECKING:
+    from hil.monitors import Monitor
+
 log = logging.getLogger("pcm_hil.training")
+PAUSE_POLL_S = 5.0
 F32 = np.float32
 
 
@@ -170,6 +174,7 @@ class MixedPrecisionTrainer:
         from sim_backend.pcm_model import PcmModel
         self.model = PcmModel.load(cfg.chip.model)   # the host's knowledge of its devices
         self.curve = self._programming_curve()
+        self.extra_provenance: Dict[str, Any] = {}
         self.step = 0
         self.examples = 0
         self.refreshes = 0
@@ -183,12 +188,13 @@ class MixedPrecisionTrainer:
     # --- set-up ---------------------------------------------------------------------------
     def _programming_curve(self) -> np.ndarray:
         """Expected conductance after n SET pulses from RESET, from the device model."""
-        return self.model.mean_set_curve(40)
+        return self.model.mean_set_curve(20)
 
     def provenance(self) -> Dict[str, Any]:
         return {"chip": self.chip_info.to_dict(), "seed": self.cfg.seed,
                 "chip_seed": self.cfg.chip_seed, "host": platform.node(),
-                "python": platform.python_version(), "numpy": np.__version__}
+                "python": platform.python_version(), "numpy": np.__version__,
+                **self.extra_provenance}
 
     def initialize(self) -> None:
         """RESET every mapped device, program the initial weights blind, read everything."""
@@ -337,7 +343,8 @@ class MixedPrecisionTrainer:
     # --- epochs ---------------------------------------------------------------------------
     def train_epoch(self, data: Dataset, epoch: int,
                     on_progress: Callable[[int], None] | None = None,
-                    control: RunControl | None = None) -> EpochResult:
+                    control: RunControl | None = None,
+                    monitor: "Monitor | None" = None) -> EpochResult:
         t0 = time.perf_counter()
         lr = learning_rate(self.cfg, epoch)
         order = epoch_order(self.cfg.seed, epoch, data.train_x.shape[0])
@@ -356,6 +363,8 @@ class MixedPrecisionTrainer:
                                             "refreshes": refreshed})
             if on_progress is not None and self.step % 100 == 0:
                 on_progress(min(s + bs, order.size))
+            if monitor is not None:
+                self._poll(monitor, control)
             if control is not None:
                 control.check(self.step)
         self.full_read("full_read")
@@ -363,6 +372,27 @@ class MixedPrecisionTrainer:
         return EpochResult(epoch, correct_sum / order.size, loss_sum / order.size, test_acc,
                            self.io.counters.set_pulses - pulses0, self.refreshes - refresh0,
                            time.perf_counter() - t0)
+
+    def _poll(self, monitor: "Monitor", control: RunControl | None) -> None:
+        """Read the station's monitors that are due; pause or abort on a reading out of band.
+
+        Pausing holds the chip idle and re-reads every `PAUSE_POLL_S` until everything is back
+        in band (Ctrl-C still stops the run)."""
+        from hil.station import MonitorAction
+        result = monitor.poll(self.step)
+        while True:
+            if result.readings:
+                self.recorder.on_monitor(self.step, result.readings)
+            if result.action is None:
+                return
+            why = "; ".join(v.describe() for v in result.violations)
+            if result.action is MonitorAction.ABORT:
+                raise RunAborted(f"monitor: {why}; at step {self.step}")
+            log.warning("pausing at step %d: %s", self.step, why)
+            if control is not None:
+                control.check(self.step)
+            time.sleep(PAUSE_POLL_S)
+            result = monitor.poll_all(self.step)
 
     def state_digest(self) -> str:
         """SHA-256 of the final conductance of every mapped device (noise-free if possible)."""
@@ -398,7 +428,9 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
                    recorder: Recorder | None = None, progress: bool = False,
                    data: Dataset | None = None,
                    report: Callable[[EpochResult], None] | None = None,
-                   control: RunControl | None = None) -> Dict[str, Any]:
+                   control: RunControl | None = None,
+                   monitor: "Monitor | None" = None,
+                   provenance: Dict[str, Any] | None = None) -> Dict[str, Any]:
     """Train on `backend` as `cfg` says; returns the run summary (see docs/training.md).
 
     Raises RunAborted when `control` asks to stop (after finishing the step in flight); the
@@ -408,6 +440,7 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
     data = load_dataset(cfg) if data is None else data.head(cfg.data.train_examples,
                                                             cfg.data.test_examples)
     trainer = MixedPrecisionTrainer(cfg, backend, recorder)
+    trainer.extra_provenance = dict(provenance or {})
     baseline = BaselineTrainer(cfg) if cfg.training.baseline else None
     n_train = data.train_x.shape[0]
     epochs: List[EpochResult] = []
@@ -425,7 +458,8 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
                 bar.update(done - last[0])
                 last[0] = done
 
-            res = trainer.train_epoch(data, epoch, on_progress if bar else None, control)
+            res = trainer.train_epoch(data, epoch, on_progress if bar else None, control,
+                                      monitor)
             train_seconds += res.seconds
             if bar:
                 bar.update(n_train - last[0])
@@ -491,6 +525,7 @@ def _summary(cfg: ExperimentConfig, trainer: MixedPrecisionTrainer, epochs: List
         "read_commands": c.read_commands,
         "matvec_commands": trainer.matvec_commands,
         "devices_read": c.devices_read,
+        "io": dict(c.__dict__),
         "train_seconds": train_seconds,
         "examples_per_s": examples / train_seconds if train_seconds else None,
         "programming_reduction": (n_weights * examples / max(1, sum(e.set_pulses

@@ -158,3 +158,52 @@ def test_ctrl_c_stops_after_the_step_and_exits_130(tmp_path):
     assert p.returncode == 130, err
     assert "aborted: interrupted by the operator (Ctrl-C) after step" in err
     assert "Traceback" not in err
+
+
+def _station(tmp_path, **over):
+    """A copy of the simulated station with some entries replaced."""
+    import yaml
+    st = yaml.safe_load((ROOT / "configs" / "station_sim.yaml").read_text())
+    for k, v in over.items():
+        st[k] = v
+    p = tmp_path / "station.yaml"
+    p.write_text(yaml.safe_dump(st))
+    return p
+
+
+def _train(tmp_path, *args, timeout=300):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("data: {train_examples: 300, test_examples: 100}\n"
+                   "training: {epochs: 1, baseline: false}\n")
+    return subprocess.run([sys.executable, "-m", "hil.cli", "train", "--config", str(cfg),
+                           "--no-progress", "--no-log", *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=timeout)
+
+
+def test_monitor_out_of_band_aborts_the_run(tmp_path):
+    st = _station(tmp_path, monitors=[
+        {"instrument": "socket", "quantity": "temperature_c", "every_n_steps": 5,
+         "low": 100.0, "high": 200.0, "action": "abort"}])
+    r = _train(tmp_path, "--station", str(st))
+    assert r.returncode == 130, r.stderr
+    assert "monitor: socket.temperature_c" in r.stderr and "at step 5" in r.stderr
+
+
+def test_dry_run_never_touches_the_configured_chip(tmp_path):
+    st = _station(tmp_path)
+    # nothing listens on this port: a dry run must not try it
+    r = _train(tmp_path, "--station", str(st), "--backend", "socket://127.0.0.1:9",
+               "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "would send:" in r.stdout and "within the limits" in r.stdout
+
+
+def test_station_limits_refuse_before_sending(tmp_path):
+    import yaml
+    safety = yaml.safe_load((ROOT / "configs" / "station_sim.yaml").read_text())["safety"]
+    safety["max_pulses_per_device"] = 2
+    st = _station(tmp_path, safety=safety)
+    r = _train(tmp_path, "--station", str(st), "--dry-run")
+    assert r.returncode == 1
+    assert "safety.max_pulses_per_device" in r.stderr and "PROGRAM_SET" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -9,9 +10,12 @@ import time
 from typing import Optional
 
 from drivers.errors import ConfigError
+from drivers.safety import LimitedBackend
 from hil.backend_url import SimDefaults, open_backend
 from hil.config import ExperimentConfig, load_config, with_overrides
+from hil.monitors import Monitor
 from hil.run_control import RunAborted, RunControl
+from hil.station import load_station, open_instruments
 from hil.training import EpochResult, run_experiment
 
 DEFAULT_CONFIG = "configs/mnist_mlp.yaml"
@@ -59,6 +63,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run log file (default: runs/<name>-<timestamp>.h5)")
     p.add_argument("--no-log", action="store_true", help="do not write a run log")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--station", metavar="FILE",
+                   help="station (testbed) YAML: chip link, instruments, safety limits and "
+                        "monitors (see docs/instruments.md); its limits guard every command")
+    p.add_argument("--dry-run", action="store_true",
+                   help="walk the whole experiment against the simulated chip under the "
+                        "station's limits and report what would be sent; the configured chip "
+                        "and the instruments are not touched, nothing is logged")
     p.set_defaults(func=run)
 
 
@@ -94,30 +105,66 @@ def _print_epoch(total: int) -> callable:
 def run(args: argparse.Namespace) -> int:
     if args.epochs == 0:
         raise ConfigError("must be >= 1", key="--epochs")
+    station = load_station(args.station) if args.station else None
+    url = args.backend or (station.chip.url if station else None)
     cfg = with_overrides(load_config(args.config), seed=args.seed, epochs=args.epochs,
-                         backend=args.backend, baseline=False if args.no_baseline else None)
+                         backend=url, baseline=False if args.no_baseline else None)
+    if args.dry_run:
+        return _dry_run(cfg, station, args)
     recorder, path = _open_recorder(args, cfg)
     if path:
         print(f"run log: {path}")
     control = RunControl()
     try:
-        with open_backend(cfg.chip.backend, sim_defaults(cfg)) as backend, \
-                control.sigint_handler():
+        with contextlib.ExitStack() as stack:
+            backend = stack.enter_context(open_backend(cfg.chip.backend, sim_defaults(cfg)))
+            monitor, provenance = None, {}
+            if station is not None:
+                backend = LimitedBackend(backend, station.safety)
+                instruments = stack.enter_context(open_instruments(station))
+                monitor = Monitor.from_station(station, instruments)
+                provenance = {"station": station.to_dict(),
+                              "instruments": instruments.snapshot()}
+            stack.enter_context(control.sigint_handler())
             print(f"training {cfg.name}: {cfg.data.train_examples:,} examples x "
                   f"{cfg.training.epochs} epochs on {cfg.chip.backend} (Ctrl-C stops after the "
                   "current step)", flush=True)
             summary = run_experiment(cfg, backend, recorder, progress=not args.no_progress,
                                      report=_print_epoch(cfg.training.epochs),
-                                     control=control)
+                                     control=control, monitor=monitor, provenance=provenance)
     except (RunAborted, KeyboardInterrupt) as e:
         print(f"aborted: {e or 'stopped at once'}; the chip is in its safe state"
               + (f"; run log {path} is marked aborted" if path else ""), file=sys.stderr)
         return 130
     print(_final_line(summary))
-    if args.summary_json:
-        os.makedirs(os.path.dirname(args.summary_json) or ".", exist_ok=True)
-        with open(args.summary_json, "w", encoding="utf-8") as f:
+    _write_summary(args.summary_json, summary)
+    return 0
+
+
+def _write_summary(path: Optional[str], summary: dict) -> None:
+    if path:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=2)
+
+
+def _dry_run(cfg: ExperimentConfig, station, args: argparse.Namespace) -> int:
+    """The whole experiment on a simulated stand-in of the chip, under the station's limits."""
+    backend = open_backend("sim://", sim_defaults(cfg))
+    limits = station.safety if station else None
+    guarded = LimitedBackend(backend, limits) if limits else backend
+    print(f"dry run of {cfg.name} against a simulated chip"
+          + (f" under the limits of {args.station}" if limits else " (no station: only the "
+             "chip's own hard limits apply)"), flush=True)
+    summary = run_experiment(cfg, guarded, None, progress=not args.no_progress,
+                             report=_print_epoch(cfg.training.epochs))
+    c = summary["io"]
+    print(f"would send: {summary['program_commands']:,} program commands "
+          f"({summary['set_pulses']:,} SET and {summary['reset_pulses']:,} RESET pulses), "
+          f"{summary['read_commands']:,} read commands; largest batch "
+          f"{c['largest_batch']:,} devices; at most {c['most_pulses_per_device']} pulses to one "
+          "device in one command; every command within the limits")
+    _write_summary(args.summary_json, summary)
     return 0
 
 
