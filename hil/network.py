@@ -87,8 +87,10 @@ def train_step(weights: Sequence[np.ndarray], xb: np.ndarray, yb: np.ndarray,
     scale = F32(-lr)
     grads: List[Gradient] = []
     for layer in range(len(weights) - 1, -1, -1):
+        a, d = acts[layer], delta * scale
+        # One example: an outer product by broadcasting (a rank-1 matmul costs more).
         grads.append(Gradient(rows0 if layer == 0 else None,
-                              acts[layer].T @ (delta * scale)))
+                              a[0][:, None] * d[0] if n == 1 else a.T @ d))
         if layer:
             h = acts[layer][:, :-1]
             delta = mm.backward(layer, delta) * h * (1.0 - h)

@@ -123,8 +123,10 @@ class SimulatedChip(ChipBackend):
                 command=cmd, devices=addr[bad])
         self._check_pulse(pulse, cmd)
         check_unique(addr, command=cmd)
-        keep = n > 0
-        addr, n = addr[keep], n[keep].astype(np.int64)
+        if n.size and n.min() == 0:
+            keep = n > 0
+            addr, n = addr[keep], n[keep]
+        n = n.astype(np.int64, copy=False)
         self._advance(self.timing.command_s + self.timing.pulse_s * float(n.sum()))
         if addr.size == 0:
             return
@@ -212,6 +214,10 @@ class SimulatedChip(ChipBackend):
     def _check(self, addresses: np.ndarray, command: str) -> np.ndarray:
         if self._closed:
             raise ChipError("chip is closed", command=command)
+        if isinstance(addresses, np.ndarray) and addresses.dtype == ADDRESS_DTYPE \
+                and addresses.ndim == 1 and (addresses.size == 0
+                                             or addresses.max() < self.geometry.n_devices):
+            return addresses   # the common, valid case without copies
         return self.geometry.check(addresses, command=command)
 
     def _check_pulse(self, pulse: PulseSpec, cmd: str) -> None:
@@ -281,9 +287,13 @@ class SimulatedChip(ChipBackend):
         if not self.model.has_drift:
             return g
         d = self.model.drift
-        z = crng.normal(crng.hash_key(self.seed, Stream.NU, addr)) if d.nu_std else None
         dt = self.clock_s - self._t_prog[addr].astype(np.float64)
-        return g * self.model.drift_factor(dt, self.model.nu(z))
+        old = np.flatnonzero(dt > d.t0_s)   # drift starts t0 after programming
+        if old.size:
+            z = crng.normal(crng.hash_key(self.seed, Stream.NU, addr[old])) \
+                if d.nu_std else None
+            g[old] *= self.model.drift_factor(dt[old], self.model.nu(z))
+        return g
 
     def _noisy_read(self, addr: np.ndarray) -> np.ndarray:
         g = self._drifted(addr)
