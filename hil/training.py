@@ -352,6 +352,7 @@ class MixedPrecisionTrainer:
         loss_sum, correct_sum, pulses0, refresh0 = 0.0, 0, self.io.counters.set_pulses, \
             self.refreshes
         rec = self.recorder
+        snap_every = self.cfg.log.snapshot_every_steps
         for s in range(0, order.size, bs):
             idx = order[s:s + bs]
             loss, correct, pulses, refreshed = self.train_step(data.train_x[idx],
@@ -361,6 +362,8 @@ class MixedPrecisionTrainer:
             rec.on_step_metrics(self.step, {"epoch": epoch, "loss": loss, "correct": correct,
                                             "examples": idx.size, "set_pulses": pulses,
                                             "refreshes": refreshed})
+            if snap_every and self.step % snap_every == 0:
+                rec.on_snapshot(self.step, self.cache_vector(), self.chi_dict())
             if on_progress is not None and self.step % 100 == 0:
                 on_progress(min(s + bs, order.size))
             if monitor is not None:

