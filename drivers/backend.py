@@ -24,6 +24,7 @@ class Capability(str, enum.Enum):
     MATVEC = "matvec"            # analog weighted sums on chip
     EXACT_READ = "exact_read"    # noise-free read of the true state (simulators only)
     STATE_FILE = "state_file"    # chip state can be saved and restored (simulators only)
+    SIM_CLOCK = "sim_clock"      # simulated time: clock_s and advance_clock() (simulators only)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,9 @@ read-noise draw (which keeps emulator runs bit-identical to in-process runs).
 from __future__ import annotations
 
 import logging
+import math
 import os
+import socket
 import threading
 import time
 from typing import Dict, List, Optional, Tuple
@@ -31,7 +33,9 @@ from drivers.geometry import Geometry, check_unique
 from drivers.pulse import PulseKind, PulseSpec
 from firmware_interface import adc
 from firmware_interface.frame import OVERHEAD, Decoded, Frame, FrameDecoder, FrameError
-from firmware_interface.messages import (Hello, InfoReply, MatvecReply, MatvecRequest, Message,
+from firmware_interface.messages import (AdvanceClockAck, AdvanceClockRequest, ClockReply,
+                                         ClockRequest, Hello, InfoReply, MatvecReply,
+                                         MatvecRequest, Message,
                                          Nack, ProgramAck, ProgramRequest, ReadExactReply,
                                          ReadExactRequest, ReadReply, ReadRequest,
                                          SafeStateRequest, StatusReply, StatusRequest,
@@ -60,9 +64,12 @@ NACK_ERRORS = {
     NackCode.CHIP_FAULT: ChipFaultError,
 }
 
+_REPLY_OPCODES = frozenset(int(op) for op in Opcode if op.is_reply)
+
 _CAPABILITY_NAMES = {WireCapability.MATVEC: Capability.MATVEC.value,
                      WireCapability.EXACT_READ: Capability.EXACT_READ.value,
-                     WireCapability.STATE_FILE: Capability.STATE_FILE.value}
+                     WireCapability.STATE_FILE: Capability.STATE_FILE.value,
+                     WireCapability.SIM_CLOCK: Capability.SIM_CLOCK.value}
 
 
 class _LinkLost(Exception):
@@ -121,6 +128,14 @@ class FpgaChip(ChipBackend):
         self._port = serial.serial_for_url(self.url, baudrate=self.baudrate,
                                            timeout=min(self.poll_s, self.timeout_s),
                                            write_timeout=self.timeout_s)
+        # pyserial's socket:// leaves Nagle on; a request/reply protocol wants every frame
+        # on the wire at once.
+        sock = getattr(self._port, "_socket", None)
+        if isinstance(sock, socket.socket):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
 
     def _close_port(self) -> None:
         port, self._port = self._port, None
@@ -343,7 +358,7 @@ class FpgaChip(ChipBackend):
             raise ProtocolError(f"firmware speaks protocol {frame.version[0]}."
                                 f"{frame.version[1]}, this driver {PROTOCOL_VERSION[0]}.x",
                                 command=command)
-        if frame.opcode not in (int(op) for op in Opcode) or not Opcode(frame.opcode).is_reply:
+        if frame.opcode not in _REPLY_OPCODES:
             raise ProtocolError(f"reply with opcode 0x{frame.opcode:02X}", command=command)
         try:
             return decode_message(frame)
@@ -364,23 +379,23 @@ class FpgaChip(ChipBackend):
 
     def read(self, addresses: np.ndarray) -> np.ndarray:
         addr = self._check(addresses, "READ")
-        uniq, inverse = np.unique(addr, return_inverse=True)
+        uniq, inverse = _as_set(addr)
         reply = self.transaction(ReadRequest(uniq), command="READ",
                                  reply_bytes=2 * uniq.size + 32)
         assert isinstance(reply, ReadReply)
         self._expect_count(reply.codes.size, uniq.size, "READ")
         values = adc.adc_dequantise(reply.codes, self.adc_full_scale_us)
-        return values[inverse.ravel()]
+        return values if inverse is None else values[inverse]
 
     def read_exact(self, addresses: np.ndarray) -> np.ndarray:
         self._require(Capability.EXACT_READ, "READ_EXACT")
         addr = self._check(addresses, "READ_EXACT")
-        uniq, inverse = np.unique(addr, return_inverse=True)
+        uniq, inverse = _as_set(addr)
         reply = self.transaction(ReadExactRequest(uniq), command="READ_EXACT",
                                  reply_bytes=4 * uniq.size + 32)
         assert isinstance(reply, ReadExactReply)
         self._expect_count(reply.values.size, uniq.size, "READ_EXACT")
-        return reply.values[inverse.ravel()].copy()
+        return (reply.values if inverse is None else reply.values[inverse]).copy()
 
     def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec) -> None:
         cmd = "PROGRAM_" + pulse.kind.name
@@ -438,6 +453,30 @@ class FpgaChip(ChipBackend):
     def safe_state(self) -> None:
         self.transaction(SafeStateRequest(), command="SAFE_STATE")
 
+    # --- simulated time (emulators only: capability SIM_CLOCK) ------------------------------
+    def advance_clock(self, seconds: float) -> float:
+        """Let `seconds` of simulated time pass on the chip; returns the chip's new clock.
+
+        Only for a simulator behind the protocol (capability SIM_CLOCK), so a drift
+        measurement waits in simulated time rather than the host sleeping; a real chip raises
+        NotSupportedError. A retry never moves the clock twice (remembered by sequence number).
+        """
+        self._require(Capability.SIM_CLOCK, "ADVANCE_CLOCK")
+        s = float(seconds)
+        if not (math.isfinite(s) and s >= 0.0):
+            raise ValueError(f"cannot advance the clock by {seconds} s")
+        reply = self.transaction(AdvanceClockRequest(s), command="ADVANCE_CLOCK")
+        assert isinstance(reply, AdvanceClockAck)
+        return reply.clock_s
+
+    @property
+    def clock_s(self) -> float:
+        """The chip's simulated clock, s (one CLOCK round trip; capability SIM_CLOCK only)."""
+        self._require(Capability.SIM_CLOCK, "CLOCK")
+        reply = self.transaction(ClockRequest(), command="CLOCK")
+        assert isinstance(reply, ClockReply)
+        return reply.clock_s
+
     def status(self) -> StatusReply:
         """Last executed sequence number and the firmware's counters."""
         reply = self.transaction(StatusRequest(), command="STATUS")
@@ -465,6 +504,14 @@ class FpgaChip(ChipBackend):
     def last_seq(self) -> int:
         """Sequence number of the last request sent."""
         return self._seq
+
+    def use_seq(self, seq: int) -> None:
+        """Send the next request under `seq` (and continue counting from it).
+
+        Resume re-sends a command a killed host may or may not have had executed under its
+        original number: the firmware answers it from memory if it ran, executes it if not."""
+        with self._lock:
+            self._seq = (int(seq) - 1) & 0xFFFFFFFF
 
     # --- checks ---------------------------------------------------------------------------
     def _require_open(self, command: str) -> None:
@@ -498,6 +545,17 @@ class FpgaChip(ChipBackend):
         if got != want:
             raise ProtocolError(f"reply carries {got} values for {want} devices",
                                 command=command)
+
+
+def _as_set(addr: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(strictly ascending unique addresses, inverse, or None when `addr` already is that set).
+
+    Full-array reads come sorted: a cheap order check then spares np.unique on 10^5-10^6
+    addresses."""
+    if addr.size < 2 or bool((addr[1:] > addr[:-1]).all()):
+        return addr, None
+    uniq, inverse = np.unique(addr, return_inverse=True)
+    return uniq, inverse.ravel()
 
 
 def _parse_serial_url(url: str) -> Tuple[str, dict]:

@@ -9,7 +9,8 @@ from firmware_interface.addresses import (AddressMode, BlockMode, decode_address
                                           encode_address_set)
 from firmware_interface.frame import (HEADER_LEN, MAX_PAYLOAD, OVERHEAD, SYNC, Frame,
                                       FrameDecoder, FrameError, encode_frame)
-from firmware_interface.messages import (MESSAGE_TYPES, Hello, InfoReply, MatvecReply,
+from firmware_interface.messages import (MESSAGE_TYPES, AdvanceClockAck, AdvanceClockRequest,
+                                         ClockReply, ClockRequest, Hello, InfoReply, MatvecReply,
                                          MatvecRequest, Message, Nack, ProgramAck,
                                          ProgramRequest, ReadExactReply, ReadExactRequest,
                                          ReadReply, ReadRequest, SafeStateAck,
@@ -20,7 +21,7 @@ from firmware_interface.protocol import (PROTOCOL_VERSION, REMEMBERED_OPCODES, C
                                          reply_opcode)
 
 __all__ = [
-    "ADC_BITS", "ADC_CODE_MAX", "AddressMode", "BlockMode", "Capability", "Frame",
+    "AdvanceClockAck", "AdvanceClockRequest", "ClockReply", "ClockRequest", "ADC_BITS", "ADC_CODE_MAX", "AddressMode", "BlockMode", "Capability", "Frame",
     "FrameDecoder", "FrameError", "HEADER_LEN", "Hello", "InfoReply", "MAX_PAYLOAD",
     "MESSAGE_TYPES", "MatvecReply", "MatvecRequest", "Message", "Nack", "NackCode", "OVERHEAD",
     "Opcode", "PROTOCOL_VERSION", "PayloadError", "ProgramAck", "ProgramRequest", "PulseCode",

@@ -38,6 +38,10 @@ AFFINE = struct.Struct("<Iii")
 _U32_LIMIT = 1 << 32
 _MAX_VARINT_BYTES = 5  # a uint32 needs at most 5 groups of 7 bits
 _MAX_BITMAP_SPAN = 1 << 28  # a 32 MiB bitmap; the automatic choice never comes near it
+#: Most addresses one MATVEC block may name: what a LIST block fills the codec's largest
+#: payload with (64 MiB / 4). An AFFINE block is 12 bytes whatever its size, so without this a
+#: 20-byte frame could ask the receiver to build billions of addresses.
+MAX_BLOCK_ELEMENTS = 1 << 24
 
 
 class AddressMode(enum.IntEnum):
@@ -52,13 +56,24 @@ class BlockMode(enum.IntEnum):
 
 
 # --- LEB128 varints, vectorised -----------------------------------------------------------
+#: v needs k+1 bytes exactly when _VARINT_LIMITS[k-1] <= v < _VARINT_LIMITS[k].
+_VARINT_LIMITS = np.array([1 << (7 * k) for k in range(1, 10)], dtype=np.uint64)
+
+
 def varint_sizes(values: np.ndarray) -> np.ndarray:
     """Bytes each value takes as an unsigned LEB128 varint."""
     v = np.asarray(values, dtype=np.uint64)
-    n = np.ones(v.shape, dtype=np.int64)
-    for k in range(1, 10):
-        n += v >= np.uint64(1 << (7 * k))
-    return n
+    return np.searchsorted(_VARINT_LIMITS, v, side="right") + 1
+
+
+def _varint_pack(v: np.ndarray, sizes: np.ndarray) -> bytes:
+    """LEB128 bytes of uint64 values whose sizes are known: one (n, max size) table of 7-bit
+    groups, kept where the group exists (row-major order is the wire order)."""
+    width = int(sizes.max())
+    k = np.arange(width)
+    groups = ((v[:, None] >> (7 * k).astype(np.uint64)) & np.uint64(0x7F)).astype(np.uint8)
+    groups[k[None, :] + 1 < sizes[:, None]] |= 0x80
+    return groups[k[None, :] < sizes[:, None]].tobytes()
 
 
 def varint_encode(values: np.ndarray) -> bytes:
@@ -66,15 +81,7 @@ def varint_encode(values: np.ndarray) -> bytes:
     v = np.asarray(values, dtype=np.uint64).ravel()
     if v.size == 0:
         return b""
-    sizes = varint_sizes(v)
-    starts = np.cumsum(sizes) - sizes
-    out = np.empty(int(sizes.sum()), dtype=np.uint8)
-    for k in range(int(sizes.max())):
-        sel = sizes > k
-        group = (v[sel] >> np.uint64(7 * k)) & np.uint64(0x7F)
-        more = np.where(sizes[sel] > k + 1, 0x80, 0).astype(np.uint64)
-        out[starts[sel] + k] = (group | more).astype(np.uint8)
-    return out.tobytes()
+    return _varint_pack(v, varint_sizes(v))
 
 
 def varint_decode(data: bytes, count: int) -> np.ndarray:
@@ -84,20 +91,24 @@ def varint_decode(data: bytes, count: int) -> np.ndarray:
         if b.size:
             raise PayloadError(NackCode.BAD_LENGTH, "varint body has bytes but count is 0")
         return np.zeros(0, dtype=np.uint64)
-    last = (b & 0x80) == 0
-    ends = np.flatnonzero(last)
+    last = b < 0x80
+    ends = last.nonzero()[0]
     if ends.size != count or not last[-1]:
         raise PayloadError(NackCode.BAD_LENGTH,
                            f"varint body holds {ends.size} values, count says {count}")
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    sizes = ends - starts + 1
-    if sizes.max() > _MAX_VARINT_BYTES:
+    if ends.size == b.size:  # every varint is one byte (dense address sets)
+        return b.astype(np.uint64)
+    # Byte i belongs to varint owner[i] = (ends before i); its group index is i - start.
+    owner = np.cumsum(last) - last
+    starts = np.empty_like(ends)
+    starts[0] = 0
+    np.add(ends[:-1], 1, out=starts[1:])
+    group = np.arange(b.size) - starts[owner]
+    if group.max() >= _MAX_VARINT_BYTES:
         raise PayloadError(NackCode.BAD_PAYLOAD, "varint longer than 5 bytes")
-    if np.any((sizes > 1) & (b[ends] == 0)):
+    if not b[ends[ends > starts]].all():
         raise PayloadError(NackCode.BAD_PAYLOAD, "varint not in its shortest form")
-    owner = np.repeat(np.arange(count), sizes)
-    shift = (np.arange(b.size) - starts[owner]) * 7
-    parts = (b & 0x7F).astype(np.uint64) << shift.astype(np.uint64)
+    parts = (b & 0x7F).astype(np.uint64) << (7 * group).astype(np.uint64)
     values = np.bitwise_or.reduceat(parts, starts)
     if np.any(values >= np.uint64(_U32_LIMIT)):
         raise PayloadError(NackCode.ADDRESS_OUT_OF_RANGE, "varint value above uint32")
@@ -105,40 +116,58 @@ def varint_decode(data: bytes, count: int) -> np.ndarray:
 
 
 # --- address sets ---------------------------------------------------------------------------
-def _check_ascending(addresses: np.ndarray) -> np.ndarray:
+def _ascending_gaps(addresses: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(addresses as int64, gaps: the first address then each difference); ValueError unless
+    a strictly ascending 1-D set of uint32 values."""
     a = np.asarray(addresses)
     if a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)):
         raise ValueError("an address set is a 1-D integer array")
     a = a.astype(np.int64)
-    if a.size and (a.min() < 0 or a.max() >= _U32_LIMIT):
-        raise ValueError("addresses must fit in uint32")
-    if a.size > 1 and np.any(np.diff(a) <= 0):
-        raise ValueError("an address set must be strictly ascending (sort and deduplicate)")
-    return a.astype(np.uint32)
+    gaps = np.empty_like(a)
+    if a.size:
+        gaps[0] = a[0]
+        np.subtract(a[1:], a[:-1], out=gaps[1:])
+        if a[0] < 0 or a[-1] >= _U32_LIMIT or (a.size > 1 and gaps[1:].min() <= 0):
+            if a.min() < 0 or a.max() >= _U32_LIMIT:
+                raise ValueError("addresses must fit in uint32")
+            raise ValueError("an address set must be strictly ascending (sort and "
+                             "deduplicate)")
+    return a, gaps
+
+
+def _check_ascending(addresses: np.ndarray) -> np.ndarray:
+    return _ascending_gaps(addresses)[0].astype(np.uint32)
+
+
+def _set_sizes(a: np.ndarray, gaps: np.ndarray,
+               delta_sizes: Optional[np.ndarray]) -> dict:
+    sizes = {AddressMode.RAW: 4 * a.size}
+    if a.size:
+        assert delta_sizes is not None
+        sizes[AddressMode.DELTA] = int(delta_sizes.sum())
+        sizes[AddressMode.BITMAP] = BITMAP_HEAD.size + (int(a[-1] - a[0]) + 1 + 7) // 8
+    return sizes
 
 
 def address_set_sizes(addresses: np.ndarray) -> dict:
     """Body bytes of each encoding of an ascending address set (the encoder takes the least)."""
     a = np.asarray(addresses, dtype=np.int64)
-    sizes = {AddressMode.RAW: 4 * a.size}
-    if a.size:
-        gaps = np.diff(a, prepend=0)
-        sizes[AddressMode.DELTA] = int(varint_sizes(gaps).sum())
-        sizes[AddressMode.BITMAP] = BITMAP_HEAD.size + (int(a[-1] - a[0]) + 1 + 7) // 8
-    return sizes
+    gaps = np.diff(a, prepend=0)
+    return _set_sizes(a, gaps, varint_sizes(gaps) if a.size else None)
 
 
 def encode_address_set(addresses: np.ndarray, mode: Optional[AddressMode] = None) -> bytes:
     """Encode a strictly ascending address set, in `mode` or the smallest encoding."""
-    a = _check_ascending(addresses)
+    a, gaps = _ascending_gaps(addresses)
+    delta_sizes = varint_sizes(gaps) if a.size and mode in (None, AddressMode.DELTA) else None
     if mode is None:
-        sizes = address_set_sizes(a)
+        sizes = _set_sizes(a, gaps, delta_sizes)
         mode = min(sizes, key=lambda m: (sizes[m], int(m)))
     mode = AddressMode(mode)
     if mode is AddressMode.RAW:
         body = a.astype("<u4").tobytes()
     elif mode is AddressMode.DELTA:
-        body = varint_encode(np.diff(a.astype(np.int64), prepend=0).astype(np.uint64))
+        body = b"" if a.size == 0 else _varint_pack(gaps.astype(np.uint64), delta_sizes)
     else:
         if a.size == 0:
             body = BITMAP_HEAD.pack(0, 0)
@@ -147,7 +176,7 @@ def encode_address_set(addresses: np.ndarray, mode: Optional[AddressMode] = None
             if span > _MAX_BITMAP_SPAN:
                 raise ValueError(f"BITMAP span {span} too large; use DELTA")
             bits = np.zeros(span, dtype=np.uint8)
-            bits[a.astype(np.int64) - base] = 1
+            bits[a - base] = 1
             body = BITMAP_HEAD.pack(base, span) + np.packbits(bits, bitorder="little").tobytes()
     return SET_HEADER.pack(int(mode), int(a.size), len(body)) + body
 
@@ -235,6 +264,11 @@ def encode_block_body(block: np.ndarray) -> Tuple[BlockMode, bytes]:
 
 
 def block_body_size(mode: int, m: int, n: int) -> int:
+    """Bytes of a block body; PayloadError for an unknown mode or a block above
+    MAX_BLOCK_ELEMENTS addresses."""
+    if m * n > MAX_BLOCK_ELEMENTS:
+        raise PayloadError(NackCode.BAD_PAYLOAD, f"address block of {m} x {n} exceeds "
+                                                 f"{MAX_BLOCK_ELEMENTS} addresses")
     if mode == BlockMode.AFFINE:
         return AFFINE.size
     if mode == BlockMode.LIST:
@@ -251,10 +285,19 @@ def decode_block_body(mode: int, m: int, n: int, body: bytes) -> np.ndarray:
     base, rs, cs = AFFINE.unpack(body)
     if m == 0 or n == 0:
         raise PayloadError(NackCode.BAD_PAYLOAD, "AFFINE block must not be empty")
-    grid = base + np.arange(m, dtype=np.int64)[:, None] * rs \
-        + np.arange(n, dtype=np.int64)[None, :] * cs
-    bad = (grid < 0) | (grid >= _U32_LIMIT)
-    if np.any(bad):
+    if m * n > MAX_BLOCK_ELEMENTS:
+        raise PayloadError(NackCode.BAD_PAYLOAD, f"address block of {m} x {n} exceeds "
+                                                 f"{MAX_BLOCK_ELEMENTS} addresses")
+    # Affine, so the extremes are at the corners: check those, then build the grid in uint32
+    # (modular sums are exact once every address is known to fit), 4 bytes per address.
+    corners = [base + i * rs + j * cs for i in (0, m - 1) for j in (0, n - 1)]
+    if min(corners) < 0 or max(corners) >= _U32_LIMIT:
+        rows = base + np.arange(m, dtype=np.int64)[:, None] * rs
+        bad_rows = rows[:16] + np.arange(min(n, 16), dtype=np.int64)[None, :] * cs
+        bad = bad_rows[(bad_rows < 0) | (bad_rows >= _U32_LIMIT)][:16]
         raise PayloadError(NackCode.ADDRESS_OUT_OF_RANGE, "AFFINE block leaves uint32",
-                           grid[bad][:16])
-    return grid.astype(np.uint32)
+                           bad if bad.size else np.array(
+                               [c for c in corners if not 0 <= c < _U32_LIMIT][:16]))
+    rows32 = ((base + np.arange(m, dtype=np.int64) * rs) & 0xFFFFFFFF).astype(np.uint32)
+    cols32 = ((np.arange(n, dtype=np.int64) * cs) & 0xFFFFFFFF).astype(np.uint32)
+    return rows32[:, None] + cols32[None, :]

@@ -106,7 +106,8 @@ class FrameDecoder:
     garbage (resync one byte later); a frame with a bad CRC-32 yields FrameError(BAD_CRC) and
     the scan resumes one byte after its sync (so a dropped byte costs one frame, not two); a
     length above `max_payload` yields FrameError(TOO_LARGE) and its bytes are discarded as
-    they arrive. Between calls at most one partial frame is buffered.
+    they arrive. Between calls at most one partial frame is buffered, and during a call the
+    buffer never holds more than one whole frame of the largest accepted size.
     """
 
     def __init__(self, max_payload: int = MAX_PAYLOAD) -> None:
@@ -118,6 +119,8 @@ class FrameDecoder:
         self.bad_crc = 0
         self.too_large = 0
         self.frames = 0
+        #: Most bytes ever held in the buffer (never above max_payload + OVERHEAD).
+        self.high_water = 0
 
     def reset(self) -> None:
         """Forget any partial frame (e.g. after a reconnect)."""
@@ -146,32 +149,59 @@ class FrameDecoder:
                 and crc16(bytes(buf[:HEADER_LEN - 2])) == struct.unpack_from("<H", buf, 14)[0])
 
     def feed(self, data: bytes) -> List[Decoded]:
-        """Consume `data`; return the frames (and frame errors) completed by it, in order."""
+        """Consume `data`; return the frames (and frame errors) completed by it, in order.
+
+        `data` is taken in pieces that never let the internal buffer grow beyond one whole
+        frame of the largest accepted size (`max_payload + OVERHEAD` bytes), however much is
+        handed in at once: a flood of bytes costs time, never memory.
+        """
         out: List[Decoded] = []
         buf = self._buf
-        if self._skip:
-            n = min(self._skip, len(data))
-            self._skip -= n
-            data = data[n:]
-        buf += data
+        limit = HEADER_LEN + self.max_payload + TRAILER_LEN
+        if not self._skip and len(buf) + len(data) <= limit:  # the usual case: one piece
+            buf += data
+            if len(buf) > self.high_water:
+                self.high_water = len(buf)
+            self._scan(out)
+            return out
+        view = memoryview(data).cast("B")
+        n = len(view)
+        pos = 0
+        while pos < n:
+            if self._skip:  # inside an oversized frame: its bytes are dropped unbuffered
+                k = min(self._skip, n - pos)
+                self._skip -= k
+                pos += k
+                continue
+            take = min(max(1, limit - len(buf)), n - pos)
+            buf += view[pos:pos + take]
+            pos += take
+            if len(buf) > self.high_water:
+                self.high_water = len(buf)
+            self._scan(out)
+        return out
+
+    def _scan(self, out: List[Decoded]) -> None:
+        """Deliver every complete frame in the buffer; leave at most one partial frame."""
+        buf = self._buf
         while True:
             if self._skip:
                 n = min(self._skip, len(buf))
                 del buf[:n]
                 self._skip -= n
                 if self._skip:
-                    break
+                    return
             i = buf.find(SYNC)
             if i < 0:
                 keep = 1 if buf[-1:] == SYNC[:1] else 0
                 self.garbage_bytes += len(buf) - keep
                 del buf[:len(buf) - keep]
-                break
+                return
             if i:
                 self.garbage_bytes += i
                 del buf[:i]
             if len(buf) < HEADER_LEN:
-                break
+                return
             if not self._header_ok():
                 self.bad_headers += 1
                 self.garbage_bytes += 1
@@ -186,20 +216,22 @@ class FrameDecoder:
                 continue
             total = HEADER_LEN + length + TRAILER_LEN
             if len(buf) < total:
-                break
-            body = bytes(buf[:total - TRAILER_LEN])
-            if crc32(body) != TRAILER.unpack_from(buf, total - TRAILER_LEN)[0]:
+                return
+            with memoryview(buf) as mv:  # released before the buffer is resized below
+                good = crc32(mv[:total - TRAILER_LEN]) == TRAILER.unpack_from(
+                    mv, total - TRAILER_LEN)[0]
+                payload = bytes(mv[HEADER_LEN:total - TRAILER_LEN]) if good else b""
+            if not good:
                 self.bad_crc += 1
                 out.append(FrameError(NackCode.BAD_CRC, seq, opcode, length, (major, minor)))
                 self.garbage_bytes += 1
                 del buf[:1]
                 continue
             self.frames += 1
-            out.append(Frame(seq, opcode, body[HEADER_LEN:], (major, minor), flags))
+            out.append(Frame(seq, opcode, payload, (major, minor), flags))
             del buf[:total]
-        return out
 
     def counters(self) -> dict:
         return {"frames": self.frames, "garbage_bytes": self.garbage_bytes,
                 "bad_headers": self.bad_headers, "bad_crc": self.bad_crc,
-                "too_large": self.too_large}
+                "too_large": self.too_large, "high_water": self.high_water}

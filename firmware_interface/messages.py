@@ -8,13 +8,15 @@ the same bytes.
 """
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 from typing import ClassVar, Dict, Optional, Tuple, Type, TypeVar
 
 import numpy as np
 
-from firmware_interface.addresses import (AddressMode, BlockMode, SET_HEADER, block_body_size,
+from firmware_interface.addresses import (MAX_BLOCK_ELEMENTS, AddressMode, BlockMode,
+                                          SET_HEADER, block_body_size,
                                           decode_address_set, decode_block_body,
                                           encode_address_set, encode_block_body)
 from firmware_interface.frame import Frame, encode_frame
@@ -117,7 +119,7 @@ class InfoReply(Message):
         u32 arrays               u32 rows               u32 cols
         f64 g_min_us             f64 g_max_us           f64 adc_full_scale_us
         u8  adc_bits             u8 reserved (0)        u16 seq_memory (remembered replies)
-        u32 capabilities         bit0 MATVEC, bit1 EXACT_READ, bit2 STATE_FILE
+        u32 capabilities         bit0 MATVEC, bit1 EXACT_READ, bit2 STATE_FILE, bit3 SIM_CLOCK
         u32 max_payload          largest request payload the firmware accepts, bytes
         u8 len + UTF-8           chip_id
         u8 len + UTF-8           firmware_version
@@ -492,6 +494,9 @@ class MatvecRequest(Message):
             raise PayloadError(NackCode.BAD_PAYLOAD, f"unknown x dtype {xdt}")
         if ndim not in (1, 2) or (ndim == 1 and k != 1):
             raise PayloadError(NackCode.BAD_PAYLOAD, f"bad x shape: ndim {ndim}, k {k}")
+        if m * k > MAX_BLOCK_ELEMENTS:  # the reply must fit a frame too
+            raise PayloadError(NackCode.BAD_PAYLOAD,
+                               f"MATVEC reply of {m} x {k} values exceeds {MAX_BLOCK_ELEMENTS}")
         bsize = block_body_size(mode, m, n)
         off = cls.HEAD.size
         _need(payload, off + bsize + n * k * xdt, "MATVEC")
@@ -551,6 +556,123 @@ class SafeStateAck(_Empty):
     """SAFE_STATE_ACK (0xC0), chip -> host: all lines idle. Payload: empty."""
 
     OPCODE: ClassVar[Opcode] = Opcode.SAFE_STATE_ACK
+
+
+# --- ADVANCE_CLOCK / CLOCK (simulators only, protocol 1.1) ----------------------------------
+_F64 = struct.Struct("<d")
+
+
+def _seconds(value: float, what: str) -> float:
+    v = float(value)
+    if not (math.isfinite(v) and v >= 0.0):
+        raise ValueError(f"{what} must be a finite number of seconds >= 0, got {value}")
+    return v
+
+
+class _Clock(Message):
+    """A message whose payload is one f64 number of seconds."""
+
+    def _value(self) -> float:
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        return _F64.pack(self._value())
+
+    @classmethod
+    def _decode_seconds(cls, payload: bytes) -> float:
+        _need(payload, _F64.size, cls.__name__)
+        v = _F64.unpack(payload)[0]
+        if not (math.isfinite(v) and v >= 0.0):
+            raise PayloadError(NackCode.BAD_PAYLOAD,
+                               f"{cls.__name__}: seconds must be finite and >= 0, got {v}")
+        return v
+
+
+@dataclass(frozen=True, eq=False)
+class AdvanceClockRequest(_Clock):
+    """ADVANCE_CLOCK (0x50), host -> chip: let simulated time pass with the chip idle.
+
+    Simulators only (capability SIM_CLOCK, else NACK UNSUPPORTED): a drift measurement waits
+    in simulated time instead of the host sleeping for real. Remembered like PROGRAM, so a
+    retried request never moves the clock twice.
+
+    Payload::
+
+        f64 seconds     finite and >= 0 (else NACK BAD_PAYLOAD)
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.ADVANCE_CLOCK
+
+    seconds: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seconds", _seconds(self.seconds, "ADVANCE_CLOCK"))
+
+    def _value(self) -> float:
+        return self.seconds
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "AdvanceClockRequest":
+        return cls(cls._decode_seconds(payload))
+
+
+@dataclass(frozen=True, eq=False)
+class AdvanceClockAck(_Clock):
+    """ADVANCE_CLOCK_ACK (0xD0), chip -> host: the chip's clock after advancing.
+
+    Payload::
+
+        f64 clock_s     simulated time since the chip's power-up (or state creation), s
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.ADVANCE_CLOCK_ACK
+
+    clock_s: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "clock_s", _seconds(self.clock_s, "clock_s"))
+
+    def _value(self) -> float:
+        return self.clock_s
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "AdvanceClockAck":
+        return cls(cls._decode_seconds(payload))
+
+
+@dataclass(frozen=True, eq=False, repr=False)
+class ClockRequest(_Empty):
+    """CLOCK (0x51), host -> chip: the chip's simulated clock (a pure query, not remembered).
+
+    Simulators only (capability SIM_CLOCK, else NACK UNSUPPORTED). Payload: empty.
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.CLOCK
+
+
+@dataclass(frozen=True, eq=False)
+class ClockReply(_Clock):
+    """CLOCK_REPLY (0xD1), chip -> host.
+
+    Payload::
+
+        f64 clock_s     simulated time, s (every executed READ, PROGRAM, MATVEC and
+                        ADVANCE_CLOCK moves it; queries do not)
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.CLOCK_REPLY
+
+    clock_s: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "clock_s", _seconds(self.clock_s, "clock_s"))
+
+    def _value(self) -> float:
+        return self.clock_s
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "ClockReply":
+        return cls(cls._decode_seconds(payload))
 
 
 # --- NACK -----------------------------------------------------------------------------------
@@ -618,7 +740,8 @@ class Nack(Message):
 MESSAGE_TYPES: Dict[int, Type[Message]] = {
     t.OPCODE: t for t in (Hello, InfoReply, StatusRequest, StatusReply, ReadRequest, ReadReply,
                           ReadExactRequest, ReadExactReply, ProgramRequest, ProgramAck,
-                          MatvecRequest, MatvecReply, SafeStateRequest, SafeStateAck, Nack)
+                          MatvecRequest, MatvecReply, SafeStateRequest, SafeStateAck,
+                          AdvanceClockRequest, AdvanceClockAck, ClockRequest, ClockReply, Nack)
 }
 
 
@@ -632,6 +755,7 @@ def decode_message(frame: Frame) -> Message:
 
 __all__ = ["Hello", "InfoReply", "StatusRequest", "StatusReply", "ReadRequest", "ReadReply",
            "ReadExactRequest", "ReadExactReply", "ProgramRequest", "ProgramAck",
-           "MatvecRequest", "MatvecReply", "SafeStateRequest", "SafeStateAck", "Nack",
+           "MatvecRequest", "MatvecReply", "SafeStateRequest", "SafeStateAck",
+           "AdvanceClockRequest", "AdvanceClockAck", "ClockRequest", "ClockReply", "Nack",
            "Message", "MESSAGE_TYPES", "decode_message", "NACK_MAX_DEVICES", "SET_HEADER",
            "BlockMode"]

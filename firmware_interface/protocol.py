@@ -11,8 +11,9 @@ from typing import Iterable, Optional, Tuple
 import numpy as np
 
 #: Protocol version spoken by this codec, (major, minor). A different major is incompatible;
-#: a higher minor only adds opcodes, capabilities or trailing fields.
-PROTOCOL_VERSION: Tuple[int, int] = (1, 0)
+#: a higher minor only adds opcodes, capabilities or trailing fields. 1.1 added the simulator
+#: clock (ADVANCE_CLOCK, CLOCK, capability SIM_CLOCK).
+PROTOCOL_VERSION: Tuple[int, int] = (1, 1)
 
 
 class Opcode(enum.IntEnum):
@@ -25,6 +26,8 @@ class Opcode(enum.IntEnum):
     PROGRAM = 0x20
     MATVEC = 0x30
     SAFE_STATE = 0x40
+    ADVANCE_CLOCK = 0x50
+    CLOCK = 0x51
 
     INFO = 0x81
     STATUS_REPLY = 0x82
@@ -33,6 +36,8 @@ class Opcode(enum.IntEnum):
     PROGRAM_ACK = 0xA0
     MATVEC_REPLY = 0xB0
     SAFE_STATE_ACK = 0xC0
+    ADVANCE_CLOCK_ACK = 0xD0
+    CLOCK_REPLY = 0xD1
 
     NACK = 0xFF
 
@@ -47,9 +52,10 @@ REPLY_BIT = 0x80
 REQUEST_OPCODES = frozenset(op for op in Opcode if not op.is_reply)
 
 #: Requests whose replies the firmware remembers by sequence number (a repeat is answered from
-#: memory, never executed again). HELLO and STATUS are pure queries and are answered afresh.
+#: memory, never executed again). HELLO, STATUS and CLOCK are pure queries, answered afresh.
+#: ADVANCE_CLOCK moves the chip's time, so a retried one must not move it twice.
 REMEMBERED_OPCODES = frozenset({Opcode.READ, Opcode.READ_EXACT, Opcode.PROGRAM, Opcode.MATVEC,
-                                Opcode.SAFE_STATE})
+                                Opcode.SAFE_STATE, Opcode.ADVANCE_CLOCK})
 
 
 def reply_opcode(request: Opcode) -> Opcode:
@@ -68,7 +74,7 @@ class NackCode(enum.IntEnum):
     DUPLICATE_ADDRESS = 0x0006     # a device named twice in one batch
     SAFETY_LIMIT = 0x0007          # amplitude, width or pulse count beyond the hard limits
     BUSY = 0x0008                  # cannot take a command now: retry the same frame later
-    UNSUPPORTED = 0x0009           # a command this chip lacks (e.g. MATVEC, READ_EXACT)
+    UNSUPPORTED = 0x0009           # a command this chip lacks (MATVEC, READ_EXACT, CLOCK, ...)
     VERSION_MISMATCH = 0x000A      # request's protocol major differs from the firmware's
     TOO_LARGE = 0x000B             # payload length above the firmware's max_payload
     CHIP_FAULT = 0x000C            # the chip failed while executing the command
@@ -85,6 +91,7 @@ class Capability(enum.IntFlag):
     MATVEC = 0x1
     EXACT_READ = 0x2
     STATE_FILE = 0x4
+    SIM_CLOCK = 0x8     # simulated time: ADVANCE_CLOCK and CLOCK (protocol 1.1)
 
 
 class PulseCode(enum.IntEnum):

@@ -20,7 +20,8 @@ import numpy as np
 from firmware_interface.adc import adc_full_scale_us
 from firmware_interface.addresses import AddressMode
 from firmware_interface.frame import HEADER, HEADER_LEN, TRAILER_LEN
-from firmware_interface.messages import (Hello, InfoReply, MatvecReply, MatvecRequest, Message,
+from firmware_interface.messages import (AdvanceClockAck, AdvanceClockRequest, ClockReply,
+                                         ClockRequest, Hello, InfoReply, MatvecReply, MatvecRequest, Message,
                                          Nack, ProgramAck, ProgramRequest, ReadExactReply,
                                          ReadExactRequest, ReadReply, ReadRequest, SafeStateAck,
                                          SafeStateRequest, StatusReply, StatusRequest)
@@ -47,7 +48,8 @@ def _msg(name: str, description: str, seq: int, message: Message) -> Vector:
 
 def _sample_info() -> InfoReply:
     return InfoReply(PROTOCOL_VERSION, 1, 512, 2048, 0.1, 20.0, adc_full_scale_us(20.0), 16, 16,
-                     int(Capability.MATVEC | Capability.EXACT_READ | Capability.STATE_FILE),
+                     int(Capability.MATVEC | Capability.EXACT_READ | Capability.STATE_FILE
+                         | Capability.SIM_CLOCK),
                      1 << 24, "sim", "emu-1",
                      (("max_pulses_per_device", 255.0), ("set_amplitude_v_max", 2.0),
                       ("reset_amplitude_v_max", 4.0), ("width_ns_max", 10000.0)))
@@ -59,7 +61,8 @@ def golden_vectors() -> List[Vector]:
     dense = np.array([4096, 4097, 4099, 4100, 4101, 4102, 4103, 4104, 4110], dtype=np.uint32)
     v: List[Vector] = [
         _msg("hello", "HELLO from a host speaking protocol 1.0", 0x01020304, Hello()),
-        _msg("info_reply", "INFO: 1 x 512 x 2048 simulated chip, 16-bit ADC, full scale 25 uS",
+        _msg("info_reply", "INFO: 1 x 512 x 2048 simulated chip, 16-bit ADC, full scale 25 uS, "
+             "capabilities MATVEC | EXACT_READ | STATE_FILE | SIM_CLOCK",
              0x01020304, _sample_info()),
         _msg("status_request", "STATUS", 7, StatusRequest()),
         _msg("status_reply", "STATUS_REPLY: last executed seq 6, lines idle", 7,
@@ -97,6 +100,12 @@ def golden_vectors() -> List[Vector]:
              MatvecReply(np.array([1.5, -2.25], np.float32))),
         _msg("safe_state", "SAFE_STATE", 16, SafeStateRequest()),
         _msg("safe_state_ack", "SAFE_STATE_ACK", 16, SafeStateAck()),
+        _msg("advance_clock", "ADVANCE_CLOCK by 3821.4 s (simulators only)", 17,
+             AdvanceClockRequest(3821.4)),
+        _msg("advance_clock_ack", "ADVANCE_CLOCK_ACK: the clock now reads 3860.0 s", 17,
+             AdvanceClockAck(3860.0)),
+        _msg("clock_request", "CLOCK (simulators only)", 18, ClockRequest()),
+        _msg("clock_reply", "CLOCK_REPLY: 38.6 s", 18, ClockReply(38.6)),
     ]
     for code in NackCode:
         devices = np.array([1048576], np.uint32) if code in (

@@ -9,9 +9,10 @@ one program and one read command per pulse index, never a per-device call.
 Everything read is written to an HDF5 file as it is acquired (schema in
 docs/characterization.md); `load_characterization` reads it back for `fit-model`.
 
-Time: a backend with a `clock_s` attribute (the simulated chip) is timed by its own clock, and
-waiting for drift moves that clock forward (`advance_clock(seconds)` when the backend has it);
-any other backend is timed by the host's monotonic clock and waiting sleeps.
+Time: a backend that advertises Capability.SIM_CLOCK (the simulated chip, in-process or
+behind the firmware emulator) is timed by its own clock (`clock_s`), and waiting for drift
+moves that clock forward (`advance_clock(seconds)`); any other backend is timed by the host's
+monotonic clock and waiting sleeps.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from typing import Any, Callable, Dict, Optional
 import h5py
 import numpy as np
 
-from drivers.backend import ChipBackend
+from drivers.backend import Capability, ChipBackend
 from drivers.errors import ConfigError, HilError
 from drivers.geometry import ADDRESS_DTYPE
 from drivers.pulse import PulseSpec
@@ -131,8 +132,13 @@ class _WallClock:
 
 
 def _clock_for(backend: ChipBackend) -> Any:
-    clock = getattr(backend, "clock_s", None)
-    if isinstance(clock, (int, float)) and not isinstance(clock, bool):
+    """The chip's simulated clock where the backend advertises one and exposes it.
+
+    Asked, not probed: over the wire `clock_s` is a round trip (and a real chip raises
+    NotSupportedError for it). A wrapper that forwards info() but not the clock methods is
+    timed by the wall clock."""
+    if (backend.info().supports(Capability.SIM_CLOCK)
+            and callable(getattr(backend, "advance_clock", None))):
         return _ChipClock(backend)
     return _WallClock()
 

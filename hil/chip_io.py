@@ -14,6 +14,22 @@ from drivers.pulse import PulseKind, PulseSpec
 from hil.recorder import NullRecorder, Recorder
 
 
+def wire_seq_of(backend: ChipBackend) -> int:
+    """The sequence number `backend` will send its next command under (-1: it has none).
+
+    Journaled with the command, so resume can re-send a command a kill cut off under the
+    same number and the firmware answers from memory instead of executing it twice."""
+    be = backend
+    while be is not None:
+        peek = getattr(be, "next_wire_seq", None)
+        if callable(peek):
+            return int(peek())
+        if hasattr(be, "last_seq") and callable(getattr(be, "use_seq", None)):
+            return (int(be.last_seq) + 1) & 0xFFFFFFFF
+        be = getattr(be, "inner", None)
+    return -1
+
+
 @dataclass
 class IoCounters:
     program_commands: int = 0
@@ -34,7 +50,14 @@ class ChipIO:
         self.counters = IoCounters()
         self.step = 0
 
+    def _seq_kw(self) -> dict:
+        """`wire_seq=` for the write-ahead hooks, only when the backend has one (recorders
+        written before it existed keep working on backends without sequence numbers)."""
+        seq = wire_seq_of(self.backend)
+        return {"wire_seq": seq} if seq != -1 else {}
+
     def read(self, addresses: np.ndarray, purpose: str) -> np.ndarray:
+        self.recorder.before_read(self.step, addresses, purpose, **self._seq_kw())
         values = self.backend.read(addresses)
         self.counters.read_commands += 1
         self.counters.devices_read += int(addresses.size)
@@ -46,7 +69,8 @@ class ChipIO:
                 purpose: str) -> None:
         if addresses.size == 0:
             return
-        self.recorder.before_program(self.step, addresses, n_pulses, pulse, purpose)
+        self.recorder.before_program(self.step, addresses, n_pulses, pulse, purpose,
+                                     **self._seq_kw())
         self.backend.program(addresses, n_pulses, pulse)
         c = self.counters
         c.program_commands += 1

@@ -27,9 +27,14 @@ class Recorder:
                 purpose: str) -> None:
         """A read batch and the values it returned."""
 
+    def before_read(self, step: int, addresses: np.ndarray, purpose: str, *,
+                    wire_seq: int = -1) -> None:
+        """Write-ahead: a read about to be sent (`wire_seq`: its sequence number on the wire,
+        -1 when the backend has none), so resume can re-send a read a kill cut off."""
+
     def before_program(self, step: int, addresses: np.ndarray, n_pulses: np.ndarray,
-                       pulse: PulseSpec, purpose: str) -> None:
-        """Write-ahead: a program batch about to be sent."""
+                       pulse: PulseSpec, purpose: str, *, wire_seq: int = -1) -> None:
+        """Write-ahead: a program batch about to be sent (`wire_seq` as for before_read)."""
 
     def on_program(self, step: int, addresses: np.ndarray, n_pulses: np.ndarray,
                    pulse: PulseSpec, purpose: str) -> None:

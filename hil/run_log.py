@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata as _metadata
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -68,16 +68,21 @@ COMMIT_FIELDS: Tuple[str, ...] = (
     "status_rows", "status_doc_bytes", "purposes", "last_step", "complete_step", "time_us",
     "monitor_rows", "monitor_columns")
 
-#: The write-ahead journal next to the log (RUN.h5.journal): every program batch is appended
-#: to it with one os.write before the command is sent, and every acknowledgement after, so a
-#: batch sent after the last commit is never unknown, even after SIGKILL. Truncated at every
-#: commit, deleted when the log is closed. Layout in docs/run-log.md.
+#: The write-ahead journal next to the log (RUN.h5.journal): every command (program batch or
+#: read) is appended to it with one os.write before it is sent, with its wire sequence
+#: number, and its result (acknowledgement, read values) rides on the next write, so a
+#: command sent after the last commit is never unknown, even after SIGKILL (resume relies on
+#: it). Truncated at every commit, deleted when the log is closed. Layout in docs/run-log.md.
 JOURNAL_SUFFIX = ".journal"
-JOURNAL_MAGIC = b"PHJ1"
+JOURNAL_MAGIC = b"PHJ2"
+JOURNAL_MAGIC_V1 = b"PHJ1"                   # schema 1.0 writers before resume (still read)
 _J_HEAD = struct.Struct("<4sq")              # magic, commit number the journal follows
-# type 1, batch_id, seq, step, kind, purpose, amplitude_v, width_ns, count
-_J_BATCH = struct.Struct("<BqqqBBddq")
+# type 1, batch_id, seq, step, kind, purpose, amplitude_v, width_ns, count, wire_seq
+_J_BATCH = struct.Struct("<BqqqBBddqq")
+_J_BATCH_V1 = struct.Struct("<BqqqBBddq")
 _J_ACK = struct.Struct("<Bq")                # 2, batch_id
+_J_READ = struct.Struct("<BqqBqq")           # 3, seq, step, purpose, wire_seq, count
+_J_VALUES = struct.Struct("<Bqq")            # 4, seq, count (then float32[count])
 NAME_BYTES = 64          # metric names (fixed-length, SWMR cannot grow variable-length data)
 PURPOSE_BYTES = 32
 EVENT_CHUNK = 1 << 14    # rows per chunk of the event tables (a commit recompresses the
@@ -455,8 +460,13 @@ class RunLogWriter(Recorder):
         self._complete_step = -1
         self._journal = journal
         self._jfd: Optional[int] = None
-        self._jack = b""          # acknowledgement not yet journaled
+        self._jack = b""          # result (ack or read values) not yet journaled
+        self._jread: Optional[int] = None   # command index of the read announced, if any
         self.journal_path = self.path + JOURNAL_SUFFIX
+        #: Called after every commit with the number of commands (reads + programs) the log
+        #: then holds: resume keeps a simulated chip's state file in step with the log.
+        self.commit_hooks: List[Callable[[int], None]] = []
+        self._keep_journal = False
 
     # --- helpers -------------------------------------------------------------------------
     @staticmethod
@@ -640,10 +650,32 @@ class RunLogWriter(Recorder):
         b["purpose"][i:i + k] = code
         t.n = i + k
         self._read_batches.pending.append([self._seq, s, code, t.rows + i, k])
+        if self._jfd is not None and self._jread == self._seq:
+            # The values ride on the next journal write (like acknowledgements).
+            self._jack = _J_VALUES.pack(4, self._seq, k) + \
+                np.ascontiguousarray(b["value"][i:i + k], dtype="<f4").tobytes()
+        self._jread = None
         self._seq += 1
 
+    def before_read(self, step: int, addresses: np.ndarray, purpose: str, *,
+                    wire_seq: int = -1) -> None:
+        """Write-ahead of a read: journaled, so a read a kill cut off is re-sent under its
+        wire sequence number (answered from the firmware's memory, not executed twice)."""
+        if self._state != "running":
+            self._require("running", "before_read")
+        s = self._check_step(step, "before_read")
+        if self._jfd is None:
+            return
+        a = self._addresses(addresses, "before_read", self.path).astype("<u4", copy=False)
+        code = self._purpose_codes.get(purpose) or self._purpose(purpose)
+        os.write(self._jfd, b"".join((self._jack, _J_READ.pack(3, self._seq, s, code,
+                                                                int(wire_seq), a.size),
+                                      a.tobytes())))
+        self._jack = b""
+        self._jread = self._seq
+
     def before_program(self, step: int, addresses: np.ndarray, n_pulses: np.ndarray,
-                       pulse: PulseSpec, purpose: str) -> None:
+                       pulse: PulseSpec, purpose: str, *, wire_seq: int = -1) -> None:
         if self._state != "running":
             self._require("running", "before_program")
         s = self._check_step(step, "before_program")
@@ -682,7 +714,7 @@ class RunLogWriter(Recorder):
             # batch "uncertain", never wrongly acknowledged).
             os.write(self._jfd, b"".join((
                 self._jack, _J_BATCH.pack(1, row, self._seq, s, kind, code, pulse.amplitude_v,
-                                          pulse.width_ns, k),
+                                          pulse.width_ns, k, int(wire_seq)),
                 b["address"][i:i + k].tobytes(), b["n_pulses"][i:i + k].tobytes())))
             self._jack = b""
         self._seq += 1
@@ -775,6 +807,10 @@ class RunLogWriter(Recorder):
         self._complete_step = self._last_step if self._last_step is not None else -1
         self._append_status(status, reason, summary,
                             step=self._last_step if self._last_step is not None else 0)
+        # A run that failed inside a command (e.g. the link died before the reply) keeps its
+        # journal: the command's wire sequence number is what lets resume settle it.
+        self._keep_journal = status != "completed" and (self._pending is not None
+                                                        or self._jread is not None)
         self._commit()
         self._close()
 
@@ -855,7 +891,7 @@ class RunLogWriter(Recorder):
         }
         self._commit_ds[...] = np.array([counts[k] for k in COMMIT_FIELDS], dtype="<i8")
         self._f.flush()
-        if self._jfd is not None:
+        if self._jfd is not None and not self._keep_journal:
             # Everything journaled is now in the log: start the journal afresh. The header
             # is rewritten in place first, so the file always starts with a valid header
             # (records left behind by a kill before the truncation are of committed batches,
@@ -864,6 +900,9 @@ class RunLogWriter(Recorder):
             os.ftruncate(self._jfd, _J_HEAD.size)
             os.lseek(self._jfd, _J_HEAD.size, os.SEEK_SET)
             self._jack = b""
+            self._jread = None
+        for hook in self.commit_hooks:
+            hook(self._seq)
 
     def _close(self) -> None:
         try:
@@ -874,7 +913,8 @@ class RunLogWriter(Recorder):
                 os.close(self._jfd)
                 self._jfd = None
                 try:
-                    os.remove(self.journal_path)
+                    if not self._keep_journal:
+                        os.remove(self.journal_path)
                 except OSError:
                     pass
 
@@ -910,6 +950,7 @@ class PulseBatch:
     status: str
     addresses: np.ndarray
     n_pulses: np.ndarray
+    wire_seq: int = -1   # sequence number on the wire (-1: unknown), journal only
 
     @property
     def pulse(self) -> PulseSpec:
@@ -1336,8 +1377,9 @@ class RunLog:
     def journal(self) -> "JournalTail":
         """Pulse batches sent after the last commit, from the write-ahead journal a killed
         writer leaves next to the log (empty when there is none)."""
-        return read_journal(self.path + JOURNAL_SUFFIX, self.counts["pulse_batches"],
-                            self.purpose_name)
+        c = self.counts
+        return read_journal(self.path + JOURNAL_SUFFIX, c["pulse_batches"],
+                            self.purpose_name, c["pulse_batches"] + c["read_batches"])
 
     # --- snapshots and state ---------------------------------------------------------------
     def snapshots(self) -> Dict[str, np.ndarray]:
@@ -1488,11 +1530,36 @@ class JournalTail:
     batches: List[PulseBatch]
     acked_rows: Tuple[int, ...] = ()
     commit: int = -1
+    #: Every command journaled after the last commit, in command order (resume replays them).
+    commands: Tuple["JournalCommand", ...] = ()
+    #: The last command journaled, committed or not (a failed run's uncertain batch is
+    #: committed as 'sent'; its wire sequence number is only here).
+    last: Optional["JournalCommand"] = None
+
+
+@dataclass(frozen=True)
+class JournalCommand:
+    """One command a killed writer sent after its last commit. `done`: its result reached
+    the journal (a program's acknowledgement, a read's values); the last command may not
+    have it - it may or may not have been executed."""
+
+    kind: str                      # "read" or "program"
+    seq: int                       # command index in the run
+    step: int
+    purpose: str
+    wire_seq: int                  # sequence number on the wire, -1 when the backend has none
+    addresses: np.ndarray
+    done: bool
+    values: Optional[np.ndarray] = None      # read values (when done)
+    batch: Optional[PulseBatch] = None       # the program batch
 
 
 def read_journal(path: str, committed_batches: int = 0,
-                 purpose_name: Any = None) -> JournalTail:
-    """Parse a write-ahead journal; a record cut short by the kill is ignored."""
+                 purpose_name: Any = None, committed_commands: int = -1) -> JournalTail:
+    """Parse a write-ahead journal; a record cut short by the kill is ignored.
+
+    `committed_commands` (reads + programs in the log): commands below it are skipped in
+    `commands`, as their batches below `committed_batches` are in `batches`."""
     if not os.path.exists(path):
         return JournalTail([])
     with open(path, "rb") as fh:
@@ -1500,25 +1567,30 @@ def read_journal(path: str, committed_batches: int = 0,
     if len(data) < _J_HEAD.size:
         return JournalTail([])
     magic, commit = _J_HEAD.unpack_from(data, 0)
-    if magic != JOURNAL_MAGIC:
+    if magic not in (JOURNAL_MAGIC, JOURNAL_MAGIC_V1):
         raise RunLogError("not a pcm-hil run-log journal", path=path)
+    jb = _J_BATCH if magic == JOURNAL_MAGIC else _J_BATCH_V1
     pos = _J_HEAD.size
     rows: Dict[int, list] = {}
+    reads: Dict[int, list] = {}
     acked: List[int] = []
     name = purpose_name or (lambda c: f"purpose#{int(c)}")
     while pos < len(data):
         kind = data[pos]
         if kind == 1:
-            if pos + _J_BATCH.size > len(data):
+            if pos + jb.size > len(data):
                 break
-            _, bid, seq, step, pk, code, amp, width, k = _J_BATCH.unpack_from(data, pos)
-            end = pos + _J_BATCH.size + 6 * k
+            fields = jb.unpack_from(data, pos)
+            _, bid, seq, step, pk, code, amp, width, k = fields[:9]
+            wire = fields[9] if len(fields) > 9 else -1
+            end = pos + jb.size + 6 * k
             if end > len(data):
                 break
-            a0 = pos + _J_BATCH.size
+            a0 = pos + jb.size
             addr = np.frombuffer(data, "<u4", k, a0).copy()
             n = np.frombuffer(data, "<u2", k, a0 + 4 * k).copy()
-            rows[bid] = [bid, seq, step, PulseKind(pk), amp, width, name(code), "sent", addr, n]
+            rows[bid] = [bid, seq, step, PulseKind(pk), amp, width, name(code), "sent", addr, n,
+                         wire]
             pos = end
         elif kind == 2:
             if pos + _J_ACK.size > len(data):
@@ -1529,10 +1601,38 @@ def read_journal(path: str, committed_batches: int = 0,
             elif bid >= 0:
                 acked.append(bid)
             pos += _J_ACK.size
+        elif kind == 3:
+            if pos + _J_READ.size > len(data):
+                break
+            _, seq, step, code, wire, k = _J_READ.unpack_from(data, pos)
+            end = pos + _J_READ.size + 4 * k
+            if end > len(data):
+                break
+            addr = np.frombuffer(data, "<u4", k, pos + _J_READ.size).copy()
+            reads[seq] = [seq, step, name(code), wire, addr, None]
+            pos = end
+        elif kind == 4:
+            if pos + _J_VALUES.size > len(data):
+                break
+            _, seq, k = _J_VALUES.unpack_from(data, pos)
+            end = pos + _J_VALUES.size + 4 * k
+            if end > len(data):
+                break
+            if seq in reads:
+                reads[seq][5] = np.frombuffer(data, "<f4", k, pos + _J_VALUES.size).copy()
+            pos = end
         else:
             break   # garbage after a torn write
     batches = [PulseBatch(*r) for bid, r in sorted(rows.items()) if bid >= committed_batches]
-    return JournalTail(batches, tuple(acked), commit)
+    every = [JournalCommand("program", r[1], r[2], r[6], r[10], r[8], r[7] == "acked",
+                            batch=PulseBatch(*r)) for r in rows.values()]
+    every += [JournalCommand("read", r[0], r[1], r[2], r[3], r[4], r[5] is not None,
+                             values=r[5]) for r in reads.values()]
+    last = max(every, key=lambda c: c.seq) if every else None
+    cmds = sorted((c for c in every if c.seq >= committed_commands
+                   and (c.batch is None or c.batch.batch_id >= committed_batches)),
+                  key=lambda c: c.seq)
+    return JournalTail(batches, tuple(acked), commit, tuple(cmds), last)
 
 
 def _lookup(lut: np.ndarray, addr: np.ndarray) -> np.ndarray:
@@ -1591,6 +1691,6 @@ def _open_h5(path: str) -> Any:
     raise RunLogError(f"corrupted run log, HDF5 cannot open it: {msg}", path=path)
 
 
-__all__ = ["COMMIT_FIELDS", "FORMAT", "JournalTail", "PURPOSES", "PulseBatch", "RunLog",
+__all__ = ["COMMIT_FIELDS", "FORMAT", "JournalCommand", "JournalTail", "PURPOSES", "PulseBatch", "RunLog",
            "RunLogError", "RunLogWriter", "RunStatus", "SCHEMA_VERSION", "STATUSES",
            "environment_provenance", "is_wall_clock", "read_journal"]

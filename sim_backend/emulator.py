@@ -13,18 +13,19 @@ The production FPGA driver runs unchanged against it. Two layers:
 """
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
 import select
+import signal
 import socket
+import struct
 import threading
 import time
 import tty
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -34,7 +35,9 @@ from drivers.errors import (AddressError, ChipError, ConfigError, NotSupportedEr
 from drivers.pulse import PulseKind, PulseSpec
 from firmware_interface.adc import ADC_BITS, adc_full_scale_us, adc_quantise
 from firmware_interface.frame import Decoded, Frame, FrameDecoder, FrameError, crc32
-from firmware_interface.messages import (MESSAGE_TYPES, Hello, InfoReply, MatvecReply,
+from firmware_interface.messages import (MESSAGE_TYPES, AdvanceClockAck, AdvanceClockRequest,
+                                         ClockReply, ClockRequest, Hello, InfoReply,
+                                         MatvecReply,
                                          MatvecRequest, Message, Nack, ProgramAck,
                                          ProgramRequest, ReadExactReply, ReadExactRequest,
                                          ReadReply, ReadRequest, SafeStateAck,
@@ -46,13 +49,20 @@ from sim_backend.sim_chip import SimulatedChip
 
 log = logging.getLogger(__name__)
 
-SEQ_MEMORY_FORMAT = "pcm-hil-seq-memory/1"
 #: Commands that change the chip's state (a read advances the clock and the read-noise
-#: counters); the state file is saved after each of them.
-STATE_CHANGING = frozenset({Opcode.READ, Opcode.PROGRAM, Opcode.MATVEC})
+#: counters); each is journaled before its reply leaves.
+STATE_CHANGING = frozenset({Opcode.READ, Opcode.PROGRAM, Opcode.MATVEC, Opcode.ADVANCE_CLOCK})
 _CAPS = {ContractCapability.MATVEC.value: Capability.MATVEC,
          ContractCapability.EXACT_READ.value: Capability.EXACT_READ,
-         ContractCapability.STATE_FILE.value: Capability.STATE_FILE}
+         ContractCapability.STATE_FILE.value: Capability.STATE_FILE,
+         ContractCapability.SIM_CLOCK.value: Capability.SIM_CLOCK}
+
+#: Journal record: magic, seq, opcode, flags (bit 0: replay on load), reserved,
+#: CRC-32 of the request payload, chip clock before and after, request and reply lengths;
+#: then the request payload (replayed records only), the reply frame, and a CRC-32 of all.
+_JOURNAL_REC = struct.Struct("<4sIBBHIddII")
+_JOURNAL_MAGIC = b"PCMJ"
+_REPLAY = 0x1
 
 
 @dataclass
@@ -63,22 +73,74 @@ class _Remembered:
     clock_s: float
 
 
+@dataclass
+class _JournalRecord:
+    seq: int
+    opcode: int
+    replay: bool
+    request_crc: int
+    clock_before: float
+    clock_after: float
+    request: bytes
+    reply: bytes
+
+
+def _read_journal(path: str) -> Tuple[List[_JournalRecord], int]:
+    """The intact records of a journal and the byte length they cover (a torn tail, from a
+    crash in the middle of an append, is ignored: its reply was never sent)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return [], 0
+    out: List[_JournalRecord] = []
+    pos = 0
+    head = _JOURNAL_REC.size
+    while pos + head <= len(data):
+        magic, seq, op, flags, _, rcrc, c0, c1, nreq, nrep = _JOURNAL_REC.unpack_from(data, pos)
+        end = pos + head + nreq + nrep + 4
+        if magic != _JOURNAL_MAGIC or end > len(data):
+            break
+        if crc32(data[pos:end - 4]) != struct.unpack_from("<I", data, end - 4)[0]:
+            break
+        body = pos + head
+        out.append(_JournalRecord(seq, op, bool(flags & _REPLAY), rcrc, c0, c1,
+                                  data[body:body + nreq], data[body + nreq:end - 4]))
+        pos = end
+    if pos != len(data):
+        log.warning("%s: ignoring %d bytes of a torn journal record", path, len(data) - pos)
+    return out, pos
+
+
 class Firmware:
     """The firmware's protocol engine over a simulated chip (transport-free, single-threaded).
 
-    `state_path`: keep the chip state there (loaded at start if present, saved after every
-    state-changing command and by `save()`), plus the sequence-number memory in
-    `state_path + ".seq.json"`, so a restarted emulator neither forgets a chip nor applies a
-    retried batch twice. Both files are replaced atomically; the memory is written first and
-    its entries are kept on load only if the chip state contains their effect (by the chip's
-    simulated clock, which every state-changing command advances).
+    `state_path`: keep the chip there across restarts, so a restarted emulator neither forgets
+    a chip nor applies a retried batch twice nor loses one. Two files:
+
+    * `state_path`: a snapshot of the chip (SimulatedChip.save_state, replaced atomically);
+    * `state_path + ".journal"`: every state-changing command executed since the snapshot
+      (request payload, reply frame, chip clock before and after), appended and fsync'ed
+      *before* its reply is sent (write-ahead). Rewriting the 16 MiB snapshot per command
+      would cost ~30 ms each; an append costs well under a millisecond.
+
+    On start the snapshot is loaded and the journal replayed through this engine (the chip is
+    deterministic, so replay reproduces state and replies bit for bit; a replayed reply that
+    differs from the recorded one is an error), which also restores the sequence-number
+    memory. A record whose effect the snapshot already holds (its clock_after is not past the
+    snapshot's clock) is only remembered, not replayed. Every `compact_records` records (and
+    at a clean stop) the snapshot is rewritten and the journal restarted with the last
+    `persist_depth` remembered replies. A crash at any point leaves either a record intact
+    (applied once, its retry answered from memory) or torn (not applied, its reply never sent:
+    the retry executes it).
     """
 
     def __init__(self, chip: SimulatedChip, *, memory_depth: int = 16,
                  max_payload: int = 1 << 24, capabilities: Optional[frozenset] = None,
                  protocol_version: Tuple[int, int] = PROTOCOL_VERSION,
                  firmware_version: str = "emu-1", state_path: Optional[str] = None,
-                 persist_depth: int = 4) -> None:
+                 persist_depth: int = 4, compact_records: int = 1024,
+                 compact_bytes: int = 64 << 20, fsync: bool = True) -> None:
         if memory_depth < 1:
             raise ValueError("memory_depth must be >= 1")
         self.chip = chip
@@ -102,58 +164,140 @@ class Firmware:
             "by_opcode": {}, "nacks": {}}
         #: Whether the last handle() executed a remembered command afresh (not a repeat).
         self.executed_fresh = False
-        if state_path and os.path.exists(state_path):
-            self.load()
+        self.compact_records = max(1, int(compact_records))
+        self.compact_bytes = int(compact_bytes)
+        self.fsync = bool(fsync)
+        self._journal = None  # append handle of the journal file
+        self._journal_records = 0
+        self._journal_bytes = 0
+        #: Records replayed from the journal at the last load (tests, logs).
+        self.replayed = 0
+        if state_path:
+            if os.path.exists(state_path):
+                self.load()
+            else:
+                self.compact()  # a new chip: its first snapshot, an empty journal
 
     # --- persistence ----------------------------------------------------------------------
     @property
-    def memory_path(self) -> Optional[str]:
-        return None if not self.state_path else f"{self.state_path}.seq.json"
+    def journal_path(self) -> Optional[str]:
+        return None if not self.state_path else f"{self.state_path}.journal"
 
     def save(self) -> None:
-        """Write the sequence memory, then the chip state (both atomically)."""
+        """Snapshot the chip and restart the journal (a clean stop does this)."""
+        self.compact()
+
+    def close(self) -> None:
+        """Final snapshot and release the journal file."""
+        try:
+            self.compact()
+        finally:
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
+
+    def compact(self) -> None:
+        """Rewrite the snapshot, then restart the journal with the last remembered replies.
+
+        Snapshot first: a crash between the two leaves the old journal, whose records the new
+        snapshot already holds (recognised by their clock on load, so only remembered)."""
         if not self.state_path:
             return
-        entries = list(self.memory.items())[-self.persist_depth:]
-        doc = {"format": SEQ_MEMORY_FORMAT, "last_seq": self.last_seq,
-               "entries": [{"seq": s, "opcode": e.opcode, "request_crc": e.request_crc,
-                            "clock_s": e.clock_s,
-                            "reply": base64.b64encode(e.reply).decode("ascii")}
-                           for s, e in entries]}
-        path = self.memory_path
+        path = self.journal_path
         assert path is not None
+        self.chip.save_state(self.state_path)
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
         tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(doc, f)
+        with open(tmp, "wb") as f:
+            for seq, e in list(self.memory.items())[-self.persist_depth:]:
+                f.write(self._record(seq, e.opcode, False, e.request_crc, e.clock_s, e.clock_s,
+                                     b"", e.reply))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        self.chip.save_state(self.state_path)
+        self._journal = open(path, "ab")
+        self._journal_records = 0
+        self._journal_bytes = self._journal.tell()
+
+    @staticmethod
+    def _record(seq: int, opcode: int, replay: bool, request_crc: int, clock_before: float,
+                clock_after: float, request: bytes, reply: bytes) -> bytes:
+        rec = _JOURNAL_REC.pack(_JOURNAL_MAGIC, seq, opcode, _REPLAY if replay else 0, 0,
+                                request_crc, clock_before, clock_after, len(request),
+                                len(reply)) + request + reply
+        return rec + struct.pack("<I", crc32(rec))
+
+    def _append(self, seq: int, opcode: int, request_crc: int, clock_before: float,
+                request: bytes, reply: bytes) -> None:
+        """Journal one executed state-changing command, durably, before its reply is sent."""
+        if self._journal is None:
+            self.compact()
+        assert self._journal is not None
+        rec = self._record(seq, opcode, True, request_crc, clock_before, self.chip.clock_s,
+                           request, reply)
+        self._journal.write(rec)
+        self._journal.flush()
+        if self.fsync:
+            os.fsync(self._journal.fileno())
+        self._journal_records += 1
+        self._journal_bytes += len(rec)
+        if (self._journal_records >= self.compact_records
+                or self._journal_bytes >= self.compact_bytes):
+            self.compact()
 
     def load(self) -> None:
-        """Restore the chip state and the part of the memory the state contains."""
-        assert self.state_path is not None
+        """Restore the snapshot, replay the journal after it, then compact."""
+        assert self.state_path is not None and self.journal_path is not None
         self.chip.load_state(self.state_path)
-        path = self.memory_path
-        if not path or not os.path.exists(path):
-            return
-        try:
-            with open(path, encoding="utf-8") as f:
-                doc = json.load(f)
-            if doc.get("format") != SEQ_MEMORY_FORMAT:
-                raise ValueError(f"format {doc.get('format')!r}, expected "
-                                 f"{SEQ_MEMORY_FORMAT!r}")
-            entries = [(int(e["seq"]), _Remembered(
-                int(e["opcode"]), int(e["request_crc"]), base64.b64decode(e["reply"]),
-                float(e["clock_s"]))) for e in doc["entries"]]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-            raise ConfigError(f"not a sequence memory file ({e})", source=path) from None
+        records, _ = _read_journal(self.journal_path)
+        saved = (json.loads(json.dumps(self.counters)), dict(self.chip.counters))
         self.memory.clear()
-        for seq, entry in entries:  # keep only what the saved chip state contains
-            if entry.clock_s <= self.chip.clock_s:
-                self.memory[seq] = entry
-        if self.memory:
-            self.last_seq = next(reversed(self.memory))
+        self.replayed = 0
+        try:
+            for rec in records:
+                if rec.replay and rec.clock_after > self.chip.clock_s:
+                    self._replay(rec)
+                self._remember(rec.seq, rec.opcode, rec.request_crc, rec.reply,
+                               rec.clock_after)
+        finally:  # counters count what this power-up executed, not the replay
+            self.counters = saved[0]
+            self.chip.counters.clear()
+            self.chip.counters.update(saved[1])
+        self.last_seq = next(reversed(self.memory)) if self.memory else None
+        if self.replayed:
+            log.info("%s: replayed %d journaled commands", self.state_path, self.replayed)
+        self.compact()
+
+    def _replay(self, rec: _JournalRecord) -> None:
+        src = self.journal_path
+        if rec.clock_before != self.chip.clock_s:
+            raise ConfigError(f"journal record seq={rec.seq} starts at chip clock "
+                              f"{rec.clock_before!r} s, the chip state is at "
+                              f"{self.chip.clock_s!r} s (journal of another state?)",
+                              source=src)
+        if crc32(rec.request) != rec.request_crc:
+            raise ConfigError(f"journal record seq={rec.seq}: request CRC mismatch",
+                              source=src)
+        try:
+            request = MESSAGE_TYPES[Opcode(rec.opcode)].decode(rec.request)
+            reply = self._execute(request).frame(rec.seq, version=self.version)
+        except (ValueError, KeyError, ChipError) as e:
+            raise ConfigError(f"journal record seq={rec.seq} cannot be replayed: {e}",
+                              source=src) from None
+        if reply != rec.reply or self.chip.clock_s != rec.clock_after:
+            raise ConfigError(f"replaying journal record seq={rec.seq} "
+                              f"({Opcode(rec.opcode).name}) gave a different result than "
+                              "recorded: chip model or seed changed?", source=src)
+        self.replayed += 1
+
+    def _remember(self, seq: int, opcode: int, request_crc: int, reply: bytes,
+                  clock_s: float) -> None:
+        self.memory.pop(seq, None)
+        self.memory[seq] = _Remembered(opcode, request_crc, reply, clock_s)
+        while len(self.memory) > self.memory_depth:
+            self.memory.popitem(last=False)
 
     # --- the engine -------------------------------------------------------------------------
     def nack(self, seq: int, code: NackCode, request_opcode: int, message: str,
@@ -184,12 +328,14 @@ class Firmware:
                              f"unknown request opcode 0x{frame.opcode:02X}")
         opcode = Opcode(frame.opcode)
         remembered = opcode in REMEMBERED_OPCODES
+        request_crc = crc32(frame.payload) if remembered else 0
         if remembered:
             hit = self.memory.get(frame.seq)
             if (hit is not None and hit.opcode == frame.opcode
-                    and hit.request_crc == crc32(frame.payload)):
+                    and hit.request_crc == request_crc):
                 self.counters["repeats_answered"] += 1  # type: ignore[operator]
                 return hit.reply
+        clock_before = self.chip.clock_s
         try:
             request = MESSAGE_TYPES[opcode].decode(frame.payload)
             reply = self._execute(request)
@@ -220,16 +366,13 @@ class Firmware:
         if remembered:
             self.executed_fresh = True
             self.last_seq = frame.seq
-            self.memory.pop(frame.seq, None)
-            self.memory[frame.seq] = _Remembered(frame.opcode, crc32(frame.payload), data,
-                                                 self.chip.clock_s)
-            while len(self.memory) > self.memory_depth:
-                self.memory.popitem(last=False)
+            self._remember(frame.seq, frame.opcode, request_crc, data, self.chip.clock_s)
             if opcode in STATE_CHANGING and self.state_path:
                 try:
-                    self.save()
+                    self._append(frame.seq, frame.opcode, request_crc, clock_before,
+                                 frame.payload, data)
                 except OSError as e:  # the command ran; say so, and keep serving
-                    log.error("cannot save the chip state to %s: %s", self.state_path, e)
+                    log.error("cannot journal to %s: %s", self.journal_path, e)
         return data
 
     def _execute(self, req: Message) -> Message:
@@ -261,6 +404,14 @@ class Firmware:
             out = chip.matvec(req.block, req.x)
             self.counters["devices_read"] += int(req.block.size)  # type: ignore[operator]
             return MatvecReply(out)
+        if isinstance(req, (AdvanceClockRequest, ClockRequest)):
+            if not self.capabilities & Capability.SIM_CLOCK:
+                raise NotSupportedError("this chip has no simulated clock",
+                                        command=req.OPCODE.name)
+            if isinstance(req, AdvanceClockRequest):
+                chip.advance_clock(req.seconds)
+                return AdvanceClockAck(chip.clock_s)
+            return ClockReply(chip.clock_s)
         if isinstance(req, SafeStateRequest):
             chip.safe_state()
             self.idle = True
@@ -287,7 +438,7 @@ class Firmware:
 
 # --- the link -------------------------------------------------------------------------------
 FAULT_KINDS = ("corrupt_request", "corrupt_reply", "drop_request", "drop_reply", "delay",
-               "disconnect", "busy", "chip_fault")
+               "disconnect", "busy", "chip_fault", "crash")
 
 
 @dataclass
@@ -300,6 +451,10 @@ class FaultConfig:
     with the connection (TCP: closed; pty: an outage that discards input for outage_s).
     script: {request number (1-based, counting every intact request frame, HELLO included):
     fault kind}, for tests that need one exact fault; a scripted "delay" waits outage_s.
+    A scripted "crash" executes the request (journaling it with a state file), then kills the
+    emulator's own process with SIGKILL before the reply leaves: a hard crash at the worst
+    moment, for restart tests. It is honoured only by a server running in its process's main
+    thread (`pcm-hil emulate`), never by one inside a test process's thread.
     """
 
     corrupt: float = 0.0
@@ -423,7 +578,7 @@ class EmulatorServer:
                     pass
         self._master = self._slave = None
         try:
-            self.firmware.save()
+            self.firmware.close()
         except OSError as e:
             log.error("cannot save the chip state to %s: %s", self.firmware.state_path, e)
         finally:
@@ -523,6 +678,9 @@ class EmulatorServer:
                 self._on_request(item)
 
     def _draw_fault(self, n: int) -> Tuple[Optional[str], float]:
+        f = self.faults
+        if not (f.corrupt or f.drop or f.delay_ms or f.script):
+            return None, 0.0  # a clean link: no stream to keep in step
         u = self._rng.random(5)  # always five draws: the stream does not depend on config
         delay = float(u[4]) * self.faults.delay_ms / 1000.0
         if n in self.faults.script:
@@ -564,6 +722,8 @@ class EmulatorServer:
             reply = self.firmware.handle(frame)
             if reply is None:
                 return
+            if fault == "crash":
+                self._crash()
             every = self.faults.disconnect_every
             if self.firmware.executed_fresh:
                 self._fresh += 1
@@ -590,6 +750,17 @@ class EmulatorServer:
             if self.on_request is not None:
                 self.on_request(frame, reply)
 
+    def _crash(self) -> None:
+        """SIGKILL this process (no cleanup: the journal alone must carry the state)."""
+        if threading.current_thread() is not threading.main_thread():
+            log.error("fault 'crash' ignored: the emulator is not its process's main thread")
+            return
+        self._count("crash")
+        self.write_stats()
+        log.warning("fault injected: crash (SIGKILL) after executing seq=%d",
+                    self.firmware.last_seq or 0)
+        os.kill(os.getpid(), signal.SIGKILL)
+
     def _disconnect(self) -> None:
         if self._master is not None:
             self._outage_until = time.monotonic() + self.faults.outage_s
@@ -602,7 +773,7 @@ class EmulatorServer:
             return
         wait = self.link.delay_s(request_bytes + len(data))
         if wait > 0:
-            time.sleep(wait)
+            _wait(wait)
         try:
             if self._master is not None:
                 self._write_pty(data)
@@ -628,6 +799,16 @@ class EmulatorServer:
                 if time.monotonic() > deadline:
                     raise OSError("pty not drained by the host within 5 s") from None
                 select.select([], [self._master], [], 0.05)
+
+
+def _wait(seconds: float) -> None:
+    """Wait `seconds` precisely: time.sleep overshoots by ~0.1 ms, as much as a modelled
+    12 Mbaud link takes for a whole small frame, so the last stretch is spun."""
+    end = time.perf_counter() + seconds
+    if seconds > 1e-3:
+        time.sleep(seconds - 5e-4)
+    while time.perf_counter() < end:
+        time.sleep(0)  # yields the interpreter lock to a host in this process
 
 
 def parse_listen(value: str) -> Tuple[str, int]:

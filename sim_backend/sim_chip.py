@@ -26,6 +26,7 @@ from drivers.errors import ChipError, ConfigError, SafetyLimitError
 from drivers.geometry import ADDRESS_DTYPE, Geometry, check_unique
 from drivers.pulse import PulseKind, PulseSpec
 from firmware_interface.adc import ADC_BITS, adc_full_scale_us, adc_roundtrip
+from firmware_interface.protocol import PROTOCOL_VERSION
 from sim_backend import counter_rng as crng
 from sim_backend.counter_rng import Stream
 from sim_backend.pcm_model import PcmModel
@@ -92,11 +93,12 @@ class SimulatedChip(ChipBackend):
     # --- contract ---------------------------------------------------------------------------
     def info(self) -> ChipInfo:
         return ChipInfo(
-            chip_id=self.chip_id, firmware_version="sim-1", protocol_version="1.0",
+            chip_id=self.chip_id, firmware_version="sim-1",
+            protocol_version="{}.{}".format(*PROTOCOL_VERSION),
             geometry=self.geometry, g_min_us=self.model.g_min_us,
             g_max_us=self.model.g_max_us, adc_bits=ADC_BITS,
             capabilities=frozenset({Capability.MATVEC.value, Capability.EXACT_READ.value,
-                                    Capability.STATE_FILE.value}),
+                                    Capability.STATE_FILE.value, Capability.SIM_CLOCK.value}),
             hard_limits=self.limits.as_dict())
 
     def read(self, addresses: np.ndarray) -> np.ndarray:

@@ -133,20 +133,75 @@ def test_state_and_memory_survive_a_restart(tmp_path):
     assert np.array_equal(r2.codes, np.rint(ref.read(np.arange(64)) / (25.0 / 65535)))
 
 
-def test_memory_newer_than_the_chip_state_is_dropped(tmp_path):
-    """A crash between writing the memory and the chip state must not claim a batch as
-    applied that the saved chip does not contain."""
+def test_torn_journal_record_is_not_applied_and_its_retry_executes(tmp_path):
+    """A crash in the middle of journaling a command (before its reply could leave): the
+    torn record is ignored, so the chip lacks the batch and the host's retry applies it once."""
+    path = str(tmp_path / "chip.npz")
+    ref = make_chip()
+    fw = Firmware(make_chip(), state_path=path)
+    fw.handle(frame_of(PROGRAM, 1))
+    ref.program(PROGRAM.addresses, PROGRAM.n_pulses, PulseSpec.set())
+    fw.handle(frame_of(PROGRAM, 2))
+    del fw
+    journal = path + ".journal"
+    with open(journal, "r+b") as f:  # the last append was cut short by the crash
+        f.truncate(os.path.getsize(journal) - 7)
+    fw2 = Firmware(make_chip(), state_path=path)
+    assert list(fw2.memory) == [1] and fw2.replayed == 1
+    assert fw2.chip.clock_s == ref.clock_s
+    fw2.handle(frame_of(PROGRAM, 2))  # the retry: executed, as the chip lacks it
+    ref.program(PROGRAM.addresses, PROGRAM.n_pulses, PulseSpec.set())
+    assert fw2.chip.counters["set_pulses"] == 684
+    assert np.array_equal(fw2.chip.true_conductance(np.arange(1024)),
+                          ref.true_conductance(np.arange(1024)))
+
+
+def test_journal_records_already_in_the_snapshot_are_not_replayed(tmp_path):
+    """A crash between rewriting the snapshot and restarting the journal: the old journal's
+    records are recognised (by the chip clock) as contained, remembered but not re-applied."""
+    path = str(tmp_path / "chip.npz")
+    ref = make_chip()
+    fw = Firmware(make_chip(), state_path=path)
+    for seq in (1, 2):
+        fw.handle(frame_of(PROGRAM, seq))
+        ref.program(PROGRAM.addresses, PROGRAM.n_pulses, PulseSpec.set())
+    old_journal = open(path + ".journal", "rb").read()
+    fw.compact()
+    with open(path + ".journal", "wb") as f:  # "the journal restart never happened"
+        f.write(old_journal)
+    del fw
+    fw2 = Firmware(make_chip(), state_path=path)
+    assert fw2.replayed == 0 and list(fw2.memory) == [1, 2]
+    assert fw2.chip.clock_s == ref.clock_s
+    assert np.array_equal(fw2.chip.true_conductance(np.arange(1024)),
+                          ref.true_conductance(np.arange(1024)))
+    fw2.handle(frame_of(PROGRAM, 2))  # the retry of the last batch: from memory
+    assert fw2.chip.counters["set_pulses"] == 0
+
+
+def test_journal_of_another_chip_model_is_refused(tmp_path):
+    from drivers.errors import ConfigError
+
     path = str(tmp_path / "chip.npz")
     fw = Firmware(make_chip(), state_path=path)
     fw.handle(frame_of(PROGRAM, 1))
-    saved_chip = open(path, "rb").read()
-    fw.handle(frame_of(PROGRAM, 2))  # memory and chip saved with seq 2 ...
-    with open(path, "wb") as f:  # ... then the chip file "was never written"
-        f.write(saved_chip)
+    fw.handle(frame_of(ReadRequest(np.arange(64)), 2))  # its values tell the models apart
+    del fw
+    other = SimulatedChip(PcmModel.preset("ideal"), GEO, seed=SEED)
+    with pytest.raises(ConfigError, match="journal"):
+        Firmware(other, state_path=path)
+
+
+def test_journal_is_compacted(tmp_path):
+    path = str(tmp_path / "chip.npz")
+    fw = Firmware(make_chip(), state_path=path, compact_records=3)
+    for seq in range(1, 8):
+        fw.handle(frame_of(ReadRequest(np.arange(seq)), seq))
+    clock = fw.chip.clock_s
+    del fw
     fw2 = Firmware(make_chip(), state_path=path)
-    assert list(fw2.memory) == [1]
-    fw2.handle(frame_of(PROGRAM, 2))  # re-executed: the saved chip lacks it
-    assert fw2.chip.counters["set_pulses"] == 684
+    assert fw2.replayed == 1 and fw2.chip.clock_s == clock
+    assert list(fw2.memory)[-1] == 7 and fw2.last_seq == 7
 
 
 # --- link model and counters --------------------------------------------------------------------

@@ -19,9 +19,9 @@ from drivers.geometry import Geometry
 from drivers.pulse import PulseSpec
 from firmware_interface.addresses import encode_address_set
 from firmware_interface.frame import Frame, encode_frame
-from firmware_interface.messages import (MatvecRequest, Nack, ProgramRequest, ReadRequest,
+from firmware_interface.messages import (AdvanceClockRequest, MatvecRequest, Nack, ProgramRequest, ReadRequest,
                                          StatusReply, decode_message)
-from firmware_interface.protocol import NackCode, Opcode, PulseCode
+from firmware_interface.protocol import PROTOCOL_VERSION, NackCode, Opcode, PulseCode
 from sim_backend.emulator import EmulatorServer, FaultConfig, Firmware
 from sim_backend.pcm_model import PcmModel
 from sim_backend.sim_chip import SimulatedChip
@@ -123,7 +123,7 @@ def test_bit_identical_under_link_faults(transport):
 def test_info_from_hello(chip, emu):
     info = chip.info()
     assert info.geometry == GEO
-    assert info.protocol_version == "1.0" and info.adc_bits == 16
+    assert info.protocol_version == "%d.%d" % PROTOCOL_VERSION and info.adc_bits == 16
     assert info.supports("matvec") and info.supports("exact_read")
     assert info.hard_limits == emu.firmware.chip.limits.as_dict()
     assert chip.adc_full_scale_us == pytest.approx(25.0)
@@ -162,6 +162,65 @@ def test_empty_batches_still_reach_the_chip(chip, emu):
         b.program(np.zeros(0, np.uint32), np.zeros(0, np.int64), PulseSpec.set())
         b.program(np.array([4]), np.array([0]), PulseSpec.set())
     assert emu.firmware.chip.clock_s == ref.clock_s
+
+
+# --- simulated time (capability SIM_CLOCK) ----------------------------------------------------
+def test_sim_clock_over_the_wire(chip, emu):
+    ref = make_chip()
+    assert chip.info().supports("sim_clock")
+    for b in (ref, chip):
+        b.program(np.arange(10), np.full(10, 3), PulseSpec.set())
+        b.advance_clock(38.6)
+        b.read(np.arange(10))
+    assert chip.clock_s == ref.clock_s == emu.firmware.chip.clock_s
+    assert chip.advance_clock(0.0) == ref.clock_s  # a zero wait is fine
+    assert chip.stats["CLOCK"]["round_trips"] == 1  # a query, answered afresh
+    with pytest.raises(ValueError):
+        chip.advance_clock(-1.0)
+    with pytest.raises(ValueError):
+        chip.advance_clock(float("inf"))
+    assert emu.firmware.chip.clock_s == ref.clock_s
+
+
+@pytest.mark.parametrize("fault", ["drop_reply", "disconnect"])
+def test_retried_advance_clock_moves_the_clock_once(fault):
+    server = serve(faults=FaultConfig(script={2: fault}, outage_s=0.2))
+    try:
+        with FpgaChip(server.url, timeout_s=0.25, retries=4) as chip:
+            assert chip.advance_clock(100.0) == 100.0
+            assert chip.stats["ADVANCE_CLOCK"]["round_trips"] >= 2
+            assert chip.clock_s == 100.0
+        assert server.firmware.counters["repeats_answered"] == 1
+    finally:
+        server.stop()
+
+
+def test_sim_clock_needs_the_capability():
+    server = serve(capabilities=frozenset({"matvec"}))
+    try:
+        with FpgaChip(server.url, timeout_s=0.5) as chip:
+            assert not chip.info().supports("sim_clock")
+            with pytest.raises(NotSupportedError) as e:
+                chip.advance_clock(1.0)
+            assert e.value.command == "ADVANCE_CLOCK"
+            with pytest.raises(NotSupportedError):
+                chip.clock_s
+            with pytest.raises(NotSupportedError) as e:  # past the driver's own check
+                chip.transaction(AdvanceClockRequest(1.0))
+            assert e.value.nack_code is NackCode.UNSUPPORTED
+        assert server.firmware.chip.clock_s == 0.0
+    finally:
+        server.stop()
+
+
+def test_advance_clock_bad_payload_is_refused_by_the_firmware(chip, emu):
+    nan = encode_frame(910, Opcode.ADVANCE_CLOCK, struct.pack("<d", float("nan")))
+    assert raw_exchange(chip, nan, 910).code is NackCode.BAD_PAYLOAD
+    neg = encode_frame(911, Opcode.ADVANCE_CLOCK, struct.pack("<d", -5.0))
+    assert raw_exchange(chip, neg, 911).code is NackCode.BAD_PAYLOAD
+    short = encode_frame(912, Opcode.ADVANCE_CLOCK, b"\x00" * 4)
+    assert raw_exchange(chip, short, 912).code is NackCode.BAD_LENGTH
+    assert emu.firmware.chip.clock_s == 0.0
 
 
 # --- checks before anything is sent -----------------------------------------------------------
@@ -453,7 +512,7 @@ def test_wire_log_has_every_byte_in_hex(chip, caplog):
     tx = [r.getMessage() for r in caplog.records if r.getMessage().startswith("TX")]
     rx = [r.getMessage() for r in caplog.records if r.getMessage().startswith("RX")]
     assert tx and rx and all(r.name == "pcm_hil.wire" for r in caplog.records)
-    assert "a5 5a 01 00" in tx[0]
+    assert "a5 5a %02x %02x" % PROTOCOL_VERSION in tx[0]
     rx_bytes = sum(int(m.split()[1]) for m in rx)
     assert rx_bytes == chip.stats["READ"]["bytes_rx"]
 

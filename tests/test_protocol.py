@@ -18,7 +18,8 @@ from firmware_interface.frame import (HEADER_LEN, OVERHEAD, SYNC, Frame, FrameDe
 from firmware_interface.messages import (MESSAGE_TYPES, Hello, MatvecReply, MatvecRequest, Nack,
                                          ProgramRequest, ReadReply, ReadRequest, StatusRequest,
                                          decode_message)
-from firmware_interface.protocol import NackCode, Opcode, PayloadError, PulseCode
+from firmware_interface.protocol import (PROTOCOL_VERSION, NackCode, Opcode, PayloadError,
+                                         PulseCode)
 from firmware_interface.vectors import (check_vectors, golden_vectors, parse_hex, read_vector,
                                         render_hex)
 
@@ -72,7 +73,7 @@ def test_crc_check_values():
 
 def test_header_layout():
     f = encode_frame(0x01020304, Opcode.READ, b"\x01\x02\x03")
-    assert f[:2] == SYNC and f[2:4] == b"\x01\x00"
+    assert f[:2] == SYNC and f[2:4] == bytes(PROTOCOL_VERSION)
     assert f[4:8] == b"\x04\x03\x02\x01" and f[8] == 0x10 and f[9] == 0
     assert struct.unpack_from("<I", f, 10)[0] == 3
     assert struct.unpack_from("<H", f, 14)[0] == crc16(f[:14])
@@ -344,3 +345,56 @@ def test_firmware_interface_imports_numpy_and_stdlib_only():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- protocol 1.1: the simulator clock; bounded MATVEC blocks -----------------------------------
+def test_clock_messages_roundtrip_and_validation():
+    from firmware_interface.messages import (AdvanceClockAck, AdvanceClockRequest, ClockReply,
+                                             ClockRequest)
+    from firmware_interface.protocol import REMEMBERED_OPCODES
+
+    for msg in (AdvanceClockRequest(0.0), AdvanceClockRequest(3821.4), AdvanceClockAck(1.5),
+                ClockReply(38.6)):
+        assert len(msg.encode()) == 8 and type(msg).decode(msg.encode()) == msg
+    assert ClockRequest.decode(b"") == ClockRequest()
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            AdvanceClockRequest(bad)
+        assert _code(AdvanceClockRequest.decode, struct.pack("<d", bad)) is NackCode.BAD_PAYLOAD
+    assert _code(AdvanceClockRequest.decode, bytes(4)) is NackCode.BAD_LENGTH
+    assert _code(ClockRequest.decode, bytes(1)) is NackCode.BAD_LENGTH
+    assert Opcode.ADVANCE_CLOCK in REMEMBERED_OPCODES and Opcode.CLOCK not in REMEMBERED_OPCODES
+
+
+def test_matvec_blocks_are_bounded():
+    """A 12-byte AFFINE body must not make the receiver build billions of addresses."""
+    from firmware_interface.addresses import AFFINE, MAX_BLOCK_ELEMENTS
+
+    def affine(m, n, k):
+        return (struct.pack("<IIIBBBx", m, n, k, 1, 4, 1 if k == 1 else 2)
+                + AFFINE.pack(0, 0, 0) + bytes(4 * n * k))
+
+    assert MatvecRequest.decode(affine(4096, 4096, 1)).block.shape == (4096, 4096)
+    for m, n, k in ((8192, 4096, 1), (1 << 25, 1, 1), (0xFFFFFFFF, 1, 1), (1 << 13, 1, 1 << 12)):
+        assert m * max(n, k) > MAX_BLOCK_ELEMENTS
+        assert _code(MatvecRequest.decode, affine(m, n, k)) is NackCode.BAD_PAYLOAD
+
+
+@settings(max_examples=200, deadline=None)
+@given(m=st.integers(1, 6), n=st.integers(1, 6), base=st.integers(0, 2**32 - 1),
+       rs=st.integers(-2**31, 2**31 - 1), cs=st.integers(-2**31, 2**31 - 1),
+       small=st.booleans())
+def test_affine_block_matches_its_definition(m, n, base, rs, cs, small):
+    from firmware_interface.addresses import AFFINE, decode_block_body
+
+    if small:
+        base, rs, cs = base % 100, rs % 41 - 20, cs % 41 - 20
+    grid = base + np.arange(m)[:, None] * rs + np.arange(n)[None, :] * cs
+    body = AFFINE.pack(base, rs, cs)
+    if (grid >= 0).all() and (grid < 2**32).all():
+        out = decode_block_body(1, m, n, body)
+        assert out.dtype == np.uint32 and np.array_equal(out, grid)
+    else:
+        with pytest.raises(PayloadError) as e:
+            decode_block_body(1, m, n, body)
+        assert e.value.code is NackCode.ADDRESS_OUT_OF_RANGE and e.value.devices.size

@@ -1,9 +1,19 @@
 """Acceptance of the wire path: training through the firmware emulator, over a real TCP
-socket and a real pty, equals training on the in-process simulated chip bit for bit."""
+socket and a real pty, with a faulty link, and across emulator crashes and restarts, equals
+training on the in-process simulated chip bit for bit."""
+import json
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+
 import numpy as np
 import pytest
 
 from drivers.fpga import FpgaChip
+from firmware_interface.protocol import Opcode
 from drivers.geometry import Geometry
 from hil.backend_url import open_backend
 from hil.commands.train import sim_defaults
@@ -58,3 +68,143 @@ def test_training_through_faulty_link_matches_in_process(small_data, in_process)
         assert summary[k] == in_process[k], k
     stats = server.stats()
     assert sum(stats["faults"].values()) > 0
+
+
+# --- the emulator dies mid-run and comes back on the same port ---------------------------------
+class EmulatorSupervisor:
+    """`pcm-hil emulate --state FILE` as a subprocess; restarted on the same port whenever it
+    exits, as an operator (or systemd) would restart crashed firmware.
+
+    The first process binds port 0 and the port it got is reused by every restart (its
+    listener sets SO_REUSEADDR, so connections of the dead process left in TIME_WAIT do not
+    block the bind; a failed start is retried anyway)."""
+
+    def __init__(self, tmp_path, cfg, first_extra=()) -> None:
+        self.tmp_path = tmp_path
+        self.state = str(tmp_path / "chip.npz")
+        self.stats = str(tmp_path / "stats.json")
+        self.args = ["--state", self.state, "--stats-json", self.stats,
+                     "--seed", str(cfg.chip_seed), "--model", cfg.chip.model,
+                     "--arrays", str(cfg.chip.arrays), "--rows", str(cfg.chip.rows),
+                     "--cols", str(cfg.chip.cols)]
+        self.exit_codes: list = []
+        self._stop = threading.Event()
+        self.proc, self.url = self._spawn("127.0.0.1:0", first_extra)
+        assert self.proc is not None, self.log()
+        self.port = int(self.url.rsplit(":", 1)[1])
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def _spawn(self, listen: str, extra=()):
+        err = open(self.tmp_path / "emulator.log", "a")
+        proc = subprocess.Popen([sys.executable, "-m", "hil.cli", "emulate", "--listen", listen,
+                                 *self.args, *extra],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
+        err.close()
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        url = proc.stdout.readline().strip() if ready else ""
+        if not url:
+            proc.kill()
+            proc.wait()
+            proc.stdout.close()
+            return None, ""
+        return proc, url
+
+    def _watch(self) -> None:
+        while True:
+            rc = self.proc.wait()
+            if self._stop.is_set():
+                return
+            self.exit_codes.append(rc)
+            self.proc.stdout.close()
+            for _ in range(50):
+                proc, _ = self._spawn(f"127.0.0.1:{self.port}")
+                if proc is not None:
+                    break
+                time.sleep(0.2)
+            else:
+                return
+            self.proc = proc
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def log(self) -> str:
+        return (self.tmp_path / "emulator.log").read_text()
+
+    def stop(self) -> int:
+        """SIGTERM the emulator (and one the watcher may be starting meanwhile)."""
+        self._stop.set()
+        while True:
+            proc = self.proc
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                rc = proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                rc = proc.wait()
+            self._thread.join(timeout=15)
+            if self.proc is proc:
+                proc.stdout.close()
+                return rc
+
+
+class KillingLink(FpgaChip):
+    """The production driver, plus a hook that signals the emulator right after the host has
+    sent its first PROGRAM frame at or after frame number `at` (counting every frame sent)."""
+
+    def __init__(self, url: str, supervisor: EmulatorSupervisor, at: int, sig=None,
+                 **kw) -> None:
+        self.supervisor, self.at, self.sig = supervisor, at, sig
+        self.sent: list = []
+        super().__init__(url, **kw)
+
+    def send_frame(self, data: bytes) -> None:
+        super().send_frame(data)
+        self.sent.append(data[8])
+        if self.sig is not None and len(self.sent) >= self.at and data[8] == Opcode.PROGRAM:
+            self.supervisor.signal(self.sig)
+            self.sig = None
+
+
+# Request 201 of this run (HELLO is 1) is a PROGRAM: the test checks it still is.
+CRASH_AT = 201
+
+
+@pytest.mark.parametrize("how", ["crash-after-execute", "sigkill", "sigterm"])
+def test_emulator_restart_mid_run_matches_in_process(small_data, in_process, tmp_path, how):
+    """The emulator dies partway through training and is restarted on the same port with the
+    same --state; the driver reconnects and resends, and the run ends bit-identical to the
+    in-process one: no pulse batch applied twice, none lost, no read noise drawn twice.
+
+    crash-after-execute: the emulator SIGKILLs itself after executing and journaling a PROGRAM,
+    before its ACK leaves (the retry must be answered from the restored memory).
+    sigkill: the host SIGKILLs the emulator right after sending a PROGRAM (the batch may or may
+    not have been executed). sigterm: an orderly stop in the middle of the run."""
+    cfg = _cfg()
+    sup = EmulatorSupervisor(tmp_path, cfg,
+                             ["--crash-at", str(CRASH_AT)] if how == "crash-after-execute"
+                             else ())
+    sig = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM}.get(how)
+    try:
+        with KillingLink(sup.url, sup, CRASH_AT, sig, timeout_s=5.0, retries=5,
+                         reconnect_timeout_s=60.0) as chip:
+            summary = run_experiment(cfg, chip, data=small_data)
+            reconnects = chip.link_counters["reconnects"]
+            sent = chip.sent
+    finally:
+        final_rc = sup.stop()
+    assert final_rc == 0, sup.log()
+    expected_rc = {"crash-after-execute": -signal.SIGKILL, "sigkill": -signal.SIGKILL,
+                   "sigterm": 0}[how]
+    assert sup.exit_codes == [expected_rc], sup.log()
+    assert reconnects >= 1
+    assert sent[CRASH_AT - 1] == Opcode.PROGRAM
+    for k in KEYS:
+        assert summary[k] == in_process[k], k
+    assert [e["test_accuracy"] for e in summary["per_epoch"]] == \
+        [e["test_accuracy"] for e in in_process["per_epoch"]]
+    stats = json.loads(open(sup.stats).read())  # of the restarted emulator
+    if how == "crash-after-execute":
+        assert stats["repeats_answered"] == 1  # the lost ACK, resent from the journal

@@ -27,10 +27,11 @@ are measured in five phases, every command a batch over all N devices:
   5. drift     --drift-reads reads at log-spaced times from --drift-start-s to
                --drift-end-s after the last SET pulse (drift exponent and its spread)
 
-Time: the simulated chip (sim://) keeps its own clock, which only commands move; waiting for
-drift moves that clock forward, so a simulated characterisation takes seconds. Any other
-backend is timed with the host clock and the drift phase really waits (the default span is
-about an hour).
+Time: a simulated chip keeps its own clock, which only commands move: in-process (sim://) or
+behind the firmware emulator (socket://, the chip advertises the SIM_CLOCK capability).
+Waiting for drift moves that clock forward, so a simulated characterisation takes seconds.
+A real chip is timed with the host clock and the drift phase really waits (the default span
+is about an hour).
 
 With --station, the station's safety limits are checked for every command before the first
 is sent (pulse amplitude and width per kind, pulses per device, batch size: larger batches

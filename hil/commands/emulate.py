@@ -20,6 +20,7 @@ examples:
   pcm-hil emulate --listen 127.0.0.1:0 --rows 64 --cols 64 --drop 0.05 --corrupt 0.05 \\
       --fault-seed 3 --stats-json emu-stats.json
   pcm-hil emulate --pty --baud 921600 --latency-ms 1 --state chip.npz
+  pcm-hil emulate --listen 127.0.0.1:7700 --state chip.npz --crash-at 200   # then restart
 """
 
 
@@ -76,10 +77,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chip.add_argument("--cols", type=_positive_int, default=2048,
                       help="columns (bit lines) per array (default: 2048)")
     chip.add_argument("--state", metavar="FILE",
-                      help="keep the chip state in FILE (loaded if present, saved after "
-                           "every state-changing command and at exit) plus FILE.seq.json, "
-                           "so a restarted emulator keeps its chip and never re-applies a "
-                           "retried batch")
+                      help="keep the chip in FILE (a snapshot, loaded if present) plus "
+                           "FILE.journal (every state-changing command, written before its "
+                           "reply is sent), so an emulator restarted after a crash, even a "
+                           "SIGKILL, keeps its chip and neither re-applies a retried batch "
+                           "nor loses one")
     link = p.add_argument_group("link model")
     link.add_argument("--baud", type=_non_negative(int), default=0,
                       help="model a serial link of N baud (10 bits per byte); 0 = unlimited")
@@ -99,6 +101,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "command (TCP: close the connection; pty: a short outage)")
     faults.add_argument("--fault-seed", type=_non_negative(int), default=0,
                         help="seed of the fault RNG (default: 0)")
+    faults.add_argument("--crash-at", type=_positive_int, default=None, metavar="N",
+                        help="kill this emulator (SIGKILL, no cleanup) right after executing "
+                             "the N-th request frame (HELLO included), before its reply is "
+                             "sent: for restart tests with --state")
     p.add_argument("--stats-json", metavar="FILE",
                    help="write counters (faults by kind, commands executed, repeats answered "
                         "from memory, pulses by kind) as JSON at exit and on SIGTERM")
@@ -124,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         server = EmulatorServer(
             firmware, listen=listen, pty=args.pty,
             faults=FaultConfig(corrupt=args.corrupt, drop=args.drop, delay_ms=args.delay_ms,
-                               disconnect_every=args.disconnect_every, seed=args.fault_seed),
+                               disconnect_every=args.disconnect_every, seed=args.fault_seed,
+                               script={args.crash_at: "crash"} if args.crash_at else {}),
             link=LinkModel(baud=args.baud, latency_ms=args.latency_ms),
             stats_path=args.stats_json)
     except OSError as e:

@@ -33,6 +33,8 @@ examples:
   pcm-hil train --config configs/quick.yaml
   pcm-hil train --config configs/mnist_mlp.yaml --backend socket://127.0.0.1:7700
   pcm-hil train --config configs/quick.yaml --seed 3 --epochs 1 --summary-json out.json
+  pcm-hil train --config configs/quick.yaml --run runs/q.h5 --chip-state runs/q.chip
+  pcm-hil train --resume runs/q.h5        # after Ctrl-C or a crash: continues into runs/q-2.h5
 """
 
 
@@ -49,7 +51,7 @@ def _positive_int(text: str) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train an MLP on the chip (mixed precision)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+    p.add_argument("--config", default=None, metavar="FILE",
                    help=f"experiment YAML (default: {DEFAULT_CONFIG})")
     p.add_argument("--backend", metavar="URL",
                    help="chip URL, overriding the config: sim://, socket://HOST:PORT, "
@@ -66,6 +68,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--station", metavar="FILE",
                    help="station (testbed) YAML: chip link, instruments, safety limits and "
                         "monitors (see docs/instruments.md); its limits guard every command")
+    p.add_argument("--resume", metavar="RUN.h5",
+                   help="continue an aborted or killed run from its log: the run is "
+                        "fast-forwarded against the log (nothing sent to the chip), then "
+                        "continues live into a new log (--run, default RUN-2.h5) that holds "
+                        "the whole run; the config comes from the log (see docs/run-log.md)")
+    p.add_argument("--chip-state", metavar="FILE",
+                   help="sim:// only: save the in-process simulated chip's state to FILE at "
+                        "every commit of the run log, which makes the run resumable (with "
+                        "--resume: the state file to restore, default the one the run used)")
     p.add_argument("--dry-run", action="store_true",
                    help="walk the whole experiment against the simulated chip under the "
                         "station's limits and report what would be sent; the configured chip "
@@ -102,33 +113,85 @@ def _print_epoch(total: int) -> callable:
     return report
 
 
+def _check_resume_args(args: argparse.Namespace) -> None:
+    """--resume takes everything that defines the run from the log: one clear error for an
+    option that would change it."""
+    for opt, given in (("--config", args.config), ("--seed", args.seed),
+                       ("--epochs", args.epochs), ("--no-baseline", args.no_baseline or None),
+                       ("--no-log", args.no_log or None), ("--dry-run", args.dry_run or None)):
+        if given is not None:
+            raise ConfigError("cannot be combined with --resume (a resumed run continues the "
+                              "logged config; the log it writes is the run's record)", key=opt)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.epochs == 0:
         raise ConfigError("must be >= 1", key="--epochs")
     station = load_station(args.station) if args.station else None
     url = args.backend or (station.chip.url if station else None)
-    cfg = with_overrides(load_config(args.config), seed=args.seed, epochs=args.epochs,
-                         backend=url, baseline=False if args.no_baseline else None)
+    old = None
+    if args.resume:
+        _check_resume_args(args)
+        from hil.resume import resume_source
+        from hil.run_log import RunLog
+        src = resume_source(args.resume)
+        if src != args.resume:
+            print(f"{args.resume} was killed before its fast-forward finished; resuming "
+                  f"{src}, which holds more of the run", flush=True)
+            args.resume = src
+        old = RunLog(args.resume)
+        cfg = old.experiment_config()
+        if args.run is None:
+            from hil.resume import resumed_path
+            args.run = resumed_path(args.resume, old)
+    else:
+        cfg = with_overrides(load_config(args.config or DEFAULT_CONFIG), seed=args.seed,
+                             epochs=args.epochs, backend=url,
+                             baseline=False if args.no_baseline else None)
+    try:
+        return _run(args, cfg, station, url, old)
+    finally:
+        if old is not None:
+            old.close()
+
+
+def _run(args: argparse.Namespace, cfg: ExperimentConfig, station, url: Optional[str],
+         old) -> int:
     if args.dry_run:
         return _dry_run(cfg, station, args)
-    recorder, path = _open_recorder(args, cfg)
+    if args.chip_state and args.no_log:
+        raise ConfigError("needs a run log (the state is kept in step with its commits)",
+                          key="--chip-state")
+    if args.chip_state and old is None and os.path.exists(args.chip_state):
+        raise ConfigError(f"{args.chip_state} exists; a new run starts a new chip (choose "
+                          "another file, or --resume the run it belongs to)", key="--chip-state")
+    recorder, path = (None, None) if old is not None else _open_recorder(args, cfg)
     if path:
         print(f"run log: {path}")
     control = RunControl()
     try:
         with contextlib.ExitStack() as stack:
-            backend = stack.enter_context(open_backend(cfg.chip.backend, sim_defaults(cfg)))
-            monitor, provenance = None, {}
+            backend = stack.enter_context(open_backend(url or cfg.chip.backend,
+                                                       sim_defaults(cfg)))
+            monitor, provenance, resumed = None, {}, None
+            if old is not None:
+                # Checked against the chip before the new log exists: a run that cannot
+                # be resumed leaves no file behind.
+                backend, more, recorder, path = _resume_backend(args, cfg, old, backend)
+                resumed = backend
+                provenance.update(more)
+            elif args.chip_state:
+                provenance.update(_keep_chip_state(args.chip_state, backend, recorder))
             if station is not None:
                 backend = LimitedBackend(backend, station.safety)
                 instruments = stack.enter_context(open_instruments(station))
                 monitor = Monitor.from_station(station, instruments)
-                provenance = {"station": station.to_dict(),
-                              "instruments": instruments.snapshot()}
+                provenance.update({"station": station.to_dict(),
+                                   "instruments": instruments.snapshot()})
             stack.enter_context(control.sigint_handler())
             print(f"training {cfg.name}: {cfg.data.train_examples:,} examples x "
-                  f"{cfg.training.epochs} epochs on {cfg.chip.backend} (Ctrl-C stops after the "
-                  "current step)", flush=True)
+                  f"{cfg.training.epochs} epochs on {url or cfg.chip.backend} (Ctrl-C stops "
+                  "after the current step)", flush=True)
             summary = run_experiment(cfg, backend, recorder, progress=not args.no_progress,
                                      report=_print_epoch(cfg.training.epochs),
                                      control=control, monitor=monitor, provenance=provenance)
@@ -136,9 +199,47 @@ def run(args: argparse.Namespace) -> int:
         print(f"aborted: {e or 'stopped at once'}; the chip is in its safe state"
               + (f"; run log {path} is marked aborted" if path else ""), file=sys.stderr)
         return 130
+    if resumed is not None:
+        print(f"resumed: {resumed.committed:,} logged and {resumed.served_from_journal} "
+              f"journaled commands fast-forwarded, {resumed.resent} uncertain command(s) "
+              "re-sent under their wire sequence numbers")
     print(_final_line(summary))
     _write_summary(args.summary_json, summary)
     return 0
+
+
+def _keep_chip_state(path: str, backend, recorder) -> dict:
+    """A new sim:// run that saves its chip at every log commit (resumable)."""
+    from hil.resume import ChipStateKeeper, state_chip
+    chip = state_chip(backend)
+    if chip is None:
+        raise ConfigError("only the in-process simulated chip (sim://) needs a state file; a "
+                          "chip behind firmware keeps its own state", key="--chip-state")
+    keeper = ChipStateKeeper(chip, path, 0)
+    recorder.commit_hooks.append(keeper.on_commit)
+    return {"chip_state": os.path.abspath(path)}
+
+
+def _resume_backend(args: argparse.Namespace, cfg: ExperimentConfig, old, live):
+    """The backend of a resumed run (old log → journal → live chip), its provenance, and
+    the new log."""
+    from hil.resume import ResumeBackend, plan, resume_provenance
+    p = plan(old, live, args.chip_state)
+    recorder, path = _open_recorder(args, cfg)
+    print(f"run log: {path} (resuming {args.resume})", flush=True)
+    backend = ResumeBackend(old, live, p["journal"], p["chip_from"], p["acked_rows"],
+                            p["resend_batch"])
+    prov = resume_provenance(args.resume, old, p)
+    keeper = p["keeper"]
+    if keeper is not None:
+        recorder.commit_hooks.append(keeper.on_commit)
+        prov["chip_state"] = os.path.abspath(keeper.path)
+    print(f"resuming {args.resume}: status {old.status.status}, complete through step "
+          f"{old.complete_step}; fast-forwarding {p['committed']:,} logged and "
+          f"{len(p['journal'])} journaled commands"
+          + (f" (chip restored from {keeper.path} at command {keeper.commands:,})"
+             if keeper is not None else ""), flush=True)
+    return backend, prov, recorder, path
 
 
 def _write_summary(path: Optional[str], summary: dict) -> None:

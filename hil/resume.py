@@ -1,0 +1,428 @@
+"""`pcm-hil train --resume RUN.h5`: continue an aborted or killed run from its log.
+
+The trainer's host state (conductance cache, χ, counters, data position) is rebuilt by
+re-running the experiment from step 0 against the old log - the same machinery as
+`pcm-hil replay --verify`: logged reads are served, program commands are checked against the
+logged ones, nothing reaches the chip. Re-running from step 0 rather than restoring a
+snapshot costs a fast-forward (about half the live run's time, see docs/run-log.md "Cost")
+but needs no second code path for the trainer's state: whatever the trainer keeps (χ, pulse
+counts since RESET, refresh counters, the baseline) comes back exactly, by construction.
+
+What happened after the log's last commit is settled per backend:
+
+* A chip behind firmware (FPGA, emulator) kept everything it executed. The write-ahead
+  journal holds every command sent after the commit with its wire sequence number, and the
+  result of all but the last: those are served from the journal; the last one - which may or
+  may not have been executed - is re-sent under its original sequence number, so the
+  firmware answers it from memory if it ran and executes it if not. Nothing is applied twice
+  or lost, and the chip's read counters and clock stay exactly where an uninterrupted run
+  would have them.
+* The in-process simulated chip (`sim://`) dies with its process. Its state is saved to a
+  chip-state file (`--chip-state FILE`) after every commit of the log, so the chip and the
+  log are restored to the same command; commands after the commit never happened to that
+  chip. Without a state file the run cannot be resumed (ResumeError says so).
+
+The resumed run writes a new log (HDF5 refuses to reopen a killed SWMR writer's file for
+writing): it records the fast-forwarded part too, so it is a complete record of the whole
+run, and its summary counts the whole run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from drivers.backend import ChipBackend, ChipInfo
+from drivers.errors import ChipFaultError, HilError, NotSupportedError
+from drivers.pulse import PulseKind, PulseSpec
+from hil.chip_io import wire_seq_of
+from hil.replay_backend import ReplayBackend, ReplayDivergence
+from hil.run_log import BATCH_ACKED, JournalCommand, RunLog
+
+log = logging.getLogger("pcm_hil.resume")
+
+#: Wire sequence number journaled for a command served from the old log during a resume's
+#: fast-forward: it never reached the chip, so if a kill leaves it uncertain it is re-run.
+NOT_SENT = -2
+STATE_SIDECAR = ".json"
+SIDECAR_ENTRIES = 8
+
+
+class ResumeError(HilError):
+    """A run that cannot be resumed, and why."""
+
+
+# --- the simulated chip's state file ------------------------------------------------------
+def state_chip(backend: ChipBackend) -> Any:
+    """The in-process simulated chip behind `backend` (through wrappers), or None."""
+    be: Any = backend
+    while be is not None:
+        if callable(getattr(be, "save_state", None)) and \
+                callable(getattr(be, "load_state", None)) and hasattr(be, "counters"):
+            return be
+        be = getattr(be, "inner", None)
+    return None
+
+
+class ChipStateKeeper:
+    """Keeps an in-process chip's state file at the log's last commit.
+
+    After each commit (RunLogWriter.commit_hooks) the chip is saved when it has executed
+    exactly the commands the log now holds; a sidecar (FILE.json) maps the chip's clock to
+    that command count. The sidecar is written first: a kill between the two writes leaves a
+    state whose clock matches an older entry, still valid."""
+
+    def __init__(self, chip: Any, path: str, base_commands: int = 0) -> None:
+        self.chip = chip
+        self.path = os.fspath(path)
+        self.base = int(base_commands) - int(chip.counters["commands"])
+        self.saves = 0
+
+    @property
+    def commands(self) -> int:
+        """Commands the chip has executed since it was new."""
+        return self.base + int(self.chip.counters["commands"])
+
+    def on_commit(self, n_commands: int) -> None:
+        if self.commands != int(n_commands):
+            return   # a command executed but not yet logged: keep the previous state
+        entries = _read_sidecar(self.path)
+        entries.append({"commands": int(n_commands), "clock_s": float(self.chip.clock_s)})
+        tmp = self.path + STATE_SIDECAR + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"format": "pcm-hil-chip-state-index",
+                       "entries": entries[-SIDECAR_ENTRIES:]}, f)
+        os.replace(tmp, self.path + STATE_SIDECAR)
+        self.chip.save_state(self.path)
+        self.saves += 1
+
+    @classmethod
+    def restore(cls, chip: Any, path: str) -> "ChipStateKeeper":
+        """Load the state file into `chip`; the keeper knows how many commands it holds."""
+        path = os.fspath(path)
+        if not os.path.exists(path):
+            raise ResumeError(f"chip state file {path} does not exist")
+        chip.load_state(path)
+        clock = float(chip.clock_s)
+        match = [e for e in _read_sidecar(path) if float(e["clock_s"]) == clock]
+        if not match:
+            raise ResumeError(f"chip state file {path}: its chip clock {clock!r} s matches no "
+                              f"entry of {path}{STATE_SIDECAR}, so it cannot be placed in the "
+                              "run log (a state file of another run?)")
+        return cls(chip, path, int(match[-1]["commands"]))
+
+
+def _read_sidecar(path: str) -> List[Dict[str, Any]]:
+    side = path + STATE_SIDECAR
+    if not os.path.exists(side):
+        return []
+    try:
+        with open(side, encoding="utf-8") as f:
+            doc = json.load(f)
+        return list(doc["entries"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ResumeError(f"{side}: unreadable chip-state index ({e})") from None
+
+
+# --- the backend of a resumed run ----------------------------------------------------------
+class ResumeBackend(ReplayBackend):
+    """The old log, then its journal, then the live chip, as one backend.
+
+    Phase 1 serves the committed commands of the old log (checked like a replay; with
+    `chip_from` set, commands from that index on are also executed on the live chip, whose
+    state file is older than the log, and its reads must equal the logged ones). Phase 2
+    serves the journaled commands; the last, uncertain one is re-sent live under its wire
+    sequence number. Phase 3 is the live chip."""
+
+    def __init__(self, old: RunLog, live: ChipBackend,
+                 journal: Sequence[JournalCommand] = (),
+                 chip_from: Optional[int] = None, acked_rows: Sequence[int] = (),
+                 resend_batch: Optional[Tuple[int, int]] = None) -> None:
+        super().__init__(old)
+        self._pb = dict(self._pb)
+        self._pb["status"] = self._pb["status"].copy()   # settled below, not in the log
+        self.live = live
+        self.journal = list(journal)
+        self.chip_from = chip_from
+        self.acked_rows = frozenset(int(r) for r in acked_rows)
+        #: (batch_id, wire_seq) of a committed batch never acknowledged (the old run failed
+        #: inside it): re-sent live under its wire seq instead of being served.
+        self.resend_batch = resend_batch
+        self.committed = self.commands_logged
+        self.index = 0              # commands served so far
+        self.resent = 0             # uncertain commands re-sent under their wire seq
+        self.served_from_journal = 0
+        self._info_live = live.info()
+
+    # --- where we are ----------------------------------------------------------------------
+    @property
+    def live_now(self) -> bool:
+        return self.index >= self.committed + len(self.journal)
+
+    def next_wire_seq(self) -> int:
+        """The wire seq the next command goes under (journaled by the new log's writer)."""
+        if self.index < self.committed:
+            i = self._pi
+            if self.resend_batch is not None and i < self._n_pb and \
+                    int(self._pb["batch_id"][i]) == self.resend_batch[0] and \
+                    int(self._pb["seq"][i]) == self.index:
+                return self.resend_batch[1]
+            return NOT_SENT
+        j = self.index - self.committed
+        if j < len(self.journal):
+            cmd = self.journal[j]
+            return NOT_SENT if cmd.done else cmd.wire_seq
+        return wire_seq_of(self.live)
+
+    # --- contract ------------------------------------------------------------------------------
+    def info(self) -> ChipInfo:
+        return self._info_live
+
+    def read(self, addresses: np.ndarray) -> np.ndarray:
+        a = np.asarray(addresses).ravel()
+        if self.index < self.committed:
+            values = super().read(a)
+            if self.chip_from is not None and self.index >= self.chip_from:
+                got = np.asarray(self.live.read(a), dtype=np.float32)
+                if not np.array_equal(got, values):
+                    j = int(np.flatnonzero(got != values)[0])
+                    raise ResumeError(
+                        f"the chip restored from its state file read device {int(a[j])} as "
+                        f"{float(got[j])!r} µS, the log has {float(values[j])!r} at command "
+                        f"#{self.index}: the state file is not of this run")
+            self.index += 1
+            return values
+        cmd = self._journal_next("read", a)
+        if cmd is None:
+            return self.live.read(a)
+        if cmd.done:
+            self.served_from_journal += 1
+            return np.asarray(cmd.values, dtype=np.float32).copy()
+        values = self._resend(cmd, lambda: self.live.read(a))
+        return values
+
+    def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec) -> None:
+        a = np.asarray(addresses).ravel()
+        if self.index < self.committed:
+            i = self._pi
+            if i < self._n_pb and int(self._pb["status"][i]) != BATCH_ACKED and \
+                    int(self._pb["batch_id"][i]) in self.acked_rows:
+                self._pb["status"][i] = BATCH_ACKED   # acknowledged after its commit
+            if self.resend_batch is not None and i < self._n_pb and \
+                    int(self._pb["batch_id"][i]) == self.resend_batch[0]:
+                try:
+                    super().program(a, n_pulses, pulse)   # checked against the log
+                except ChipFaultError:
+                    pass                                  # logged as never acknowledged
+                cmd = JournalCommand("program", self.index, int(self._pb["step"][i]),
+                                     self.log.purpose_name(self._pb["purpose"][i]),
+                                     self.resend_batch[1], a, False)
+                self.index += 1
+                self._resend(cmd, lambda: self.live.program(a, n_pulses, pulse))
+                return
+            super().program(a, n_pulses, pulse)
+            if self.chip_from is not None and self.index >= self.chip_from:
+                self.live.program(a, n_pulses, pulse)
+            self.index += 1
+            return
+        cmd = self._journal_next("program", a, n_pulses, pulse)
+        if cmd is None:
+            self.live.program(a, n_pulses, pulse)
+        elif cmd.done:
+            self.served_from_journal += 1
+        else:
+            self._resend(cmd, lambda: self.live.program(a, n_pulses, pulse))
+
+    def _journal_next(self, kind: str, a: np.ndarray, n: Any = None,
+                      pulse: Optional[PulseSpec] = None) -> Optional[JournalCommand]:
+        """The journaled command the run is now sending (checked), or None when live."""
+        j = self.index - self.committed
+        self.index += 1
+        if j >= len(self.journal):
+            return None
+        cmd = self.journal[j]
+        where = dict(step=cmd.step, command_index=cmd.seq, command=f"{cmd.kind} {cmd.purpose}")
+        if cmd.kind != kind:
+            raise ReplayDivergence(f"the run sent a {kind}, the journal has a {cmd.kind}",
+                                   **where)
+        if not np.array_equal(a, cmd.addresses):
+            raise ReplayDivergence("the devices differ from the journaled command", **where)
+        if kind == "program":
+            b = cmd.batch
+            assert b is not None and pulse is not None
+            if PulseKind(pulse.kind) is not b.kind or pulse.amplitude_v != b.amplitude_v or \
+                    pulse.width_ns != b.width_ns or \
+                    not np.array_equal(np.asarray(n).ravel(), b.n_pulses):
+                raise ReplayDivergence("the pulses differ from the journaled batch", **where)
+        return cmd
+
+    def _resend(self, cmd: JournalCommand, send: Any) -> Any:
+        """Re-send the command a kill left uncertain, under its original wire seq."""
+        be = _seq_backend(self.live)
+        if cmd.wire_seq >= 0:
+            be.use_seq(cmd.wire_seq)
+        self.resent += 1
+        log.info("re-sending %s of step %d (command #%d) under wire seq %d", cmd.kind,
+                 cmd.step, cmd.seq, cmd.wire_seq)
+        return send()
+
+    def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
+        raise NotSupportedError("a resumed run cannot fast-forward MATVEC: analog sums are not "
+                                "in the run log (schema 1.0)", command="MATVEC")
+
+    def read_exact(self, addresses: np.ndarray) -> np.ndarray:
+        return self.live.read_exact(addresses)
+
+    def safe_state(self) -> None:
+        self.live.safe_state()
+
+    def close(self) -> None:
+        """The old log and the live chip belong to the caller."""
+        self._closed = True
+
+
+def _seq_backend(backend: ChipBackend) -> Any:
+    be: Any = backend
+    while be is not None:
+        if callable(getattr(be, "use_seq", None)):
+            return be
+        be = getattr(be, "inner", None)
+    return None
+
+
+# --- planning -----------------------------------------------------------------------------
+def resumed_path(old_path: str, old: RunLog) -> str:
+    """Default file of the resumed log: RUN-2.h5, RUN-3.h5, ... next to the first log."""
+    seg = (old.provenance.get("resume") or {})
+    n = int(seg.get("segment", 1)) + 1
+    base = seg.get("base")
+    if not base:
+        stem = re.sub(r"\.h5$", "", os.path.basename(old_path))
+        base = stem
+    folder = os.path.dirname(old_path)
+    while os.path.exists(os.path.join(folder, f"{base}-{n}.h5")):
+        n += 1   # a segment killed during its fast-forward keeps its name
+    return os.path.join(folder, f"{base}-{n}.h5")
+
+
+def plan(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Dict[str, Any]:
+    """Check the log can be resumed on `live`; returns what ResumeBackend needs.
+
+    One ResumeError naming what is missing when it cannot."""
+    st = old.status
+    if st.status == "completed":
+        raise ResumeError(f"{old.path}: the run completed; there is nothing to resume")
+    cfg = old.experiment_config()
+    from hil.config import MatvecMode
+    if cfg.training.matvec is MatvecMode.CHIP:
+        raise ResumeError(f"{old.path}: the run used training.matvec: chip; MATVEC results are "
+                          "not in the run log, so it cannot be fast-forwarded")
+    info = old.chip_info()
+    mine = live.info()
+    if info is not None and (info.geometry != mine.geometry or info.chip_id != mine.chip_id):
+        raise ResumeError(f"{old.path}: the run was on chip {info.chip_id!r} "
+                          f"{info.geometry}, the backend is chip {mine.chip_id!r} "
+                          f"{mine.geometry}")
+    committed = int(old.counts["read_batches"] + old.counts["pulse_batches"])
+    chip = state_chip(live)
+    out: Dict[str, Any] = {"committed": committed, "journal": (), "chip_from": None,
+                           "keeper": None, "acked_rows": (), "resend_batch": None}
+    if chip is not None:
+        path = chip_state or (old.provenance.get("chip_state") or None)
+        if not path:
+            raise ResumeError(
+                f"cannot resume {old.path} on {cfg.chip.backend}: the in-process simulated "
+                "chip's state died with the process that ran it, and the run kept no chip "
+                "state file (start runs on sim:// with --chip-state FILE to make them "
+                "resumable)")
+        keeper = ChipStateKeeper.restore(chip, path)
+        if keeper.commands > committed:
+            raise ResumeError(f"chip state file {path} holds {keeper.commands} commands, the "
+                              f"log {old.path} only {committed}: the state is of a later run")
+        out.update(chip_from=keeper.commands, keeper=keeper)
+        return out
+    tail = old.journal()
+    cmds = list(tail.commands)
+    for c in cmds[:-1]:
+        if not c.done:
+            raise ResumeError(f"{old.path}.journal: command #{c.seq} (step {c.step}) has no "
+                              "result but is not the last one; the journal is damaged")
+    if cmds and not cmds[-1].done:
+        last = cmds[-1]
+        if last.wire_seq == NOT_SENT:
+            cmds.pop()   # served from a log during a resume's fast-forward: never sent
+        elif last.wire_seq < 0 or _seq_backend(live) is None:
+            raise ResumeError(
+                f"cannot resume {old.path}: the last command before the kill ({last.kind} of "
+                f"step {last.step}, command #{last.seq}) may or may not have reached the chip, "
+                "and the backend has no sequence numbers to ask the firmware")
+    pb = old.pulse_batches()
+    acked = set(tail.acked_rows)
+    unacked = [(int(b), int(q)) for b, q, s in zip(pb["batch_id"], pb["seq"], pb["status"])
+               if int(s) != BATCH_ACKED and int(b) not in acked]
+    resend = None
+    if unacked:
+        # Only the run's last command can be uncertain: a run that failed inside it kept its
+        # journal, whose record of it has the wire sequence number to re-send it under.
+        bid, seq = unacked[-1]
+        last = tail.last
+        if len(unacked) > 1 or cmds or seq != committed - 1 or last is None or \
+                last.kind != "program" or last.seq != seq or last.wire_seq < 0 or \
+                _seq_backend(live) is None:
+            raise ResumeError(f"{old.path}: pulse batch {unacked[0][0]} was sent but never "
+                              "acknowledged, and no journal record says under which wire "
+                              "sequence number; whether the chip applied it is unknown, so "
+                              "the run cannot be continued exactly")
+        resend = (bid, last.wire_seq)
+    out.update(journal=tuple(cmds), acked_rows=tuple(tail.acked_rows), resend_batch=resend)
+    return out
+
+
+def reach(log_: RunLog) -> int:
+    """Commands whose outcome a log knows: committed ones plus journaled ones (the last,
+    uncertain one included when it was really sent)."""
+    c = int(log_.counts["read_batches"] + log_.counts["pulse_batches"])
+    return c + sum(1 for j in log_.journal().commands
+                   if j.done or j.wire_seq != NOT_SENT)
+
+
+def resume_source(path: str) -> str:
+    """The log to resume from: `path`, unless it is a resumed log killed before its
+    fast-forward caught up with the log it resumed - then that log (still intact, and
+    further along) is the run's record, and it is resumed instead."""
+    while True:
+        with RunLog(path) as lg:
+            prev = (lg.provenance.get("resume") or {}).get("segments") or []
+            if not prev:
+                return path
+            last = prev[-1]
+            if reach(lg) >= int(last["commands"]) + int(last["journal_commands"]):
+                return path
+        older = os.path.join(os.path.dirname(path), str(last["log"]))
+        if not os.path.exists(older):
+            raise ResumeError(f"{path} was killed while fast-forwarding {last['log']}, which "
+                              f"holds more of the run but is not next to it; resume that log")
+        log.warning("%s was killed during its fast-forward; resuming %s, which holds more of "
+                    "the run", path, older)
+        path = older
+
+
+def resume_provenance(old_path: str, old: RunLog, plan_: Dict[str, Any]) -> Dict[str, Any]:
+    """What the resumed log's provenance says about the segments before it."""
+    prev = dict(old.provenance.get("resume") or {})
+    segments = list(prev.get("segments") or [])
+    segments.append({"log": os.path.basename(old_path), "status": old.status.status,
+                     "reason": old.status.reason, "complete_step": old.complete_step,
+                     "commands": plan_["committed"],
+                     "journal_commands": len(plan_["journal"])})
+    base = prev.get("base") or re.sub(r"\.h5$", "", os.path.basename(old_path))
+    return {"resume": {"segment": int(prev.get("segment", 1)) + 1, "base": base,
+                       "segments": segments}}
+
+
+__all__ = ["ChipStateKeeper", "NOT_SENT", "ResumeBackend", "ResumeError", "plan", "reach",
+           "resume_provenance", "resume_source", "resumed_path", "state_chip"]
