@@ -30,7 +30,7 @@ from drivers.backend import Capability, ChipBackend, ChipInfo
 from drivers.errors import (AddressError, ChipError, ChipFaultError, LinkError,
                             NotSupportedError, ProtocolError, SafetyLimitError)
 from drivers.geometry import Geometry, check_unique
-from drivers.pulse import PulseKind, PulseSpec
+from drivers.pulse import PulseKind, PulseSpec, check_pulse_counts
 from firmware_interface import adc
 from firmware_interface.frame import OVERHEAD, Decoded, Frame, FrameDecoder, FrameError
 from firmware_interface.messages import (AdvanceClockAck, AdvanceClockRequest, ClockReply,
@@ -400,16 +400,9 @@ class FpgaChip(ChipBackend):
     def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec) -> None:
         cmd = "PROGRAM_" + pulse.kind.name
         addr = self._check(addresses, cmd)
-        n = np.asarray(n_pulses)
-        if n.shape != addr.shape:
-            raise ChipError(f"n_pulses has shape {n.shape}, addresses {addr.shape}",
-                            command=cmd)
         limits = self.info().hard_limits
         max_n = int(min(limits.get("max_pulses_per_device", 255), 255))
-        if n.size and (n.min() < 0 or n.max() > max_n):
-            bad = (n < 0) | (n > max_n)
-            raise SafetyLimitError(f"pulses per device must be in 0..{max_n}", command=cmd,
-                                   devices=addr[bad])
+        n = check_pulse_counts(addr, n_pulses, max_n, cmd)
         self._check_pulse(pulse, cmd, limits)
         check_unique(addr, command=cmd)
         n = n.astype(np.int64)

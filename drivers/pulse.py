@@ -4,6 +4,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+import numpy as np
+
+from drivers.errors import ChipError, SafetyLimitError
+
 
 class PulseKind(enum.IntEnum):
     """Kind of programming pulse. The values are the wire codes."""
@@ -38,3 +42,22 @@ class PulseSpec:
 
 DEFAULT_SET = PulseSpec.set()
 DEFAULT_RESET = PulseSpec.reset()
+
+
+def check_pulse_counts(addresses: np.ndarray, n_pulses: np.ndarray, max_pulses: int,
+                       command: str, limit_name: str = "pulses per device") -> np.ndarray:
+    """n_pulses as an array matching `addresses`, every count in 0..max_pulses.
+
+    Raises ChipError for a shape mismatch and SafetyLimitError naming the limit and the
+    offending devices otherwise; every backend checks a program batch this way before it
+    touches a device or the link.
+    """
+    n = np.asarray(n_pulses)
+    if n.shape != np.shape(addresses):
+        raise ChipError(f"n_pulses has shape {n.shape}, addresses {np.shape(addresses)}",
+                        command=command)
+    if n.size and (n.min() < 0 or n.max() > max_pulses):
+        bad = (n < 0) | (n > max_pulses)
+        raise SafetyLimitError(f"{limit_name} must be in 0..{max_pulses}", command=command,
+                               devices=np.asarray(addresses)[bad])
+    return n

@@ -13,7 +13,7 @@ import numpy as np
 
 from drivers.backend import ChipBackend, ChipInfo
 from drivers.errors import SafetyLimitError
-from drivers.pulse import PulseKind, PulseSpec
+from drivers.pulse import PulseKind, PulseSpec, check_pulse_counts
 
 
 @dataclass(frozen=True)
@@ -77,16 +77,12 @@ class SafetyLimits:
         cmd = f"PROGRAM_{pulse.kind.name}"
         self.check_pulse(pulse, cmd)
         addr = np.asarray(addresses)
-        n = np.asarray(n_pulses)
         if addr.size > self.max_batch_devices:
             raise SafetyLimitError(f"batch of {addr.size} devices exceeds "
                                    f"safety.max_batch_devices = {self.max_batch_devices}",
                                    command=cmd)
-        bad = (n < 0) | (n > self.max_pulses_per_device)
-        if np.any(bad):
-            raise SafetyLimitError(f"pulses per device must be in 0..{self.max_pulses_per_device}"
-                                   " (safety.max_pulses_per_device)", command=cmd,
-                                   devices=addr[bad] if addr.shape == n.shape else None)
+        check_pulse_counts(addr, n_pulses, self.max_pulses_per_device, cmd,
+                           "pulses per device (safety.max_pulses_per_device)")
 
     def check_read(self, addresses: np.ndarray) -> None:
         n = int(np.asarray(addresses).size)

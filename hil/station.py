@@ -16,7 +16,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 import numpy as np
 
-from drivers.errors import ConfigError, SafetyLimitError
+from drivers.errors import ConfigError
 from drivers.instruments import DRIVERS, InstrumentError, ScpiInstrument
 from drivers.safety import PulseLimits, SafetyLimits  # noqa: F401 - part of the station API
 from drivers.typed_yaml import dataclass_to_dict, load_dataclass, read_yaml

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 
 from drivers.backend import Capability, ChipBackend, ChipInfo
 from drivers.errors import ChipError, ConfigError, SafetyLimitError
 from drivers.geometry import ADDRESS_DTYPE, Geometry, check_unique
-from drivers.pulse import PulseKind, PulseSpec
+from drivers.pulse import PulseKind, PulseSpec, check_pulse_counts
 from firmware_interface.adc import ADC_BITS, adc_full_scale_us, adc_roundtrip
 from firmware_interface.protocol import PROTOCOL_VERSION
 from sim_backend import counter_rng as crng
@@ -114,15 +114,7 @@ class SimulatedChip(ChipBackend):
     def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec) -> None:
         cmd = "PROGRAM_" + pulse.kind.name
         addr = self._check(addresses, cmd)
-        n = np.asarray(n_pulses)
-        if n.shape != addr.shape:
-            raise ChipError(f"n_pulses has shape {n.shape}, addresses {addr.shape}",
-                            command=cmd)
-        if n.size and (n.min() < 0 or n.max() > self.limits.max_pulses_per_device):
-            bad = (n < 0) | (n > self.limits.max_pulses_per_device)
-            raise SafetyLimitError(
-                f"pulses per device must be in 0..{self.limits.max_pulses_per_device}",
-                command=cmd, devices=addr[bad])
+        n = check_pulse_counts(addr, n_pulses, self.limits.max_pulses_per_device, cmd)
         self._check_pulse(pulse, cmd)
         check_unique(addr, command=cmd)
         if n.size and n.min() == 0:

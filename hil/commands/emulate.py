@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Any
+
+from hil.commands.arguments import non_negative_float, non_negative_int, positive_int
 
 EPILOG = """\
 The first line on stdout is the URL to connect to, e.g. socket://127.0.0.1:40123 or
@@ -34,25 +35,6 @@ def _probability(text: str) -> float:
     return p
 
 
-def _non_negative(kind: type) -> Any:
-    def parse(text: str) -> Any:
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a {kind.__name__}: {text!r}") from None
-        if v < 0:
-            raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-        return v
-    return parse
-
-
-def _positive_int(text: str) -> int:
-    v = _non_negative(int)(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "emulate", help="serve a simulated chip over the FPGA wire protocol (TCP or pty)",
@@ -69,12 +51,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chip.add_argument("--model", default="jap",
                       help="device model: a preset name (jap, ideal, pcm_like) or a model "
                            "YAML file (default: jap)")
-    chip.add_argument("--seed", type=_non_negative(int), default=0,
+    chip.add_argument("--seed", type=non_negative_int, default=0,
                       help="chip seed: same seed, same chip, bit for bit (default: 0)")
-    chip.add_argument("--arrays", type=_positive_int, default=1, help="arrays (default: 1)")
-    chip.add_argument("--rows", type=_positive_int, default=512,
+    chip.add_argument("--arrays", type=positive_int, default=1, help="arrays (default: 1)")
+    chip.add_argument("--rows", type=positive_int, default=512,
                       help="rows (word lines) per array (default: 512)")
-    chip.add_argument("--cols", type=_positive_int, default=2048,
+    chip.add_argument("--cols", type=positive_int, default=2048,
                       help="columns (bit lines) per array (default: 2048)")
     chip.add_argument("--state", metavar="FILE",
                       help="keep the chip in FILE (a snapshot, loaded if present) plus "
@@ -83,9 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "SIGKILL, keeps its chip and neither re-applies a retried batch "
                            "nor loses one")
     link = p.add_argument_group("link model")
-    link.add_argument("--baud", type=_non_negative(int), default=0,
+    link.add_argument("--baud", type=non_negative_int, default=0,
                       help="model a serial link of N baud (10 bits per byte); 0 = unlimited")
-    link.add_argument("--latency-ms", type=_non_negative(float), default=0.0,
+    link.add_argument("--latency-ms", type=non_negative_float, default=0.0,
                       help="fixed delay added to every reply, ms")
     faults = p.add_argument_group("fault injection (seeded, repeatable)")
     faults.add_argument("--corrupt", type=_probability, default=0.0, metavar="P",
@@ -93,15 +75,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "its reply is flipped")
     faults.add_argument("--drop", type=_probability, default=0.0, metavar="P",
                         help="probability per request that the request or its reply is lost")
-    faults.add_argument("--delay-ms", type=_non_negative(float), default=0.0, metavar="X",
+    faults.add_argument("--delay-ms", type=non_negative_float, default=0.0, metavar="X",
                         help="delay every reply by a uniform random 0..X ms")
-    faults.add_argument("--disconnect-every", type=_non_negative(int), default=0,
+    faults.add_argument("--disconnect-every", type=non_negative_int, default=0,
                         metavar="N",
                         help="drop the link instead of replying to every N-th executed "
                              "command (TCP: close the connection; pty: a short outage)")
-    faults.add_argument("--fault-seed", type=_non_negative(int), default=0,
+    faults.add_argument("--fault-seed", type=non_negative_int, default=0,
                         help="seed of the fault RNG (default: 0)")
-    faults.add_argument("--crash-at", type=_positive_int, default=None, metavar="N",
+    faults.add_argument("--crash-at", type=positive_int, default=None, metavar="N",
                         help="kill this emulator (SIGKILL, no cleanup) right after executing "
                              "the N-th request frame (HELLO included), before its reply is "
                              "sent: for restart tests with --state")

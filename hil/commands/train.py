@@ -12,6 +12,7 @@ from typing import Optional
 from drivers.errors import ConfigError
 from drivers.safety import LimitedBackend
 from hil.backend_url import SimDefaults, open_backend
+from hil.commands.arguments import non_negative_int
 from hil.config import ExperimentConfig, load_config, with_overrides
 from hil.monitors import Monitor
 from hil.run_control import RunAborted, RunControl
@@ -38,16 +39,6 @@ examples:
 """
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train an MLP on the chip (mixed precision)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,8 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", metavar="URL",
                    help="chip URL, overriding the config: sim://, socket://HOST:PORT, "
                         "/dev/ttyUSB0, a pty path, replay://RUN.h5")
-    p.add_argument("--seed", type=_positive_int, metavar="N", help="experiment seed override")
-    p.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs override")
+    p.add_argument("--seed", type=non_negative_int, metavar="N", help="experiment seed override")
+    p.add_argument("--epochs", type=non_negative_int, metavar="N", help="epochs override")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the fp32 software baseline even if the config asks for it")
     p.add_argument("--summary-json", metavar="FILE", help="write the run summary as JSON")
