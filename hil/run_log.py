@@ -159,6 +159,21 @@ class _Table:
     def total(self) -> int:
         return self.rows + self.n
 
+    def append(self, k: int, **columns: Any) -> int:
+        """Buffer k rows (each column an array of k values or a scalar); returns the row
+        number on disk the first of them will have."""
+        i = self.n
+        if i + k > self.cap:
+            self.grow(k)
+        for name, values in columns.items():
+            self.buf[name][i:i + k] = values
+        self.n = i + k
+        return self.rows + i
+
+    def buffered(self, column: str, k: int) -> np.ndarray:
+        """The last k buffered values of a column (as stored, in the column's dtype)."""
+        return self.buf[column][self.n - k:self.n]
+
     def grow(self, k: int) -> None:
         """Make room for k more buffered rows (callers check `n + k > cap` first)."""
         cap = max(self.n + k, 2 * self.cap)
@@ -639,21 +654,12 @@ class RunLogWriter(Recorder):
                               path=self.path)
         code = self._purpose_codes.get(purpose) or self._purpose(purpose)
         k = a.size
-        t = self._reads
-        i = t.n
-        if i + k > t.cap:
-            t.grow(k)
-        b = t.buf
-        b["step"][i:i + k] = s
-        b["address"][i:i + k] = a
-        b["value"][i:i + k] = v.ravel()
-        b["purpose"][i:i + k] = code
-        t.n = i + k
-        self._read_batches.pending.append([self._seq, s, code, t.rows + i, k])
+        first = self._reads.append(k, step=s, address=a, value=v.ravel(), purpose=code)
+        self._read_batches.pending.append([self._seq, s, code, first, k])
         if self._jfd is not None and self._jread == self._seq:
             # The values ride on the next journal write (like acknowledgements).
             self._jack = _J_VALUES.pack(4, self._seq, k) + \
-                np.ascontiguousarray(b["value"][i:i + k], dtype="<f4").tobytes()
+                np.ascontiguousarray(self._reads.buffered("value", k), dtype="<f4").tobytes()
         self._jread = None
         self._seq += 1
 
@@ -693,21 +699,12 @@ class RunLogWriter(Recorder):
         code = self._purpose_codes.get(purpose) or self._purpose(purpose)
         kind = _KIND_CODE.get(pulse.kind) or int(PulseKind(pulse.kind))
         k = a.size
-        t = self._pulses
-        i = t.n
-        if i + k > t.cap:
-            t.grow(k)
-        b = t.buf
-        b["step"][i:i + k] = s
-        b["address"][i:i + k] = a
-        b["n_pulses"][i:i + k] = n.ravel()
-        b["kind"][i:i + k] = kind
-        b["purpose"][i:i + k] = code
-        t.n = i + k
+        first = self._pulses.append(k, step=s, address=a, n_pulses=n.ravel(), kind=kind,
+                                    purpose=code)
         bt = self._pulse_batches
         row = bt.total
         bt.pending.append([row, self._seq, s, kind, pulse.amplitude_v, pulse.width_ns, code,
-                           t.rows + i, k, BATCH_SENT])
+                           first, k, BATCH_SENT])
         if self._jfd is not None:
             # One write() before the command goes out; it carries the previous batch's
             # acknowledgement too (acks are journaled lazily: a missing one only makes a
@@ -715,7 +712,8 @@ class RunLogWriter(Recorder):
             os.write(self._jfd, b"".join((
                 self._jack, _J_BATCH.pack(1, row, self._seq, s, kind, code, pulse.amplitude_v,
                                           pulse.width_ns, k, int(wire_seq)),
-                b["address"][i:i + k].tobytes(), b["n_pulses"][i:i + k].tobytes())))
+                self._pulses.buffered("address", k).tobytes(),
+                self._pulses.buffered("n_pulses", k).tobytes())))
             self._jack = b""
         self._seq += 1
         self._pending = (row, s, k)
