@@ -53,7 +53,7 @@ class HostMatmul:
     def forward(self, layer: int, a_in: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         """a_in @ W[rows] (all rows when rows is None)."""
         w = self.weights[layer]
-        return a_in @ (w if rows is None else w[rows])
+        return a_in @ (w if rows is None else np.take(w, rows, axis=0))  # take: no copy checks
 
     def backward(self, layer: int, delta: np.ndarray) -> np.ndarray:
         """delta @ W[:-1].T: the error sent back through the layer (bias row excluded)."""
@@ -71,7 +71,7 @@ def train_step(weights: Sequence[np.ndarray], xb: np.ndarray, yb: np.ndarray,
     """
     mm = matmul or HostMatmul(weights)
     rows0 = active_rows(xb)
-    acts = [xb[:, rows0]]
+    acts = [np.take(xb, rows0, axis=1)]
     a = mm.forward(0, acts[0], rows0)
     for layer in range(1, len(weights)):
         h = sigmoid(a)

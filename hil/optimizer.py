@@ -44,16 +44,17 @@ class MixedPrecisionOptimizer:
             chi += grad.update
             block = chi
         else:
-            block = chi[grad.rows]
+            block = np.take(chi, grad.rows, axis=0)   # faster than fancy indexing
             block += grad.update
         flat_block = block.reshape(-1)
-        hit = np.flatnonzero(np.abs(flat_block) >= eps)
+        mag = np.abs(flat_block)
+        hit = np.flatnonzero(mag >= eps)
         if grad.rows is None:
             flat = hit
         else:
             flat = grad.rows[hit // n_out] * n_out + hit % n_out
         v = flat_block[hit]
-        p = np.minimum(np.floor(np.abs(v) / eps), self.max_pulses).astype(F32)
+        p = np.minimum(np.floor(mag[hit] / eps), self.max_pulses).astype(F32)
         positive = v > 0
         flat_block[hit] = v - np.where(positive, p, -p) * eps
         if grad.rows is not None:
