@@ -192,12 +192,23 @@ def _emulator(tmp_path, *more):
     return p, url, state, stats
 
 
+def _stop(emu: subprocess.Popen) -> None:
+    """SIGTERM (writes stats and state), SIGKILL if it does not go."""
+    emu.send_signal(signal.SIGTERM)
+    try:
+        emu.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        emu.kill()
+        emu.communicate()
+
+
 def _kill_and_resume(tmp_path, small_data, n_kills, train, seed):
     """Train through the emulator, SIGKILL the trainer at random moments, resume each time;
     returns the number of kills that hit a running trainer."""
     rng = np.random.default_rng(seed)
     cfg = _config(tmp_path, train=train, flush=25)
     emu, url, state, stats = _emulator(tmp_path)
+    p = None
     try:
         ref = _reference(cfg, str(tmp_path / "ref.h5"), small_data, backend=url)
         run = str(tmp_path / "run.h5")
@@ -232,8 +243,10 @@ def _kill_and_resume(tmp_path, small_data, n_kills, train, seed):
             notes.append(out)
             break
     finally:
-        emu.send_signal(signal.SIGTERM)
-        emu.communicate(timeout=60)
+        if p is not None and p.poll() is None:   # a failed assertion: leave no trainer behind
+            p.kill()
+            p.communicate()
+        _stop(emu)
     print("".join(line for o in notes for line in o.splitlines(True)
                   if line.startswith(("resuming", "resumed:")) or "was killed" in line))
     summary = json.loads((tmp_path / "s.json").read_text())
@@ -288,8 +301,7 @@ def test_run_failed_inside_a_command_resumes_exactly(tmp_path, small_data, crash
         assert p.returncode == 0, err
         assert "1 uncertain command(s) re-sent" in out
     finally:
-        emu.send_signal(signal.SIGTERM)
-        emu.communicate(timeout=60)
+        _stop(emu)
     assert json.loads(open(stats).read())["repeats_answered"] >= 1
     ref = _reference(cfg_path, str(tmp_path / "ref.h5"), small_data, backend=url)
     summary = json.loads((tmp_path / "s.json").read_text())
