@@ -10,7 +10,7 @@ import abc
 import enum
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Dict, FrozenSet, Optional, Type
+from typing import Dict, FrozenSet, Optional, Tuple, Type
 
 import numpy as np
 
@@ -57,6 +57,21 @@ class ChipInfo:
             "capabilities": sorted(self.capabilities),
             "hard_limits": dict(self.hard_limits),
         }
+
+
+def matvec_operands(addresses: np.ndarray, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The (m, n) address block and x (float64, shape (n,) or (n, k)) of a MATVEC, or a
+    ChipError saying which shape is wrong; shared by every backend."""
+    from drivers.errors import ChipError
+    block = np.asarray(addresses)
+    if block.ndim != 2:
+        raise ChipError(f"matvec needs a 2-D block of addresses, got shape {block.shape}",
+                        command="MATVEC")
+    xv = np.asarray(x, dtype=np.float64)
+    if xv.ndim not in (1, 2) or xv.shape[0] != block.shape[1]:
+        raise ChipError(f"x has shape {xv.shape}, the block {block.shape[1]} columns",
+                        command="MATVEC")
+    return block, xv
 
 
 class ChipBackend(abc.ABC):

@@ -26,7 +26,7 @@ from urllib.parse import parse_qs
 import numpy as np
 import serial
 
-from drivers.backend import Capability, ChipBackend, ChipInfo
+from drivers.backend import Capability, ChipBackend, ChipInfo, matvec_operands
 from drivers.errors import (AddressError, ChipError, ChipFaultError, LinkError,
                             NotSupportedError, ProtocolError, SafetyLimitError)
 from drivers.geometry import Geometry, check_unique
@@ -424,15 +424,8 @@ class FpgaChip(ChipBackend):
 
     def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
         self._require(Capability.MATVEC, "MATVEC")
-        block = np.asarray(addresses)
-        if block.ndim != 2:
-            raise ChipError(f"matvec needs a 2-D block of addresses, got shape {block.shape}",
-                            command="MATVEC")
+        block, xv = matvec_operands(addresses, x)
         flat = self._check(block.ravel(), "MATVEC")
-        xv = np.asarray(x, dtype=np.float64)
-        if xv.ndim not in (1, 2) or xv.shape[0] != block.shape[1]:
-            raise ChipError(f"x has shape {xv.shape}, the block {block.shape[1]} columns",
-                            command="MATVEC")
         k = 1 if xv.ndim == 1 else xv.shape[1]
         reply = self.transaction(MatvecRequest(flat.reshape(block.shape), xv),
                                  command="MATVEC", reply_bytes=4 * block.shape[0] * k + 32)

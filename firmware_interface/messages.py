@@ -269,6 +269,19 @@ class ReadRequest(Message):
         return cls(addr, AddressMode(payload[0]))
 
 
+def _pack_counted(values: np.ndarray, dtype: str) -> bytes:
+    """u32 count, then the values as little-endian `dtype`: the layout of every array reply."""
+    return struct.pack("<I", values.size) + values.astype(dtype).tobytes()
+
+
+def _unpack_counted(payload: bytes, dtype: str, what: str) -> np.ndarray:
+    """Inverse of _pack_counted, with a PayloadError naming `what` if the payload is short."""
+    _at_least(payload, 4, what)
+    n = struct.unpack_from("<I", payload)[0]
+    _need(payload, 4 + np.dtype(dtype).itemsize * n, what)
+    return np.frombuffer(payload, dtype, n, 4)
+
+
 @dataclass(frozen=True, eq=False)
 class ReadReply(Message):
     """READ_REPLY (0x90), chip -> host: one ADC code per device, in the request's order.
@@ -287,14 +300,11 @@ class ReadReply(Message):
         object.__setattr__(self, "codes", _ro(np.asarray(self.codes, np.uint16).ravel()))
 
     def encode(self) -> bytes:
-        return struct.pack("<I", self.codes.size) + self.codes.astype("<u2").tobytes()
+        return _pack_counted(self.codes, "<u2")
 
     @classmethod
     def decode(cls, payload: bytes) -> "ReadReply":
-        _at_least(payload, 4, "READ_REPLY")
-        n = struct.unpack_from("<I", payload)[0]
-        _need(payload, 4 + 2 * n, "READ_REPLY")
-        return cls(np.frombuffer(payload, "<u2", n, 4))
+        return cls(_unpack_counted(payload, "<u2", "READ_REPLY"))
 
 
 @dataclass(frozen=True, eq=False)
@@ -326,14 +336,11 @@ class ReadExactReply(Message):
         object.__setattr__(self, "values", _ro(np.asarray(self.values, np.float32).ravel()))
 
     def encode(self) -> bytes:
-        return struct.pack("<I", self.values.size) + self.values.astype("<f4").tobytes()
+        return _pack_counted(self.values, "<f4")
 
     @classmethod
     def decode(cls, payload: bytes) -> "ReadExactReply":
-        _at_least(payload, 4, "READ_EXACT_REPLY")
-        n = struct.unpack_from("<I", payload)[0]
-        _need(payload, 4 + 4 * n, "READ_EXACT_REPLY")
-        return cls(np.frombuffer(payload, "<f4", n, 4))
+        return cls(_unpack_counted(payload, "<f4", "READ_EXACT_REPLY"))
 
 
 # --- PROGRAM --------------------------------------------------------------------------------

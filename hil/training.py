@@ -173,7 +173,8 @@ class MixedPrecisionTrainer:
             for b, lm in zip(opt.beta, self.mapping.layers)]
         from sim_backend.pcm_model import PcmModel
         self.model = PcmModel.load(cfg.chip.model)   # the host's knowledge of its devices
-        self.curve = self._programming_curve()
+        # Expected conductance after n SET pulses from RESET: the blind-programming table.
+        self.curve = self.model.mean_set_curve(20)
         self.extra_provenance: Dict[str, Any] = {}
         self.step = 0
         self.examples = 0
@@ -186,10 +187,6 @@ class MixedPrecisionTrainer:
             self._matmul = ChipMatmul(self)
 
     # --- set-up ---------------------------------------------------------------------------
-    def _programming_curve(self) -> np.ndarray:
-        """Expected conductance after n SET pulses from RESET, from the device model."""
-        return self.model.mean_set_curve(20)
-
     def provenance(self) -> Dict[str, Any]:
         return {"chip": self.chip_info.to_dict(), "seed": self.cfg.seed,
                 "chip_seed": self.cfg.chip_seed, "host": platform.node(),
@@ -307,26 +304,23 @@ class MixedPrecisionTrainer:
         total = sum(f.size for f in found)
         if total == 0:
             return 0
-        resets, sets, counts, reads, w_old = [], [], [], [], []
+        resets, sets, counts, w_old = [], [], [], []
         for layer, flat in zip(self.layers, found):
             p, m = layer.plus.reshape(-1)[flat], layer.minus.reshape(-1)[flat]
             diff = layer.gp.reshape(-1)[flat] - layer.gm.reshape(-1)[flat]
             n = pulses_for(np.abs(diff), self.curve)
             resets += [p, m]
-            target = np.where(diff > 0, p, m)
-            sets.append(target[n > 0])
+            sets.append(np.where(diff > 0, p, m)[n > 0])
             counts.append(n[n > 0])
-            reads += [p, m]
             w_old.append(layer.w.reshape(-1)[flat].copy())
-        self.io.program(np.concatenate(resets), np.ones(2 * total, np.int64), DEFAULT_RESET,
+            layer.reset_counts(flat)
+            layer.count_pulses(flat, diff > 0, n)
+        pair_addresses = np.concatenate(resets)   # RESET both devices, later read both back
+        self.io.program(pair_addresses, np.ones(2 * total, np.int64), DEFAULT_RESET,
                         "refresh_reset")
         self.io.program(np.concatenate(sets), np.concatenate(counts), DEFAULT_SET,
                         "refresh_set")
-        for layer, flat in zip(self.layers, found):
-            diff = layer.gp.reshape(-1)[flat] - layer.gm.reshape(-1)[flat]
-            layer.reset_counts(flat)
-            layer.count_pulses(flat, diff > 0, pulses_for(np.abs(diff), self.curve))
-        values = self.io.read(np.concatenate(reads), "refresh_readback")
+        values = self.io.read(pair_addresses, "refresh_readback")
         pos = 0
         for i, (layer, flat) in enumerate(zip(self.layers, found)):
             k = flat.size

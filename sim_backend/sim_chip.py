@@ -21,7 +21,7 @@ from typing import Dict
 
 import numpy as np
 
-from drivers.backend import Capability, ChipBackend, ChipInfo
+from drivers.backend import Capability, ChipBackend, ChipInfo, matvec_operands
 from drivers.errors import ChipError, ConfigError, SafetyLimitError
 from drivers.geometry import ADDRESS_DTYPE, Geometry, check_unique
 from drivers.pulse import PulseKind, PulseSpec, check_pulse_counts
@@ -135,15 +135,8 @@ class SimulatedChip(ChipBackend):
         self._unstick(addr)
 
     def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
-        block = np.asarray(addresses)
-        if block.ndim != 2:
-            raise ChipError(f"matvec needs a 2-D block of addresses, got shape {block.shape}",
-                            command="MATVEC")
+        block, xv = matvec_operands(addresses, x)
         flat = self._check(block.ravel(), "MATVEC")
-        xv = np.asarray(x, dtype=np.float64)
-        if xv.shape[0] != block.shape[1]:
-            raise ChipError(f"x has {xv.shape[0]} rows, the block {block.shape[1]} columns",
-                            command="MATVEC")
         self._advance(self.timing.command_s + self.timing.read_s * flat.size)
         g = self._noisy_read(flat).reshape(block.shape)
         return (g @ xv).astype(np.float32)
