@@ -25,6 +25,7 @@ class Capability(str, enum.Enum):
     EXACT_READ = "exact_read"    # noise-free read of the true state (simulators only)
     STATE_FILE = "state_file"    # chip state can be saved and restored (simulators only)
     SIM_CLOCK = "sim_clock"      # simulated time: clock_s and advance_clock() (simulators only)
+    PROGRAM_READ = "program_read"  # program_read() is one command: one round trip, one wire seq
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,17 @@ class ChipBackend(abc.ABC):
 
         Addresses within one batch are unique. Programming is blind: nothing is verified.
         """
+
+    def program_read(self, addresses: np.ndarray, n_pulses: np.ndarray,
+                     pulse: PulseSpec) -> np.ndarray:
+        """Program a batch, then read the same devices back: exactly program() then read().
+
+        The training loop reads back every device it pulses, so a backend behind a link
+        overrides this with one command (and lists Capability.PROGRAM_READ), halving the
+        round trips of a step. Returns the values in the order of `addresses`.
+        """
+        self.program(addresses, n_pulses, pulse)
+        return self.read(addresses)
 
     def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Analog weighted sums I = G·V over a block of devices.

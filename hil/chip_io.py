@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivers.backend import ChipBackend
+from drivers.backend import Capability, ChipBackend
 from drivers.pulse import PulseKind, PulseSpec
 from hil.recorder import NullRecorder, Recorder
 
@@ -49,6 +49,8 @@ class ChipIO:
         self.recorder = recorder or NullRecorder()
         self.counters = IoCounters()
         self.step = 0
+        #: Whether program_read() goes out as one command (one wire sequence number).
+        self.combined = backend.info().supports(Capability.PROGRAM_READ)
 
     def _seq_kw(self) -> dict:
         """`wire_seq=` for the write-ahead hooks, only when the backend has one (recorders
@@ -59,9 +61,7 @@ class ChipIO:
     def read(self, addresses: np.ndarray, purpose: str) -> np.ndarray:
         self.recorder.before_read(self.step, addresses, purpose, **self._seq_kw())
         values = self.backend.read(addresses)
-        self.counters.read_commands += 1
-        self.counters.devices_read += int(addresses.size)
-        self.counters.largest_batch = max(self.counters.largest_batch, int(addresses.size))
+        self._count_read(addresses)
         self.recorder.on_read(self.step, addresses, values, purpose)
         return values
 
@@ -72,6 +72,37 @@ class ChipIO:
         self.recorder.before_program(self.step, addresses, n_pulses, pulse, purpose,
                                      **self._seq_kw())
         self.backend.program(addresses, n_pulses, pulse)
+        self._count_program(addresses, n_pulses, pulse)
+        self.recorder.on_program(self.step, addresses, n_pulses, pulse, purpose)
+
+    def program_read(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec,
+                     purpose: str, read_purpose: str) -> np.ndarray:
+        """program() then read() of the same devices; one command where the backend can.
+
+        The recorder sees the same two commands either way. A combined command journals both
+        write-aheads under its one wire sequence number before it is sent, so resume can
+        re-send it whole."""
+        if not self.combined:
+            self.program(addresses, n_pulses, pulse, purpose)
+            return self.read(addresses, read_purpose)
+        seq = self._seq_kw()
+        self.recorder.before_program(self.step, addresses, n_pulses, pulse, purpose, **seq)
+        self.recorder.before_read(self.step, addresses, read_purpose, **seq)
+        values = self.backend.program_read(addresses, n_pulses, pulse)
+        self._count_program(addresses, n_pulses, pulse)
+        self.recorder.on_program(self.step, addresses, n_pulses, pulse, purpose)
+        self._count_read(addresses)
+        self.recorder.on_read(self.step, addresses, values, read_purpose)
+        return values
+
+    def _count_read(self, addresses: np.ndarray) -> None:
+        c = self.counters
+        c.read_commands += 1
+        c.devices_read += int(addresses.size)
+        c.largest_batch = max(c.largest_batch, int(addresses.size))
+
+    def _count_program(self, addresses: np.ndarray, n_pulses: np.ndarray,
+                       pulse: PulseSpec) -> None:
         c = self.counters
         c.program_commands += 1
         c.largest_batch = max(c.largest_batch, int(addresses.size))
@@ -81,4 +112,3 @@ class ChipIO:
             self.counters.set_pulses += total
         else:
             self.counters.reset_pulses += total
-        self.recorder.on_program(self.step, addresses, n_pulses, pulse, purpose)

@@ -658,7 +658,8 @@ class RunLogWriter(Recorder):
         self._read_batches.pending.append([self._seq, s, code, first, k])
         if self._jfd is not None and self._jread == self._seq:
             # The values ride on the next journal write (like acknowledgements).
-            self._jack = _J_VALUES.pack(4, self._seq, k) + \
+            # After a combined PROGRAM_READ the program's acknowledgement is waiting too.
+            self._jack += _J_VALUES.pack(4, self._seq, k) + \
                 np.ascontiguousarray(self._reads.buffered("value", k), dtype="<f4").tobytes()
         self._jread = None
         self._seq += 1

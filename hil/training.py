@@ -250,8 +250,7 @@ class MixedPrecisionTrainer:
         if addr.size:
             n = np.concatenate(counts)
             pulses = int(n.sum())
-            self.io.program(addr, n, DEFAULT_SET, "update")
-            values = self.io.read(addr, "readback")
+            values = self.io.program_read(addr, n, DEFAULT_SET, "update", "readback")
             measured = self.cfg.optimizer.chi_update is ChiUpdate.MEASURED
             pos = 0
             for i, (layer, plan) in enumerate(zip(self.layers, plans)):
