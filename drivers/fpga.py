@@ -36,7 +36,8 @@ from firmware_interface.frame import OVERHEAD, Decoded, Frame, FrameDecoder, Fra
 from firmware_interface.messages import (AdvanceClockAck, AdvanceClockRequest, ClockReply,
                                          ClockRequest, Hello, InfoReply, MatvecReply,
                                          MatvecRequest, Message,
-                                         Nack, ProgramAck, ProgramRequest, ReadExactReply,
+                                         Nack, ProgramAck, ProgramReadReply,
+                                         ProgramReadRequest, ProgramRequest, ReadExactReply,
                                          ReadExactRequest, ReadReply, ReadRequest,
                                          SafeStateRequest, StatusReply, StatusRequest,
                                          decode_message)
@@ -69,7 +70,8 @@ _REPLY_OPCODES = frozenset(int(op) for op in Opcode if op.is_reply)
 _CAPABILITY_NAMES = {WireCapability.MATVEC: Capability.MATVEC.value,
                      WireCapability.EXACT_READ: Capability.EXACT_READ.value,
                      WireCapability.STATE_FILE: Capability.STATE_FILE.value,
-                     WireCapability.SIM_CLOCK: Capability.SIM_CLOCK.value}
+                     WireCapability.SIM_CLOCK: Capability.SIM_CLOCK.value,
+                     WireCapability.PROGRAM_READ: Capability.PROGRAM_READ.value}
 
 
 class _LinkLost(Exception):
@@ -399,26 +401,65 @@ class FpgaChip(ChipBackend):
 
     def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec) -> None:
         cmd = "PROGRAM_" + pulse.kind.name
+        addr, n, _ = self._program_operands(addresses, n_pulses, pulse, cmd)
+        keep = n > 0
+        addr, n = addr[keep], n[keep]
+        ack = self.transaction(self._program_request(ProgramRequest, pulse, addr, n, cmd),
+                               command=cmd)
+        assert isinstance(ack, ProgramAck)
+        self._expect_ack(ack.devices, ack.pulses, addr, n, cmd)
+
+    def program_read(self, addresses: np.ndarray, n_pulses: np.ndarray,
+                     pulse: PulseSpec) -> np.ndarray:
+        """One PROGRAM_READ round trip where the firmware has it (protocol 1.2), else
+        PROGRAM then READ under consecutive sequence numbers."""
+        if not self.info().supports(Capability.PROGRAM_READ):
+            return super().program_read(addresses, n_pulses, pulse)
+        cmd = "PROGRAM_READ"
+        addr, n, order = self._program_operands(addresses, n_pulses, pulse, cmd)
+        reply = self.transaction(self._program_request(ProgramReadRequest, pulse, addr, n, cmd),
+                                 command=cmd, reply_bytes=2 * addr.size + 48)
+        assert isinstance(reply, ProgramReadReply)
+        self._expect_ack(reply.devices, reply.pulses, addr, n, cmd)
+        self._expect_count(reply.codes.size, addr.size, cmd)
+        values = adc.adc_dequantise(reply.codes, self.adc_full_scale_us)
+        if order is None:
+            return values
+        out = np.empty_like(values)
+        out[order] = values
+        return out
+
+    def _program_operands(self, addresses: np.ndarray, n_pulses: np.ndarray,
+                          pulse: PulseSpec, cmd: str
+                          ) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        """Checked (addresses ascending, pulse counts in the same order, the sorting
+        permutation or None when already ascending); refuses what the chip's hard limits
+        would refuse, before anything is sent."""
         addr = self._check(addresses, cmd)
         limits = self.info().hard_limits
         max_n = int(min(limits.get("max_pulses_per_device", 255), 255))
-        n = check_pulse_counts(addr, n_pulses, max_n, cmd)
+        n = check_pulse_counts(addr, n_pulses, max_n, cmd).astype(np.int64)
         self._check_pulse(pulse, cmd, limits)
         check_unique(addr, command=cmd)
-        n = n.astype(np.int64)
-        keep = n > 0
-        order = np.argsort(addr[keep], kind="stable")
-        addr, n = addr[keep][order], n[keep][order]
+        if addr.size < 2 or bool((addr[1:] > addr[:-1]).all()):
+            return addr, n, None
+        order = np.argsort(addr, kind="stable")
+        return addr[order], n[order], order
+
+    @staticmethod
+    def _program_request(cls: type, pulse: PulseSpec, addr: np.ndarray, n: np.ndarray,
+                         cmd: str) -> ProgramRequest:
         try:
-            req = ProgramRequest.from_units(int(pulse.kind), pulse.amplitude_v, pulse.width_ns,
-                                            addr, n)
+            return cls.from_units(int(pulse.kind), pulse.amplitude_v, pulse.width_ns, addr, n)
         except ValueError as e:
             raise SafetyLimitError(f"pulse not representable on the wire: {e}",
                                    command=cmd) from None
-        ack = self.transaction(req, command=cmd)
-        assert isinstance(ack, ProgramAck)
-        if ack.devices != addr.size or ack.pulses != int(n.sum()):
-            raise ChipFaultError(f"chip acknowledged {ack.devices} devices / {ack.pulses} "
+
+    @staticmethod
+    def _expect_ack(devices: int, pulses: int, addr: np.ndarray, n: np.ndarray,
+                    cmd: str) -> None:
+        if devices != addr.size or pulses != int(n.sum()):
+            raise ChipFaultError(f"chip acknowledged {devices} devices / {pulses} "
                                  f"pulses, sent {addr.size} / {int(n.sum())}", command=cmd,
                                  devices=addr)
 

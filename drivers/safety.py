@@ -113,10 +113,20 @@ class LimitedBackend(ChipBackend):
         return self.inner.read(addresses)
 
     def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec) -> None:
+        self._check_program(addresses, n_pulses, pulse)
+        self.inner.program(addresses, n_pulses, pulse)
+
+    def program_read(self, addresses: np.ndarray, n_pulses: np.ndarray,
+                     pulse: PulseSpec) -> np.ndarray:
+        self._check_program(addresses, n_pulses, pulse)
+        self._guard(self.limits.check_read, addresses)
+        return self.inner.program_read(addresses, n_pulses, pulse)
+
+    def _check_program(self, addresses: np.ndarray, n_pulses: np.ndarray,
+                       pulse: PulseSpec) -> None:
         self._guard(self.limits.check_program, addresses, n_pulses, pulse)
         # A training step's pulses travel in one command, so no command may exceed a step's.
         self._guard(self.limits.check_step, int(np.asarray(n_pulses).sum()))
-        self.inner.program(addresses, n_pulses, pulse)
 
     def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
         self._guard(self.limits.check_read, addresses)

@@ -116,6 +116,67 @@ def varint_decode(data: bytes, count: int) -> np.ndarray:
 
 
 # --- address sets ---------------------------------------------------------------------------
+#: Sets up to this size are coded with plain int arithmetic: a training step sends a handful
+#: of addresses, where the dozen numpy calls of the vectorised path cost ~10x more. Anything
+#: unusual (errors included) takes the vectorised path, so both give the same bytes/errors.
+SMALL_SET = 48
+
+
+def _small_encode(addresses: np.ndarray) -> Optional[bytes]:
+    """encode_address_set(addresses) for a small, valid set whose smallest encoding is RAW or
+    DELTA; None where the vectorised path must decide."""
+    if not (isinstance(addresses, np.ndarray) and addresses.ndim == 1
+            and 0 < addresses.size <= SMALL_SET and addresses.dtype.kind in "ui"):
+        return None
+    vals = addresses.tolist()
+    if vals[0] < 0 or vals[-1] >= _U32_LIMIT:
+        return None
+    groups = bytearray()
+    prev = None
+    for v in vals:
+        g = v if prev is None else v - prev
+        if prev is not None and g <= 0:
+            return None
+        prev = v
+        while g >= 0x80:
+            groups.append((g & 0x7F) | 0x80)
+            g >>= 7
+        groups.append(g)
+    n = len(vals)
+    sizes = {AddressMode.RAW: 4 * n, AddressMode.DELTA: len(groups),
+             AddressMode.BITMAP: BITMAP_HEAD.size + (vals[-1] - vals[0] + 1 + 7) // 8}
+    mode = min(sizes, key=lambda m: (sizes[m], int(m)))
+    if mode is AddressMode.BITMAP:
+        return None
+    body = struct.pack(f"<{n}I", *vals) if mode is AddressMode.RAW else bytes(groups)
+    return SET_HEADER.pack(int(mode), n, len(body)) + body
+
+
+def _small_delta_decode(body: bytes, count: int) -> Optional[np.ndarray]:
+    """The addresses of a small, valid DELTA body; None where the vectorised path must
+    decide (and name the error)."""
+    if not 0 < count <= SMALL_SET or len(body) > _MAX_VARINT_BYTES * count:
+        return None
+    out = []
+    addr = -1
+    v = shift = 0
+    for byte in body:
+        v |= (byte & 0x7F) << shift
+        if byte & 0x80:
+            shift += 7
+            if shift >= 7 * _MAX_VARINT_BYTES:
+                return None
+            continue
+        if (shift and not byte) or (addr >= 0 and v == 0):
+            return None   # not the shortest form, or a repeated address
+        addr = v if addr < 0 else addr + v
+        out.append(addr)
+        v = shift = 0
+    if shift or len(out) != count or addr >= _U32_LIMIT:
+        return None
+    return np.array(out, dtype=np.uint32)
+
+
 def _ascending_gaps(addresses: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """(addresses as int64, gaps: the first address then each difference); ValueError unless
     a strictly ascending 1-D set of uint32 values."""
@@ -158,6 +219,10 @@ def address_set_sizes(addresses: np.ndarray) -> dict:
 
 def encode_address_set(addresses: np.ndarray, mode: Optional[AddressMode] = None) -> bytes:
     """Encode a strictly ascending address set, in `mode` or the smallest encoding."""
+    if mode is None:
+        small = _small_encode(addresses)
+        if small is not None:
+            return small
     a, gaps = _ascending_gaps(addresses)
     delta_sizes = varint_sizes(gaps) if a.size and mode in (None, AddressMode.DELTA) else None
     if mode is None:
@@ -206,6 +271,9 @@ def decode_address_set(buf: bytes, offset: int = 0) -> Tuple[np.ndarray, int]:
             if np.any(d < 0):
                 raise PayloadError(NackCode.BAD_PAYLOAD, "RAW addresses not ascending")
     elif mode == AddressMode.DELTA:
+        small = _small_delta_decode(body, count)
+        if small is not None:
+            return small, end
         gaps = varint_decode(body, count).astype(np.int64)
         a = np.cumsum(gaps)
         if a.size > 1 and np.any(gaps[1:] == 0):

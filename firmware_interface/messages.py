@@ -443,6 +443,55 @@ class ProgramAck(Message):
         return cls(*cls.LAYOUT.unpack(payload))
 
 
+@dataclass(frozen=True, eq=False)
+class ProgramReadRequest(ProgramRequest):
+    """PROGRAM_READ (0x21), host -> chip: a PROGRAM, then a READ of the same address set.
+
+    Payload: exactly PROGRAM's. Devices with n_pulses 0 are read and not pulsed. Validation is
+    PROGRAM's and happens before anything is applied; the read follows the programming as a
+    separate READ would (the same chip time passes, the same read noise is drawn). Needs
+    capability PROGRAM_READ (protocol 1.2; else NACK UNKNOWN_OPCODE or UNSUPPORTED). It saves
+    the training loop one round trip per step: every pulsed device is read back at once.
+    Reply: PROGRAM_READ_REPLY.
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.PROGRAM_READ
+
+
+@dataclass(frozen=True, eq=False)
+class ProgramReadReply(Message):
+    """PROGRAM_READ_REPLY (0xA1), chip -> host: PROGRAM_ACK's fields, then READ_REPLY's.
+
+    Payload::
+
+        u32 devices           devices in the request
+        u64 pulses            pulses applied (sum of n_pulses)
+        u32 count             = devices
+        u16[count] codes      ADC codes read after programming, in the request's order
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.PROGRAM_READ_REPLY
+
+    devices: int
+    pulses: int
+    codes: np.ndarray
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "codes", _ro(np.asarray(self.codes, np.uint16).ravel()))
+
+    def encode(self) -> bytes:
+        return ProgramAck.LAYOUT.pack(self.devices, self.pulses) + \
+            _pack_counted(self.codes, "<u2")
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "ProgramReadReply":
+        head = ProgramAck.LAYOUT.size
+        _at_least(payload, head, "PROGRAM_READ_REPLY")
+        devices, pulses = ProgramAck.LAYOUT.unpack_from(payload)
+        return cls(devices, pulses, _unpack_counted(payload[head:], "<u2",
+                                                    "PROGRAM_READ_REPLY"))
+
+
 # --- MATVEC ---------------------------------------------------------------------------------
 _X_DTYPES = {4: "<f4", 8: "<f8"}
 
@@ -747,7 +796,7 @@ class Nack(Message):
 MESSAGE_TYPES: Dict[int, Type[Message]] = {
     t.OPCODE: t for t in (Hello, InfoReply, StatusRequest, StatusReply, ReadRequest, ReadReply,
                           ReadExactRequest, ReadExactReply, ProgramRequest, ProgramAck,
-                          MatvecRequest, MatvecReply, SafeStateRequest, SafeStateAck,
+                          ProgramReadRequest, ProgramReadReply, MatvecRequest, MatvecReply, SafeStateRequest, SafeStateAck,
                           AdvanceClockRequest, AdvanceClockAck, ClockRequest, ClockReply, Nack)
 }
 
@@ -762,7 +811,7 @@ def decode_message(frame: Frame) -> Message:
 
 __all__ = ["Hello", "InfoReply", "StatusRequest", "StatusReply", "ReadRequest", "ReadReply",
            "ReadExactRequest", "ReadExactReply", "ProgramRequest", "ProgramAck",
-           "MatvecRequest", "MatvecReply", "SafeStateRequest", "SafeStateAck",
+           "ProgramReadRequest", "ProgramReadReply", "MatvecRequest", "MatvecReply", "SafeStateRequest", "SafeStateAck",
            "AdvanceClockRequest", "AdvanceClockAck", "ClockRequest", "ClockReply", "Nack",
            "Message", "MESSAGE_TYPES", "decode_message", "NACK_MAX_DEVICES", "SET_HEADER",
            "BlockMode"]

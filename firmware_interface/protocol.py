@@ -12,8 +12,8 @@ import numpy as np
 
 #: Protocol version spoken by this codec, (major, minor). A different major is incompatible;
 #: a higher minor only adds opcodes, capabilities or trailing fields. 1.1 added the simulator
-#: clock (ADVANCE_CLOCK, CLOCK, capability SIM_CLOCK).
-PROTOCOL_VERSION: Tuple[int, int] = (1, 1)
+#: clock (ADVANCE_CLOCK, CLOCK, capability SIM_CLOCK); 1.2 the combined PROGRAM_READ.
+PROTOCOL_VERSION: Tuple[int, int] = (1, 2)
 
 
 class Opcode(enum.IntEnum):
@@ -24,6 +24,7 @@ class Opcode(enum.IntEnum):
     READ = 0x10
     READ_EXACT = 0x11
     PROGRAM = 0x20
+    PROGRAM_READ = 0x21
     MATVEC = 0x30
     SAFE_STATE = 0x40
     ADVANCE_CLOCK = 0x50
@@ -34,6 +35,7 @@ class Opcode(enum.IntEnum):
     READ_REPLY = 0x90
     READ_EXACT_REPLY = 0x91
     PROGRAM_ACK = 0xA0
+    PROGRAM_READ_REPLY = 0xA1
     MATVEC_REPLY = 0xB0
     SAFE_STATE_ACK = 0xC0
     ADVANCE_CLOCK_ACK = 0xD0
@@ -54,8 +56,9 @@ REQUEST_OPCODES = frozenset(op for op in Opcode if not op.is_reply)
 #: Requests whose replies the firmware remembers by sequence number (a repeat is answered from
 #: memory, never executed again). HELLO, STATUS and CLOCK are pure queries, answered afresh.
 #: ADVANCE_CLOCK moves the chip's time, so a retried one must not move it twice.
-REMEMBERED_OPCODES = frozenset({Opcode.READ, Opcode.READ_EXACT, Opcode.PROGRAM, Opcode.MATVEC,
-                                Opcode.SAFE_STATE, Opcode.ADVANCE_CLOCK})
+REMEMBERED_OPCODES = frozenset({Opcode.READ, Opcode.READ_EXACT, Opcode.PROGRAM,
+                                Opcode.PROGRAM_READ, Opcode.MATVEC, Opcode.SAFE_STATE,
+                                Opcode.ADVANCE_CLOCK})
 
 
 def reply_opcode(request: Opcode) -> Opcode:
@@ -92,6 +95,7 @@ class Capability(enum.IntFlag):
     EXACT_READ = 0x2
     STATE_FILE = 0x4
     SIM_CLOCK = 0x8     # simulated time: ADVANCE_CLOCK and CLOCK (protocol 1.1)
+    PROGRAM_READ = 0x10  # PROGRAM_READ: program, then read the same devices (protocol 1.2)
 
 
 class PulseCode(enum.IntEnum):

@@ -22,7 +22,8 @@ from firmware_interface.addresses import AddressMode
 from firmware_interface.frame import HEADER, HEADER_LEN, TRAILER_LEN
 from firmware_interface.messages import (AdvanceClockAck, AdvanceClockRequest, ClockReply,
                                          ClockRequest, Hello, InfoReply, MatvecReply, MatvecRequest, Message,
-                                         Nack, ProgramAck, ProgramRequest, ReadExactReply,
+                                         Nack, ProgramAck, ProgramReadReply,
+                                         ProgramReadRequest, ProgramRequest, ReadExactReply,
                                          ReadExactRequest, ReadReply, ReadRequest, SafeStateAck,
                                          SafeStateRequest, StatusReply, StatusRequest)
 from firmware_interface.protocol import (PROTOCOL_VERSION, Capability, NackCode, Opcode,
@@ -49,7 +50,7 @@ def _msg(name: str, description: str, seq: int, message: Message) -> Vector:
 def _sample_info() -> InfoReply:
     return InfoReply(PROTOCOL_VERSION, 1, 512, 2048, 0.1, 20.0, adc_full_scale_us(20.0), 16, 16,
                      int(Capability.MATVEC | Capability.EXACT_READ | Capability.STATE_FILE
-                         | Capability.SIM_CLOCK),
+                         | Capability.SIM_CLOCK | Capability.PROGRAM_READ),
                      1 << 24, "sim", "emu-1",
                      (("max_pulses_per_device", 255.0), ("set_amplitude_v_max", 2.0),
                       ("reset_amplitude_v_max", 4.0), ("width_ns_max", 10000.0)))
@@ -60,9 +61,9 @@ def golden_vectors() -> List[Vector]:
     addr = np.array([0, 1, 2, 5, 1000, 70000, 1048575], dtype=np.uint32)
     dense = np.array([4096, 4097, 4099, 4100, 4101, 4102, 4103, 4104, 4110], dtype=np.uint32)
     v: List[Vector] = [
-        _msg("hello", "HELLO from a host speaking protocol 1.0", 0x01020304, Hello()),
+        _msg("hello", "HELLO from a host speaking protocol {}.{}".format(*PROTOCOL_VERSION), 0x01020304, Hello()),
         _msg("info_reply", "INFO: 1 x 512 x 2048 simulated chip, 16-bit ADC, full scale 25 uS, "
-             "capabilities MATVEC | EXACT_READ | STATE_FILE | SIM_CLOCK",
+             "capabilities MATVEC | EXACT_READ | STATE_FILE | SIM_CLOCK | PROGRAM_READ",
              0x01020304, _sample_info()),
         _msg("status_request", "STATUS", 7, StatusRequest()),
         _msg("status_reply", "STATUS_REPLY: last executed seq 6, lines idle", 7,
@@ -88,6 +89,13 @@ def golden_vectors() -> List[Vector]:
              ProgramRequest(PulseCode.RESET, 2_500_000, 50_000, dense,
                             np.ones(dense.size, np.uint8), AddressMode.BITMAP)),
         _msg("program_ack", "PROGRAM_ACK: 7 devices, 28 pulses", 12, ProgramAck(7, 28)),
+        _msg("program_read", "PROGRAM_READ SET 1.0 V 50 ns: devices 3 and 70000 get 1 and 2 "
+             "pulses, device 1048575 none; all three are read back (RAW, protocol 1.2)", 19,
+             ProgramReadRequest(PulseCode.SET, 1_000_000, 50_000,
+                                np.array([3, 70000, 1048575], np.uint32),
+                                np.array([1, 2, 0], np.uint8), AddressMode.RAW)),
+        _msg("program_read_reply", "PROGRAM_READ_REPLY: 3 devices, 3 pulses, codes 2621, "
+             "5243, 262", 19, ProgramReadReply(3, 3, np.array([2621, 5243, 262], np.uint16))),
         _msg("matvec_request_affine", "MATVEC on the 2 x 3 block at rows 0-1, cols 4-6 of a "
              "2048-column array (AFFINE), x = [1, 0.5, -1] float32", 14,
              MatvecRequest(np.array([[4, 5, 6], [2052, 2053, 2054]], np.uint32),

@@ -8,9 +8,9 @@ What each figure means and how it is measured is in docs/benchmarks.md.
   scripts/bench --quick --no-readme  # under 2 minutes: small N, no 4 M-device point
   scripts/bench --json out.json      # also every figure under stable keys
 
-The run-log figures come from scripts/bench_log and the wire figures from scripts/bench_wire
-(their functions are loaded from the scripts, so the three never disagree on method); when a
-script is missing, its figures are measured here (wire) or reported as null (log).
+The wire figures come from hil.bench_wire (`scripts/bench_wire`) and the run-log figures from
+scripts/bench_log (its functions are loaded from the script, so the two never disagree on
+method; without the script they are reported as null).
 """
 from __future__ import annotations
 
@@ -234,7 +234,10 @@ def _aihwkit_rpu_config() -> Any:
     """DigitalRankUpdateRPUConfig(MixedPrecisionCompound(PCMPresetUnitCell)), wherever this
     aihwkit version keeps the classes."""
     from aihwkit.simulator.configs import DigitalRankUpdateRPUConfig
-    from aihwkit.simulator.presets.devices import PCMPresetUnitCell
+    try:
+        from aihwkit.simulator.presets.compounds import PCMPresetUnitCell
+    except ImportError:
+        from aihwkit.simulator.presets.devices import PCMPresetUnitCell  # older layout
     try:
         from aihwkit.simulator.configs.compounds import MixedPrecisionCompound
     except ImportError:
@@ -246,62 +249,13 @@ def _aihwkit_rpu_config() -> Any:
 def wire_runs(cfg: ExperimentConfig, data: Dataset) -> Dict[str, Dict[str, Any]]:
     """Training through the firmware emulator over TCP, unlimited and at 12 Mbaud; each
     result has the run summary, bytes per pulsed device and per read value, round trips per
-    step. Uses scripts/bench_wire's run_mode when it is there."""
-    wire = _load_script("bench_wire")
+    step (hil.bench_wire, the same code as `scripts/bench_wire`)."""
+    from hil import bench_wire
     out: Dict[str, Dict[str, Any]] = {}
     for mode, baud in (("tcp", 0), ("tcp-12M", WIRE_BAUD)):
-        if wire is not None and hasattr(wire, "run_mode"):
-            with contextlib.redirect_stdout(sys.stderr):
-                out[mode] = wire.run_mode(mode, cfg, data, baud, None)
-        else:
-            out[mode] = _wire_run(cfg, data, baud)
+        with contextlib.redirect_stdout(sys.stderr):
+            out[mode] = bench_wire.run_mode(mode, cfg, data, baud, None)
     return out
-
-
-def _wire_run(cfg: ExperimentConfig, data: Dataset, baud: int) -> Dict[str, Any]:
-    """The same measurement without scripts/bench_wire: emulator in a thread of this
-    process, production FPGA driver, byte counters of the driver."""
-    from drivers.fpga import FpgaChip
-    from drivers.geometry import Geometry
-    from sim_backend.emulator import EmulatorServer, Firmware, LinkModel
-    from sim_backend.pcm_model import PcmModel
-    from sim_backend.sim_chip import SimulatedChip
-
-    class Counting(FpgaChip):
-        pulsed = 0
-        read_values = 0
-
-        def program(self, addresses, n_pulses, pulse):  # type: ignore[override]
-            super().program(addresses, n_pulses, pulse)
-            self.pulsed += int(np.count_nonzero(np.asarray(n_pulses)))
-
-        def read(self, addresses):  # type: ignore[override]
-            values = super().read(addresses)
-            self.read_values += int(np.size(addresses))
-            return values
-
-    c = cfg.chip
-    chip = SimulatedChip(PcmModel.load(c.model), Geometry(c.arrays, c.rows, c.cols),
-                         seed=cfg.chip_seed)
-    server = EmulatorServer(Firmware(chip), listen=("127.0.0.1", 0),
-                            link=LinkModel(baud=baud)).start()
-    try:
-        drv = Counting(server.url, baudrate=baud or 921_600, timeout_s=10.0)
-        with drv:
-            s = run_experiment(cfg, drv, data=data)
-            stats = {k: dict(v) for k, v in drv.stats.items()}
-            pulsed, read_values = drv.pulsed, drv.read_values
-    finally:
-        server.stop()
-    prog = [v for k, v in stats.items() if k.startswith("PROGRAM")]
-    rd = stats.get("READ", {"bytes_tx": 0, "bytes_rx": 0})
-    rt = sum(v["round_trips"] for k, v in stats.items() if k.startswith("PROGRAM") or
-             k == "READ")
-    return {"summary": s,
-            "bytes_per_pulsed_device": sum(v["bytes_tx"] + v["bytes_rx"] for v in prog)
-            / max(1, pulsed),
-            "bytes_per_read_value": (rd["bytes_tx"] + rd["bytes_rx"]) / max(1, read_values),
-            "round_trips_per_step": rt / max(1, s["steps"])}
 
 
 # --- d. run log ------------------------------------------------------------------------------

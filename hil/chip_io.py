@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from drivers.backend import Capability, ChipBackend
+from drivers.backend import ChipBackend
 from drivers.pulse import PulseKind, PulseSpec
 from hil.recorder import NullRecorder, Recorder
 
@@ -49,8 +49,6 @@ class ChipIO:
         self.recorder = recorder or NullRecorder()
         self.counters = IoCounters()
         self.step = 0
-        #: Whether program_read() goes out as one command (one wire sequence number).
-        self.combined = backend.info().supports(Capability.PROGRAM_READ)
 
     def _seq_kw(self) -> dict:
         """`wire_seq=` for the write-ahead hooks, only when the backend has one (recorders
@@ -77,14 +75,12 @@ class ChipIO:
 
     def program_read(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec,
                      purpose: str, read_purpose: str) -> np.ndarray:
-        """program() then read() of the same devices; one command where the backend can.
+        """program() then read() of the same devices, through backend.program_read (one
+        command where the backend can combine them).
 
-        The recorder sees the same two commands either way. A combined command journals both
-        write-aheads under its one wire sequence number before it is sent, so resume can
-        re-send it whole."""
-        if not self.combined:
-            self.program(addresses, n_pulses, pulse, purpose)
-            return self.read(addresses, read_purpose)
+        The recorder sees the same two commands as from program() and read(), but both
+        write-aheads come first, under the one wire sequence number the combined command goes
+        out with, so resume can re-send it whole (hil.resume)."""
         seq = self._seq_kw()
         self.recorder.before_program(self.step, addresses, n_pulses, pulse, purpose, **seq)
         self.recorder.before_read(self.step, addresses, read_purpose, **seq)

@@ -208,20 +208,8 @@ class ResumeBackend(ReplayBackend):
     def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec) -> None:
         a = np.asarray(addresses).ravel()
         if self.index < self.committed:
-            i = self._pi
-            if i < self._n_pb and int(self._pb["status"][i]) != BATCH_ACKED and \
-                    int(self._pb["batch_id"][i]) in self.acked_rows:
-                self._pb["status"][i] = BATCH_ACKED   # acknowledged after its commit
-            if self.resend_batch is not None and i < self._n_pb and \
-                    int(self._pb["batch_id"][i]) == self.resend_batch[0]:
-                try:
-                    super().program(a, n_pulses, pulse)   # checked against the log
-                except ChipFaultError:
-                    pass                                  # logged as never acknowledged
-                cmd = JournalCommand("program", self.index, int(self._pb["step"][i]),
-                                     self.log.purpose_name(self._pb["purpose"][i]),
-                                     self.resend_batch[1], a, False)
-                self.index += 1
+            cmd = self._unacked_batch(a, n_pulses, pulse)
+            if cmd is not None:
                 self._resend(cmd, lambda: self.live.program(a, n_pulses, pulse))
                 return
             super().program(a, n_pulses, pulse)
@@ -236,6 +224,58 @@ class ResumeBackend(ReplayBackend):
             self.served_from_journal += 1
         else:
             self._resend(cmd, lambda: self.live.program(a, n_pulses, pulse))
+
+    def program_read(self, addresses: np.ndarray, n_pulses: np.ndarray,
+                     pulse: PulseSpec) -> np.ndarray:
+        """A combined command: served like its two halves, except where it is uncertain (then
+        re-sent whole under its wire seq) or live (sent whole)."""
+        a = np.asarray(addresses).ravel()
+        j = self.index - self.committed
+        send = lambda: self.live.program_read(a, n_pulses, pulse)  # noqa: E731
+        if j >= len(self.journal):
+            self.index += 2
+            return send()
+        if j >= 0 and self.journal[j].kind == "program" and not self.journal[j].done:
+            cmd = self._journal_next("program", a, n_pulses, pulse)
+            self._read_half(a)
+            return self._resend(cmd, send)
+        if j < 0:
+            cmd = self._unacked_batch(a, n_pulses, pulse)
+            if cmd is not None:
+                self._read_half(a)
+                return self._resend(cmd, send)
+        self.program(a, n_pulses, pulse)
+        return self.read(a)
+
+    def _read_half(self, a: np.ndarray) -> None:
+        """Account for the read half of an uncertain combined command (journaled, or cut off
+        before its write-ahead)."""
+        if self.index - self.committed < len(self.journal):
+            self._journal_next("read", a)
+        else:
+            self.index += 1
+
+    def _unacked_batch(self, a: np.ndarray, n_pulses: np.ndarray,
+                       pulse: PulseSpec) -> Optional[JournalCommand]:
+        """At a committed batch: mark it acknowledged if the journal says so, and if it is the
+        batch the old run failed inside (never acknowledged), check it against the log and
+        return it as the command to re-send (None otherwise)."""
+        i = self._pi
+        if i < self._n_pb and int(self._pb["status"][i]) != BATCH_ACKED and \
+                int(self._pb["batch_id"][i]) in self.acked_rows:
+            self._pb["status"][i] = BATCH_ACKED   # acknowledged after its commit
+        if self.resend_batch is None or i >= self._n_pb or \
+                int(self._pb["batch_id"][i]) != self.resend_batch[0]:
+            return None
+        try:
+            super().program(a, n_pulses, pulse)   # checked against the log
+        except ChipFaultError:
+            pass                                  # logged as never acknowledged
+        cmd = JournalCommand("program", self.index, int(self._pb["step"][i]),
+                             self.log.purpose_name(self._pb["purpose"][i]),
+                             self.resend_batch[1], a, False)
+        self.index += 1
+        return cmd
 
     def _journal_next(self, kind: str, a: np.ndarray, n: Any = None,
                       pulse: Optional[PulseSpec] = None) -> Optional[JournalCommand]:
@@ -283,6 +323,14 @@ class ResumeBackend(ReplayBackend):
     def close(self) -> None:
         """The old log and the live chip belong to the caller."""
         self._closed = True
+
+
+def _halves(p: JournalCommand, r: JournalCommand) -> bool:
+    """Whether two journal records are the program and read halves of one combined command
+    (hil.chip_io.ChipIO.program_read journals both before sending it)."""
+    return (p.kind == "program" and r.kind == "read" and not p.done and r.seq == p.seq + 1
+            and r.wire_seq == p.wire_seq and r.step == p.step
+            and np.array_equal(r.addresses, p.addresses))
 
 
 def _seq_backend(backend: ChipBackend) -> Any:
@@ -347,14 +395,16 @@ def plan(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Dict[str,
         return out
     tail = old.journal()
     cmds = list(tail.commands)
-    for c in cmds[:-1]:
+    # The last command may be a combined PROGRAM_READ: two records, one wire command.
+    last_n = 2 if len(cmds) >= 2 and _halves(cmds[-2], cmds[-1]) else 1
+    for c in cmds[:-last_n]:
         if not c.done:
             raise ResumeError(f"{old.path}.journal: command #{c.seq} (step {c.step}) has no "
                               "result but is not the last one; the journal is damaged")
     if cmds and not cmds[-1].done:
-        last = cmds[-1]
+        last = cmds[-last_n]
         if last.wire_seq == NOT_SENT:
-            cmds.pop()   # served from a log during a resume's fast-forward: never sent
+            del cmds[-last_n:]   # served from a log during a resume's fast-forward: never sent
         elif last.wire_seq < 0 or _seq_backend(live) is None:
             raise ResumeError(
                 f"cannot resume {old.path}: the last command before the kill ({last.kind} of "
@@ -370,6 +420,16 @@ def plan(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Dict[str,
         # journal, whose record of it has the wire sequence number to re-send it under.
         bid, seq = unacked[-1]
         last = tail.last
+        if last is not None and last.kind == "read" and cmds == [last] and \
+                last.seq == seq + 1 and not last.done:
+            # The failed command was a combined PROGRAM_READ: its read half is journaled,
+            # under the same wire sequence number.
+            last = JournalCommand("program", seq, last.step, last.purpose, last.wire_seq,
+                                  last.addresses, False)
+            cmds = []
+            read_half = (tail.last,)
+        else:
+            read_half = ()
         if len(unacked) > 1 or cmds or seq != committed - 1 or last is None or \
                 last.kind != "program" or last.seq != seq or last.wire_seq < 0 or \
                 _seq_backend(live) is None:
@@ -378,6 +438,7 @@ def plan(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Dict[str,
                               "sequence number; whether the chip applied it is unknown, so "
                               "the run cannot be continued exactly")
         resend = (bid, last.wire_seq)
+        cmds = list(read_half)
     out.update(journal=tuple(cmds), acked_rows=tuple(tail.acked_rows), resend_batch=resend)
     return out
 

@@ -39,6 +39,7 @@ from firmware_interface.messages import (MESSAGE_TYPES, AdvanceClockAck, Advance
                                          ClockReply, ClockRequest, Hello, InfoReply,
                                          MatvecReply,
                                          MatvecRequest, Message, Nack, ProgramAck,
+                                         ProgramReadReply, ProgramReadRequest,
                                          ProgramRequest, ReadExactReply, ReadExactRequest,
                                          ReadReply, ReadRequest, SafeStateAck,
                                          SafeStateRequest, StatusReply, StatusRequest)
@@ -51,11 +52,13 @@ log = logging.getLogger(__name__)
 
 #: Commands that change the chip's state (a read advances the clock and the read-noise
 #: counters); each is journaled before its reply leaves.
-STATE_CHANGING = frozenset({Opcode.READ, Opcode.PROGRAM, Opcode.MATVEC, Opcode.ADVANCE_CLOCK})
+STATE_CHANGING = frozenset({Opcode.READ, Opcode.PROGRAM, Opcode.PROGRAM_READ, Opcode.MATVEC,
+                            Opcode.ADVANCE_CLOCK})
 _CAPS = {ContractCapability.MATVEC.value: Capability.MATVEC,
          ContractCapability.EXACT_READ.value: Capability.EXACT_READ,
          ContractCapability.STATE_FILE.value: Capability.STATE_FILE,
-         ContractCapability.SIM_CLOCK.value: Capability.SIM_CLOCK}
+         ContractCapability.SIM_CLOCK.value: Capability.SIM_CLOCK,
+         ContractCapability.PROGRAM_READ.value: Capability.PROGRAM_READ}
 
 #: Journal record: magic, seq, opcode, flags (bit 0: replay on load), reserved,
 #: CRC-32 of the request payload, chip clock before and after, request and reply lengths;
@@ -147,7 +150,9 @@ class Firmware:
         self.memory_depth = int(memory_depth)
         self.persist_depth = max(1, min(int(persist_depth), self.memory_depth))
         self.max_payload = int(max_payload)
-        names = chip.info().capabilities if capabilities is None else capabilities
+        # The chip's own abilities, plus the firmware's: the combined PROGRAM_READ.
+        names = (chip.info().capabilities | {ContractCapability.PROGRAM_READ.value}
+                 if capabilities is None else capabilities)
         self.capabilities = Capability(0)
         for name in names:
             self.capabilities |= _CAPS[str(name)]
@@ -389,15 +394,26 @@ class Firmware:
             values = chip.read(req.addresses)
             self.counters["devices_read"] += int(req.addresses.size)  # type: ignore[operator]
             return ReadReply(adc_quantise(values, self.full_scale_us))
-        if isinstance(req, ProgramRequest):
+        if isinstance(req, ProgramRequest):   # PROGRAM and PROGRAM_READ
             kind = PulseKind(int(req.kind))
             pulse = PulseSpec(kind, req.amplitude_v, req.width_ns)
-            chip.program(req.addresses, req.n_pulses, pulse)
+            combined = isinstance(req, ProgramReadRequest)
+            if combined and not self.capabilities & Capability.PROGRAM_READ:
+                raise NotSupportedError("this firmware has no PROGRAM_READ",
+                                        command="PROGRAM_READ")
+            if combined:
+                values = chip.program_read(req.addresses, req.n_pulses, pulse)
+                self.counters["devices_read"] += int(req.addresses.size)  # type: ignore[operator]
+            else:
+                chip.program(req.addresses, req.n_pulses, pulse)
             total = int(req.n_pulses.sum(dtype=np.int64))
             key = "set_pulses" if kind is PulseKind.SET else "reset_pulses"
             self.counters[key] += total  # type: ignore[operator]
             self.idle = False
-            return ProgramAck(int(req.addresses.size), total)
+            if not combined:
+                return ProgramAck(int(req.addresses.size), total)
+            return ProgramReadReply(int(req.addresses.size), total,
+                                    adc_quantise(values, self.full_scale_us))
         if isinstance(req, MatvecRequest):
             if not self.capabilities & Capability.MATVEC:
                 raise NotSupportedError("this chip has no on-chip matvec", command="MATVEC")

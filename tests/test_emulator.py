@@ -17,8 +17,9 @@ from drivers.fpga import FpgaChip
 from drivers.geometry import Geometry
 from drivers.pulse import PulseSpec
 from firmware_interface.frame import FrameDecoder, encode_frame
-from firmware_interface.messages import (Hello, InfoReply, Nack, ProgramAck, ProgramRequest,
-                                         ReadRequest, StatusRequest, decode_message)
+from firmware_interface.messages import (Hello, InfoReply, Nack, ProgramAck, ProgramReadReply,
+                                         ProgramReadRequest, ProgramRequest, ReadRequest,
+                                         StatusRequest, decode_message)
 from firmware_interface.protocol import NackCode, PulseCode
 from sim_backend.emulator import (EmulatorServer, FaultConfig, Firmware, LinkModel,
                                   parse_listen)
@@ -35,6 +36,33 @@ def make_chip(seed: int = SEED) -> SimulatedChip:
 
 def bits(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float32).view(np.uint32)
+
+
+def test_program_read_is_program_then_read_and_remembered():
+    """PROGRAM_READ = PROGRAM then READ of the same devices on the chip (same pulses, values,
+    clock); a repeat is answered from memory; a firmware without the capability refuses it
+    and touches nothing."""
+    addr, n = np.array([3, 17, 900], np.uint32), np.array([2, 0, 1], np.uint8)
+    req = ProgramReadRequest(PulseCode.SET, 1_000_000, 50_000, addr, n)
+    fw, ref = Firmware(make_chip()), make_chip()
+    first = fw.handle(frame_of(req, 41))
+    reply = reply_of(first)
+    assert isinstance(reply, ProgramReadReply) and (reply.devices, reply.pulses) == (3, 3)
+    ref.program(addr, n, PulseSpec.set())
+    want = ref.read(addr)
+    assert np.array_equal(bits(decode_codes(fw, reply.codes)), bits(want))
+    assert fw.chip.counters == ref.counters and fw.chip.clock_s == ref.clock_s
+    assert fw.handle(frame_of(req, 41)) == first and fw.chip.counters == ref.counters
+    old = Firmware(make_chip(), capabilities=frozenset(make_chip().info().capabilities))
+    before = dict(old.chip.counters)
+    nack = reply_of(old.handle(frame_of(req, 42)))
+    assert isinstance(nack, Nack) and nack.code is NackCode.UNSUPPORTED
+    assert old.chip.counters == before
+
+
+def decode_codes(fw: Firmware, codes: np.ndarray) -> np.ndarray:
+    from firmware_interface.adc import adc_dequantise
+    return adc_dequantise(codes, fw.full_scale_us)
 
 
 def frame_of(msg, seq: int):

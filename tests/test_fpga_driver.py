@@ -74,6 +74,9 @@ def workload(backend, steps: int = 6, seed: int = 0):
         pulses = rng.integers(0, 6, addr.size)
         backend.program(addr, pulses, PulseSpec.reset() if step == 2 else PulseSpec.set())
         out.append(backend.read(addr[:300]))
+        # program then read back, as a training step does: unsorted, some devices unpulsed
+        more = rng.choice(n_dev, 50, replace=False)
+        out.append(backend.program_read(more, rng.integers(0, 3, more.size), PulseSpec.set()))
         block = np.arange(8 * 64).reshape(8, 64) + 64 * step
         out.append(backend.matvec(block, rng.standard_normal(64)))
         out.append(backend.matvec(block[:, ::2], rng.standard_normal((32, 3)).astype(np.float32)))
@@ -411,6 +414,43 @@ def test_retried_program_is_applied_once(transport, fault):
         assert fw.chip.counters == ref.counters
         assert fw.counters["repeats_answered"] >= 1
         assert np.array_equal(fw.chip.true_conductance(addr), ref.true_conductance(addr))
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("fault", ["drop_reply", "corrupt_reply", "disconnect"])
+def test_retried_program_read_is_applied_and_read_once(fault):
+    """A PROGRAM_READ whose reply is lost: the retry is answered from memory, so the pulses
+    land once and the values are those of the one read (no second read-noise draw)."""
+    server = serve("tcp", FaultConfig(script={2: fault}, outage_s=0.4))
+    try:
+        ref = make_chip()
+        addr, n = np.arange(4000, 0, -7), np.resize(np.array([0, 1, 2]), 572)
+        with FpgaChip(server.url, timeout_s=0.25, retries=4) as chip:
+            got = chip.program_read(addr, n, PulseSpec.set())
+            assert chip.stats["PROGRAM_READ"]["round_trips"] >= 2
+        assert np.array_equal(bits(got), bits(ref.program_read(addr, n, PulseSpec.set())))
+        fw = server.firmware
+        assert fw.counters["repeats_answered"] >= 1
+        assert fw.chip.counters == ref.counters and fw.chip.clock_s == ref.clock_s
+    finally:
+        server.stop()
+
+
+def test_program_read_falls_back_on_a_firmware_without_it():
+    """A protocol 1.1 firmware lacks PROGRAM_READ: the driver sends PROGRAM then READ, with
+    the same result."""
+    caps = frozenset(make_chip().info().capabilities)
+    server = serve("tcp", capabilities=caps)
+    try:
+        ref = make_chip()
+        addr, n = np.array([9, 3, 700]), np.array([2, 0, 1])
+        with FpgaChip(server.url, timeout_s=0.5) as chip:
+            assert not chip.info().supports("program_read")
+            got = chip.program_read(addr, n, PulseSpec.set())
+            assert "PROGRAM_READ" not in chip.stats
+            assert chip.stats["PROGRAM_SET"]["commands"] == chip.stats["READ"]["commands"] == 1
+        assert np.array_equal(bits(got), bits(ref.program_read(addr, n, PulseSpec.set())))
     finally:
         server.stop()
 

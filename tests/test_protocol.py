@@ -210,6 +210,38 @@ def test_delta_costs_at_most_3_bytes_per_address_below_2_21(addr):
     assert body <= 3 * addr.size
 
 
+@settings(max_examples=300, deadline=None)
+@given(addr=_address_sets(), body=st.binary(max_size=60), count=st.integers(0, 50))
+def test_small_set_fast_paths_equal_the_vectorised_code(addr, body, count):
+    """Sets of up to SMALL_SET addresses are coded in plain Python: same bytes, same values,
+    same NACK codes as the vectorised path (SMALL_SET = 0 forces that one)."""
+    import firmware_interface.addresses as A
+
+    def both(fn, *args):
+        out, saved = [], A.SMALL_SET
+        try:
+            for small in (saved, 0):
+                A.SMALL_SET = small
+                try:
+                    out.append(fn(*args))
+                except PayloadError as e:
+                    out.append(e.code)
+        finally:
+            A.SMALL_SET = saved
+        return out
+
+    enc = both(encode_address_set, addr)
+    assert enc[0] == enc[1]
+    for delta in (struct.pack("<BII", 1, count, len(body)) + body,
+                  encode_address_set(addr, AddressMode.DELTA)):
+        fast, slow = both(decode_address_set, delta)
+        if isinstance(slow, NackCode):
+            assert fast == slow
+        else:
+            assert np.array_equal(fast[0], slow[0]) and fast[0].dtype == slow[0].dtype
+            assert fast[1] == slow[1]
+
+
 def test_address_set_errors():
     dup = struct.pack("<BII", 0, 3, 12) + np.array([1, 5, 5], "<u4").tobytes()
     with pytest.raises(PayloadError) as e:

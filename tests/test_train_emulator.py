@@ -160,7 +160,8 @@ class EmulatorSupervisor:
 
 class KillingLink(FpgaChip):
     """The production driver, plus a hook that signals the emulator right after the host has
-    sent its first PROGRAM frame at or after frame number `at` (counting every frame sent)."""
+    sent its first pulsing frame (PROGRAM or PROGRAM_READ) at or after frame number `at`
+    (counting every frame sent)."""
 
     def __init__(self, url: str, supervisor: EmulatorSupervisor, at: int, sig=None,
                  **kw) -> None:
@@ -171,12 +172,14 @@ class KillingLink(FpgaChip):
     def send_frame(self, data: bytes) -> None:
         super().send_frame(data)
         self.sent.append(data[8])
-        if self.sig is not None and len(self.sent) >= self.at and data[8] == Opcode.PROGRAM:
+        if self.sig is not None and len(self.sent) >= self.at and \
+                data[8] in (Opcode.PROGRAM, Opcode.PROGRAM_READ):
             self.supervisor.signal(self.sig)
             self.sig = None
 
 
-# Request 201 of this run (HELLO is 1) is a PROGRAM: the test checks it still is.
+# Request 201 of this run (HELLO is 1) is a training step's PROGRAM_READ: the test checks it
+# still is.
 CRASH_AT = 201
 
 
@@ -186,10 +189,11 @@ def test_emulator_restart_mid_run_matches_in_process(small_data, in_process, tmp
     same --state; the driver reconnects and resends, and the run ends bit-identical to the
     in-process one: no pulse batch applied twice, none lost, no read noise drawn twice.
 
-    crash-after-execute: the emulator SIGKILLs itself after executing and journaling a PROGRAM,
-    before its ACK leaves (the retry must be answered from the restored memory).
-    sigkill: the host SIGKILLs the emulator right after sending a PROGRAM (the batch may or may
-    not have been executed). sigterm: an orderly stop in the middle of the run."""
+    crash-after-execute: the emulator SIGKILLs itself after executing and journaling a
+    PROGRAM_READ, before its reply leaves (the retry must be answered from the restored memory,
+    read values included).
+    sigkill: the host SIGKILLs the emulator right after sending a PROGRAM_READ (the batch may or
+    may not have been executed). sigterm: an orderly stop in the middle of the run."""
     cfg = _cfg()
     sup = EmulatorSupervisor(tmp_path, cfg,
                              ["--crash-at", str(CRASH_AT)] if how == "crash-after-execute"
@@ -208,7 +212,7 @@ def test_emulator_restart_mid_run_matches_in_process(small_data, in_process, tmp
                    "sigterm": 0}[how]
     assert sup.exit_codes == [expected_rc], sup.log()
     assert reconnects >= 1
-    assert sent[CRASH_AT - 1] == Opcode.PROGRAM
+    assert sent[CRASH_AT - 1] == Opcode.PROGRAM_READ
     for k in KEYS:
         assert summary[k] == in_process[k], k
     assert [e["test_accuracy"] for e in summary["per_epoch"]] == \
