@@ -41,12 +41,9 @@ F32 = np.float32
 #: aihwkit 1.2.0, MixedPrecisionCompound over PCMPresetUnitCell, 784-250-10, batch 1, 2 cores,
 #: as reported in the project's issue: a reference, not measured by this script.
 AIHWKIT_REFERENCE_EXAMPLES_PER_S = 37.0
-AIHWKIT_SKIP = ("aihwkit is not installed, so its figure is skipped. It is an optional extra "
-                "(not needed by pcm-hil); to install it on Python 3.11: apt-get install "
-                "libopenblas-dev; then in the venv: pip install torch==2.13.0 cmake "
-                "scikit-build pybind11 mypy ninja; then, with the venv's bin on PATH, "
-                "pip install --no-build-isolation aihwkit==1.2.0 (about 6.5 minutes on 2 "
-                "cores; see docs/benchmarks.md)")
+AIHWKIT_SKIP = ("aihwkit is not installed, so its figure is skipped. It is optional (pcm-hil "
+                "never needs it); scripts/setup_bench builds aihwkit 1.2.0 into .venv (about 4-7 "
+                "minutes on 2 cores; see docs/benchmarks.md)")
 MARK_START = "<!-- bench:start -->"
 MARK_END = "<!-- bench:end -->"
 HEADING = "## Performance"
@@ -473,12 +470,13 @@ def table(r: Dict[str, Any]) -> List[str]:
          _num(r["reconstruct_seconds_worst"], "{:.2f} s"), "≤ 1 s", cmd),
         ("`replay --verify` speed relative to the live run",
          _x(r["replay_verify_speedup"]), "≥ 5×", cmd),
-        ("bytes on the wire per pulsed device (PROGRAM request + ACK)",
-         _num(r["bytes_per_pulse"]), "≤ 4", cmd),
-        ("bytes on the wire per read value (READ request + reply)",
-         _num(r["bytes_per_read"]), "≤ 2", cmd),
-        ("round trips per training step (PROGRAM + READ, init and refreshes included)",
-         _num(r["round_trips_per_step"]), "", cmd),
+        ("bytes on the wire per pulsed device (PROGRAM request + ACK, or PROGRAM_READ "
+         "request; frames included)", _num(r["bytes_per_pulse"]), "≤ 4", cmd),
+        ("bytes on the wire per read value (READ request + reply, or PROGRAM_READ reply; "
+         "frames included; the value itself is a 2-byte ADC code)",
+         _num(r["bytes_per_read"]), "≤ 2 + framing", cmd),
+        ("round trips per training step (PROGRAM_READ, PROGRAM, READ; init and refreshes "
+         "included)", _num(r["round_trips_per_step"]), "", cmd),
         ("simulated-chip state per device", f"{r['state_bytes_per_device']:g} bytes", "≤ 16",
          cmd),
     ]
