@@ -29,7 +29,7 @@ import serial
 from drivers.backend import Capability, ChipBackend, ChipInfo, matvec_operands
 from drivers.errors import (AddressError, ChipError, ChipFaultError, LinkError,
                             NotSupportedError, ProtocolError, SafetyLimitError)
-from drivers.geometry import Geometry, check_unique
+from drivers.geometry import Geometry, ascending_order
 from drivers.pulse import PulseKind, PulseSpec, check_pulse_counts
 from firmware_interface import adc
 from firmware_interface.frame import OVERHEAD, Decoded, Frame, FrameDecoder, FrameError
@@ -100,7 +100,7 @@ class FpgaChip(ChipBackend):
     def __init__(self, url: str, *, baudrate: int = DEFAULT_BAUDRATE, timeout_s: float = 5.0,
                  retries: int = 5, reconnect_timeout_s: float = 10.0,
                  busy_backoff_s: float = 0.05, seq_start: Optional[int] = None,
-                 connect: bool = True) -> None:
+                 busy_poll_s: float = 0.0005, connect: bool = True) -> None:
         self.url = url
         self.baudrate = int(baudrate)
         self.timeout_s = float(timeout_s)
@@ -108,6 +108,9 @@ class FpgaChip(ChipBackend):
         self.reconnect_timeout_s = float(reconnect_timeout_s)
         self.busy_backoff_s = float(busy_backoff_s)
         self.poll_s = 0.05  # longest single blocking read; the per-attempt deadline governs
+        #: Before a blocking read, poll for input without sleeping for this long: a reply
+        #: that comes within it is taken without the slow wake-up of a sleeping process.
+        self.busy_poll_s = max(0.0, float(busy_poll_s))
         # A random start keeps a new session's numbers clear of a previous session's replies
         # still held in the firmware's memory.
         self._seq = (int.from_bytes(os.urandom(4), "little") if seq_start is None
@@ -160,6 +163,10 @@ class FpgaChip(ChipBackend):
         reconfigures a real serial port.)"""
         if self._port is None:
             raise _LinkLost("port not open")
+        if self.busy_poll_s:
+            port, end = self._port, time.perf_counter() + min(self.busy_poll_s, timeout_s)
+            while not port.in_waiting and time.perf_counter() < end:
+                pass
         t = max(min(timeout_s, self.poll_s), 1e-3)
         if self._port.timeout != t:
             self._port.timeout = t
@@ -440,10 +447,9 @@ class FpgaChip(ChipBackend):
         max_n = int(min(limits.get("max_pulses_per_device", 255), 255))
         n = check_pulse_counts(addr, n_pulses, max_n, cmd).astype(np.int64)
         self._check_pulse(pulse, cmd, limits)
-        check_unique(addr, command=cmd)
-        if addr.size < 2 or bool((addr[1:] > addr[:-1]).all()):
+        order = ascending_order(addr, command=cmd)
+        if order is None:
             return addr, n, None
-        order = np.argsort(addr, kind="stable")
         return addr[order], n[order], order
 
     @staticmethod
@@ -586,18 +592,21 @@ def _as_set(addr: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
 
 
 def _parse_serial_url(url: str) -> Tuple[str, dict]:
-    """`serial://PATH?baudrate=N&timeout=S&retries=K` -> (PATH, options)."""
+    """`serial://PATH?baudrate=N&timeout=S&retries=K&busy_poll_us=U` -> (PATH, options)."""
     rest = url[len("serial://"):]
     path, _, query = rest.partition("?")
     q = {k: v[-1] for k, v in parse_qs(query).items()}
-    conv = {"baudrate": int, "timeout": float, "retries": int}
+    # option -> (driver keyword, conversion)
+    conv = {"baudrate": ("baudrate", int), "timeout": ("timeout_s", float),
+            "retries": ("retries", int),
+            "busy_poll_us": ("busy_poll_s", lambda v: float(v) / 1e6)}
     opts = {}
     for k, v in q.items():
         if k not in conv:
             raise LinkError(f"unknown serial:// option {k!r} (known: {', '.join(conv)})",
                             command="OPEN")
         try:
-            opts["timeout_s" if k == "timeout" else k] = conv[k](v)
+            opts[conv[k][0]] = conv[k][1](v)
         except ValueError:
             raise LinkError(f"bad value {v!r} for serial:// option {k}", command="OPEN") \
                 from None
@@ -606,7 +615,8 @@ def _parse_serial_url(url: str) -> Tuple[str, dict]:
 
 def open_fpga(url: str, **options: object) -> FpgaChip:
     """Open the FPGA chip a URL names: a device or pty path, socket://HOST:PORT, or
-    serial://PATH?baudrate=N&timeout=S (options for the driver itself)."""
+    serial://PATH?baudrate=N&timeout=S&retries=K&busy_poll_us=U (options for the driver
+    itself)."""
     if url.startswith("serial://"):
         url, parsed = _parse_serial_url(url)
         parsed.update(options)

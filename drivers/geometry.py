@@ -6,7 +6,7 @@ addresses let every batch be a plain numpy array, whatever the chip's layout.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -57,23 +57,36 @@ class Geometry:
         addr = np.asarray(addresses)
         if addr.ndim != 1:
             addr = addr.ravel()
-        if addr.size and not np.issubdtype(addr.dtype, np.integer):
+        if not addr.size:
+            return addr.astype(ADDRESS_DTYPE, copy=False)
+        kind = addr.dtype.kind
+        if kind not in "ui":
             raise AddressError(f"addresses must be integers, got dtype {addr.dtype}",
                                command=command)
-        if addr.size:
-            bad = (addr < 0) | (addr >= self.n_devices)
-            if np.any(bad):
-                raise AddressError(f"address outside 0..{self.n_devices - 1}",
-                                   command=command, devices=addr[bad])
+        n = self.n_devices
+        # Two reductions (one for unsigned input) instead of a mask; the mask only on failure.
+        if addr.max() >= n or (kind == "i" and addr.min() < 0):
+            bad = (addr < 0) | (addr >= n)
+            raise AddressError(f"address outside 0..{n - 1}", command=command,
+                               devices=addr[bad])
         return addr.astype(ADDRESS_DTYPE, copy=False)
 
 
 def check_unique(addresses: np.ndarray, *, command: str | None = None) -> None:
     """Raise AddressError if a batch names a device twice (its effect would be ambiguous)."""
-    if addresses.size < 2:
-        return
-    s = np.sort(addresses)
+    ascending_order(addresses, command=command)
+
+
+def ascending_order(addresses: np.ndarray, *,
+                    command: str | None = None) -> Optional[np.ndarray]:
+    """The permutation that sorts a batch (None when it already is strictly ascending, the
+    common case, checked in one pass); AddressError if it names a device twice."""
+    if addresses.size < 2 or bool((addresses[1:] > addresses[:-1]).all()):
+        return None
+    order = np.argsort(addresses, kind="stable")
+    s = addresses[order]
     dup = s[1:][s[1:] == s[:-1]]
     if dup.size:
         raise AddressError("device repeated within one batch", command=command,
                            devices=np.unique(dup))
+    return order

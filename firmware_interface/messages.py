@@ -413,9 +413,16 @@ class ProgramRequest(Message):
             raise PayloadError(NackCode.BAD_PAYLOAD, f"unknown pulse kind {kind}")
         addr, end = decode_address_set(payload, cls.HEAD.size)
         _need(payload, end + addr.size, "PROGRAM")
-        n = np.frombuffer(payload, np.uint8, addr.size, end)
-        return cls(PulseCode(kind), amp, width, addr, n,
-                   AddressMode(payload[cls.HEAD.size]))
+        # Every field is valid by construction here, so the checks and copies of
+        # __post_init__ are skipped: this runs once per training step in the firmware.
+        msg = object.__new__(cls)
+        addr.flags.writeable = False   # a fresh array; the pulse counts view read-only bytes
+        for name, value in (("kind", PulseCode(kind)), ("amplitude_uv", amp),
+                            ("width_ps", width), ("addresses", addr),
+                            ("n_pulses", np.frombuffer(payload, np.uint8, addr.size, end)),
+                            ("mode", AddressMode(payload[cls.HEAD.size]))):
+            object.__setattr__(msg, name, value)
+        return msg
 
 
 @dataclass(frozen=True, eq=False)

@@ -156,6 +156,8 @@ class Firmware:
         self.capabilities = Capability(0)
         for name in names:
             self.capabilities |= _CAPS[str(name)]
+        self._program_read = bool(self.capabilities & Capability.PROGRAM_READ)
+        self._pulses: Dict[Tuple[int, int, int], PulseSpec] = {}
         self.version = tuple(protocol_version)
         self.firmware_version = firmware_version
         self.state_path = state_path
@@ -395,10 +397,14 @@ class Firmware:
             self.counters["devices_read"] += int(req.addresses.size)  # type: ignore[operator]
             return ReadReply(adc_quantise(values, self.full_scale_us))
         if isinstance(req, ProgramRequest):   # PROGRAM and PROGRAM_READ
-            kind = PulseKind(int(req.kind))
-            pulse = PulseSpec(kind, req.amplitude_v, req.width_ns)
+            shape = (int(req.kind), req.amplitude_uv, req.width_ps)
+            pulse = self._pulses.get(shape)
+            if pulse is None:   # a run uses two or three pulse shapes: build each once
+                pulse = PulseSpec(PulseKind(shape[0]), req.amplitude_v, req.width_ns)
+                self._pulses[shape] = pulse
+            kind = pulse.kind
             combined = isinstance(req, ProgramReadRequest)
-            if combined and not self.capabilities & Capability.PROGRAM_READ:
+            if combined and not self._program_read:
                 raise NotSupportedError("this firmware has no PROGRAM_READ",
                                         command="PROGRAM_READ")
             if combined:
@@ -513,7 +519,8 @@ class EmulatorServer:
 
     def __init__(self, firmware: Firmware, *, listen: Optional[Tuple[str, int]] = None,
                  pty: bool = False, faults: Optional[FaultConfig] = None,
-                 link: Optional[LinkModel] = None, stats_path: Optional[str] = None) -> None:
+                 link: Optional[LinkModel] = None, stats_path: Optional[str] = None,
+                 busy_poll_s: float = 0.0) -> None:
         if (listen is None) == (not pty):
             raise ValueError("give exactly one of listen=(host, port) or pty=True")
         self.firmware = firmware
@@ -529,6 +536,10 @@ class EmulatorServer:
         self._master: Optional[int] = None
         self._slave: Optional[int] = None
         self._outage_until = 0.0
+        #: After a request, poll without sleeping for this long: a sleeping process wakes
+        #: slowly (its core idles, its caches go cold), and an FPGA never sleeps.
+        self.busy_poll_s = max(0.0, float(busy_poll_s))
+        self._hot_until = 0.0
         self._requests = 0
         self._fresh = 0
         self._closed = False
@@ -639,8 +650,27 @@ class EmulatorServer:
             if self._thread is None:  # run in the caller's thread: clean up here
                 self.close()
 
+    def _poll_hot(self, read: Callable[[], bytes]) -> bool:
+        """One non-blocking read while busy polling; True when it settled this poll."""
+        if not self.busy_poll_s or time.perf_counter() >= self._hot_until:
+            return False
+        try:
+            data = read()
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            return False   # let the blocking path deal with the error
+        if data:
+            self._on_bytes(data)
+            return True
+        return False
+
     def _poll_tcp(self) -> None:
         assert self._listener is not None
+        conn = self._conn
+        if conn is not None and self._poll_hot(lambda: conn.recv(1 << 16,
+                                                                 socket.MSG_DONTWAIT)):
+            return
         watch = [self._listener] + ([self._conn] if self._conn is not None else [])
         ready, _, _ = select.select(watch, [], [], 0.05)
         if self._listener in ready:
@@ -662,6 +692,10 @@ class EmulatorServer:
 
     def _poll_pty(self) -> None:
         assert self._master is not None
+        master = self._master
+        if time.monotonic() >= self._outage_until and \
+                self._poll_hot(lambda: os.read(master, 1 << 16)):
+            return
         ready, _, _ = select.select([self._master], [], [], 0.05)
         if not ready:
             return
@@ -686,6 +720,8 @@ class EmulatorServer:
         self._decoder.reset()
 
     def _on_bytes(self, data: bytes) -> None:
+        if self.busy_poll_s:
+            self._hot_until = time.perf_counter() + self.busy_poll_s
         self.counters["bytes_rx"] += len(data)  # type: ignore[operator]
         for item in self._decoder.feed(data):
             if isinstance(item, FrameError):

@@ -34,10 +34,12 @@ def make_chip(seed: int = SEED, geometry: Geometry = GEO) -> SimulatedChip:
     return SimulatedChip(PcmModel.preset("jap"), geometry, seed=seed)
 
 
-def serve(transport: str = "tcp", faults: FaultConfig | None = None, **fw) -> EmulatorServer:
+def serve(transport: str = "tcp", faults: FaultConfig | None = None,
+          busy_poll_s: float = 0.0, **fw) -> EmulatorServer:
     geometry = fw.pop("geometry", GEO)
     firmware = Firmware(make_chip(geometry=geometry), **fw)
     kw = {"pty": True} if transport == "pty" else {"listen": ("127.0.0.1", 0)}
+    kw["busy_poll_s"] = busy_poll_s
     return EmulatorServer(firmware, faults=faults, **kw).start()
 
 
@@ -100,6 +102,19 @@ def test_bit_identical_to_in_process(emu, chip):
                           ref.true_conductance(np.arange(GEO.n_devices)))
     assert fw_chip.counters == ref.counters
     assert fw_chip.clock_s == ref.clock_s
+
+
+def test_busy_polling_on_both_ends_changes_nothing(transport):
+    """The emulator polling without sleeping after each request, and the driver before each
+    read: same answers, same chip."""
+    server = serve(transport, busy_poll_s=0.002)
+    try:
+        ref = make_chip()
+        with FpgaChip(server.url, timeout_s=0.5, busy_poll_s=0.002) as chip:
+            assert_same(workload(ref, steps=3), workload(chip, steps=3))
+        assert server.firmware.chip.counters == ref.counters
+    finally:
+        server.stop()
 
 
 def test_bit_identical_under_link_faults(transport):
@@ -570,11 +585,13 @@ def test_open_fpga_and_backend_url(emu):
 def test_serial_url_options(emu):
     if not emu.url.startswith("/"):
         pytest.skip("serial:// names a device path")
-    with open_fpga(f"serial://{emu.url}?baudrate=115200&timeout=0.7") as chip:
-        assert chip.baudrate == 115200 and chip.timeout_s == 0.7
+    with open_fpga(f"serial://{emu.url}?baudrate=115200&timeout=0.7&busy_poll_us=0") as chip:
+        assert chip.baudrate == 115200 and chip.timeout_s == 0.7 and chip.busy_poll_s == 0
         chip.read(np.arange(3))
     with pytest.raises(LinkError, match="unknown serial:// option"):
         open_fpga(f"serial://{emu.url}?speed=1")
+    with pytest.raises(LinkError, match="bad value 'fast' for serial:// option busy_poll_us"):
+        open_fpga(f"serial://{emu.url}?busy_poll_us=fast")
 
 
 # --- what goes over the wire ------------------------------------------------------------------

@@ -87,6 +87,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="kill this emulator (SIGKILL, no cleanup) right after executing "
                              "the N-th request frame (HELLO included), before its reply is "
                              "sent: for restart tests with --state")
+    p.add_argument("--busy-poll-us", type=non_negative_float, default=1000.0, metavar="US",
+                   help="after each request, poll for the next one without sleeping for this "
+                        "many microseconds (default: 1000; 0: always sleep until data "
+                        "arrives). A sleeping process wakes slowly, which would make the "
+                        "emulator several times slower than the chip it stands for; the cost "
+                        "is one busy core while a client keeps sending")
     p.add_argument("--stats-json", metavar="FILE",
                    help="write counters (faults by kind, commands executed, repeats answered "
                         "from memory, pulses by kind) as JSON at exit and on SIGTERM")
@@ -115,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                                disconnect_every=args.disconnect_every, seed=args.fault_seed,
                                script={args.crash_at: "crash"} if args.crash_at else {}),
             link=LinkModel(baud=args.baud, latency_ms=args.latency_ms),
-            stats_path=args.stats_json)
+            stats_path=args.stats_json, busy_poll_s=args.busy_poll_us / 1e6)
     except OSError as e:
         raise ConfigError(f"cannot listen on {args.listen}: {e}", key="--listen") from None
 
