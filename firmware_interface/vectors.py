@@ -61,7 +61,8 @@ def golden_vectors() -> List[Vector]:
     addr = np.array([0, 1, 2, 5, 1000, 70000, 1048575], dtype=np.uint32)
     dense = np.array([4096, 4097, 4099, 4100, 4101, 4102, 4103, 4104, 4110], dtype=np.uint32)
     v: List[Vector] = [
-        _msg("hello", "HELLO from a host speaking protocol {}.{}".format(*PROTOCOL_VERSION), 0x01020304, Hello()),
+        _msg("hello", "HELLO from a host speaking protocol {}.{}".format(*PROTOCOL_VERSION),
+             0x01020304, Hello()),
         _msg("info_reply", "INFO: 1 x 512 x 2048 simulated chip, 16-bit ADC, full scale 25 uS, "
              "capabilities MATVEC | EXACT_READ | STATE_FILE | SIM_CLOCK | PROGRAM_READ",
              0x01020304, _sample_info()),

@@ -59,6 +59,7 @@ REQUIRED_KEYS = (
 
 #: Networks of the network-size scaling table: layers, init range, β per layer.
 NETWORKS: Dict[str, Tuple[List[int], List[float], List[float]]] = {
+    "784-100-10": ([784, 100, 10], [0.2, 0.3], [0.1, 0.3]),
     "784-250-10": ([784, 250, 10], [0.2, 0.3], [0.1, 0.3]),
     "784-500-10": ([784, 500, 10], [0.2, 0.3], [0.1, 0.3]),
     "784-1000-1000-10": ([784, 1000, 1000, 10], [0.2, 0.1, 0.3], [0.1, 0.1, 0.3]),
@@ -83,12 +84,16 @@ class Plan:
     networks: Tuple[str, ...]
 
 
+#: The network of the device-count series: small enough for the 0.25 M-device chip
+#: (159,020 devices), so one network spans 0.25 M to 4 M devices.
+DEVICE_SERIES_NETWORK = "784-100-10"
+
 PLANS = {
     "full": Plan("full", 10_000, 1_000, 3, 2_000, 10_000, 3, 60_000, 60_000, 3_000,
-                 (1024, 2048, 8192), tuple(NETWORKS)),
+                 (512, 1024, 2048, 8192), ("784-250-10", "784-500-10", "784-1000-1000-10")),
     "quick": Plan("quick", 2_000, 500, 1, 200, 1_000, 1, 1_000, 10_000, 600,
-                  (1024, 2048), ("784-250-10", "784-500-10")),
-    "tiny": Plan("tiny", 300, 100, 1, 30, 200, 1, 200, 2_000, 100, (1024, 2048),
+                  (512, 2048), ("784-250-10", "784-500-10")),
+    "tiny": Plan("tiny", 300, 100, 1, 30, 200, 1, 200, 2_000, 100, (512, 1024),
                  ("784-250-10", "784-500-10")),
 }
 
@@ -319,12 +324,13 @@ def scaling_point(cfg: ExperimentConfig, data: Dataset, steps: int) -> Dict[str,
 
 
 def scaling_tables(plan: Plan, data: Dataset) -> Tuple[List[dict], List[dict]]:
-    """Step time against chip size (network fixed at 784-250-10) and against network size
-    (on the smallest of the 1 M / 4 M chips that holds it)."""
+    """Step time against chip size (network fixed at DEVICE_SERIES_NETWORK) and against
+    network size (on the smallest of the 1 M / 4 M chips that holds it)."""
     by_devices = []
     for cols in plan.device_cols:
-        cfg = bench_config(data.train_x.shape[0], 1, cols=cols)
-        say(f"  chip 1x512x{cols} ({512 * cols / 2**20:.2f} M devices), 784-250-10")
+        cfg = bench_config(data.train_x.shape[0], 1, DEVICE_SERIES_NETWORK, cols=cols)
+        say(f"  chip 1x512x{cols} ({512 * cols / 2**20:.2f} M devices), "
+            f"{DEVICE_SERIES_NETWORK}")
         by_devices.append(scaling_point(cfg, data, plan.scaling_steps))
     by_network = []
     for name in plan.networks:
@@ -481,7 +487,7 @@ def table(r: Dict[str, Any]) -> List[str]:
          cmd),
     ]
     for row in r["scaling_devices"]:
-        rows.append((f"step time, 784-250-10 on a {row['devices'] / 2**20:g} M-device chip "
+        rows.append((f"step time, {row['network']} on a {row['devices'] / 2**20:g} M-device chip "
                      f"({row['chip']}); chip + trainer memory",
                      f"{row['step_us']:,.0f} µs; {row['traced_bytes'] / 2**20:.0f} MiB", "",
                      cmd))

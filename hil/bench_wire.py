@@ -19,8 +19,9 @@ and prints, for each: examples/s (the run's own training clock), the ratio to in
 pulsed device and per read value, taken from the driver's byte counters over the whole run.
 A pulsed device is charged its PROGRAM request + ACK bytes, or the request bytes of a
 PROGRAM_READ (which carries the addresses once for both halves); a read value its READ
-request + reply bytes, or the reply bytes of a PROGRAM_READ. Every emulated run is checked against the
-in-process run (same state digest, same accuracy): a fast wrong answer is not a result.
+request + reply bytes, or the reply bytes of a PROGRAM_READ. Every emulated run is checked
+against the in-process run (same state digest, same accuracy): a fast wrong answer is not a
+result.
 """
 from __future__ import annotations
 
