@@ -30,9 +30,7 @@ def adc_lsb_us(full_scale_us: float) -> float:
 
 def adc_quantise(g_us: np.ndarray, full_scale_us: float) -> np.ndarray:
     """Codes (uint16) of conductances in µS; below 0 reads 0, above full scale saturates."""
-    x = np.asarray(g_us, dtype=np.float64) / adc_lsb_us(full_scale_us)
-    x = np.where(np.isnan(x), 0.0, x)
-    return np.clip(np.rint(x), 0, ADC_CODE_MAX).astype(np.uint16)
+    return _codes(g_us, adc_lsb_us(full_scale_us)).astype(np.uint16)
 
 
 def adc_dequantise(codes: np.ndarray, full_scale_us: float) -> np.ndarray:
@@ -42,4 +40,19 @@ def adc_dequantise(codes: np.ndarray, full_scale_us: float) -> np.ndarray:
 
 def adc_roundtrip(g_us: np.ndarray, full_scale_us: float) -> np.ndarray:
     """What an ADC read of g_us returns, float32 µS: the simulated chip's read path."""
-    return adc_dequantise(adc_quantise(g_us, full_scale_us), full_scale_us)
+    lsb = adc_lsb_us(full_scale_us)
+    codes = _codes(g_us, lsb).astype(np.uint16)
+    return np.multiply(codes, lsb, dtype=np.float64).astype(np.float32)
+
+
+def _codes(g_us: np.ndarray, lsb: float) -> np.ndarray:
+    """round(g / lsb) clipped to 0..ADC_CODE_MAX, NaN to 0, as float64 (a new array).
+
+    fmax/fmin drop a NaN in favour of the bound, so clipping first (then rounding, which
+    keeps integers and order) gives the codes of rint-then-clip in three in-place calls."""
+    x = np.divide(g_us, lsb, dtype=np.float64)
+    if not isinstance(x, np.ndarray):   # 0-d input: a scalar
+        return np.rint(np.fmin(np.fmax(x, 0.0), float(ADC_CODE_MAX)))
+    np.fmax(x, 0.0, out=x)
+    np.fmin(x, float(ADC_CODE_MAX), out=x)
+    return np.rint(x, out=x)

@@ -27,8 +27,11 @@ def sigmoid(a: np.ndarray) -> np.ndarray:
 
 
 def softmax(a: np.ndarray) -> np.ndarray:
-    e = np.exp(a - a.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    # ufunc reductions called directly: the same sums as .max()/.sum(), without the wrappers.
+    e = a - np.maximum.reduce(a, axis=1, keepdims=True)
+    np.exp(e, out=e)
+    e /= np.add.reduce(e, axis=1, keepdims=True)
+    return e
 
 
 @dataclass
@@ -41,7 +44,8 @@ class Gradient:
 
 def active_rows(xb: np.ndarray) -> np.ndarray:
     """Indices of the inputs that are non-zero in any example of the batch."""
-    return np.flatnonzero(xb[0] if xb.shape[0] == 1 else xb.any(axis=0))
+    # nonzero() of a bool array is cheaper than of the float row (same indices).
+    return ((xb[0] != 0) if xb.shape[0] == 1 else xb.any(axis=0)).nonzero()[0]
 
 
 class HostMatmul:
@@ -53,7 +57,7 @@ class HostMatmul:
     def forward(self, layer: int, a_in: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         """a_in @ W[rows] (all rows when rows is None)."""
         w = self.weights[layer]
-        return a_in @ (w if rows is None else np.take(w, rows, axis=0))  # take: no copy checks
+        return a_in @ (w if rows is None else w.take(rows, axis=0))  # take: no copy checks
 
     def backward(self, layer: int, delta: np.ndarray) -> np.ndarray:
         """delta @ W[:-1].T: the error sent back through the layer (bias row excluded)."""
@@ -68,34 +72,60 @@ def train_step(weights: Sequence[np.ndarray], xb: np.ndarray, yb: np.ndarray,
     Returns the summed loss, the number of correct predictions and the per-layer updates
     (already scaled by -lr). The weights are not modified. `matmul` computes the weighted
     sums (default: on the host from `weights`; the trainer passes the chip's in chip mode).
+
+    Batch 1 is the training loop's case and a step is a few dozen small numpy calls, so
+    the code avoids calls that do no arithmetic (concatenations, fancy indexing of one
+    element); every number is computed by the same operations as the textbook formulas.
     """
     mm = matmul or HostMatmul(weights)
+    n = xb.shape[0]
     rows0 = active_rows(xb)
-    acts = [np.take(xb, rows0, axis=1)]
+    acts = [xb.take(rows0, axis=1)]
     a = mm.forward(0, acts[0], rows0)
     for layer in range(1, len(weights)):
-        h = sigmoid(a)
-        acts.append(np.concatenate([h, np.ones((h.shape[0], 1), F32)], axis=1))
-        a = mm.forward(layer, acts[-1], None)
+        h = np.empty((n, a.shape[1] + 1), F32)   # the activations and the bias input 1.0
+        _sigmoid(a, out=h[:, :-1])
+        h[:, -1] = 1.0
+        acts.append(h)
+        a = mm.forward(layer, h, None)
     p = softmax(a)
-    n = xb.shape[0]
-    idx = np.arange(n)
-    loss = float(-np.log(np.maximum(p[idx, yb], 1e-30)).sum())
-    correct = int((p.argmax(axis=1) == yb).sum())
-    delta = p
-    delta[idx, yb] -= 1.0
     scale = F32(-lr)
+    if n == 1:
+        y = int(yb[0])
+        loss = -float(np.log(np.maximum(p[0, y:y + 1], 1e-30))[0])   # a sum of one term
+        correct = int(int(p[0].argmax()) == y)
+        delta = p
+        delta[0, y] -= 1.0
+    else:
+        idx = np.arange(n)
+        loss = float(-np.log(np.maximum(p[idx, yb], 1e-30)).sum())
+        correct = int((p.argmax(axis=1) == yb).sum())
+        delta = p
+        delta[idx, yb] -= 1.0
     grads: List[Gradient] = []
     for layer in range(len(weights) - 1, -1, -1):
         a, d = acts[layer], delta * scale
-        # One example: an outer product by broadcasting (a rank-1 matmul costs more).
+        # One example: an outer product, which np.dot hands to BLAS (sgemm, inner dimension
+        # 1) in half the time of broadcasting; matmul takes a slow non-BLAS path there. Each
+        # entry is the one product a_i·d_j rounded once, as broadcasting gives, except that a
+        # -0.0 product comes out +0.0. No sum the update enters can tell: χ and the weights
+        # never hold -0.0 (they start at +0.0 or away from zero; x + y is -0.0 only when x
+        # and y are), and x + 0.0 == x + (-0.0) for every other x.
         grads.append(Gradient(rows0 if layer == 0 else None,
-                              a[0][:, None] * d[0] if n == 1 else a.T @ d))
+                              np.dot(a.T, d) if n == 1 else a.T @ d))
         if layer:
             h = acts[layer][:, :-1]
             delta = mm.backward(layer, delta) * h * (1.0 - h)
     grads.reverse()
     return loss, correct, grads
+
+
+def _sigmoid(a: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """sigmoid(a) written into `out`: the same operations as `sigmoid`, no temporaries."""
+    t = np.negative(a)
+    np.exp(t, out=t)
+    t += 1.0
+    return np.divide(1.0, t, out=out)
 
 
 def predict(weights: Sequence[np.ndarray], x: np.ndarray, chunk: int = 2000) -> np.ndarray:

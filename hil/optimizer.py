@@ -24,6 +24,8 @@ class PulsePlan:
     flat: np.ndarray        # int64 flat weight indices
     n: np.ndarray           # uint8/int pulse counts, >= 1
     positive: np.ndarray    # bool: True → G+, False → G-
+    #: float32 ±n·ε_w, what was taken out of χ (None: compute it from n and positive)
+    nominal: np.ndarray | None = None
 
 
 class MixedPrecisionOptimizer:
@@ -36,30 +38,46 @@ class MixedPrecisionOptimizer:
         self.max_pulses = int(max_pulses)
 
     def accumulate(self, layer: int, grad: Gradient) -> PulsePlan:
-        """Add the update to χ and take out the pulses it now calls for."""
+        """Add the update to χ and take out the pulses it now calls for.
+
+        Most steps pulse a handful of weights or none, so after the pass over the block
+        (add, |χ|, compare) the rest works on the hits only, in as few numpy calls as the
+        arithmetic allows."""
         chi = self.chi[layer]
         eps = self.eps_w[layer]
-        n_out = chi.shape[1]
-        if grad.rows is None:
+        rows = grad.rows
+        if rows is None:
             chi += grad.update
             block = chi
         else:
-            block = np.take(chi, grad.rows, axis=0)   # faster than fancy indexing
+            block = chi.take(rows, axis=0)   # faster than fancy indexing
             block += grad.update
         flat_block = block.reshape(-1)
         mag = np.abs(flat_block)
-        hit = np.flatnonzero(mag >= eps)
-        if grad.rows is None:
+        hit = (mag >= eps).nonzero()[0]
+        if hit.size == 0:
+            if rows is not None:
+                chi[rows] = block
+            return PulsePlan(hit, np.empty(0, np.int64), np.empty(0, bool), np.empty(0, F32))
+        v = flat_block[hit]
+        p = mag[hit]
+        p /= eps
+        np.floor(p, out=p)
+        np.minimum(p, F32(self.max_pulses), out=p)
+        positive = v > 0
+        # ±p·ε. With ε > 0, |v| >= ε: v is never ±0, and copysign is where(v > 0, p, -p).
+        nominal = np.copysign(p, v) if eps > 0 else np.where(positive, p, -p)
+        nominal *= eps
+        flat_block[hit] = v - nominal
+        if rows is None:
             flat = hit
         else:
-            flat = grad.rows[hit // n_out] * n_out + hit % n_out
-        v = flat_block[hit]
-        p = np.minimum(np.floor(mag[hit] / eps), self.max_pulses).astype(F32)
-        positive = v > 0
-        flat_block[hit] = v - np.where(positive, p, -p) * eps
-        if grad.rows is not None:
-            chi[grad.rows] = block
-        return PulsePlan(flat.astype(np.int64), p.astype(np.int64), positive)
+            chi[rows] = block
+            q, r = np.divmod(hit, chi.shape[1])
+            flat = np.multiply(rows[q], chi.shape[1], dtype=np.int64)
+            flat += r
+        return PulsePlan(flat.astype(np.int64, copy=False), p.astype(np.int64), positive,
+                         nominal)
 
 
 def refresh_candidates(gp: np.ndarray, gm: np.ndarray, cfg: RefreshConfig) -> np.ndarray:

@@ -116,11 +116,24 @@ class _Layer:
         self.np_.reshape(-1)[flat] = 0
         self.nm.reshape(-1)[flat] = 0
 
-    def update_cache(self, flat: np.ndarray, positive: np.ndarray, values: np.ndarray) -> None:
+    def addresses(self, flat: np.ndarray, positive: np.ndarray) -> np.ndarray:
+        """The device each weight's pulses go to: G+ where positive, else G-."""
+        return np.where(positive, self.plus.reshape(-1)[flat], self.minus.reshape(-1)[flat])
+
+    def update_cache(self, flat: np.ndarray, positive: np.ndarray,
+                     values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Store read-back values of the G+ (positive) or G- devices of weights `flat`
+        (unique) and recompute those weights; returns their weights before and after."""
         gp, gm, w = self.gp.reshape(-1), self.gm.reshape(-1), self.w.reshape(-1)
-        gp[flat[positive]] = values[positive]
-        gm[flat[~positive]] = values[~positive]
-        w[flat] = self.beta * (gp[flat] - gm[flat])
+        gp_f = np.where(positive, values, gp[flat])
+        gm_f = np.where(positive, gm[flat], values)
+        gp[flat] = gp_f
+        gm[flat] = gm_f
+        w_before = w[flat]
+        w_after = gp_f - gm_f
+        w_after *= self.beta
+        w[flat] = w_after
+        return w_before, w_after
 
 
 class ChipMatmul(network.HostMatmul):
@@ -240,30 +253,34 @@ class MixedPrecisionTrainer:
         plans = [self.optimizer.accumulate(i, g) for i, g in enumerate(grads)]
         if self.cfg.optimizer.chi_update is ChiUpdate.EXPECTED:
             self._expected_correction(plans)
-        addrs, counts = [], []
-        for layer, plan in zip(self.layers, plans):
-            addrs.append(np.where(plan.positive, layer.plus.reshape(-1)[plan.flat],
-                                  layer.minus.reshape(-1)[plan.flat]))
-            counts.append(plan.n)
-        addr = np.concatenate(addrs)
+        # Layers without pulses (most steps leave one or both alone) cost no numpy calls.
+        pulsed = [(i, layer, plan) for i, (layer, plan) in enumerate(zip(self.layers, plans))
+                  if plan.flat.size]
         pulses = 0
-        if addr.size:
-            n = np.concatenate(counts)
+        if pulsed:
+            if len(pulsed) == 1:
+                _, layer, plan = pulsed[0]
+                addr, n = layer.addresses(plan.flat, plan.positive), plan.n
+            else:
+                addr = np.concatenate([layer.addresses(plan.flat, plan.positive)
+                                       for _, layer, plan in pulsed])
+                n = np.concatenate([plan.n for _, _, plan in pulsed])
             pulses = int(n.sum())
             values = self.io.program_read(addr, n, DEFAULT_SET, "update", "readback")
             measured = self.cfg.optimizer.chi_update is ChiUpdate.MEASURED
             pos = 0
-            for i, (layer, plan) in enumerate(zip(self.layers, plans)):
+            for i, layer, plan in pulsed:
                 k = plan.flat.size
-                if measured:
-                    w_before = layer.w.reshape(-1)[plan.flat]
-                layer.update_cache(plan.flat, plan.positive, values[pos:pos + k])
+                w_before, w_after = layer.update_cache(plan.flat, plan.positive,
+                                                       values[pos:pos + k])
                 if measured:
                     # χ already lost the nominal ±p·ε; trade it for the change the chip made.
-                    eps = self.optimizer.eps_w[i]
-                    nominal = np.where(plan.positive, plan.n, -plan.n).astype(F32) * eps
-                    self.optimizer.chi[i].reshape(-1)[plan.flat] += \
-                        nominal - (layer.w.reshape(-1)[plan.flat] - w_before)
+                    nominal = plan.nominal
+                    if nominal is None:
+                        eps = self.optimizer.eps_w[i]
+                        nominal = np.where(plan.positive, plan.n, -plan.n).astype(F32) * eps
+                    w_after -= w_before   # now the change the chip made
+                    self.optimizer.chi[i].reshape(-1)[plan.flat] += nominal - w_after
                 pos += k
         refreshed = 0
         period = self.cfg.optimizer.refresh.period_steps

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -33,6 +33,14 @@ from sim_backend.pcm_model import PcmModel
 
 STATE_BYTES_PER_DEVICE = 16
 STATE_FORMAT = "pcm-hil-sim-state/1"
+_U64_16 = np.array(16, dtype=np.uint64)
+_U16_ONE = np.array(1, dtype=np.uint16)
+_U16_MAX = np.iinfo(np.uint16).max
+#: A SET batch of at most this many (device, pulse) slots draws for every device at every
+#: pulse index (fewest numpy calls); a larger one only for the pulses it applies (least work).
+_DENSE_SET_DRAWS = 4096
+#: Batches above this size first try the sorted-order uniqueness check (one pass, no sort).
+_SORTED_CHECK_MIN = 1024
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,25 @@ class SimLimits:
 
     def as_dict(self) -> Dict[str, float]:
         return {k: float(v) for k, v in self.__dict__.items()}
+
+
+def _check_unique(addr: np.ndarray, command: str) -> bool:
+    """check_unique, without its sort for a large batch in increasing order (a full read of
+    the mapped devices): strictly increasing addresses are unique. True when the batch was
+    found to be in increasing order."""
+    if addr.size > _SORTED_CHECK_MIN and bool((addr[1:] > addr[:-1]).all()):
+        return True
+    check_unique(addr, command=command)
+    return False
+
+
+def _state_index(addr: np.ndarray, increasing: bool) -> np.ndarray | slice:
+    """How to index the per-device state arrays with a checked batch: a run of consecutive
+    addresses (the mapped devices of a full read) as a slice, whose views need no gathers;
+    any other batch as intp (numpy indexes with intp several times faster)."""
+    if increasing and int(addr[-1]) - int(addr[0]) + 1 == addr.size:
+        return slice(int(addr[0]), int(addr[-1]) + 1)
+    return addr.astype(np.intp)
 
 
 class SimulatedChip(ChipBackend):
@@ -103,10 +130,9 @@ class SimulatedChip(ChipBackend):
 
     def read(self, addresses: np.ndarray) -> np.ndarray:
         addr = self._check(addresses, "READ")
-        check_unique(addr, command="READ")
+        idx = _state_index(addr, _check_unique(addr, "READ"))
         self._advance(self.timing.command_s + self.timing.read_s * addr.size)
-        return adc_roundtrip(self._noisy_read(addr.astype(np.intp)),
-                             adc_full_scale_us(self.model.g_max_us))
+        return adc_roundtrip(self._noisy_read(addr, idx), self._adc_full_scale)
 
     def read_exact(self, addresses: np.ndarray) -> np.ndarray:
         addr = self._check(addresses, "READ_EXACT")
@@ -117,22 +143,77 @@ class SimulatedChip(ChipBackend):
         addr = self._check(addresses, cmd)
         n = check_pulse_counts(addr, n_pulses, self.limits.max_pulses_per_device, cmd)
         self._check_pulse(pulse, cmd)
-        check_unique(addr, command=cmd)
+        _check_unique(addr, cmd)
         if n.size and n.min() == 0:
             keep = n > 0
             addr, n = addr[keep], n[keep]
         n = n.astype(np.int64, copy=False)
-        self._advance(self.timing.command_s + self.timing.pulse_s * float(n.sum()))
+        total = int(n.sum())
+        self._advance(self.timing.command_s + self.timing.pulse_s * float(total))
         if addr.size == 0:
             return
         addr = addr.astype(np.intp)   # numpy indexes with intp several times faster
         if pulse.kind is PulseKind.SET:
-            self._apply_set(addr, n)
-            self.counters["set_pulses"] += int(n.sum())
+            ev, nset = self._pulse_ev[addr], self._n_set[addr].astype(np.int64)
+            g, _ = self._set_levels(addr, n, ev, nset)
+            self._g[addr] = g
+            self._n_set[addr] = np.minimum(nset + n, _U16_MAX)
+            self._after_pulse(addr, n, ev)
+            self.counters["set_pulses"] += total
         else:
             self._apply_reset(addr, n)
-            self.counters["reset_pulses"] += int(n.sum())
+            self.counters["reset_pulses"] += total
         self._unstick(addr)
+
+    def program_read(self, addresses: np.ndarray, n_pulses: np.ndarray,
+                     pulse: PulseSpec) -> np.ndarray:
+        """program() then read() of the same devices, in one pass over the chip state.
+
+        The training step reads back exactly the devices it pulses, a handful per step, so
+        the cost is per numpy call: here the batch is checked once, each state array gathered
+        and scattered once, and the SET and read-noise draws hashed together. Values,
+        counters and the simulated clock (two commands, two advances) are exactly those of
+        program() followed by read(); RESET batches and batches with zero pulse counts take
+        that path itself.
+        """
+        cmd = "PROGRAM_" + pulse.kind.name
+        addr = self._check(addresses, cmd)
+        n = check_pulse_counts(addr, n_pulses, self.limits.max_pulses_per_device, cmd)
+        self._check_pulse(pulse, cmd)
+        _check_unique(addr, cmd)
+        if pulse.kind is not PulseKind.SET or np.count_nonzero(n) != addr.size or not addr.size:
+            self.program(addr, n, pulse)   # RESET, zero counts, nothing: the general path
+            return self.read(addr)
+        n = n.astype(np.int64, copy=False)
+        total = int(np.add.reduce(n))
+        timing = self.timing
+        self._advance(timing.command_s + timing.pulse_s * float(total))
+        t_prog = np.float32(self.clock_s)
+        a = addr.astype(np.intp)
+        ev = self._pulse_ev[a]
+        ev_after = ev + n.astype(np.uint32)   # wraps as the stored uint32 counter does
+        # Just pulsed: each device's read count restarts at 0, the read-noise key of (events, 0).
+        read_key = ev_after.astype(np.uint64) << _U64_16 if self.model.has_read_noise \
+            else None
+        nset = self._n_set[a].astype(np.int64)
+        g, z_read = self._set_levels(a, n, ev, nset, read_key, 1 if total == a.size else None)
+        self._stuck_levels(a, g)
+        self.counters["set_pulses"] += total
+        self._g[a] = g
+        self._n_set[a] = np.minimum(nset + n, _U16_MAX)
+        self._pulse_ev[a] = ev_after
+        self._t_prog[a] = t_prog
+        self._advance(timing.command_s + timing.read_s * a.size)
+        self._reads[a] = 1
+        self.counters["reads"] += int(a.size)
+        g64 = g.astype(np.float64)
+        if self.model.has_drift:
+            dt = self.clock_s - float(t_prog)   # one programming time for the whole batch
+            if dt > self.model.drift.t0_s:
+                self._apply_drift(a, g64, np.full(a.size, dt))
+        if z_read is not None:
+            g64 = self.model.add_read_noise(g64, z_read)
+        return adc_roundtrip(g64, self._adc_full_scale)
 
     def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
         block, xv = matvec_operands(addresses, x)
@@ -204,8 +285,8 @@ class SimulatedChip(ChipBackend):
         if self._closed:
             raise ChipError("chip is closed", command=command)
         if isinstance(addresses, np.ndarray) and addresses.dtype == ADDRESS_DTYPE \
-                and addresses.ndim == 1 and (addresses.size == 0
-                                             or addresses.max() < self.geometry.n_devices):
+                and addresses.ndim == 1 and (addresses.size == 0 or np.maximum.reduce(
+                    addresses) < self.geometry.n_devices):
             return addresses   # the common, valid case without copies
         return self.geometry.check(addresses, command=command)
 
@@ -224,66 +305,115 @@ class SimulatedChip(ChipBackend):
         self.counters["commands"] += 1
         self.clock_s += seconds
 
-    def _apply_set(self, addr: np.ndarray, n: np.ndarray) -> None:
-        # Devices sorted by pulse count, most first: the devices still receiving their k-th
-        # pulse are then a prefix, and every draw of the command comes from one hash call.
-        if n.max() == 1:   # the common case: one pulse each, no ordering needed
-            a, nn, live = addr, n, [addr.size]
-            g = self._g[a]
-            ev = self._pulse_ev[a].astype(np.uint64)
-            nset = self._n_set[a].astype(np.int64)
-            z_all = crng.normal(crng.hash_key(self.seed, Stream.SET, a, ev))
-        else:
+    def _set_levels(self, a: np.ndarray, n: np.ndarray, ev: np.ndarray, nset: np.ndarray,
+                    read_key: np.ndarray | None = None, k_max: int | None = None
+                    ) -> Tuple[np.ndarray, np.ndarray | None]:
+        """Conductances (float32, in the order of `a`) after n[i] >= 1 SET pulses on device
+        a[i], whose pulse count is ev[i] and SET count (int64) nset[i]; and, given `read_key`,
+        the read-noise draws of the read that follows (hashed in the same pass, so they are
+        the draws read() would make).
+
+        The k-th pulse of device i draws with counter ev[i] + k; every draw of the command
+        comes from one hash pass. A small batch draws for every device at every k up to the
+        largest count (a device with fewer pulses ignores the rest: draws are pure functions
+        of their keys), which costs fewest numpy calls; a large one sorts its devices by pulse
+        count so that only live devices are drawn for and computed. `k_max` is n.max() when
+        the caller knows it.
+        """
+        size = a.size
+        if k_max is None:
+            k_max = int(n.max())
+        if k_max > 1 and size * k_max > _DENSE_SET_DRAWS:
             order = np.argsort(-n, kind="stable")
-            a, nn = addr[order], n[order]
-            g = self._g[a]
-            ev = self._pulse_ev[a].astype(np.uint64)
-            nset = self._n_set[a].astype(np.int64)
-            live = np.searchsorted(-nn, -np.arange(1, int(nn[0]) + 1), side="right")
-            ctr = np.concatenate([ev[:m] + np.uint64(k) for k, m in enumerate(live)])
-            z_all = crng.normal(crng.hash_key(self.seed, Stream.SET,
-                                              np.concatenate([a[:m] for m in live]), ctr))
-        spread = self.model.variability.set_mean_rel_std
-        scale = 1.0 + spread * crng.normal(crng.hash_key(self.seed, Stream.D2D, a)) \
-            if spread else np.ones(1)
-        pos = 0
-        for k, m in enumerate(live):
+            s_a, s_n = a[order], n[order]
+            live = np.searchsorted(-s_n, -np.arange(1, k_max + 1), side="right")
+            ev64 = ev[order].astype(np.uint64)
+            parts: list = [(Stream.SET, s_a[:m], ev64[:m] + np.uint64(k))
+                           for k, m in enumerate(live)]
+            z, scale, z_read = self._draws(parts, s_a, read_key, a)
+            g, nset = self._g[s_a], nset[order]
+            pos = 0
+            for k, m in enumerate(live):
+                g[:m] = self.model.set_pulse_counted(
+                    g[:m], nset[:m] + (k + 1), z[pos:pos + m],
+                    scale[:m] if isinstance(scale, np.ndarray) else scale)
+                pos += m
+            out = np.empty_like(g)
+            out[order] = g
+            return out, z_read
+        parts = [(Stream.SET, a, ev)]
+        if k_max > 1:
+            ev64 = ev.astype(np.uint64)
+            parts += [(Stream.SET, a, ev64 + np.uint64(k)) for k in range(1, k_max)]
+        z, scale, z_read = self._draws(parts, a, read_key, a)
+        g = self._g[a]
+        for k in range(k_max):
             # Stored state is float32: round after every pulse, so n pulses in one command
             # equal n commands of one pulse bit for bit.
-            g[:m] = self.model.set_pulse(g[:m], nset[:m] + k + 1, z_all[pos:pos + m],
-                                         scale[:m] if spread else 1.0)
-            pos += m
-        self._g[a] = g
-        self._n_set[a] = np.minimum(nset + nn, np.iinfo(np.uint16).max)
-        self._after_pulse(a, nn)
+            g_next = self.model.set_pulse_counted(g, nset + (k + 1),
+                                                  z[k * size:(k + 1) * size], scale)
+            if k == 0:   # every device gets its first pulse
+                g[...] = g_next
+            else:
+                np.copyto(g, g_next, casting="same_kind", where=n > k)
+        return g, z_read
+
+    def _draws(self, set_parts: list, a_set: np.ndarray, read_key: np.ndarray | None,
+               a_read: np.ndarray) -> Tuple[np.ndarray, np.ndarray | float, np.ndarray | None]:
+        """One hash pass for a SET command's draws: the SET parts, the device-to-device
+        scale of devices `a_set` (1.0 without spread) and, given `read_key`, the read-noise
+        draws of devices `a_read`. Returns (SET draws, scale, read draws)."""
+        spread = self.model.variability.set_mean_rel_std
+        parts = list(set_parts)
+        if spread:
+            parts.append((Stream.D2D, a_set, 0))
+        if read_key is not None:
+            parts.append((Stream.READ, a_read, read_key))
+        z = crng.normal(crng.hash_parts(self.seed, parts))
+        n_set = z.size - (a_set.size if spread else 0) \
+            - (a_read.size if read_key is not None else 0)
+        scale: np.ndarray | float = 1.0
+        if spread:
+            scale = 1.0 + spread * z[n_set:n_set + a_set.size]
+        return z, scale, (z[z.size - a_read.size:] if read_key is not None else None)
 
     def _apply_reset(self, addr: np.ndarray, n: np.ndarray) -> None:
         # Repeated RESETs each melt-quench anew: only the last one's draw survives.
-        last = self._pulse_ev[addr].astype(np.uint64) + n.astype(np.uint64) - 1
+        ev = self._pulse_ev[addr]
+        last = ev.astype(np.uint64) + n.astype(np.uint64) - 1
         z = crng.normal(crng.hash_key(self.seed, Stream.RESET, addr, last))
         self._g[addr] = self.model.reset_level(z)
         self._n_set[addr] = 0
-        self._after_pulse(addr, n)
+        self._after_pulse(addr, n, ev)
 
-    def _after_pulse(self, addr: np.ndarray, n: np.ndarray) -> None:
-        self._pulse_ev[addr] += n.astype(np.uint32)
+    def _after_pulse(self, addr: np.ndarray, n: np.ndarray, ev: np.ndarray) -> None:
+        """Book n pulses on each device (`ev`: its pulse count before them)."""
+        self._pulse_ev[addr] = ev + n.astype(np.uint32)
         self._reads[addr] = 0
         self._t_prog[addr] = np.float32(self.clock_s)
 
     def _unstick(self, addr: np.ndarray) -> None:
         """Stuck devices ignore pulses: put their fixed conductance back."""
-        for stuck, level in ((self._stuck_low, self.model.g_min_us),
-                             (self._stuck_high, self.model.variability.stuck_high_us)):
-            if stuck.size:
-                hit = addr[np.isin(addr, stuck, assume_unique=True)]
-                self._g[hit] = level
+        for stuck, level in self._stuck:
+            hit = addr[np.isin(addr, stuck, assume_unique=True)]
+            self._g[hit] = level
 
-    def _drifted(self, addr: np.ndarray) -> np.ndarray:
-        g = self._g[addr].astype(np.float64)
+    def _stuck_levels(self, addr: np.ndarray, g: np.ndarray) -> None:
+        """_unstick on a batch's new conductances `g` before they are stored."""
+        for stuck, level in self._stuck:
+            g[np.isin(addr, stuck, assume_unique=True)] = level
+
+    def _drifted(self, addr: np.ndarray, idx: np.ndarray | slice | None = None) -> np.ndarray:
+        """Drifted float64 conductances of devices `addr` (state indexed by `idx`)."""
+        idx = addr if idx is None else idx
+        g = self._g[idx].astype(np.float64)
         if not self.model.has_drift:
             return g
+        return self._apply_drift(addr, g, self.clock_s - self._t_prog[idx].astype(np.float64))
+
+    def _apply_drift(self, addr: np.ndarray, g: np.ndarray, dt: np.ndarray) -> np.ndarray:
+        """Drift g (float64, in place) of devices programmed dt seconds ago."""
         d = self.model.drift
-        dt = self.clock_s - self._t_prog[addr].astype(np.float64)
         old = np.flatnonzero(dt > d.t0_s)   # drift starts t0 after programming
         if old.size:
             z = crng.normal(crng.hash_key(self.seed, Stream.NU, addr[old])) \
@@ -291,16 +421,32 @@ class SimulatedChip(ChipBackend):
             g[old] *= self.model.drift_factor(dt[old], self.model.nu(z))
         return g
 
-    def _noisy_read(self, addr: np.ndarray) -> np.ndarray:
-        g = self._drifted(addr)
+    def _noisy_read(self, addr: np.ndarray, idx: np.ndarray | slice | None = None
+                    ) -> np.ndarray:
+        """What reads of devices `addr` (state indexed by `idx`) measure, float64."""
+        idx = addr if idx is None else idx
+        g = self._drifted(addr, idx)
         self.counters["reads"] += int(addr.size)
+        reads = self._reads[idx]
         if self.model.has_read_noise:
-            key = (self._pulse_ev[addr].astype(np.uint64) << np.uint64(16)) \
-                | self._reads[addr].astype(np.uint64)
+            key = self._pulse_ev[idx].astype(np.uint64)
+            key <<= _U64_16
+            key |= reads
             g = self.model.add_read_noise(g, crng.normal(
                 crng.hash_key(self.seed, Stream.READ, addr, key)))
-        self._reads[addr] += np.uint16(1)
+        self._reads[idx] = reads + _U16_ONE   # uint16: wraps as += did
         return g
+
+    @property
+    def _adc_full_scale(self) -> float:
+        return adc_full_scale_us(self.model.g_max_us)
+
+    @property
+    def _stuck(self) -> List[Tuple[np.ndarray, float]]:
+        """(addresses, fixed conductance) of each non-empty kind of stuck device."""
+        return [(stuck, level) for stuck, level in
+                ((self._stuck_low, self.model.g_min_us),
+                 (self._stuck_high, self.model.variability.stuck_high_us)) if stuck.size]
 
     @property
     def stuck_devices(self) -> np.ndarray:
