@@ -3,8 +3,11 @@
 `RunLogWriter` is the Recorder the trainer writes through; `RunLog` is the analyst's reader.
 
 Why it is built this way:
-- Events are buffered in numpy arrays and appended in bulk at each commit, because a per-event
-  HDF5 call would cost more than the training step it records.
+- Events are buffered in memory and appended in bulk at each commit, because a per-event
+  HDF5 call would cost more than the training step it records. A typical step sends one or
+  two commands of 1-10 devices, so the fixed cost per hook call is what counts: a command is
+  buffered as one list holding its batch row and the bytes it journals, and turned into
+  columns at commit.
 - The file is written in SWMR mode (HDF5 single-writer/multiple-reader). SWMR orders metadata
   writes so that the file on disk is a consistent HDF5 file at every instant, which is what
   lets a run killed with SIGKILL (or a reader attached while it runs) open the file. A plain
@@ -33,7 +36,9 @@ import struct
 import subprocess
 import sys
 import time
+from array import array
 from dataclasses import dataclass
+from itertools import chain
 from importlib import metadata as _metadata
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -85,10 +90,23 @@ _J_READ = struct.Struct("<BqqBqq")           # 3, seq, step, purpose, wire_seq, 
 _J_VALUES = struct.Struct("<Bqq")            # 4, seq, count (then float32[count])
 NAME_BYTES = 64          # metric names (fixed-length, SWMR cannot grow variable-length data)
 PURPOSE_BYTES = 32
-EVENT_CHUNK = 1 << 14    # rows per chunk of the event tables (a commit recompresses the
+EVENT_CHUNK = 1 << 12    # rows per chunk of the event tables (a commit recompresses the
 BATCH_CHUNK = 1 << 10    # last, partial chunk of every column: small chunks keep that cheap)
 SNAPSHOT_CHUNK = 1 << 16  # devices per chunk of a snapshot row
 _I32 = (-(1 << 31), (1 << 31) - 1)
+_U32 = np.dtype("<u4")
+_U16 = np.dtype("<u2")
+_F32 = np.dtype("<f4")
+#: Up to this many devices, integer arrays are range-checked and packed through
+#: array.array (whose stores overflow outside the type's range): ~0.3 µs against ~2 µs for
+#: the numpy min()/max() reductions. Needs a little-endian host with 2- and 4-byte H and I.
+_SMALL = 256
+_NATIVE_ARRAY = (sys.byteorder == "little" and array("H").itemsize == 2
+                 and array("I").itemsize == 4)
+#: The dtypes the trainer's addresses and pulse counts come in, for identity tests in the
+#: hooks' fast paths (anything else takes the general path, which gives the same bytes).
+_U32_FAST = np.dtype(np.uint32) if sys.byteorder == "little" else None
+_I64_FAST = np.dtype(np.int64) if _NATIVE_ARRAY else None
 
 
 class RunLogError(HilError):
@@ -139,61 +157,115 @@ def _filter_kwargs(name: Optional[str]) -> Dict[str, Any]:
 
 
 # --- write side --------------------------------------------------------------------------------
-class _Table:
-    """An append-only struct-of-arrays table: an in-memory buffer plus its HDF5 datasets."""
+_h5s: Any = None   # h5py.h5s, imported at first use (importing hil.run_log stays cheap)
 
-    def __init__(self, group: Any, columns: Sequence[Column], chunk: int,
-                 capacity: int = 1024) -> None:
-        self.columns = tuple(columns)
-        self.datasets = {}
-        for c in self.columns:
-            self.datasets[c.name] = group.create_dataset(
-                c.name, shape=(0,), maxshape=(None,), dtype=c.dtype, chunks=(chunk,),
-                **_filter_kwargs(c.filter))
-        self.buf = {c.name: np.empty(capacity, dtype=c.dtype) for c in self.columns}
-        self.cap = capacity
-        self.rows = 0   # rows on disk
-        self.n = 0      # rows buffered
+
+def _import_h5s() -> Any:
+    """h5py's dataspace module (h5py itself is imported lazily, like everywhere here)."""
+    global _h5s
+    from h5py import h5s
+    _h5s = h5s
+    return h5s
+
+
+def _extend(dsid: Any, row: int, data: np.ndarray, width: Optional[int] = None) -> None:
+    """Write `data` at `row` of a dataset (h5py DatasetID), growing it to `row + len(data)`
+    rows (of `width` columns, for a 2-D dataset; `data` may fill fewer of them).
+
+    Through h5py's low-level calls, with the extent known: the high-level `resize` + slice
+    assignment costs ~40 µs more per column, and a commit writes some 25 columns."""
+    h5s = _h5s or _import_h5s()
+    data = np.ascontiguousarray(data)
+    n = data.shape[0]
+    dsid.set_extent((row + n,) if width is None else (row + n, width))
+    fspace = dsid.get_space()
+    fspace.select_hyperslab((row,) + (0,) * (data.ndim - 1), data.shape)
+    dsid.write(h5s.create_simple(data.shape), fspace, data)
+
+
+class _CommandTable:
+    """The two tables of one command type (/reads or /pulses): `batches`, one row per
+    command, and `events`, one row per device, both struct-of-arrays and append-only.
+
+    A command is buffered as one Python list: its batch row followed by the bytes of its two
+    per-device event columns (`per_device`, in their stored dtypes; the same bytes the
+    journal gets, and immutable, so a caller reusing its arrays cannot change what is
+    logged). The event columns a command shares by all its devices (step, purpose, kind)
+    are its batch row's, repeated `count` times at write. A command thus costs one list
+    append, where per-column numpy stores cost ~1 µs each, which dominated the logging of a
+    typical 1-10 device step."""
+
+    def __init__(self, group: Any, batch_columns: Sequence[Column],
+                 event_columns: Sequence[Column], per_device: Tuple[str, str]) -> None:
+        self.batch_columns = tuple(batch_columns)
+        self.event_columns = tuple(event_columns)
+        bnames = [c.name for c in self.batch_columns]
+        nb = len(bnames)
+        self.batch_dtypes = [np.dtype(c.dtype) for c in self.batch_columns]
+        self.event_dtypes = [np.dtype(c.dtype) for c in self.event_columns]
+        #: where each event column comes from: ("device", field) or ("batch", field)
+        self.event_source = [("device", nb + per_device.index(c.name))
+                             if c.name in per_device else ("batch", bnames.index(c.name))
+                             for c in self.event_columns]
+        self.count_field = bnames.index("count")
+        self.index = {name: i for i, name in enumerate(bnames)}
+        self.batch_ds = self._create(group.create_group("batches"), self.batch_columns,
+                                     BATCH_CHUNK)
+        self.event_ds = self._create(group.create_group("events"), self.event_columns,
+                                     EVENT_CHUNK)
+        self.batch_ids = [ds.id for ds in self.batch_ds]
+        self.event_ids = [ds.id for ds in self.event_ds]
+        self.pending: List[list] = []
+        self.batch_rows = 0   # on disk
+        self.event_rows = 0   # on disk
+        self.n = 0            # events buffered
+
+    @staticmethod
+    def _create(group: Any, columns: Sequence[Column], chunk: int) -> List[Any]:
+        return [group.create_dataset(c.name, shape=(0,), maxshape=(None,), dtype=c.dtype,
+                                     chunks=(chunk,), **_filter_kwargs(c.filter))
+                for c in columns]
 
     @property
-    def total(self) -> int:
-        return self.rows + self.n
-
-    def append(self, k: int, **columns: Any) -> int:
-        """Buffer k rows (each column an array of k values or a scalar); returns the row
-        number on disk the first of them will have."""
-        i = self.n
-        if i + k > self.cap:
-            self.grow(k)
-        for name, values in columns.items():
-            self.buf[name][i:i + k] = values
-        self.n = i + k
-        return self.rows + i
-
-    def buffered(self, column: str, k: int) -> np.ndarray:
-        """The last k buffered values of a column (as stored, in the column's dtype)."""
-        return self.buf[column][self.n - k:self.n]
-
-    def grow(self, k: int) -> None:
-        """Make room for k more buffered rows (callers check `n + k > cap` first)."""
-        cap = max(self.n + k, 2 * self.cap)
-        for name, a in self.buf.items():
-            b = np.empty(cap, dtype=a.dtype)
-            b[:self.n] = a[:self.n]
-            self.buf[name] = b
-        self.cap = cap
+    def event_total(self) -> int:
+        return self.event_rows + self.n
 
     def write(self) -> None:
-        """Append the buffered rows to the datasets (bulk, one write per column)."""
-        n = self.n
-        if not n:
+        """Append the buffered commands to both tables (bulk, one write per column)."""
+        rows = self.pending
+        if not rows:
             return
-        r = self.rows
-        for name, ds in self.datasets.items():
-            ds.resize((r + n,))
-            ds[r:r + n] = self.buf[name][:n]
-        self.rows = r + n
+        cols = list(zip(*rows))
+        r = self.batch_rows
+        for dsid, dt, col in zip(self.batch_ids, self.batch_dtypes, cols):
+            _extend(dsid, r, np.fromiter(col, dt, len(col)))
+        n = self.n
+        if n:
+            counts = np.fromiter(cols[self.count_field], np.int64, len(rows))
+            r = self.event_rows
+            for dsid, dt, (src, i) in zip(self.event_ids, self.event_dtypes,
+                                          self.event_source):
+                if src == "device":
+                    col = np.frombuffer(b"".join(cols[i]), dtype=dt)
+                else:
+                    col = np.repeat(np.fromiter(cols[i], dt, len(rows)), counts)
+                if col.size != n:
+                    raise RunLogError(f"internal error: an event column has {col.size} "
+                                      f"buffered rows, expected {n}")
+                _extend(dsid, r, col)
+            self.event_rows = r + n
+        self.batch_rows += len(rows)
         self.n = 0
+        self.pending = []
+
+    def set_value(self, column: str, row: int, value: Any) -> None:
+        """Change one cell of a batch row, in the buffer if it is still there, else on
+        disk."""
+        i = self.index[column]
+        if row >= self.batch_rows:
+            self.pending[row - self.batch_rows][i] = value
+        else:
+            self.batch_ds[i][row] = value
 
 
 class _RowTable:
@@ -221,8 +293,7 @@ class _RowTable:
             return
         n, r = len(rows), self.rows
         for ds, dt, col in zip(self.datasets, self.dtypes, zip(*rows)):
-            ds.resize((r + n,))
-            ds[r:r + n] = np.asarray(col, dtype=dt)
+            _extend(ds.id, r, np.asarray(col, dtype=dt))
         self.rows = r + n
         self.pending = []
 
@@ -236,7 +307,11 @@ class _RowTable:
 
 
 class _Metrics:
-    """Per-step or per-epoch metrics: a key column and a growable 2-D float64 value table."""
+    """Per-step or per-epoch metrics: a key column and a growable 2-D float64 value table.
+
+    Rows are buffered as Python lists, in runs of rows with the same metric names (every
+    step's, in practice), and scattered into the table's columns at write: a row then costs
+    a tuple compare and a list append rather than numpy stores."""
 
     def __init__(self, group: Any, key: str, path: str) -> None:
         self.key = key
@@ -251,12 +326,15 @@ class _Metrics:
         self.names: List[str] = []
         self.index: Dict[str, int] = {}
         self.rows = 0
+        self.width = 0   # columns of `values` on disk (h5py's .shape costs a query)
         self.names_on_disk = 0
-        self.buf_keys = np.empty(1024, dtype=np.int64)
-        self.buf = np.full((1024, 8), np.nan)
         self.n = 0
+        self._keys: List[int] = []
+        self._vals: List[List[float]] = []
+        #: (first buffered row, column of each value) for each run of rows with equal names
+        self._runs: List[Tuple[int, List[int]]] = [(0, [])]
         self._last_names: Tuple[str, ...] = ()
-        self._last_cols = np.zeros(0, dtype=np.intp)
+        self._last_cols: List[int] = []
 
     @property
     def total(self) -> int:
@@ -264,60 +342,43 @@ class _Metrics:
 
     def add(self, key: int, metrics: Mapping[str, Any], what: str) -> None:
         names = tuple(metrics)
-        if names == self._last_names and self.n < self.buf.shape[0]:
-            # Fast path: the same metric names as last time (every step, in practice).
-            try:
-                vals = [float(v) for v in metrics.values()]
-            except (TypeError, ValueError):
-                vals = None
-            if vals is not None:
-                self.buf_keys[self.n] = key
-                row = self.buf[self.n]
-                row.fill(np.nan)
-                row[self._last_cols] = vals
-                self.n += 1
-                return
-        self._add_slow(key, metrics, what)
-        self._last_names = names
-        self._last_cols = np.array([self.index[n] for n in names], dtype=np.intp)
+        new = names != self._last_names
+        if new:
+            self._check_names(names, what)
+        try:
+            vals = list(map(float, metrics.values()))
+        except (TypeError, ValueError):
+            self._raise_bad_value(key, metrics, what)
+            raise   # pragma: no cover - _raise_bad_value always raises
+        if new:
+            # Validated: only now may new names join the table (a bad row leaves no trace).
+            for name in names:
+                if name not in self.index:
+                    self.index[name] = len(self.names)
+                    self.names.append(name)
+            self._last_names = names
+            self._last_cols = [self.index[name] for name in names]
+            self._runs.append((self.n, self._last_cols))
+        self._keys.append(key)
+        self._vals.append(vals)
+        self.n += 1
 
-    def _add_slow(self, key: int, metrics: Mapping[str, Any], what: str) -> None:
-        # Validate the whole row first: a bad value must not leave half a row behind.
-        row = []
-        for name, v in metrics.items():
+    def _check_names(self, names: Tuple[Any, ...], what: str) -> None:
+        for name in names:
             if not isinstance(name, str) or not name or "\n" in name:
                 raise RunLogError(f"{what} metric name {name!r} is not a non-empty string",
                                   path=self.path)
+            if name not in self.index and len(name.encode("utf-8")) > NAME_BYTES:
+                raise RunLogError(f"{what} metric name {name!r} is longer than "
+                                  f"{NAME_BYTES} bytes", path=self.path)
+
+    def _raise_bad_value(self, key: int, metrics: Mapping[str, Any], what: str) -> None:
+        for name, v in metrics.items():
             try:
-                fv = float(v)
+                float(v)
             except (TypeError, ValueError):
                 raise RunLogError(f"{what} metric {name!r} at {self.key} {key} is not a "
                                   f"number: {v!r}", path=self.path) from None
-            row.append((name, fv))
-        for name, _ in row:
-            if name not in self.index:
-                if len(name.encode("utf-8")) > NAME_BYTES:
-                    raise RunLogError(f"{what} metric name {name!r} is longer than "
-                                      f"{NAME_BYTES} bytes", path=self.path)
-        for name, _ in row:
-            if name not in self.index:
-                self.index[name] = len(self.names)
-                self.names.append(name)
-        ncol = len(self.names)
-        rows, cols = self.buf.shape
-        if self.n >= rows or ncol > cols:
-            rows2 = 2 * rows if self.n >= rows else rows
-            b = np.full((rows2, max(ncol, cols)), np.nan)
-            b[:self.n, :cols] = self.buf[:self.n]
-            self.buf = b
-            k = np.empty(rows2, dtype=np.int64)
-            k[:self.n] = self.buf_keys[:self.n]
-            self.buf_keys = k
-        self.buf_keys[self.n] = key
-        self.buf[self.n, :] = np.nan
-        for name, fv in row:
-            self.buf[self.n, self.index[name]] = fv
-        self.n += 1
 
     def write(self) -> None:
         ncol = len(self.names)
@@ -326,19 +387,31 @@ class _Metrics:
             self.names_ds.resize((ncol,))
             self.names_ds[self.names_on_disk:ncol] = np.array(new, dtype=f"S{NAME_BYTES}")
             self.names_on_disk = ncol
-        if self.values.shape[1] < ncol:
-            self.values.resize((self.values.shape[0], ncol))
+        if self.width < ncol:
+            self.values.resize((self.rows, ncol))
+            self.width = ncol
         n = self.n
         if not n:
             return
+        buf = np.full((n, ncol), np.nan)
+        ends = [i for i, _ in self._runs[1:]] + [n]
+        for (i0, cols), i1 in zip(self._runs, ends):
+            if i1 > i0 and cols:
+                # Every row of a run has one value per column: flatten, then reshape.
+                vals = chain.from_iterable(self._vals[i0:i1])
+                buf[i0:i1, cols] = np.fromiter(vals, np.float64, (i1 - i0) * len(cols)) \
+                    .reshape(i1 - i0, len(cols))
         r = self.rows
-        self.keys.resize((r + n,))
-        self.keys[r:r + n] = self.buf_keys[:n]
-        self.values.resize((r + n, max(ncol, self.values.shape[1])))
+        _extend(self.keys.id, r, np.fromiter(self._keys, np.int64, n))
         if ncol:
-            self.values[r:r + n, :ncol] = self.buf[:n, :ncol]
+            _extend(self.values.id, r, buf, self.width)
+        else:
+            self.values.resize((r + n, self.width))
         self.rows = r + n
         self.n = 0
+        self._keys = []
+        self._vals = []
+        self._runs = [(0, self._last_cols)]
 
 
 def _json_default(obj: Any) -> Any:
@@ -415,6 +488,28 @@ def _layer_of(key: str) -> str:
     return key.split(".", 1)[0]
 
 
+def _address_bytes(addresses: np.ndarray, hook: str, path: str) -> Tuple[bytes, int]:
+    """Device addresses as little-endian uint32 bytes (row-major) and their number, refusing
+    anything but integers in 0..2**32-1. The bytes are what is journaled and logged."""
+    a = addresses if type(addresses) is np.ndarray else np.asarray(addresses)
+    if a.dtype == _U32:
+        return a.tobytes(), a.size
+    k = a.size
+    if not k:
+        return b"", 0
+    kind = a.dtype.kind
+    if kind not in "ui":
+        raise RunLogError(f"{hook}: addresses must be integers, got {a.dtype}", path=path)
+    if k <= _SMALL and _NATIVE_ARRAY:
+        try:
+            return array("I", a.ravel().tolist()).tobytes(), k
+        except OverflowError:
+            pass   # reported below
+    if (kind == "i" and a.min() < 0) or (a.dtype.itemsize > 4 and a.max() >= 1 << 32):
+        raise RunLogError(f"{hook}: address outside 0..2**32-1", path=path)
+    return a.astype(_U32).tobytes(), k
+
+
 class RunLogWriter(Recorder):
     """Writes one run to one HDF5 file (a Recorder; see hil.recorder).
 
@@ -468,7 +563,9 @@ class RunLogWriter(Recorder):
         self._seq = 0
         self._last_step: Optional[int] = None
         self._next_flush: Optional[int] = None
-        self._pending: Optional[Tuple[int, int, int]] = None   # (row, step, count)
+        #: The /pulses/batches row (as buffered) of the batch announced by before_program and
+        #: not yet acknowledged.
+        self._pending: Optional[list] = None
         self._purpose_codes: Dict[str, int] = {p: i + 1 for i, p in enumerate(PURPOSES)}
         self._purposes_on_disk = 0
         self._commits = 0
@@ -501,7 +598,13 @@ class RunLogWriter(Recorder):
             raise RunLogError(f"{hook}() not allowed in state {self._state}", path=self.path)
 
     def _check_step(self, step: int, hook: str) -> int:
+        """The step as an int, checked (int32, never decreasing); the first record of a new
+        flush period commits everything before it."""
         s = int(step)
+        last = self._last_step
+        if last is not None and last <= s < self._next_flush and s <= _I32[1]:
+            self._last_step = s        # a later step of the same flush period
+            return s
         if not _I32[0] <= s <= _I32[1]:
             raise RunLogError(f"{hook}: step {s} outside the int32 range of the log",
                               path=self.path)
@@ -592,15 +695,11 @@ class RunLogWriter(Recorder):
         n_dev = int(self._layout_flat.size)
         # Tables.
         reads = f.create_group("reads")
-        self._read_batches = _RowTable(reads.create_group("batches"), READ_BATCH_COLUMNS,
-                                       BATCH_CHUNK)
-        self._reads = _Table(reads.create_group("events"), READ_EVENT_COLUMNS, EVENT_CHUNK,
-                             1 << 16)
+        self._reads = _CommandTable(reads, READ_BATCH_COLUMNS, READ_EVENT_COLUMNS,
+                                    ("address", "value"))
         pulses = f.create_group("pulses")
-        self._pulse_batches = _RowTable(pulses.create_group("batches"), PULSE_BATCH_COLUMNS,
-                                        BATCH_CHUNK)
-        self._pulses = _Table(pulses.create_group("events"), PULSE_EVENT_COLUMNS, EVENT_CHUNK,
-                              1 << 16)
+        self._pulses = _CommandTable(pulses, PULSE_BATCH_COLUMNS, PULSE_EVENT_COLUMNS,
+                                     ("address", "n_pulses"))
         snaps = f.create_group("snapshots")
         self._snapshots = _RowTable(snaps, SNAPSHOT_COLUMNS, 256)
         dev_chunk = max(1, min(n_dev, SNAPSHOT_CHUNK))
@@ -622,6 +721,7 @@ class RunLogWriter(Recorder):
         self._status = _RowTable(st, STATUS_COLUMNS, 64)
         self._status_doc = st.create_dataset("doc", shape=(0,), maxshape=(None,), dtype="u1",
                                              chunks=(4096,))
+        self._status_doc_bytes = 0
         self._purposes_ds = self._meta.create_dataset(
             "purposes", shape=(0,), maxshape=(None,), dtype=f"S{PURPOSE_BYTES}", chunks=(64,))
         self._commit_ds = f.create_dataset("commit", data=np.zeros(len(COMMIT_FIELDS),
@@ -646,23 +746,32 @@ class RunLogWriter(Recorder):
                 purpose: str) -> None:
         if self._state != "running":
             self._require("running", "on_read")
-        s = self._check_step(step, "on_read")
-        a = self._addresses(addresses, "on_read", self.path)
-        v = np.asarray(values)
-        if v.size != a.size:
-            raise RunLogError(f"on_read at step {s}: {a.size} addresses but {v.size} values",
+        s = self._last_step
+        if step != s:
+            s = self._check_step(step, "on_read")
+        a = addresses
+        if type(a) is np.ndarray and a.dtype is _U32_FAST:
+            ab = a.tobytes()
+            k = len(ab) >> 2
+        else:
+            ab, k = _address_bytes(a, "on_read", self.path)
+        v = values if type(values) is np.ndarray else np.asarray(values)
+        if v.size != k:
+            raise RunLogError(f"on_read at step {s}: {k} addresses but {v.size} values",
                               path=self.path)
+        vb = v.tobytes() if v.dtype == _F32 else v.astype(_F32).tobytes()
         code = self._purpose_codes.get(purpose) or self._purpose(purpose)
-        k = a.size
-        first = self._reads.append(k, step=s, address=a, value=v.ravel(), purpose=code)
-        self._read_batches.pending.append([self._seq, s, code, first, k])
-        if self._jfd is not None and self._jread == self._seq:
+        seq = self._seq
+        t = self._reads
+        first = t.event_rows + t.n
+        t.n += k
+        t.pending.append([seq, s, code, first, k, ab, vb])
+        if self._jread == seq and self._jfd is not None:
             # The values ride on the next journal write (like acknowledgements).
             # After a combined PROGRAM_READ the program's acknowledgement is waiting too.
-            self._jack += _J_VALUES.pack(4, self._seq, k) + \
-                np.ascontiguousarray(self._reads.buffered("value", k), dtype="<f4").tobytes()
+            self._jack += _J_VALUES.pack(4, seq, k) + vb
         self._jread = None
-        self._seq += 1
+        self._seq = seq + 1
 
     def before_read(self, step: int, addresses: np.ndarray, purpose: str, *,
                     wire_seq: int = -1) -> None:
@@ -670,14 +779,19 @@ class RunLogWriter(Recorder):
         wire sequence number (answered from the firmware's memory, not executed twice)."""
         if self._state != "running":
             self._require("running", "before_read")
-        s = self._check_step(step, "before_read")
+        if step != self._last_step:
+            self._check_step(step, "before_read")
         if self._jfd is None:
             return
-        a = self._addresses(addresses, "before_read", self.path).astype("<u4", copy=False)
+        a = addresses
+        if type(a) is np.ndarray and a.dtype is _U32_FAST:
+            ab = a.tobytes()
+            k = len(ab) >> 2
+        else:
+            ab, k = _address_bytes(a, "before_read", self.path)
         code = self._purpose_codes.get(purpose) or self._purpose(purpose)
-        os.write(self._jfd, b"".join((self._jack, _J_READ.pack(3, self._seq, s, code,
-                                                                int(wire_seq), a.size),
-                                      a.tobytes())))
+        os.write(self._jfd, b"".join((self._jack, _J_READ.pack(3, self._seq, self._last_step,
+                                                                code, int(wire_seq), k), ab)))
         self._jack = b""
         self._jread = self._seq
 
@@ -685,53 +799,88 @@ class RunLogWriter(Recorder):
                        pulse: PulseSpec, purpose: str, *, wire_seq: int = -1) -> None:
         if self._state != "running":
             self._require("running", "before_program")
-        s = self._check_step(step, "before_program")
-        a = self._addresses(addresses, "before_program", self.path)
-        n = np.asarray(n_pulses)
-        if n.size != a.size:
-            raise RunLogError(f"before_program at step {s}: {a.size} addresses but {n.size} "
-                              "pulse counts", path=self.path)
-        if n.dtype != np.uint16 and n.size:
-            kind_ = n.dtype.kind
-            if kind_ not in "uif" or n.max() > 65535 or (kind_ != "u" and n.min() < 0) or \
-                    (kind_ == "f" and not np.array_equal(n, np.floor(n))):
-                raise RunLogError(f"before_program at step {s}: pulse counts must be integers "
-                                  "in 0..65535", path=self.path)
+        s = self._last_step
+        if step != s:
+            s = self._check_step(step, "before_program")
+        a = addresses
+        if type(a) is np.ndarray and a.dtype is _U32_FAST:
+            ab = a.tobytes()
+            k = len(ab) >> 2
+        else:
+            ab, k = _address_bytes(a, "before_program", self.path)
+        n = n_pulses
+        if type(n) is np.ndarray and n.dtype is _I64_FAST and k <= _SMALL:
+            try:
+                nb = array("H", n.tolist()).tobytes()   # overflows outside 0..65535
+            except (OverflowError, TypeError):          # TypeError: not 1-D
+                nb = b""
+            if len(nb) != 2 * k:
+                nb = self._pulse_counts(n, k, s)        # checks and reports
+        else:
+            nb = self._pulse_counts(n, k, s)
         code = self._purpose_codes.get(purpose) or self._purpose(purpose)
         kind = _KIND_CODE.get(pulse.kind) or int(PulseKind(pulse.kind))
-        k = a.size
-        first = self._pulses.append(k, step=s, address=a, n_pulses=n.ravel(), kind=kind,
-                                    purpose=code)
-        bt = self._pulse_batches
-        row = bt.total
-        bt.pending.append([row, self._seq, s, kind, pulse.amplitude_v, pulse.width_ns, code,
-                           first, k, BATCH_SENT])
+        amp, width = pulse.amplitude_v, pulse.width_ns
+        seq = self._seq
+        t = self._pulses
+        row = t.batch_rows + len(t.pending)
+        first = t.event_rows + t.n
+        t.n += k
+        rec = [row, seq, s, kind, amp, width, code, first, k, BATCH_SENT, ab, nb]
+        t.pending.append(rec)
         if self._jfd is not None:
             # One write() before the command goes out; it carries the previous batch's
             # acknowledgement too (acks are journaled lazily: a missing one only makes a
             # batch "uncertain", never wrongly acknowledged).
             os.write(self._jfd, b"".join((
-                self._jack, _J_BATCH.pack(1, row, self._seq, s, kind, code, pulse.amplitude_v,
-                                          pulse.width_ns, k, int(wire_seq)),
-                self._pulses.buffered("address", k).tobytes(),
-                self._pulses.buffered("n_pulses", k).tobytes())))
+                self._jack, _J_BATCH.pack(1, row, seq, s, kind, code, amp, width, k,
+                                          int(wire_seq)), ab, nb)))
             self._jack = b""
-        self._seq += 1
-        self._pending = (row, s, k)
+        self._seq = seq + 1
+        self._pending = rec
+
+    def _pulse_counts(self, n_pulses: np.ndarray, k: int, s: int) -> bytes:
+        """Pulse counts as little-endian uint16 bytes, refusing anything but integers in
+        0..65535 (before_program packs few-device integer batches itself, through
+        array('H'), whose stores overflow outside that range, at a fraction of the cost of
+        numpy's min() and max())."""
+        n = n_pulses if type(n_pulses) is np.ndarray else np.asarray(n_pulses)
+        if n.size != k:
+            raise RunLogError(f"before_program at step {s}: {k} addresses but {n.size} "
+                              "pulse counts", path=self.path)
+        dt = n.dtype
+        if dt == _U16:
+            return n.tobytes()
+        if k <= _SMALL and dt.kind in "iu" and _NATIVE_ARRAY:
+            try:
+                return array("H", n.ravel().tolist()).tobytes()
+            except OverflowError:
+                pass   # reported below
+        if k:
+            kind_ = dt.kind
+            if kind_ not in "uif" or n.max() > 65535 or (kind_ != "u" and n.min() < 0) or \
+                    (kind_ == "f" and not np.array_equal(n, np.floor(n))):
+                raise RunLogError(f"before_program at step {s}: pulse counts must be integers "
+                                  "in 0..65535", path=self.path)
+        return n.astype(_U16).tobytes()
 
     def on_program(self, step: int, addresses: np.ndarray, n_pulses: np.ndarray,
                    pulse: PulseSpec, purpose: str) -> None:
         if self._state != "running":
             self._require("running", "on_program")
-        p = self._pending
-        size = np.asarray(addresses).size
-        if p is None or p[1] != int(step) or p[2] != size:
+        rec = self._pending
+        size = addresses.size if type(addresses) is np.ndarray else np.asarray(addresses).size
+        if rec is None or rec[2] != int(step) or rec[8] != size:
             raise RunLogError(f"on_program at step {int(step)} ({size} devices) does not "
                               "acknowledge the batch announced by before_program",
                               path=self.path)
-        self._pulse_batches.set_value("status", p[0], BATCH_ACKED)
+        row = rec[0]
+        if row >= self._pulses.batch_rows:
+            rec[9] = BATCH_ACKED            # still buffered
+        else:
+            self._pulses.set_value("status", row, BATCH_ACKED)
         if self._jfd is not None:
-            self._jack = _J_ACK.pack(2, p[0])
+            self._jack = _J_ACK.pack(2, row)
         self._pending = None
 
     def on_snapshot(self, step: int, g_us: np.ndarray, chi: Mapping[str, np.ndarray]) -> None:
@@ -755,7 +904,8 @@ class RunLogWriter(Recorder):
         chi_flat = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         t = self._snapshots
         row = t.total
-        t.pending.append([s, self._seq, self._reads.total, self._pulses.total, time.time()])
+        t.pending.append([s, self._seq, self._reads.event_total, self._pulses.event_total,
+                          time.time()])
         self._snap_g.resize((row + 1, g.size))
         self._snap_g[row, :] = g
         self._snap_chi.resize((row + 1, chi_flat.size))
@@ -766,7 +916,9 @@ class RunLogWriter(Recorder):
     def on_step_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         if self._state != "running":
             self._require("running", "on_step_metrics")
-        s = self._check_step(step, "on_step_metrics")
+        s = self._last_step
+        if step != s:
+            s = self._check_step(step, "on_step_metrics")
         self._step_metrics.add(s, metrics, "step")
 
     def on_monitor(self, step: int, readings: Mapping[str, float]) -> None:
@@ -842,8 +994,9 @@ class RunLogWriter(Recorder):
     def _append_status(self, status: str, reason: Optional[str],
                        summary: Optional[Mapping[str, Any]], step: int) -> None:
         doc = _dumps({"status": status, "reason": reason, "summary": summary}).encode("utf-8")
-        off = self._status_doc.shape[0]
+        off = self._status_doc_bytes
         self._status_doc.resize((off + len(doc),))
+        self._status_doc_bytes = off + len(doc)
         if doc:
             self._status_doc[off:off + len(doc)] = np.frombuffer(doc, dtype=np.uint8)
         self._status.pending.append([STATUS_CODE[status], step, time.time(), off, len(doc)])
@@ -853,8 +1006,7 @@ class RunLogWriter(Recorder):
 
         The second flush is what makes the commit atomic: /commit only ever names rows that
         were already on disk when it was written."""
-        for t in (self._read_batches, self._reads, self._pulse_batches, self._pulses,
-                  self._snapshots, self._status):
+        for t in (self._reads, self._pulses, self._snapshots, self._status):
             t.write()
         self._step_metrics.write()
         self._epoch_metrics.write()
@@ -873,14 +1025,14 @@ class RunLogWriter(Recorder):
             self._complete_step = max(self._complete_step, self._last_step - 1)
         counts = {
             "commits": self._commits,
-            "read_batches": self._read_batches.rows, "read_events": self._reads.rows,
-            "pulse_batches": self._pulse_batches.rows, "pulse_events": self._pulses.rows,
+            "read_batches": self._reads.batch_rows, "read_events": self._reads.event_rows,
+            "pulse_batches": self._pulses.batch_rows, "pulse_events": self._pulses.event_rows,
             "snapshots": self._snapshots.rows,
             "step_metrics": self._step_metrics.rows,
             "step_metric_columns": len(self._step_metrics.names),
             "epoch_metrics": self._epoch_metrics.rows,
             "epoch_metric_columns": len(self._epoch_metrics.names),
-            "status_rows": self._status.rows, "status_doc_bytes": self._status_doc.shape[0],
+            "status_rows": self._status.rows, "status_doc_bytes": self._status_doc_bytes,
             "purposes": self._purposes_on_disk,
             "last_step": self._last_step if self._last_step is not None else -1,
             "complete_step": self._complete_step,
@@ -888,7 +1040,9 @@ class RunLogWriter(Recorder):
             "monitor_rows": self._monitor.rows,
             "monitor_columns": len(self._monitor.names),
         }
-        self._commit_ds[...] = np.array([counts[k] for k in COMMIT_FIELDS], dtype="<i8")
+        h5s = _h5s or _import_h5s()
+        self._commit_ds.id.write(h5s.ALL, h5s.ALL,
+                                 np.array([counts[k] for k in COMMIT_FIELDS], dtype="<i8"))
         self._f.flush()
         if self._jfd is not None and not self._keep_journal:
             # Everything journaled is now in the log: start the journal afresh. The header
