@@ -81,9 +81,8 @@ class ChipIO:
         The recorder sees the same two commands as from program() and read(), but both
         write-aheads come first, under the one wire sequence number the combined command goes
         out with, so resume can re-send it whole (hil.resume)."""
-        seq = self._seq_kw()
-        self.recorder.before_program(self.step, addresses, n_pulses, pulse, purpose, **seq)
-        self.recorder.before_read(self.step, addresses, read_purpose, **seq)
+        self.recorder.before_program_read(self.step, addresses, n_pulses, pulse, purpose,
+                                          read_purpose, **self._seq_kw())
         values = self.backend.program_read(addresses, n_pulses, pulse)
         self._count_program(addresses, n_pulses, pulse)
         self.recorder.on_program(self.step, addresses, n_pulses, pulse, purpose)

@@ -140,7 +140,7 @@ class LogConfig:
     """Run-log settings (used when a run is logged)."""
 
     snapshot_every_steps: int = 60000
-    flush_every_steps: int = 1000
+    flush_every_steps: int = 2000
     metrics_every_steps: int = 1
 
 

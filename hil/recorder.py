@@ -36,6 +36,15 @@ class Recorder:
                        pulse: PulseSpec, purpose: str, *, wire_seq: int = -1) -> None:
         """Write-ahead: a program batch about to be sent (`wire_seq` as for before_read)."""
 
+    def before_program_read(self, step: int, addresses: np.ndarray, n_pulses: np.ndarray,
+                            pulse: PulseSpec, purpose: str, read_purpose: str, *,
+                            wire_seq: int = -1) -> None:
+        """Write-ahead of a combined program-then-read-back (one command on the wire): the
+        same as before_program then before_read, which a recorder may store at once."""
+        kw = {"wire_seq": wire_seq} if wire_seq != -1 else {}   # as ChipIO passes it
+        self.before_program(step, addresses, n_pulses, pulse, purpose, **kw)
+        self.before_read(step, addresses, read_purpose, **kw)
+
     def on_program(self, step: int, addresses: np.ndarray, n_pulses: np.ndarray,
                    pulse: PulseSpec, purpose: str) -> None:
         """A program batch the chip acknowledged."""

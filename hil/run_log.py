@@ -527,7 +527,7 @@ class RunLogWriter(Recorder):
 
         self.path = os.fspath(path)
         self.cfg = cfg
-        every = int(getattr(getattr(cfg, "log", None), "flush_every_steps", 1000))
+        every = int(getattr(getattr(cfg, "log", None), "flush_every_steps", 2000))
         if every < 1:
             raise RunLogError(f"log.flush_every_steps must be >= 1, got {every}",
                               path=self.path)
@@ -573,6 +573,7 @@ class RunLogWriter(Recorder):
         self._journal = journal
         self._jfd: Optional[int] = None
         self._jack = b""          # result (ack or read values) not yet journaled
+        self._jhold = False       # before_program_read: hold the program record for one write
         self._jread: Optional[int] = None   # command index of the read announced, if any
         self.journal_path = self.path + JOURNAL_SUFFIX
         #: Called after every commit with the number of commands (reads + programs) the log
@@ -832,12 +833,27 @@ class RunLogWriter(Recorder):
             # One write() before the command goes out; it carries the previous batch's
             # acknowledgement too (acks are journaled lazily: a missing one only makes a
             # batch "uncertain", never wrongly acknowledged).
-            os.write(self._jfd, b"".join((
-                self._jack, _J_BATCH.pack(1, row, seq, s, kind, code, amp, width, k,
-                                          int(wire_seq)), ab, nb)))
-            self._jack = b""
+            record = b"".join((self._jack, _J_BATCH.pack(1, row, seq, s, kind, code, amp,
+                                                         width, k, int(wire_seq)), ab, nb))
+            if self._jhold:      # the read half of a combined command follows: one write
+                self._jack = record
+            else:
+                os.write(self._jfd, record)
+                self._jack = b""
         self._seq = seq + 1
         self._pending = rec
+
+    def before_program_read(self, step: int, addresses: np.ndarray, n_pulses: np.ndarray,
+                            pulse: PulseSpec, purpose: str, read_purpose: str, *,
+                            wire_seq: int = -1) -> None:
+        """Both write-aheads of a combined command in one write() (it is one command on the
+        wire): the program record is held and goes out with the read record."""
+        self._jhold = True
+        try:
+            self.before_program(step, addresses, n_pulses, pulse, purpose, wire_seq=wire_seq)
+        finally:
+            self._jhold = False
+        self.before_read(step, addresses, read_purpose, wire_seq=wire_seq)
 
     def _pulse_counts(self, n_pulses: np.ndarray, k: int, s: int) -> bytes:
         """Pulse counts as little-endian uint16 bytes, refusing anything but integers in

@@ -154,7 +154,7 @@ def test_journal_holds_reads_and_wire_seqs(tmp_path):
     w.finish("aborted")
 
 
-def test_journal_of_a_combined_command(tmp_path):
+def test_journal_of_a_combined_command(tmp_path, monkeypatch):
     """A PROGRAM_READ journals both halves under one wire seq before it is sent; its ack and
     values ride together on the next write. Killed in flight, the two records are recognised
     as one uncertain command (to be re-sent whole), not as a damaged journal."""
@@ -165,12 +165,16 @@ def test_journal_of_a_combined_command(tmp_path):
     w = RunLogWriter(str(tmp_path / "j.h5"), small_config(log={"flush_every_steps": 1000}))
     w.begin(config={}, provenance={}, layout={"layer0.plus": np.arange(4, dtype=np.uint32)})
     a, n, v = np.arange(3, dtype=np.uint32), np.full(3, 2), np.array([1., 2., 3.], np.float32)
-    w.before_program(1, a, n, DEFAULT_SET, "update", wire_seq=70)
-    w.before_read(1, a, "readback", wire_seq=70)
+    w.before_program_read(1, a, n, DEFAULT_SET, "update", "readback", wire_seq=70)
     w.on_program(1, a, n, DEFAULT_SET, "update")
     w.on_read(1, a, v, "readback")
-    w.before_program(2, a[:2], n[:2], DEFAULT_SET, "update", wire_seq=71)
-    w.before_read(2, a[:2], "readback", wire_seq=71)     # killed here: sent, no result
+    writes = []
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: writes.append(data) or real_write(fd, data))
+    w.before_program_read(2, a[:2], n[:2], DEFAULT_SET, "update", "readback", wire_seq=71)
+    assert len(writes) == 1   # both halves, and the previous command's results, in one write
+    monkeypatch.undo()
+    # killed here: sent, no result
     cmds = read_journal(w.journal_path, committed_commands=0).commands
     assert [(c.kind, c.seq, c.wire_seq, c.done) for c in cmds] == \
         [("program", 0, 70, True), ("read", 1, 70, True), ("program", 2, 71, False),
