@@ -4,8 +4,8 @@ Why one run: figures taken on different days, loads and commits cannot be compar
 other, and a ratio is only meaningful when both sides were timed under the same conditions.
 What each figure means and how it is measured is in docs/benchmarks.md.
 
-  scripts/bench                      # full run (about 10-30 minutes), rewrites README's table
-  scripts/bench --quick --no-readme  # under 2 minutes: small N, no 4 M-device point
+  scripts/bench                      # full run (about 2 minutes here), rewrites README's table
+  scripts/bench --quick --no-readme  # about 20 s: small N, no 4 M-device point
   scripts/bench --json out.json      # also every figure under stable keys
 
 The wire figures come from hil.bench_wire (`scripts/bench_wire`) and the run-log figures from

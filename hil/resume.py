@@ -231,7 +231,10 @@ class ResumeBackend(ReplayBackend):
         re-sent whole under its wire seq) or live (sent whole)."""
         a = np.asarray(addresses).ravel()
         j = self.index - self.committed
-        send = lambda: self.live.program_read(a, n_pulses, pulse)  # noqa: E731
+
+        def send() -> np.ndarray:
+            return self.live.program_read(a, n_pulses, pulse)
+
         if j >= len(self.journal):
             self.index += 2
             return send()
@@ -420,7 +423,7 @@ def plan(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Dict[str,
         # journal, whose record of it has the wire sequence number to re-send it under.
         bid, seq = unacked[-1]
         last = tail.last
-        if last is not None and last.kind == "read" and cmds == [last] and \
+        if last is not None and last.kind == "read" and len(cmds) == 1 and cmds[0] is last and \
                 last.seq == seq + 1 and not last.done:
             # The failed command was a combined PROGRAM_READ: its read half is journaled,
             # under the same wire sequence number.
