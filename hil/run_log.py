@@ -492,7 +492,7 @@ def _address_bytes(addresses: np.ndarray, hook: str, path: str) -> Tuple[bytes, 
     """Device addresses as little-endian uint32 bytes (row-major) and their number, refusing
     anything but integers in 0..2**32-1. The bytes are what is journaled and logged."""
     a = addresses if type(addresses) is np.ndarray else np.asarray(addresses)
-    if a.dtype == _U32:
+    if a.dtype is _U32_FAST or a.dtype == _U32:   # the usual case: one identity test
         return a.tobytes(), a.size
     k = a.size
     if not k:
@@ -750,12 +750,7 @@ class RunLogWriter(Recorder):
         s = self._last_step
         if step != s:
             s = self._check_step(step, "on_read")
-        a = addresses
-        if type(a) is np.ndarray and a.dtype is _U32_FAST:
-            ab = a.tobytes()
-            k = len(ab) >> 2
-        else:
-            ab, k = _address_bytes(a, "on_read", self.path)
+        ab, k = _address_bytes(addresses, "on_read", self.path)
         v = values if type(values) is np.ndarray else np.asarray(values)
         if v.size != k:
             raise RunLogError(f"on_read at step {s}: {k} addresses but {v.size} values",
@@ -784,12 +779,7 @@ class RunLogWriter(Recorder):
             self._check_step(step, "before_read")
         if self._jfd is None:
             return
-        a = addresses
-        if type(a) is np.ndarray and a.dtype is _U32_FAST:
-            ab = a.tobytes()
-            k = len(ab) >> 2
-        else:
-            ab, k = _address_bytes(a, "before_read", self.path)
+        ab, k = _address_bytes(addresses, "before_read", self.path)
         code = self._purpose_codes.get(purpose) or self._purpose(purpose)
         os.write(self._jfd, b"".join((self._jack, _J_READ.pack(3, self._seq, self._last_step,
                                                                 code, int(wire_seq), k), ab)))
@@ -803,12 +793,7 @@ class RunLogWriter(Recorder):
         s = self._last_step
         if step != s:
             s = self._check_step(step, "before_program")
-        a = addresses
-        if type(a) is np.ndarray and a.dtype is _U32_FAST:
-            ab = a.tobytes()
-            k = len(ab) >> 2
-        else:
-            ab, k = _address_bytes(a, "before_program", self.path)
+        ab, k = _address_bytes(addresses, "before_program", self.path)
         n = n_pulses
         if type(n) is np.ndarray and n.dtype is _I64_FAST and k <= _SMALL:
             try:
