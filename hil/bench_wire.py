@@ -1,4 +1,4 @@
-"""`scripts/bench_wire`: training in-process vs through the firmware emulator over TCP.
+"""Training in-process vs through the firmware emulator over TCP (`scripts/bench_wire`).
 
   scripts/bench_wire                         # 10k examples, 1 epoch: in-process, TCP, 12 Mbaud
   scripts/bench_wire --examples 2000 --json
@@ -158,7 +158,8 @@ def run_mode(mode: str, cfg, data, baud: int, profile: str | None,
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="scripts/bench_wire",
+                                description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--examples", type=int, default=10_000, help="training examples (10000)")
     p.add_argument("--test-examples", type=int, default=1_000,
