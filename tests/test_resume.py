@@ -303,12 +303,13 @@ def test_sigkill_through_emulator_resumes_exactly(tmp_path, small_data):
     assert kills == 3
 
 
-@pytest.mark.parametrize("crash_at", [42, 43])
+@pytest.mark.parametrize("crash_at", [3, 42, 43])
 def test_run_failed_inside_a_command_resumes_exactly(tmp_path, small_data, crash_at):
     """The emulator executes request N, journals it, and dies before replying: the trainer's
     run fails inside that command, with its outcome unknown. After the emulator restarts on
     its state file, --resume re-sends the command under its wire sequence number and the
-    firmware answers it from memory: applied once, logged once."""
+    firmware answers it from memory: applied once, logged once. Request 3 is the initial
+    programming (a PROGRAM); 42 and 43 are training steps (PROGRAM_READ)."""
     from drivers.errors import HilError
     from drivers.fpga import FpgaChip
     cfg_path = _config(tmp_path, train=200, flush=25)
@@ -323,6 +324,8 @@ def test_run_failed_inside_a_command_resumes_exactly(tmp_path, small_data, crash
         assert lg.status.status == "failed"
         last = lg.journal().last
         assert last is not None and not last.done and last.wire_seq >= 0
+        # a PROGRAM_READ is journaled as a program and a read under one wire seq
+        assert last.kind == ("program" if crash_at == 3 else "read")
     emu, url2, _, _ = _emulator(tmp_path)
     try:
         p = _train(tmp_path, "--resume", run, "--backend", url2,
@@ -344,7 +347,8 @@ def test_run_failed_inside_a_command_resumes_exactly(tmp_path, small_data, crash
     assert np.array_equal(np.bincount(ev["address"].astype(np.int64),
                                       ev["n_pulses"].astype(np.int64),
                                       minlength=pulse_ev.size), pulse_ev)
-    print(f"crash at request {crash_at}: uncertain {last.kind} re-sent")
+    what = "PROGRAM" if last.kind == "program" else "PROGRAM_READ"
+    print(f"crash at request {crash_at}: uncertain {what} re-sent")
 
 
 @pytest.mark.slow
