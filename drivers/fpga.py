@@ -37,7 +37,7 @@ from firmware_interface.messages import (AdvanceClockAck, AdvanceClockRequest, C
                                          ClockRequest, Hello, InfoReply, MatvecReply,
                                          MatvecRequest, Message,
                                          Nack, ProgramAck, ProgramReadReply,
-                                         ProgramReadRequest, ProgramRequest, ReadExactReply,
+                                         ProgramReadRequest, ProgramRequest,
                                          ReadExactRequest, ReadReply, ReadRequest,
                                          SafeStateRequest, StatusReply, StatusRequest,
                                          decode_message)
@@ -387,24 +387,26 @@ class FpgaChip(ChipBackend):
         return self._hello.adc_full_scale_us
 
     def read(self, addresses: np.ndarray) -> np.ndarray:
-        addr = self._check(addresses, "READ")
-        uniq, inverse = _as_set(addr)
-        reply = self.transaction(ReadRequest(uniq), command="READ",
-                                 reply_bytes=2 * uniq.size + 32)
-        assert isinstance(reply, ReadReply)
-        self._expect_count(reply.codes.size, uniq.size, "READ")
-        values = adc.adc_dequantise(reply.codes, self.adc_full_scale_us)
+        codes, inverse = self._read_set(addresses, ReadRequest, "READ")
+        values = adc.adc_dequantise(codes, self.adc_full_scale_us)
         return values if inverse is None else values[inverse]
 
     def read_exact(self, addresses: np.ndarray) -> np.ndarray:
         self._require(Capability.EXACT_READ, "READ_EXACT")
-        addr = self._check(addresses, "READ_EXACT")
-        uniq, inverse = _as_set(addr)
-        reply = self.transaction(ReadExactRequest(uniq), command="READ_EXACT",
-                                 reply_bytes=4 * uniq.size + 32)
-        assert isinstance(reply, ReadExactReply)
-        self._expect_count(reply.values.size, uniq.size, "READ_EXACT")
-        return (reply.values if inverse is None else reply.values[inverse]).copy()
+        values, inverse = self._read_set(addresses, ReadExactRequest, "READ_EXACT")
+        return (values if inverse is None else values[inverse]).copy()
+
+    def _read_set(self, addresses: np.ndarray, request: type, command: str
+                  ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+        """(the reply's array for the set of addresses, the inverse that maps it back to the
+        caller's order, or None): a read may name a device twice, the wire carries sets."""
+        uniq, inverse = _as_set(self._check(addresses, command))
+        reply = self.transaction(request(uniq), command=command,
+                                 reply_bytes=(2 if request is ReadRequest else 4) * uniq.size
+                                 + 32)
+        values = reply.codes if isinstance(reply, ReadReply) else reply.values
+        self._expect_count(values.size, uniq.size, command)
+        return values, inverse
 
     def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec) -> None:
         cmd = "PROGRAM_" + pulse.kind.name

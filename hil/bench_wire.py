@@ -16,7 +16,8 @@ fresh chip of the same seed:
 
 and prints, for each: examples/s (the run's own training clock), the ratio to in-process
 (target >= 0.5 for unlimited TCP), round trips per training step, and bytes on the wire per
-pulsed device and per read value, taken from the driver's byte counters over the whole run.
+pulsed device and per read value: the driver's byte counters over the whole run, divided by
+the trainer's counts of devices pulsed and read (its ChipIO counters).
 A pulsed device is charged its PROGRAM request + ACK bytes, or the request bytes of a
 PROGRAM_READ (which carries the addresses once for both halves); a read value its READ
 request + reply bytes, or the reply bytes of a PROGRAM_READ. Every emulated run is checked
@@ -34,37 +35,7 @@ import subprocess
 import sys
 import time
 
-import numpy as np
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _counting_driver():
-    """The production driver, counting the devices behind its byte counters."""
-    from drivers.fpga import FpgaChip
-
-    class CountingFpga(FpgaChip):
-        pulsed_devices = 0
-        read_values = 0
-
-        def program(self, addresses, n_pulses, pulse):
-            super().program(addresses, n_pulses, pulse)
-            self.pulsed_devices += int(np.count_nonzero(np.asarray(n_pulses)))
-
-        def read(self, addresses):
-            out = super().read(addresses)
-            self.read_values += int(np.size(addresses))  # unique within a batch (contract)
-            return out
-
-        def program_read(self, addresses, n_pulses, pulse):
-            if not self.info().supports("program_read"):   # falls back on the two above
-                return super().program_read(addresses, n_pulses, pulse)
-            out = super().program_read(addresses, n_pulses, pulse)
-            self.pulsed_devices += int(np.count_nonzero(np.asarray(n_pulses)))
-            self.read_values += int(np.size(addresses))
-            return out
-
-    return CountingFpga
 
 
 class ThreadEmulator:
@@ -113,6 +84,7 @@ class Emulator:
 
 def run_mode(mode: str, cfg, data, baud: int, profile: str | None,
              in_thread: bool = False) -> dict:
+    from drivers.fpga import FpgaChip
     from hil.backend_url import open_backend
     from hil.commands.train import sim_defaults
     from hil.training import run_experiment
@@ -123,7 +95,7 @@ def run_mode(mode: str, cfg, data, baud: int, profile: str | None,
         return {"summary": s}
     emu = ThreadEmulator(cfg, baud) if in_thread else Emulator(cfg, baud)
     try:
-        chip = _counting_driver()(emu.url, baudrate=baud or 921_600, timeout_s=10.0)
+        chip = FpgaChip(emu.url, baudrate=baud or 921_600, timeout_s=10.0)
         prof = cProfile.Profile() if profile else None
         with chip:
             if prof:
@@ -133,7 +105,8 @@ def run_mode(mode: str, cfg, data, baud: int, profile: str | None,
                 prof.disable()
                 prof.dump_stats(profile)
             stats = {k: dict(v) for k, v in chip.stats.items()}
-            pulsed, read_values = chip.pulsed_devices, chip.read_values
+            # the trainer's own counts of the devices behind the driver's byte counters
+            pulsed, read_values = s["io"]["devices_pulsed"], s["io"]["devices_read"]
             link = dict(chip.link_counters)
     finally:
         emu.close()
@@ -149,7 +122,7 @@ def run_mode(mode: str, cfg, data, baud: int, profile: str | None,
             "bytes_total": sum(v["bytes_tx"] + v["bytes_rx"] for v in stats.values()),
             "bytes_per_pulsed_device": prog_bytes / max(1, pulsed),
             "program_request_bytes_per_pulsed_device":
-                sum(v["bytes_tx"] for v in prog) / max(1, pulsed),
+                (sum(v["bytes_tx"] for v in prog) + both["bytes_tx"]) / max(1, pulsed),
             "bytes_per_read_value": (rd["bytes_tx"] + rd["bytes_rx"] + both["bytes_rx"])
             / max(1, read_values),
             "read_reply_bytes_per_value": (rd["bytes_rx"] + both["bytes_rx"])

@@ -37,6 +37,7 @@ class IoCounters:
     set_pulses: int = 0
     reset_pulses: int = 0
     devices_read: int = 0
+    devices_pulsed: int = 0           # devices given at least one pulse, summed over commands
     largest_batch: int = 0            # devices in the largest command
     most_pulses_per_device: int = 0   # largest pulse count sent to one device in one command
 
@@ -103,6 +104,7 @@ class ChipIO:
         c.largest_batch = max(c.largest_batch, int(addresses.size))
         c.most_pulses_per_device = max(c.most_pulses_per_device, int(n_pulses.max()))
         total = int(n_pulses.sum())
+        c.devices_pulsed += int(np.count_nonzero(n_pulses))
         if pulse.kind is PulseKind.SET:
             self.counters.set_pulses += total
         else:

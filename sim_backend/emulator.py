@@ -396,30 +396,18 @@ class Firmware:
             values = chip.read(req.addresses)
             self.counters["devices_read"] += int(req.addresses.size)  # type: ignore[operator]
             return ReadReply(adc_quantise(values, self.full_scale_us))
-        if isinstance(req, ProgramRequest):   # PROGRAM and PROGRAM_READ
-            shape = (int(req.kind), req.amplitude_uv, req.width_ps)
-            pulse = self._pulses.get(shape)
-            if pulse is None:   # a run uses two or three pulse shapes: build each once
-                pulse = PulseSpec(PulseKind(shape[0]), req.amplitude_v, req.width_ns)
-                self._pulses[shape] = pulse
-            kind = pulse.kind
-            combined = isinstance(req, ProgramReadRequest)
-            if combined and not self._program_read:
+        if isinstance(req, ProgramReadRequest):
+            if not self._program_read:
                 raise NotSupportedError("this firmware has no PROGRAM_READ",
                                         command="PROGRAM_READ")
-            if combined:
-                values = chip.program_read(req.addresses, req.n_pulses, pulse)
-                self.counters["devices_read"] += int(req.addresses.size)  # type: ignore[operator]
-            else:
-                chip.program(req.addresses, req.n_pulses, pulse)
-            total = int(req.n_pulses.sum(dtype=np.int64))
-            key = "set_pulses" if kind is PulseKind.SET else "reset_pulses"
-            self.counters[key] += total  # type: ignore[operator]
-            self.idle = False
-            if not combined:
-                return ProgramAck(int(req.addresses.size), total)
-            return ProgramReadReply(int(req.addresses.size), total,
+            values = chip.program_read(req.addresses, req.n_pulses, self._pulse(req))
+            n = int(req.addresses.size)
+            self.counters["devices_read"] += n  # type: ignore[operator]
+            return ProgramReadReply(n, self._count_pulses(req),
                                     adc_quantise(values, self.full_scale_us))
+        if isinstance(req, ProgramRequest):
+            chip.program(req.addresses, req.n_pulses, self._pulse(req))
+            return ProgramAck(int(req.addresses.size), self._count_pulses(req))
         if isinstance(req, MatvecRequest):
             if not self.capabilities & Capability.MATVEC:
                 raise NotSupportedError("this chip has no on-chip matvec", command="MATVEC")
@@ -439,6 +427,23 @@ class Firmware:
             self.idle = True
             return SafeStateAck()
         raise PayloadError(NackCode.UNKNOWN_OPCODE, f"no handler for {req.OPCODE.name}")
+
+    def _pulse(self, req: ProgramRequest) -> PulseSpec:
+        """The pulse of a program request; a run uses two or three shapes: each built once."""
+        shape = (int(req.kind), req.amplitude_uv, req.width_ps)
+        pulse = self._pulses.get(shape)
+        if pulse is None:
+            pulse = PulseSpec(PulseKind(shape[0]), req.amplitude_v, req.width_ns)
+            self._pulses[shape] = pulse
+        return pulse
+
+    def _count_pulses(self, req: ProgramRequest) -> int:
+        """Book an executed program request's pulses; returns their number (for its ACK)."""
+        total = int(req.n_pulses.sum(dtype=np.int64))
+        key = "set_pulses" if int(req.kind) == PulseKind.SET else "reset_pulses"
+        self.counters[key] += total  # type: ignore[operator]
+        self.idle = False
+        return total
 
     def info_reply(self) -> InfoReply:
         info = self.chip.info()

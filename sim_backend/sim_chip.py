@@ -23,7 +23,7 @@ import numpy as np
 
 from drivers.backend import Capability, ChipBackend, ChipInfo, matvec_operands
 from drivers.errors import ChipError, ConfigError, SafetyLimitError
-from drivers.geometry import ADDRESS_DTYPE, Geometry, check_unique
+from drivers.geometry import ADDRESS_DTYPE, Geometry, ascending_order
 from drivers.pulse import PulseKind, PulseSpec, check_pulse_counts
 from firmware_interface.adc import ADC_BITS, adc_full_scale_us, adc_roundtrip
 from firmware_interface.protocol import PROTOCOL_VERSION
@@ -39,8 +39,6 @@ _U16_MAX = np.iinfo(np.uint16).max
 #: A SET batch of at most this many (device, pulse) slots draws for every device at every
 #: pulse index (fewest numpy calls); a larger one only for the pulses it applies (least work).
 _DENSE_SET_DRAWS = 4096
-#: Batches above this size first try the sorted-order uniqueness check (one pass, no sort).
-_SORTED_CHECK_MIN = 1024
 
 
 @dataclass(frozen=True)
@@ -65,21 +63,11 @@ class SimLimits:
         return {k: float(v) for k, v in self.__dict__.items()}
 
 
-def _check_unique(addr: np.ndarray, command: str) -> bool:
-    """check_unique, without its sort for a large batch in increasing order (a full read of
-    the mapped devices): strictly increasing addresses are unique. True when the batch was
-    found to be in increasing order."""
-    if addr.size > _SORTED_CHECK_MIN and bool((addr[1:] > addr[:-1]).all()):
-        return True
-    check_unique(addr, command=command)
-    return False
-
-
 def _state_index(addr: np.ndarray, increasing: bool) -> np.ndarray | slice:
     """How to index the per-device state arrays with a checked batch: a run of consecutive
     addresses (the mapped devices of a full read) as a slice, whose views need no gathers;
     any other batch as intp (numpy indexes with intp several times faster)."""
-    if increasing and int(addr[-1]) - int(addr[0]) + 1 == addr.size:
+    if increasing and addr.size and int(addr[-1]) - int(addr[0]) + 1 == addr.size:
         return slice(int(addr[0]), int(addr[-1]) + 1)
     return addr.astype(np.intp)
 
@@ -130,7 +118,7 @@ class SimulatedChip(ChipBackend):
 
     def read(self, addresses: np.ndarray) -> np.ndarray:
         addr = self._check(addresses, "READ")
-        idx = _state_index(addr, _check_unique(addr, "READ"))
+        idx = _state_index(addr, ascending_order(addr, command="READ") is None)
         self._advance(self.timing.command_s + self.timing.read_s * addr.size)
         return adc_roundtrip(self._noisy_read(addr, idx), self._adc_full_scale)
 
@@ -143,7 +131,7 @@ class SimulatedChip(ChipBackend):
         addr = self._check(addresses, cmd)
         n = check_pulse_counts(addr, n_pulses, self.limits.max_pulses_per_device, cmd)
         self._check_pulse(pulse, cmd)
-        _check_unique(addr, cmd)
+        ascending_order(addr, command=cmd)   # refuses a device named twice
         if n.size and n.min() == 0:
             keep = n > 0
             addr, n = addr[keep], n[keep]
@@ -180,7 +168,7 @@ class SimulatedChip(ChipBackend):
         addr = self._check(addresses, cmd)
         n = check_pulse_counts(addr, n_pulses, self.limits.max_pulses_per_device, cmd)
         self._check_pulse(pulse, cmd)
-        _check_unique(addr, cmd)
+        ascending_order(addr, command=cmd)   # refuses a device named twice
         if pulse.kind is not PulseKind.SET or np.count_nonzero(n) != addr.size or not addr.size:
             self.program(addr, n, pulse)   # RESET, zero counts, nothing: the general path
             return self.read(addr)
