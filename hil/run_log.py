@@ -1827,10 +1827,12 @@ def _open_h5(path: str) -> Any:
         return h5py.File(path, "r")
     except OSError as e:
         msg = str(e)
-    if "already open for write" in msg:
-        # A writer has it open, or was killed: SWMR read mode opens it anyway. (Not the
-        # first choice: SWMR readers retry unreadable metadata many times, which makes a
-        # corrupted file slow to reject.)
+    if "already open for write" in msg or "truncated" in msg:
+        # A writer has it open, or was killed: SWMR read mode opens it anyway. A live writer's
+        # file can also look truncated, its end allocated but not yet written; SWMR read skips
+        # that check only for a file marked as SWMR-written, so a finished file cut short is
+        # still rejected below. (Not the first choice: SWMR readers retry unreadable metadata
+        # many times, which makes a corrupted file slow to reject.)
         try:
             return h5py.File(path, "r", swmr=True)
         except OSError as e:

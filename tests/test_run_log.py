@@ -22,7 +22,7 @@ from drivers.pulse import DEFAULT_RESET, DEFAULT_SET
 from hil.chip_io import ChipIO
 from hil.config import ExperimentConfig, LogConfig, replace
 from hil.recorder import Recorder
-from hil.run_log import (COMMIT_FIELDS, FORMAT, PURPOSES, RunLog, RunLogError, RunLogWriter)
+from hil.run_log import (COMMIT_FIELDS, PURPOSES, RunLog, RunLogError, RunLogWriter)
 from sim_backend.pcm_model import PcmModel
 from sim_backend.sim_chip import SimulatedChip
 
@@ -125,7 +125,6 @@ def fake_run(recorder: Recorder, steps: int = 120, seed: int = 0, snapshot_every
     io.step = 0
     io.program(addr, np.ones(n, np.int64), DEFAULT_RESET, "init_reset")
     cache = io.read(addr, "full_read").astype(np.float32)
-    half = n // 2
     chi_sizes = [a * b for a, b in SHAPES]
     chi = np.zeros(sum(chi_sizes), np.float32)
 
@@ -420,6 +419,30 @@ def test_foreign_truncated_corrupted_and_newer_files(logged, tmp_path):
             r.step_metrics()
             r.status_history()
             list(r.iter_pulse_batches())
+
+
+def test_live_file_whose_end_is_not_yet_written_opens(tmp_path):
+    """A reader can catch a live writer between allocating file space and writing it: the
+    superblock's end of file is then past the file's size. Plain HDF5 calls that "truncated";
+    RunLog must open it as the live file it is (a monitoring loop hit this mid-run)."""
+    path = str(tmp_path / "live.h5")
+    w = RunLogWriter(path, small_cfg())
+    w.begin(config={}, provenance={}, layout=fake_layout())
+    a = np.arange(4, dtype=np.uint32)
+    for step in range(1, 31):
+        w.before_program(step, a, np.ones(4), DEFAULT_SET, "update")
+        w.on_program(step, a, np.ones(4), DEFAULT_SET, "update")
+    w.flush()
+    seen = tmp_path / "seen.h5"
+    seen.write_bytes(open(path, "rb").read()[:-1])   # the last allocated byte not yet written
+    with pytest.raises(OSError, match="truncated"):
+        h5py.File(str(seen), "r")
+    with RunLog(str(seen)) as r:
+        assert r.status.status == "running"
+        assert len(r.pulse_batches()["step"]) == 30
+    w.finish("completed", None, {})
+    with RunLog(path) as r:
+        assert r.status.status == "completed"
 
 
 def test_schema_doc_lists_every_dataset(logged):
