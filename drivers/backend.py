@@ -72,6 +72,11 @@ def matvec_operands(addresses: np.ndarray, x: np.ndarray) -> Tuple[np.ndarray, n
     if xv.ndim not in (1, 2) or xv.shape[0] != block.shape[1]:
         raise ChipError(f"x has shape {xv.shape}, the block {block.shape[1]} columns",
                         command="MATVEC")
+    bad = np.flatnonzero(~np.isfinite(xv))
+    if bad.size:
+        j = np.unravel_index(int(bad[0]), xv.shape)
+        raise ChipError(f"x{list(map(int, j))} is {xv[j]}: a line voltage must be finite",
+                        command="MATVEC")
     return block, xv
 
 

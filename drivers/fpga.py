@@ -31,6 +31,7 @@ from drivers.errors import (AddressError, ChipError, ChipFaultError, LinkError,
                             NotSupportedError, ProtocolError, SafetyLimitError)
 from drivers.geometry import Geometry, ascending_order
 from drivers.pulse import PulseKind, PulseSpec, check_pulse_counts
+from drivers.safety import check_line_voltages
 from firmware_interface import adc
 from firmware_interface.frame import OVERHEAD, Decoded, Frame, FrameDecoder, FrameError
 from firmware_interface.messages import (AdvanceClockAck, AdvanceClockRequest, ClockReply,
@@ -474,6 +475,9 @@ class FpgaChip(ChipBackend):
     def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
         self._require(Capability.MATVEC, "MATVEC")
         block, xv = matvec_operands(addresses, x)
+        v_max = self.info().hard_limits.get("read_v_max")
+        if v_max is not None:   # refused here rather than NACKed: nothing is sent
+            check_line_voltages(xv, v_max, "the chip's read_v_max")
         flat = self._check(block.ravel(), "MATVEC")
         k = 1 if xv.ndim == 1 else xv.shape[1]
         reply = self.transaction(MatvecRequest(flat.reshape(block.shape), xv),

@@ -37,6 +37,9 @@ class SafetyLimits:
     max_pulses_per_step: pulses (all devices) one training step may send.
     max_batch_devices: devices in one program or read command.
     supply_current_max_a: narrows every power supply's current-limit range.
+    read_v_max: largest |voltage| a MATVEC may put on an input line. A read above a PCM
+        cell's threshold voltage can switch it, so an on-chip weighted sum is a disturb risk
+        that a plain READ (at the firmware's own read voltage) is not.
     """
 
     set: PulseLimits
@@ -45,14 +48,16 @@ class SafetyLimits:
     max_pulses_per_step: int
     max_batch_devices: int
     supply_current_max_a: Optional[float] = None
+    read_v_max: Optional[float] = None
 
     def __post_init__(self) -> None:
         for k in ("max_pulses_per_device", "max_pulses_per_step", "max_batch_devices"):
             if getattr(self, k) < 1:
                 raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
-        if self.supply_current_max_a is not None and not self.supply_current_max_a > 0:
-            raise ValueError(f"supply_current_max_a must be > 0, got "
-                             f"{self.supply_current_max_a}")
+        for k in ("supply_current_max_a", "read_v_max"):
+            v = getattr(self, k)
+            if v is not None and not v > 0:
+                raise ValueError(f"{k} must be > 0, got {v}")
 
     def pulse_limits(self, kind: PulseKind) -> PulseLimits:
         return self.set if PulseKind(kind) is PulseKind.SET else self.reset
@@ -90,11 +95,34 @@ class SafetyLimits:
             raise SafetyLimitError(f"batch of {n} devices exceeds safety.max_batch_devices = "
                                    f"{self.max_batch_devices}", command="READ")
 
+    def check_matvec(self, addresses: np.ndarray, x: np.ndarray) -> None:
+        """Check one MATVEC (block size, and its input voltages when read_v_max is set)."""
+        n = int(np.asarray(addresses).size)
+        if n > self.max_batch_devices:
+            raise SafetyLimitError(f"block of {n} devices exceeds safety.max_batch_devices = "
+                                   f"{self.max_batch_devices}", command="MATVEC")
+        if self.read_v_max is not None:
+            check_line_voltages(x, self.read_v_max, "safety.read_v_max")
+
     def check_step(self, total_pulses: int) -> None:
         """Check the pulses one training step would send, before it sends any."""
         if total_pulses > self.max_pulses_per_step:
             raise SafetyLimitError(f"{total_pulses} pulses in one step exceed "
                                    f"safety.max_pulses_per_step = {self.max_pulses_per_step}")
+
+
+def check_line_voltages(x: np.ndarray, v_max: float, limit: str) -> None:
+    """Raise SafetyLimitError naming the largest MATVEC input if any |x| exceeds `v_max`
+    (`limit` says whose limit it is: the station's or the chip's)."""
+    xv = np.asarray(x, dtype=np.float64)
+    if not xv.size:
+        return
+    j = int(np.argmax(np.abs(xv)))
+    peak = float(xv.flat[j])
+    if not abs(peak) <= v_max:
+        where = list(map(int, np.unravel_index(j, xv.shape)))
+        raise SafetyLimitError(f"input x{where} = {peak!r} V exceeds {limit} = {v_max} V",
+                               command="MATVEC")
 
 
 class LimitedBackend(ChipBackend):
@@ -129,7 +157,7 @@ class LimitedBackend(ChipBackend):
         self._guard(self.limits.check_step, int(np.asarray(n_pulses).sum()))
 
     def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
-        self._guard(self.limits.check_read, addresses)
+        self._guard(self.limits.check_matvec, addresses, x)
         return self.inner.matvec(addresses, x)
 
     def read_exact(self, addresses: np.ndarray) -> np.ndarray:

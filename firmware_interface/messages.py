@@ -565,6 +565,8 @@ class MatvecRequest(Message):
         _need(payload, off + bsize + n * k * xdt, "MATVEC")
         block = decode_block_body(mode, m, n, payload[off:off + bsize])
         x = np.frombuffer(payload, _X_DTYPES[xdt], n * k, off + bsize).astype(np.float64)
+        if not np.isfinite(x).all():
+            raise PayloadError(NackCode.BAD_PAYLOAD, "x holds a NaN or infinite voltage")
         return cls(block, x if ndim == 1 else x.reshape(n, k), xdt)
 
 

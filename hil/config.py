@@ -127,12 +127,15 @@ class OptimizerConfig:
 class TrainingConfig:
     epochs: int = 20
     matvec: MatvecMode = MatvecMode.HOST
+    matvec_read_v: float = 0.2       # matvec: chip: the line voltage of each input's peak
     full_read_every_steps: int = 0   # re-read every mapped device this often (0 = per epoch)
     baseline: bool = True            # also train the fp32 software baseline
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not 0 < self.matvec_read_v < float("inf"):
+            raise ValueError(f"matvec_read_v must be a voltage > 0, got {self.matvec_read_v}")
 
 
 @dataclass(frozen=True)

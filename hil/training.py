@@ -13,7 +13,7 @@ import logging
 import platform
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -141,17 +141,42 @@ class ChipMatmul(network.HostMatmul):
 
     Forward sums run along a layer's inputs, backward ones along its outputs (the crossbar
     driven from the other side), as on a real array.
+
+    Inputs are activations and errors, not voltages: each input vector is scaled so that its
+    largest magnitude becomes the read voltage `training.matvec_read_v`, and the sums are
+    scaled back (abs-max input scaling, as analog accelerators do). A disturbing voltage can
+    therefore never reach the array, whatever the network computes.
     """
 
     def __init__(self, trainer: "MixedPrecisionTrainer") -> None:
         super().__init__(trainer.weights)
         self.trainer = trainer
+        read_v = trainer.cfg.training.matvec_read_v
+        v_max = trainer.chip_info.hard_limits.get("read_v_max")
+        if v_max is not None and read_v > v_max:
+            raise ConfigError(f"{read_v} V exceeds the chip's read_v_max of {v_max} V",
+                              key="training.matvec_read_v")
+        self.read_v = float(read_v)
+        # The largest float32 not above read_v: the voltages sent are float32.
+        v32 = np.float32(read_v)
+        self._v32 = v32 if float(v32) <= read_v else np.nextafter(v32, F32(0))
 
-    def _diff(self, plus: np.ndarray, minus: np.ndarray, v: np.ndarray,
+    def line_voltages(self, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """x (n,) or (n, k) as float32 line voltages, each column peaking at the read voltage
+        (a zero column stays zero), and the per-column factor that turns currents back into
+        sums over x."""
+        x64 = np.asarray(x, dtype=np.float64)
+        peak = np.max(np.abs(x64), axis=0)
+        peak = np.where(peak > 0, peak, 1.0)
+        v = np.clip((x64 * (self.read_v / peak)).astype(F32), -self._v32, self._v32)
+        return v, peak / self.read_v
+
+    def _diff(self, plus: np.ndarray, minus: np.ndarray, x: np.ndarray,
               beta: F32) -> np.ndarray:
         be = self.trainer.backend
         self.trainer.matvec_commands += 2
-        return (beta * (be.matvec(plus, v) - be.matvec(minus, v))).astype(F32)
+        v, scale = self.line_voltages(x)
+        return (beta * ((be.matvec(plus, v) - be.matvec(minus, v)) * scale)).astype(F32)
 
     def forward(self, layer: int, a_in: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         lay = self.trainer.layers[layer]

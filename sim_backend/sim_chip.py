@@ -25,6 +25,7 @@ from drivers.backend import Capability, ChipBackend, ChipInfo, matvec_operands
 from drivers.errors import ChipError, ConfigError, SafetyLimitError
 from drivers.geometry import ADDRESS_DTYPE, Geometry, ascending_order
 from drivers.pulse import PulseKind, PulseSpec, check_pulse_counts
+from drivers.safety import check_line_voltages
 from firmware_interface.adc import ADC_BITS, adc_full_scale_us, adc_roundtrip
 from firmware_interface.protocol import PROTOCOL_VERSION
 from sim_backend import counter_rng as crng
@@ -58,6 +59,7 @@ class SimLimits:
     set_amplitude_v_max: float = 2.0
     reset_amplitude_v_max: float = 4.0
     width_ns_max: float = 10_000.0
+    read_v_max: float = 0.5      # MATVEC input lines: below a PCM cell's threshold voltage
 
     def as_dict(self) -> Dict[str, float]:
         return {k: float(v) for k, v in self.__dict__.items()}
@@ -205,6 +207,7 @@ class SimulatedChip(ChipBackend):
 
     def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
         block, xv = matvec_operands(addresses, x)
+        check_line_voltages(xv, self.limits.read_v_max, "the chip's read_v_max")
         flat = self._check(block.ravel(), "MATVEC")
         self._advance(self.timing.command_s + self.timing.read_s * flat.size)
         g = self._noisy_read(flat).reshape(block.shape)

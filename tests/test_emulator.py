@@ -320,7 +320,7 @@ def workload(backend, seed: int, steps: int = 3):
         backend.program(addr, rng.integers(0, 5, 200),
                         PulseSpec.reset() if step == 1 else PulseSpec.set())
         out.append(backend.read(addr))
-        out.append(backend.matvec(np.arange(256).reshape(8, 32), rng.standard_normal(32)))
+        out.append(backend.matvec(np.arange(256).reshape(8, 32), rng.uniform(-0.5, 0.5, 32)))
     return out
 
 

@@ -80,8 +80,9 @@ def workload(backend, steps: int = 6, seed: int = 0):
         more = rng.choice(n_dev, 50, replace=False)
         out.append(backend.program_read(more, rng.integers(0, 3, more.size), PulseSpec.set()))
         block = np.arange(8 * 64).reshape(8, 64) + 64 * step
-        out.append(backend.matvec(block, rng.standard_normal(64)))
-        out.append(backend.matvec(block[:, ::2], rng.standard_normal((32, 3)).astype(np.float32)))
+        out.append(backend.matvec(block, rng.uniform(-0.5, 0.5, 64)))   # line voltages
+        out.append(backend.matvec(block[:, ::2],
+                                  rng.uniform(-0.5, 0.5, (32, 3)).astype(np.float32)))
     out.append(backend.read_exact(np.arange(n_dev)))
     return out
 
@@ -257,6 +258,8 @@ BAD_CALLS = [
     ("program", (np.array([1, 2]), np.array([1]), PulseSpec.set()), ChipError),
     ("matvec", (np.arange(4), np.ones(4)), ChipError),
     ("matvec", (np.arange(4).reshape(2, 2), np.ones(3)), ChipError),
+    ("matvec", (np.arange(4).reshape(2, 2), np.array([0.1, -0.7])), SafetyLimitError),
+    ("matvec", (np.arange(4).reshape(2, 2), np.array([[0.1], [np.nan]])), ChipError),
     ("read_exact", (np.array([GEO.n_devices + 5]),), AddressError),
 ]
 
@@ -365,6 +368,22 @@ def test_nack_safety_limit_maps_to_safety_limit_error(chip, emu):
         chip.transaction(req, command="PROGRAM_SET")
     assert e.value.nack_code is NackCode.SAFETY_LIMIT
     assert emu.firmware.chip.counters["set_pulses"] == 0
+
+
+def test_matvec_voltage_limits_are_the_firmwares_too(chip, emu):
+    """Bypassing the driver's checks, the firmware itself refuses a MATVEC input above its
+    read_v_max (SAFETY_LIMIT) and a NaN or infinite one (BAD_PAYLOAD), reading nothing."""
+    assert chip.info().hard_limits["read_v_max"] == 0.5
+    block = np.arange(6).reshape(2, 3)
+    commands = emu.firmware.chip.counters["commands"]
+    with pytest.raises(SafetyLimitError, match=r"x\[1\] = -0.75 V exceeds the chip's read_v_max") as e:
+        chip.transaction(MatvecRequest(block, np.array([0.5, -0.75, 0.0])), command="MATVEC")
+    assert e.value.nack_code is NackCode.SAFETY_LIMIT
+    for seq, bad in ((910, np.inf), (911, np.nan)):
+        req = MatvecRequest(block, np.array([0.1, bad, 0.2]))
+        assert raw_exchange(chip, req.frame(seq), seq).code is NackCode.BAD_PAYLOAD
+    assert emu.firmware.chip.counters["commands"] == commands
+    assert chip.matvec(block, np.array([0.5, -0.5, 0.0])).shape == (2,)   # at the limit: fine
 
 
 def test_nack_unsupported():

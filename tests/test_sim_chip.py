@@ -95,9 +95,16 @@ def test_matvec_is_g_times_v_on_ideal_devices():
     block = np.arange(12, dtype=np.uint32).reshape(3, 4)
     chip.program(block.ravel(), np.arange(12) % 3, PulseSpec.set())
     g = chip.read_exact(block.ravel()).reshape(3, 4).astype(np.float64)
-    x = np.array([1.0, -2.0, 0.5, 3.0])
+    x = np.array([0.1, -0.2, 0.05, 0.3])   # volts
     assert np.allclose(g, (0.1 + 0.5 * (np.arange(12) % 3)).reshape(3, 4), atol=1e-6)
-    assert np.allclose(chip.matvec(block, x), g @ x, atol=1e-3)
+    assert np.allclose(chip.matvec(block, x), g @ x, atol=1e-4)
+    # The chip's hard read-voltage limit, and finite inputs only: refused, nothing read
+    commands = chip.counters["commands"]
+    with pytest.raises(SafetyLimitError, match=r"x\[2\] = -0.6 V exceeds the chip's read_v_max"):
+        chip.matvec(block, np.array([0.1, 0.2, -0.6, 0.0]))
+    with pytest.raises(ChipError, match=r"x\[1, 0\] is inf"):
+        chip.matvec(block, np.array([[0.1], [np.inf], [0.0], [0.0]]))
+    assert chip.counters["commands"] == commands
 
 
 def test_state_file_round_trip_and_refusal(tmp_path):

@@ -61,6 +61,7 @@ def test_shipped_stations_load():
     (lambda d: d["safety"].pop("max_batch_devices"), "safety.max_batch_devices",
      "required key is missing"),
     (lambda d: d["safety"]["set"].update(amplitude_v_max=-1), "safety.set", "must be > 0"),
+    (lambda d: d["safety"].update(read_v_max=0), "safety", "read_v_max must be > 0"),
     (lambda d: d["safety"].update(max_pulses_per_device="many"),
      "safety.max_pulses_per_device", "expected an integer"),
     (lambda d: d["instruments"][1].update(kind="oscilloscope"), "instruments[1].kind",
@@ -125,6 +126,23 @@ def test_safety_checks_pulses_batches_and_steps():
         s.check_step(500_001)
     with pytest.raises(SafetyLimitError, match="max_batch_devices"):
         s.check_read(np.zeros(1_048_577, dtype=np.uint32))
+
+
+def test_safety_limits_matvec_input_voltages():
+    """A MATVEC above safety.read_v_max never reaches the chip; below it, the chip answers."""
+    from drivers.geometry import Geometry
+    from drivers.safety import LimitedBackend
+    from sim_backend import PcmModel, SimulatedChip
+    s = load_station(SIM_STATION).safety
+    assert s.read_v_max == pytest.approx(0.3)
+    chip = SimulatedChip(PcmModel.preset("ideal"), Geometry(1, 8, 8), seed=0)
+    guarded = LimitedBackend(chip, s)
+    block = np.arange(6).reshape(2, 3)
+    with pytest.raises(SafetyLimitError, match=r"x\[1, 1\] = -0.31 V exceeds "
+                                               r"safety\.read_v_max = 0.3 V"):
+        guarded.matvec(block, np.array([[0.1, 0.0], [0.2, -0.31], [0.0, 0.0]]))
+    assert guarded.refused == 1 and chip.counters["commands"] == 0
+    assert guarded.matvec(block, np.array([0.3, -0.3, 0.0])).shape == (2,)
 
 
 def test_open_instruments_applies_station_limits(tmp_path):

@@ -36,8 +36,8 @@ def in_process(small_data):
     return run_experiment(cfg, open_backend("sim://", sim_defaults(cfg)), data=small_data)
 
 
-def _emulated(small_data, faults=None, timeout_s=5.0, **where):
-    cfg = _cfg()
+def _emulated(small_data, faults=None, timeout_s=5.0, cfg=None, **where):
+    cfg = cfg or _cfg()
     chip = SimulatedChip(PcmModel.preset(cfg.chip.model), Geometry(1, 512, 2048),
                          seed=cfg.chip_seed)
     server = EmulatorServer(Firmware(chip), faults=faults, **where).start()
@@ -57,6 +57,18 @@ def test_training_through_emulator_matches_in_process(small_data, in_process, wh
         assert summary[k] == in_process[k], k
     assert [e["test_accuracy"] for e in summary["per_epoch"]] == \
         [e["test_accuracy"] for e in in_process["per_epoch"]]
+
+
+def test_on_chip_matvec_through_emulator_matches_in_process(small_data):
+    """matvec: chip sends every weighted sum over the wire as MATVEC line voltages: the
+    emulated run equals the in-process one, currents and all."""
+    cfg = small_config(seed=5, data={"train_examples": 150, "test_examples": 100},
+                       training={"matvec": "chip"})
+    ref = run_experiment(cfg, open_backend("sim://", sim_defaults(cfg)), data=small_data)
+    summary, server = _emulated(small_data, cfg=cfg, listen=("127.0.0.1", 0))
+    for k in KEYS + ("matvec_commands",):
+        assert summary[k] == ref[k], k
+    assert summary["matvec_commands"] == server.firmware.counters["by_opcode"]["MATVEC"] > 0
 
 
 def test_training_through_faulty_link_matches_in_process(small_data, in_process):

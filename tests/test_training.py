@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from drivers.errors import ConfigError
 from drivers.geometry import Geometry
 from hil.backend_url import SimDefaults, open_backend
 from hil.recorder import Recorder
@@ -104,6 +105,46 @@ def test_ideal_devices_lose_no_update(small_data):
     for layer, chi, e in zip(t.layers, t.optimizer.chi, expect):
         # each read passes a 16-bit ADC: at most a few code steps of β·0.0004 µS per weight
         assert np.abs(layer.w + chi - e).max() < 2e-3
+
+
+def test_chip_matvec_drives_read_voltages_and_matches_the_host(small_data):
+    """matvec: chip turns each input vector into line voltages peaking at matvec_read_v and
+    scales the currents back: the sums equal the host's from the same conductances, and no
+    line exceeds the chip's limit even when that limit is the read voltage itself (0.3 V
+    has no float32 of its own: the nearest one is above it)."""
+    from hil import network
+    from sim_backend.sim_chip import SimLimits
+    cfg = small_config(data={"train_examples": 300, "test_examples": 300},
+                       chip={"model": "ideal"},
+                       training={"matvec": "chip", "matvec_read_v": 0.3})
+    chip = SimulatedChip(PcmModel.preset("ideal"), Geometry(1, 512, 2048), seed=1,
+                         limits=SimLimits(read_v_max=0.3))
+    t = MixedPrecisionTrainer(cfg, chip)
+    t.initialize()
+    for i in range(20):   # move the weights off their initial values
+        t.train_step(small_data.train_x[i:i + 1], small_data.train_y[i:i + 1], 0.1)
+    host, on_chip = network.HostMatmul(t.weights), t._matmul
+    x = small_data.train_x[100:104] * np.array([[1.0], [0.01], [-3.0], [0.0]], np.float32)
+    for got, want in ((on_chip.forward(0, x, None), host.forward(0, x, None)),
+                      (on_chip.backward(1, x[:, :10]), host.backward(1, x[:, :10]))):
+        assert got.shape == want.shape
+        # per example, within float32 current resolution of the row's largest sum (the
+        # difference of two ~100 µA currents); a wrong scale would be off by 3× or 100×
+        err = np.abs(got - want).max(axis=1)
+        assert (err[:3] <= 1e-3 * np.abs(want[:3]).max(axis=1)).all(), err
+        assert not got[3].any()   # an all-zero input stays all zero
+    v, scale = on_chip.line_voltages(x.T)
+    assert v.dtype == np.float32 and float(np.abs(v).max()) <= 0.3
+    assert np.allclose(np.abs(v).max(axis=0)[:3], 0.3) and np.allclose(scale[:3] * 0.3,
+                                                                        [1.0, 0.01, 3.0])
+    with pytest.raises(ConfigError, match=r"training\.matvec_read_v.*exceeds the chip's "
+                                           r"read_v_max of 0.3 V"):
+        MixedPrecisionTrainer(replace_training(cfg, matvec_read_v=0.35), chip)
+
+
+def replace_training(cfg, **kw):
+    from hil.config import replace
+    return replace(cfg, training=replace(cfg.training, **kw))
 
 
 def test_cli_train_writes_summary(tmp_path):
