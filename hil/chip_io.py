@@ -1,6 +1,6 @@
 """ChipIO: the training loop's only door to the chip.
 
-Every read and program command goes through here, so it is counted once and reported to the
+Every read, program and MATVEC command goes through here, so it is counted once and reported to the
 recorder once, whatever backend sits behind it.
 """
 from __future__ import annotations
@@ -89,6 +89,13 @@ class ChipIO:
         self.recorder.on_program(self.step, addresses, n_pulses, pulse, purpose)
         self._count_read(addresses)
         self.recorder.on_read(self.step, addresses, values, read_purpose)
+        return values
+
+    def matvec(self, block: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """An on-chip weighted sum. Not journaled: it changes no conductance, and a run
+        that uses it cannot be resumed (hil.resume refuses), only replayed and verified."""
+        values = self.backend.matvec(block, x)
+        self.recorder.on_matvec(self.step, block, x, values)
         return values
 
     def _count_read(self, addresses: np.ndarray) -> None:

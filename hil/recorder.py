@@ -1,7 +1,7 @@
 """The recorder: the one place every chip read and program command is reported to.
 
 The training loop never talks to a log directly; ChipIO (hil.chip_io) reports each command
-here, and the trainer reports snapshots, metrics and status. The HDF5 run log implements this
+(and each on-chip weighted sum) here, and the trainer reports snapshots, metrics and status. The HDF5 run log implements this
 interface; NullRecorder is used when a run is not logged.
 
 `purpose` tags say why a command was sent: "init_reset", "init_set", "update", "readback",
@@ -48,6 +48,11 @@ class Recorder:
     def on_program(self, step: int, addresses: np.ndarray, n_pulses: np.ndarray,
                    pulse: PulseSpec, purpose: str) -> None:
         """A program batch the chip acknowledged."""
+
+    def on_matvec(self, step: int, block: np.ndarray, x: np.ndarray,
+                  values: np.ndarray) -> None:
+        """An on-chip weighted sum: the (m, n) address block, the line voltages x (n,) or
+        (n, k), and the currents the chip returned."""
 
     def on_snapshot(self, step: int, g_us: np.ndarray, chi: Mapping[str, np.ndarray]) -> None:
         """Full state the host holds: conductance of every mapped device, and χ per layer."""

@@ -12,12 +12,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from drivers.backend import Capability, ChipBackend, ChipInfo
+from drivers.backend import Capability, ChipBackend, ChipInfo, matvec_operands
 from drivers.errors import ChipFaultError, HilError, NotSupportedError
 from drivers.pulse import PulseKind, PulseSpec
 from hil.recorder import Recorder
@@ -112,6 +113,10 @@ class ReplayBackend(ChipBackend):
                                c["pulse_events"])
         self._ri = 0
         self._pi = 0
+        self._mb = self.log.matvec_batches()
+        self._n_mb = self._mb["step"].size
+        self._mi = self._m_lo = self._m_hi = self._m_base = 0
+        self._m_values = np.zeros(0, np.float32)
         self._n_rb = self._rb["seq"].size
         self._n_pb = self._pb["seq"].size
         info = self.log.chip_info()
@@ -139,8 +144,13 @@ class ReplayBackend(ChipBackend):
     def batches_checked(self) -> int:
         return self._pi
 
+    @property
+    def matvecs_served(self) -> int:
+        return self._mi
+
     def remaining(self) -> int:
-        return self.commands_logged - self.commands_served
+        """Logged commands (MATVECs included) the re-run has not sent yet."""
+        return self.commands_logged - self.commands_served + self._n_mb - self._mi
 
     def _last_step(self) -> Optional[int]:
         steps = [int(t["step"][-1]) for t in (self._rb, self._pb) if t["step"].size]
@@ -234,9 +244,39 @@ class ReplayBackend(ChipBackend):
                                  command=cmd)
 
     def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
-        raise NotSupportedError("a replayed run cannot serve MATVEC: analog sums are not in "
-                                "the run log (schema 1.0); replay needs training.matvec: host",
-                                command="MATVEC")
+        """The logged currents of the next MATVEC, if the run sent the same one (same block
+        shape and corners, same inputs to the bit)."""
+        self._check_open("MATVEC")
+        if not self.log.has_matvec:
+            raise NotSupportedError(
+                f"a replayed run cannot serve MATVEC: this log has schema "
+                f"{self.log.schema_version}, whose analog sums are not logged (1.1 logs them); "
+                "replay needs training.matvec: host", command="MATVEC")
+        block, xv = matvec_operands(addresses, x)
+        i, mb = self._mi, self._mb
+        if i >= self._n_mb:
+            raise ReplayDivergence(f"the run sent MATVEC #{i}, the log has {self._n_mb}",
+                                   step=self._last_step(), command="MATVEC")
+        step = int(mb["step"][i])
+        k = 0 if xv.ndim == 1 else xv.shape[1]
+        got = (block.shape[0], block.shape[1], k,
+               int(block[0, 0]) if block.size else 0, int(block[-1, -1]) if block.size else 0,
+               zlib.crc32(np.ascontiguousarray(xv, "<f8").tobytes()))
+        want = tuple(int(mb[c][i]) for c in ("rows", "cols", "k", "first_address",
+                                             "last_address", "x_crc32"))
+        if got != want:
+            what = ("rows", "cols", "k", "first address", "last address", "input CRC-32")
+            j = next(n for n in range(len(got)) if got[n] != want[n])
+            raise ReplayDivergence(f"MATVEC #{i}: {what[j]} {got[j]}, the log has {want[j]}",
+                                   step=step, command="MATVEC")
+        if self._m_lo > i or i >= self._m_hi:   # the currents, read in blocks of rows
+            self._m_lo, self._m_hi = i, min(self._n_mb, i + 4096)
+            self._m_values = self.log.matvec_values(self._m_lo, self._m_hi)
+            self._m_base = int(mb["offset"][self._m_lo])
+        o = int(mb["offset"][i]) - self._m_base
+        v = self._m_values[o:o + int(mb["count"][i])]
+        self._mi = i + 1
+        return v.reshape((block.shape[0],) if k == 0 else (block.shape[0], k)).copy()
 
     def read_exact(self, addresses: np.ndarray) -> np.ndarray:
         raise NotSupportedError("a replayed run has no exact (noise-free) read",
@@ -377,6 +417,7 @@ class VerifyReport:
     divergence: Optional[BaseException] = None
     batches_checked: int = 0
     reads_served: int = 0
+    matvecs_served: int = 0
     step_metrics_checked: int = 0
     epoch_metrics_checked: int = 0
     snapshots_checked: int = 0
@@ -428,10 +469,10 @@ def verify_run(path: str, *, progress: bool = False, data: Any = None) -> Verify
     log = RunLog(path)
     try:
         cfg = log.experiment_config()
-        if cfg.training.matvec is MatvecMode.CHIP:
-            raise RunLogError("the run used training.matvec: chip; MATVEC commands are not in "
-                              "the run log (schema 1.0), so it cannot be verified",
-                              path=log.path)
+        if cfg.training.matvec is MatvecMode.CHIP and not log.has_matvec:
+            raise RunLogError(f"the run used training.matvec: chip, and its log (schema "
+                              f"{log.schema_version}) has no MATVEC results, so it cannot be "
+                              "verified (schema 1.1 logs them)", path=log.path)
         backend = ReplayBackend(log)
         rec = VerifyRecorder(log)
         logged_status = log.status
@@ -447,6 +488,7 @@ def verify_run(path: str, *, progress: bool = False, data: Any = None) -> Verify
         report.seconds = time.perf_counter() - t0
         report.batches_checked = backend.batches_checked
         report.reads_served = backend.reads_served
+        report.matvecs_served = backend.matvecs_served
         report.step_metrics_checked = rec.si
         report.epoch_metrics_checked = rec.ei
         report.snapshots_checked = rec.ki
@@ -476,9 +518,10 @@ def verify_run(path: str, *, progress: bool = False, data: Any = None) -> Verify
                               + "; ".join(report.summary_differences))
             return report
         report.ok = True
+        mv = f"{report.matvecs_served:,} MATVECs, " if report.matvecs_served else ""
         report.message = (f"replay matches the log: {report.batches_checked:,} pulse batches, "
-                          f"{report.reads_served:,} reads, {rec.si:,} step and {rec.ei:,} epoch "
-                          f"metric rows, {rec.ki} snapshots and the summary")
+                          f"{report.reads_served:,} reads, {mv}{rec.si:,} step and "
+                          f"{rec.ei:,} epoch metric rows, {rec.ki} snapshots and the summary")
         return report
     finally:
         log.close()

@@ -314,8 +314,8 @@ class ResumeBackend(ReplayBackend):
         return send()
 
     def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
-        raise NotSupportedError("a resumed run cannot fast-forward MATVEC: analog sums are not "
-                                "in the run log (schema 1.0)", command="MATVEC")
+        raise NotSupportedError("a resumed run cannot fast-forward MATVEC: sums sent after "
+                                "the last commit are not journaled", command="MATVEC")
 
     def read_exact(self, addresses: np.ndarray) -> np.ndarray:
         return self.live.read_exact(addresses)
@@ -370,8 +370,10 @@ def plan(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Dict[str,
     cfg = old.experiment_config()
     from hil.config import MatvecMode
     if cfg.training.matvec is MatvecMode.CHIP:
-        raise ResumeError(f"{old.path}: the run used training.matvec: chip; MATVEC results are "
-                          "not in the run log, so it cannot be fast-forwarded")
+        raise ResumeError(f"{old.path}: the run used training.matvec: chip, which cannot be "
+                          "resumed: MATVECs are logged at commits but not journaled, so those "
+                          "a crash cut off are unknown (the log can still be replayed and "
+                          "checked with pcm-hil replay --verify)")
     info = old.chip_info()
     mine = live.info()
     if info is not None and (info.geometry != mine.geometry or info.chip_id != mine.chip_id):

@@ -36,6 +36,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from array import array
 from dataclasses import dataclass
 from itertools import chain
@@ -51,9 +52,9 @@ from hil.recorder import Recorder
 log = logging.getLogger("pcm_hil.run_log")
 
 FORMAT = "pcm-hil-run-log"
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"   # 1.1: /matvec (on-chip weighted sums); 1.0 files are still read
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 0
+SCHEMA_MINOR = 1
 
 #: Well-known purpose tags and their fixed codes (0 is never used). Other tags get the next
 #: free code at first use; /meta/purposes maps every code to its name.
@@ -71,7 +72,7 @@ COMMIT_FIELDS: Tuple[str, ...] = (
     "commits", "read_batches", "read_events", "pulse_batches", "pulse_events", "snapshots",
     "step_metrics", "step_metric_columns", "epoch_metrics", "epoch_metric_columns",
     "status_rows", "status_doc_bytes", "purposes", "last_step", "complete_step", "time_us",
-    "monitor_rows", "monitor_columns")
+    "monitor_rows", "monitor_columns", "matvec_batches", "matvec_values")
 
 #: The write-ahead journal next to the log (RUN.h5.journal): every command (program batch or
 #: read) is appended to it with one os.write before it is sent, with its wire sequence
@@ -142,6 +143,14 @@ PULSE_BATCH_COLUMNS = (Column("batch_id", "<i8"), Column("seq", "<i8"), Column("
                        Column("status", "u1"))
 PULSE_EVENT_COLUMNS = (Column("step", "<i4"), Column("address", "<u4", "lzf"),
                        Column("n_pulses", "<u2"), Column("kind", "u1"), Column("purpose", "u1"))
+#: One row per MATVEC: the block's shape and corner addresses and a CRC-32 of its inputs
+#: identify the command (so a replay that sends a different one is caught); its currents
+#: are the events. k = 0: x was a vector and the reply (rows,); else x is (cols, k).
+MATVEC_BATCH_COLUMNS = (Column("step", "<i8"), Column("rows", "<i8"), Column("cols", "<i8"),
+                        Column("k", "<i8"), Column("first_address", "<u4"),
+                        Column("last_address", "<u4"), Column("x_crc32", "<u4"),
+                        Column("offset", "<i8"), Column("count", "<i8"))
+MATVEC_EVENT_COLUMNS = (Column("value", "<f4", "lzf"),)
 SNAPSHOT_COLUMNS = (Column("step", "<i8"), Column("seq", "<i8"), Column("read_row", "<i8"),
                     Column("pulse_row", "<i8"), Column("time_unix", "<f8"))
 STATUS_COLUMNS = (Column("code", "u1"), Column("step", "<i8"), Column("time_unix", "<f8"),
@@ -701,6 +710,8 @@ class RunLogWriter(Recorder):
         pulses = f.create_group("pulses")
         self._pulses = _CommandTable(pulses, PULSE_BATCH_COLUMNS, PULSE_EVENT_COLUMNS,
                                      ("address", "n_pulses"))
+        self._matvec = _CommandTable(f.create_group("matvec"), MATVEC_BATCH_COLUMNS,
+                                     MATVEC_EVENT_COLUMNS, ("value",))
         snaps = f.create_group("snapshots")
         self._snapshots = _RowTable(snaps, SNAPSHOT_COLUMNS, 256)
         dev_chunk = max(1, min(n_dev, SNAPSHOT_CHUNK))
@@ -884,6 +895,30 @@ class RunLogWriter(Recorder):
             self._jack = _J_ACK.pack(2, row)
         self._pending = None
 
+    def on_matvec(self, step: int, block: np.ndarray, x: np.ndarray,
+                  values: np.ndarray) -> None:
+        """Logged, not journaled: a weighted sum changes no conductance (see ChipIO)."""
+        if self._state != "running":
+            self._require("running", "on_matvec")
+        s = self._last_step
+        if step != s:
+            s = self._check_step(step, "on_matvec")
+        b = block if type(block) is np.ndarray else np.asarray(block)
+        xv = np.asarray(x, dtype="<f8")
+        v = values if type(values) is np.ndarray else np.asarray(values)
+        if b.ndim != 2 or xv.ndim not in (1, 2) or xv.shape[0] != b.shape[1] or \
+                v.shape != (b.shape[0],) + xv.shape[1:]:
+            raise RunLogError(f"on_matvec at step {s}: block {b.shape}, x {xv.shape} and "
+                              f"values {v.shape} do not fit together", path=self.path)
+        k = 0 if xv.ndim == 1 else xv.shape[1]
+        ends = (int(b[0, 0]), int(b[-1, -1])) if b.size else (0, 0)
+        vb = v.astype(_F32).tobytes()
+        t = self._matvec
+        first = t.event_rows + t.n
+        t.n += v.size
+        t.pending.append([s, b.shape[0], b.shape[1], k, ends[0], ends[1],
+                          zlib.crc32(xv.tobytes()), first, v.size, vb])
+
     def on_snapshot(self, step: int, g_us: np.ndarray, chi: Mapping[str, np.ndarray]) -> None:
         if self._state != "running":
             self._require("running", "on_snapshot")
@@ -1007,7 +1042,7 @@ class RunLogWriter(Recorder):
 
         The second flush is what makes the commit atomic: /commit only ever names rows that
         were already on disk when it was written."""
-        for t in (self._reads, self._pulses, self._snapshots, self._status):
+        for t in (self._reads, self._pulses, self._matvec, self._snapshots, self._status):
             t.write()
         self._step_metrics.write()
         self._epoch_metrics.write()
@@ -1040,6 +1075,7 @@ class RunLogWriter(Recorder):
             "time_us": int(time.time() * 1e6),
             "monitor_rows": self._monitor.rows,
             "monitor_columns": len(self._monitor.names),
+            "matvec_batches": self._matvec.batch_rows, "matvec_values": self._matvec.event_rows,
         }
         h5s = _h5s or _import_h5s()
         self._commit_ds.id.write(h5s.ALL, h5s.ALL,
@@ -1222,6 +1258,11 @@ class RunLog:
                             ("pulses/events", PULSE_EVENT_COLUMNS),
                             ("snapshots", SNAPSHOT_COLUMNS), ("status", STATUS_COLUMNS)):
             required += [f"{group}/{c.name}" for c in cols]
+        #: /matvec exists from schema 1.1 on; a 1.0 log has no on-chip weighted sums.
+        self.has_matvec = (major, minor) >= (1, 1)
+        if self.has_matvec:
+            required += [f"matvec/batches/{c.name}" for c in MATVEC_BATCH_COLUMNS]
+            required += [f"matvec/events/{c.name}" for c in MATVEC_EVENT_COLUMNS]
         for name in required:
             if name not in f:
                 raise RunLogError(f"corrupted run log: /{name} is missing", path=self.path)
@@ -1241,6 +1282,9 @@ class RunLog:
                   ("snapshots/g_us", "snapshots"), ("metrics/step/step", "step_metrics"),
                   ("metrics/epoch/epoch", "epoch_metrics"), ("status/code", "status_rows"),
                   ("status/doc", "status_doc_bytes"), ("meta/purposes", "purposes")]
+        if self.has_matvec:
+            checks += [("matvec/batches/step", "matvec_batches"),
+                       ("matvec/events/value", "matvec_values")]
         for ds, key in checks:
             if ds not in f:
                 raise RunLogError(f"corrupted run log: /{ds} is missing", path=self.path)
@@ -1264,6 +1308,9 @@ class RunLog:
         self._rb = self._table("reads/batches", READ_BATCH_COLUMNS, c["read_batches"])
         self._pb = self._table("pulses/batches", PULSE_BATCH_COLUMNS, c["pulse_batches"])
         self._snap = self._table("snapshots", SNAPSHOT_COLUMNS, c["snapshots"])
+        self._mb = (self._table("matvec/batches", MATVEC_BATCH_COLUMNS, c["matvec_batches"])
+                    if self.has_matvec else
+                    {col.name: np.zeros(0, col.dtype) for col in MATVEC_BATCH_COLUMNS})
 
     def _table(self, group: str, columns: Sequence[Column], n: int) -> Dict[str, np.ndarray]:
         g = self._f[group]
@@ -1415,6 +1462,20 @@ class RunLog:
         """One row per program command (see docs/run-log.md for the columns)."""
         return dict(self._pb)
 
+    def matvec_batches(self) -> Dict[str, np.ndarray]:
+        """One row per on-chip weighted sum (MATVEC): step, rows, cols, k, first_address,
+        last_address, x_crc32, offset, count (empty for a schema 1.0 log)."""
+        return dict(self._mb)
+
+    def matvec_values(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+        """The currents (µA, float32) of MATVEC rows start..stop-1, concatenated."""
+        mb, n = self._mb, self._mb["step"].size
+        stop = n if stop is None else min(stop, n)
+        if start >= stop:
+            return np.zeros(0, np.float32)
+        r0, r1 = int(mb["offset"][start]), int(mb["offset"][stop - 1] + mb["count"][stop - 1])
+        return self._read(self._f["matvec/events/value"], slice(r0, r1))
+
     def _event_range(self, batches: Dict[str, np.ndarray], n_events: int,
                      start_step: Optional[int], stop_step: Optional[int]) -> Tuple[int, int]:
         steps, offsets = batches["step"], batches["offset"]
@@ -1507,13 +1568,18 @@ class RunLog:
         h.update(self.config_yaml.encode())
         for k, a in self.layout.items():
             add(f"layout/{k}", a)
-        for name, t in (("reads", self._rb), ("pulses", self._pb), ("snapshots", self._snap)):
+        tables = [("reads", self._rb), ("pulses", self._pb), ("snapshots", self._snap)]
+        events = [("reads/events", READ_EVENT_COLUMNS, c["read_events"]),
+                  ("pulses/events", PULSE_EVENT_COLUMNS, c["pulse_events"])]
+        if c["matvec_batches"]:   # absent, the digest is the one schema 1.0 defined
+            tables.append(("matvec", self._mb))
+            events.append(("matvec/events", MATVEC_EVENT_COLUMNS, c["matvec_values"]))
+        for name, t in tables:
             for col, a in t.items():
                 if col != "time_unix":
                     add(f"{name}/{col}", a)
         step = 1 << 22
-        for group, cols, n in (("reads/events", READ_EVENT_COLUMNS, c["read_events"]),
-                               ("pulses/events", PULSE_EVENT_COLUMNS, c["pulse_events"])):
+        for group, cols, n in events:
             for col in cols:
                 for r in range(0, n, step):
                     add(f"{group}/{col.name}",

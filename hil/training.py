@@ -173,10 +173,10 @@ class ChipMatmul(network.HostMatmul):
 
     def _diff(self, plus: np.ndarray, minus: np.ndarray, x: np.ndarray,
               beta: F32) -> np.ndarray:
-        be = self.trainer.backend
+        io = self.trainer.io
         self.trainer.matvec_commands += 2
         v, scale = self.line_voltages(x)
-        return (beta * ((be.matvec(plus, v) - be.matvec(minus, v)) * scale)).astype(F32)
+        return (beta * ((io.matvec(plus, v) - io.matvec(minus, v)) * scale)).astype(F32)
 
     def forward(self, layer: int, a_in: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         lay = self.trainer.layers[layer]

@@ -237,3 +237,69 @@ def test_same_run_through_the_emulator_logs_the_same_digest(small_data, tmp_path
     with RunLog(a) as la, RunLog(b) as lb:
         assert la.digest() == lb.digest()
     assert verify_run(b, data=small_data).ok
+
+
+def test_on_chip_matvec_run_is_logged_replayed_and_verified(small_data, tmp_path):
+    """Schema 1.1: a training.matvec: chip run logs every MATVEC's currents, so --verify can
+    serve them back; a changed current or input is caught at its step; a 1.0 log of such a
+    run is refused by name."""
+    from conftest import small_config
+    from hil.commands.train import sim_defaults
+    from hil.replay_backend import verify_run
+    from hil.training import run_experiment
+
+    cfg = small_config(seed=3, data={"train_examples": 120, "test_examples": 100},
+                       training={"matvec": "chip"}, log={"flush_every_steps": 50})
+    path = str(tmp_path / "chip_mode.h5")
+    s = run_experiment(cfg, open_backend("sim://", sim_defaults(cfg)), RunLogWriter(path, cfg),
+                       data=small_data)
+    with RunLog(path) as log:
+        assert log.has_matvec
+        mb = log.matvec_batches()
+        assert mb["step"].size == s["matvec_commands"] == log.counts["matvec_batches"]
+        # per step: forward (active inputs of 785) → 250 and 251 → 10, each on G+ and G-,
+        # then backward 10 → 250
+        assert mb["rows"][:6].tolist() == [250, 250, 10, 10, 250, 250]
+        assert mb["cols"][0] == mb["cols"][1] < 785
+        assert mb["cols"][2:6].tolist() == [251, 251, 10, 10]
+        assert int(mb["count"].sum()) == log.counts["matvec_values"]
+        assert np.array_equal(mb["offset"][1:], np.cumsum(mb["count"])[:-1])
+        values = log.matvec_values()
+        assert values.dtype == np.float32 and np.isfinite(values).all() and values.any()
+        step_of = {int(i): int(st) for i, st in enumerate(mb["step"])}
+    rep = verify_run(path, data=small_data)
+    assert rep.ok, rep.message
+    assert rep.matvecs_served == s["matvec_commands"] and "MATVECs" in rep.message
+
+    def tampered(name: str, edit) -> str:
+        p = str(tmp_path / name)
+        with open(path, "rb") as src, open(p, "wb") as dst:
+            dst.write(src.read())
+        with h5py.File(p, "r+") as f:
+            edit(f)
+        return p
+
+    target = 6 * 40 + 2             # step 40's first forward MATVEC of the output layer
+
+    def bump_current(f):
+        off = int(f["matvec/batches/offset"][target])
+        f["matvec/events/value"][off] += 5.0
+    rep = verify_run(tampered("current.h5", bump_current), data=small_data)
+    assert not rep.ok and f"step {step_of[target]}" in rep.message, rep.message
+
+    def other_inputs(f):
+        f["matvec/batches/x_crc32"][target] ^= 1
+    rep = verify_run(tampered("inputs.h5", other_inputs), data=small_data)
+    assert not rep.ok
+    assert isinstance(rep.divergence, ReplayDivergence) and rep.divergence.step == step_of[target]
+    assert f"MATVEC #{target}: input CRC-32" in rep.message
+
+    def as_schema_1_0(f):
+        del f["matvec"]
+        f.attrs["schema_version"] = "1.0"
+    old = tampered("schema10.h5", as_schema_1_0)
+    with RunLog(old) as log:
+        assert not log.has_matvec and log.matvec_batches()["step"].size == 0
+        assert log.pulse_batches()["seq"].size > 0
+    with pytest.raises(RunLogError, match=r"schema 1\.0\) has no MATVEC results"):
+        verify_run(old, data=small_data)

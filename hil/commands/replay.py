@@ -27,11 +27,12 @@ flush, and the pulse batches its write-ahead journal (RUN.h5.journal) recorded a
   traces.png            the conductance of a few devices, read by read, over the run
 
 --verify re-runs the experiment from the logged config against the log itself (the
-replay:// backend): every read is served from the log, every pulse batch, metric and
-snapshot the re-run produces must equal the logged one bit for bit. Exit status 0 when
-everything matches; otherwise the first divergence (step, command index, device) is printed
-and the exit status is 1. Timing metrics (names like seconds, *_s, *_ms) are not compared.
-Runs with training.matvec: chip cannot be verified (analog sums are not logged).
+replay:// backend): every read and on-chip weighted sum (MATVEC) is served from the log,
+every pulse batch, metric and snapshot the re-run produces must equal the logged one bit for
+bit. Exit status 0 when everything matches; otherwise the first divergence (step, command
+index, device) is printed and the exit status is 1. Timing metrics (names like seconds,
+*_s, *_ms) are not compared. Runs with training.matvec: chip can be verified from logs of
+schema 1.1 on (1.0 logs hold no MATVEC results).
 
 examples:
   pcm-hil replay runs/quick.h5
@@ -99,6 +100,7 @@ def summarize(log: RunLog) -> Dict[str, Any]:
         "reset_pulses": int(n[kind == 2].sum()),
         "read_commands": int(log.counts["read_batches"]),
         "devices_read": int(log.counts["read_events"]),
+        "matvec_commands": int(log.counts["matvec_batches"]),
         "refreshes": refreshes,
         "snapshots": [int(s) for s in log.snapshots()["step"]],
         "devices": log.n_devices,
@@ -150,7 +152,8 @@ def format_summary(s: Dict[str, Any]) -> str:
                    + (f" ({s['unacknowledged_batches']} never acknowledged)"
                       if s["unacknowledged_batches"] else "")),
         ("refreshes", f"{s['refreshes']:,}"),
-        ("reads", f"{s['devices_read']:,} devices in {s['read_commands']:,} commands"),
+        ("reads", f"{s['devices_read']:,} devices in {s['read_commands']:,} commands"
+                  + (f"; {s['matvec_commands']:,} MATVECs" if s["matvec_commands"] else "")),
         ("snapshots", f"{len(snaps)}" + (f" (steps {', '.join(map(str, snaps[:6]))}"
                                           + (", ..." if len(snaps) > 6 else "") + ")"
                                           if snaps else "")),
