@@ -494,7 +494,7 @@ def table(r: Dict[str, Any]) -> List[str]:
     k = r.get("step_time_device_exponent")
     if k is not None:
         rows.append(("step-time growth with device count (exponent k of devices^k)",
-                     f"{k:.2f}", "≤ 1", cmd))
+                     f"{k:.2f}".replace("-0.00", "0.00"), "≤ 1", cmd))
     for row in r["scaling_networks"]:
         rows.append((f"step time, {row['network']} ({row['mapped_devices']:,} devices, "
                      f"{row['devices'] / 2**20:g} M-device chip); chip + trainer memory",
