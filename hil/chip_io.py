@@ -1,7 +1,7 @@
 """ChipIO: the training loop's only door to the chip.
 
-Every read, program and MATVEC command goes through here, so it is counted once and reported to the
-recorder once, whatever backend sits behind it.
+Every read, program and MATVEC command goes through here, so it is counted once and reported
+to the recorder once, whatever backend sits behind it.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""The recorder: the one place every chip read and program command is reported to.
+"""The recorder: the one place every chip command (read, program, MATVEC) is reported to.
 
 The training loop never talks to a log directly; ChipIO (hil.chip_io) reports each command
-(and each on-chip weighted sum) here, and the trainer reports snapshots, metrics and status. The HDF5 run log implements this
-interface; NullRecorder is used when a run is not logged.
+here, and the trainer reports snapshots, metrics and status. The HDF5 run log implements
+this interface; NullRecorder is used when a run is not logged.
 
 `purpose` tags say why a command was sent: "init_reset", "init_set", "update", "readback",
 "refresh_reset", "refresh_set", "refresh_readback", "full_read".

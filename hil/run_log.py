@@ -1553,10 +1553,11 @@ class RunLog:
 
     def digest(self) -> str:
         """SHA-256 of everything the run determines: every read and pulse batch with its
-        events, every snapshot, the step and epoch metrics (wall-clock ones excepted, see
-        docs/run-log.md) and the config. Two runs with the same seed and config have the same
-        digest whatever the backend path, while their files differ in timestamps,
-        provenance and layout of HDF5 internals (invariant 1 compares this)."""
+        events, every MATVEC with its currents (when there are any), every snapshot, the step
+        and epoch metrics (wall-clock ones excepted, see docs/run-log.md) and the config. Two
+        runs with the same seed and config have the same digest whatever the backend path,
+        while their files differ in timestamps, provenance and layout of HDF5 internals
+        (invariant 1 compares this)."""
         import hashlib
         h = hashlib.sha256()
         c = self.counts

@@ -376,7 +376,8 @@ def test_matvec_voltage_limits_are_the_firmwares_too(chip, emu):
     assert chip.info().hard_limits["read_v_max"] == 0.5
     block = np.arange(6).reshape(2, 3)
     commands = emu.firmware.chip.counters["commands"]
-    with pytest.raises(SafetyLimitError, match=r"x\[1\] = -0.75 V exceeds the chip's read_v_max") as e:
+    with pytest.raises(SafetyLimitError,
+                       match=r"x\[1\] = -0.75 V exceeds the chip's read_v_max") as e:
         chip.transaction(MatvecRequest(block, np.array([0.5, -0.75, 0.0])), command="MATVEC")
     assert e.value.nack_code is NackCode.SAFETY_LIMIT
     for seq, bad in ((910, np.inf), (911, np.nan)):
