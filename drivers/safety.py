@@ -117,12 +117,13 @@ def check_line_voltages(x: np.ndarray, v_max: float, limit: str) -> None:
     xv = np.asarray(x, dtype=np.float64)
     if not xv.size:
         return
-    j = int(np.argmax(np.abs(xv)))
+    j = int(np.argmax(np.abs(xv)))   # the first NaN, if there is one
     peak = float(xv.flat[j])
     if not abs(peak) <= v_max:
         where = list(map(int, np.unravel_index(j, xv.shape)))
-        raise SafetyLimitError(f"input x{where} = {peak!r} V exceeds {limit} = {v_max} V",
-                               command="MATVEC")
+        why = ("is NaN: a line voltage must be finite" if peak != peak
+               else f"= {peak!r} V exceeds {limit} = {v_max} V")
+        raise SafetyLimitError(f"input x{where} {why}", command="MATVEC")
 
 
 class LimitedBackend(ChipBackend):

@@ -92,6 +92,8 @@ class ReplayBackend(ChipBackend):
     #: it would on a chip without them.
     UNSERVED = frozenset({Capability.EXACT_READ.value, Capability.STATE_FILE.value,
                           "sim_clock"})
+    #: MATVEC currents are read from the file in windows of about this many values.
+    MATVEC_WINDOW_VALUES = 1 << 20
 
     def __init__(self, log: RunLog | str) -> None:
         self._own = not isinstance(log, RunLog)
@@ -255,7 +257,8 @@ class ReplayBackend(ChipBackend):
         block, xv = matvec_operands(addresses, x)
         i, mb = self._mi, self._mb
         if i >= self._n_mb:
-            raise ReplayDivergence(f"the run sent MATVEC #{i}, the log has {self._n_mb}",
+            raise ReplayDivergence(f"the run sent MATVEC #{i}, but the log ends after "
+                                   f"{self._n_mb} (status {self.log.status.status})",
                                    step=self._last_step(), command="MATVEC")
         step = int(mb["step"][i])
         k = 0 if xv.ndim == 1 else xv.shape[1]
@@ -269,8 +272,11 @@ class ReplayBackend(ChipBackend):
             j = next(n for n in range(len(got)) if got[n] != want[n])
             raise ReplayDivergence(f"MATVEC #{i}: {what[j]} {got[j]}, the log has {want[j]}",
                                    step=step, command="MATVEC")
-        if self._m_lo > i or i >= self._m_hi:   # the currents, read in blocks of rows
-            self._m_lo, self._m_hi = i, min(self._n_mb, i + 4096)
+        if i >= self._m_hi:   # the currents, read in windows
+            off = mb["offset"]
+            self._m_lo = i
+            end = int(off[i]) + self.MATVEC_WINDOW_VALUES
+            self._m_hi = max(i + 1, int(np.searchsorted(off, end, "right")))
             self._m_values = self.log.matvec_values(self._m_lo, self._m_hi)
             self._m_base = int(mb["offset"][self._m_lo])
         o = int(mb["offset"][i]) - self._m_base

@@ -1308,6 +1308,8 @@ class RunLog:
         self._rb = self._table("reads/batches", READ_BATCH_COLUMNS, c["read_batches"])
         self._pb = self._table("pulses/batches", PULSE_BATCH_COLUMNS, c["pulse_batches"])
         self._snap = self._table("snapshots", SNAPSHOT_COLUMNS, c["snapshots"])
+        if not self.has_matvec:   # a 1.0 log: no MATVECs, whatever /commit may hold
+            c["matvec_batches"] = c["matvec_values"] = 0
         self._mb = (self._table("matvec/batches", MATVEC_BATCH_COLUMNS, c["matvec_batches"])
                     if self.has_matvec else
                     {col.name: np.zeros(0, col.dtype) for col in MATVEC_BATCH_COLUMNS})
@@ -1890,16 +1892,13 @@ def _open_h5(path: str) -> Any:
         size = os.path.getsize(path)
         raise RunLogError("not a pcm-hil run log (not an HDF5 file"
                           + (", the file is empty" if size == 0 else "") + ")", path=path)
-    try:
-        return h5py.File(path, "r")
-    except OSError as e:
-        msg = str(e)
-    if "already open for write" in msg or "truncated" in msg:
-        # A writer has it open, or was killed: SWMR read mode opens it anyway. A live writer's
-        # file can also look truncated, its end allocated but not yet written; SWMR read skips
-        # that check only for a file marked as SWMR-written, so a finished file cut short is
-        # still rejected below. (Not the first choice: SWMR readers retry unreadable metadata
-        # many times, which makes a corrupted file slow to reject.)
+    msg = _open_plain(path)
+    if not isinstance(msg, str):
+        return msg
+    if "already open for write" in msg:
+        # A writer has it open, or was killed: SWMR read mode opens it anyway. (Not the
+        # first choice: SWMR readers retry unreadable metadata many times, which makes a
+        # corrupted file slow to reject.)
         try:
             return h5py.File(path, "r", swmr=True)
         except OSError as e:
@@ -1912,6 +1911,39 @@ def _open_h5(path: str) -> Any:
                           "switched to SWMR mode), so nothing of the run was logged",
                           path=path)
     raise RunLogError(f"corrupted run log, HDF5 cannot open it: {msg}", path=path)
+
+
+#: A file HDF5 calls truncated that changed this recently is a live writer's, mid-commit.
+_SETTLE_S = 0.25
+_GIVE_UP_S = 5.0
+
+
+def _open_plain(path: str) -> Any:
+    """h5py.File(path, "r"), or the error message it gave.
+
+    A writer in the middle of a commit has allocated file space it has not written yet, and
+    HDF5 refuses such a file as truncated. (Opening it in SWMR mode instead, which skips that
+    check, is no answer: for a file that really lost its end, SWMR reads retry the missing
+    metadata for minutes.) So while the file keeps changing the open is retried: the commit
+    ends in milliseconds. A file that stays unchanged for _SETTLE_S really is truncated."""
+    import h5py
+    start = time.monotonic()
+    last, changed = None, start
+    while True:
+        try:
+            return h5py.File(path, "r")
+        except OSError as e:
+            msg = str(e)
+        now = time.monotonic()
+        if "truncated" not in msg or now - start > _GIVE_UP_S:
+            return msg
+        st = os.stat(path)
+        sig = (st.st_size, st.st_mtime_ns)
+        if sig != last:
+            last, changed = sig, now
+        elif now - changed > _SETTLE_S:
+            return msg
+        time.sleep(0.01)
 
 
 __all__ = ["COMMIT_FIELDS", "FORMAT", "JournalCommand", "JournalTail", "PURPOSES", "PulseBatch", "RunLog",

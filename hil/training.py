@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from drivers.backend import Capability, ChipBackend
-from drivers.errors import ConfigError
+from drivers.errors import ConfigError, HilError
 from drivers.pulse import DEFAULT_RESET, DEFAULT_SET
 from hil import network
 from hil.chip_io import ChipIO
@@ -136,6 +136,10 @@ class _Layer:
         return w_before, w_after
 
 
+class TrainingDiverged(HilError):
+    """The network's numbers left the finite range; nothing non-finite is sent to a chip."""
+
+
 class ChipMatmul(network.HostMatmul):
     """Weighted sums computed by the chip: one MATVEC per device block, W·x = β(I+ - I-).
 
@@ -152,10 +156,12 @@ class ChipMatmul(network.HostMatmul):
         super().__init__(trainer.weights)
         self.trainer = trainer
         read_v = trainer.cfg.training.matvec_read_v
-        v_max = trainer.chip_info.hard_limits.get("read_v_max")
-        if v_max is not None and read_v > v_max:
-            raise ConfigError(f"{read_v} V exceeds the chip's read_v_max of {v_max} V",
-                              key="training.matvec_read_v")
+        station = getattr(getattr(trainer.backend, "limits", None), "read_v_max", None)
+        for v_max, whose in ((trainer.chip_info.hard_limits.get("read_v_max"), "the chip's "),
+                             (station, "the station's safety.")):
+            if v_max is not None and read_v > v_max:   # refused before the chip is touched
+                raise ConfigError(f"{read_v} V exceeds {whose}read_v_max of {v_max} V",
+                                  key="training.matvec_read_v")
         self.read_v = float(read_v)
         # The largest float32 not above read_v: the voltages sent are float32.
         v32 = np.float32(read_v)
@@ -166,6 +172,10 @@ class ChipMatmul(network.HostMatmul):
         (a zero column stays zero), and the per-column factor that turns currents back into
         sums over x."""
         x64 = np.asarray(x, dtype=np.float64)
+        if not np.isfinite(x64).all():
+            raise TrainingDiverged("a MATVEC input (an activation or an error) is NaN or "
+                                   "infinite: training diverged; try a smaller "
+                                   "optimizer.learning_rate")
         peak = np.max(np.abs(x64), axis=0)
         peak = np.where(peak > 0, peak, 1.0)
         v = np.clip((x64 * (self.read_v / peak)).astype(F32), -self._v32, self._v32)

@@ -239,7 +239,8 @@ def test_same_run_through_the_emulator_logs_the_same_digest(small_data, tmp_path
     assert verify_run(b, data=small_data).ok
 
 
-def test_on_chip_matvec_run_is_logged_replayed_and_verified(small_data, tmp_path):
+def test_on_chip_matvec_run_is_logged_replayed_and_verified(small_data, tmp_path,
+                                                            monkeypatch):
     """Schema 1.1: a training.matvec: chip run logs every MATVEC's currents, so --verify can
     serve them back; a changed current or input is caught at its step; a 1.0 log of such a
     run is refused by name."""
@@ -267,6 +268,8 @@ def test_on_chip_matvec_run_is_logged_replayed_and_verified(small_data, tmp_path
         values = log.matvec_values()
         assert values.dtype == np.float32 and np.isfinite(values).all() and values.any()
         step_of = {int(i): int(st) for i, st in enumerate(mb["step"])}
+    # currents read in windows of ~5 steps' worth, so replay crosses many window edges
+    monkeypatch.setattr(ReplayBackend, "MATVEC_WINDOW_VALUES", 5000)
     rep = verify_run(path, data=small_data)
     assert rep.ok, rep.message
     assert rep.matvecs_served == s["matvec_commands"] and "MATVECs" in rep.message
@@ -294,12 +297,20 @@ def test_on_chip_matvec_run_is_logged_replayed_and_verified(small_data, tmp_path
     assert isinstance(rep.divergence, ReplayDivergence) and rep.divergence.step == step_of[target]
     assert f"MATVEC #{target}: input CRC-32" in rep.message
 
-    def as_schema_1_0(f):
+    def as_schema_1_0(f):   # what a 1.0 writer made: no /matvec, an 18-field /commit
         del f["matvec"]
         f.attrs["schema_version"] = "1.0"
+        fields = [n.decode() if isinstance(n, bytes) else str(n)
+                  for n in f["commit"].attrs["fields"]]
+        keep = fields.index("matvec_batches")
+        values = f["commit"][:keep]
+        del f["commit"]
+        f["commit"] = values
+        f["commit"].attrs["fields"] = np.array(fields[:keep], dtype=object)
     old = tampered("schema10.h5", as_schema_1_0)
     with RunLog(old) as log:
         assert not log.has_matvec and log.matvec_batches()["step"].size == 0
-        assert log.pulse_batches()["seq"].size > 0
+        assert log.counts["matvec_batches"] == 0 and log.pulse_batches()["seq"].size > 0
+        assert len(log.digest()) == 64
     with pytest.raises(RunLogError, match=r"schema 1\.0\) has no MATVEC results"):
         verify_run(old, data=small_data)

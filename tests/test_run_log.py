@@ -421,10 +421,11 @@ def test_foreign_truncated_corrupted_and_newer_files(logged, tmp_path):
             list(r.iter_pulse_batches())
 
 
-def test_live_file_whose_end_is_not_yet_written_opens(tmp_path):
-    """A reader can catch a live writer between allocating file space and writing it: the
-    superblock's end of file is then past the file's size. Plain HDF5 calls that "truncated";
-    RunLog must open it as the live file it is (a monitoring loop hit this mid-run)."""
+def test_live_file_caught_mid_commit_opens_and_a_cut_file_does_not(tmp_path):
+    """A reader can catch a live writer mid-commit, between allocating file space and
+    writing it: HDF5 then calls the file truncated. RunLog retries while the file changes
+    (a monitoring loop hit this mid-run), and still rejects a file that stays cut short."""
+    import threading
     path = str(tmp_path / "live.h5")
     w = RunLogWriter(path, small_cfg())
     w.begin(config={}, provenance={}, layout=fake_layout())
@@ -433,13 +434,27 @@ def test_live_file_whose_end_is_not_yet_written_opens(tmp_path):
         w.before_program(step, a, np.ones(4), DEFAULT_SET, "update")
         w.on_program(step, a, np.ones(4), DEFAULT_SET, "update")
     w.flush()
+    data = open(path, "rb").read()
     seen = tmp_path / "seen.h5"
-    seen.write_bytes(open(path, "rb").read()[:-1])   # the last allocated byte not yet written
+    seen.write_bytes(data[:-4096])    # the commit's last writes not on disk yet
     with pytest.raises(OSError, match="truncated"):
         h5py.File(str(seen), "r")
-    with RunLog(str(seen)) as r:
+
+    def commit_ends() -> None:
+        time.sleep(0.1)
+        with open(seen, "ab") as f:
+            f.write(data[-4096:])
+    t = threading.Thread(target=commit_ends)
+    t.start()
+    with RunLog(str(seen)) as r:      # opened once the writer's flush has landed
         assert r.status.status == "running"
         assert len(r.pulse_batches()["step"]) == 30
+    t.join()
+    seen.write_bytes(data[:-4096])    # and a file that stays cut short is refused
+    t0 = time.monotonic()
+    with pytest.raises(RunLogError, match="truncated file"):
+        RunLog(str(seen))
+    assert time.monotonic() - t0 < 3.0
     w.finish("completed", None, {})
     with RunLog(path) as r:
         assert r.status.status == "completed"

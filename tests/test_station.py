@@ -141,7 +141,9 @@ def test_safety_limits_matvec_input_voltages():
     with pytest.raises(SafetyLimitError, match=r"x\[1, 1\] = -0.31 V exceeds "
                                                r"safety\.read_v_max = 0.3 V"):
         guarded.matvec(block, np.array([[0.1, 0.0], [0.2, -0.31], [0.0, 0.0]]))
-    assert guarded.refused == 1 and chip.counters["commands"] == 0
+    with pytest.raises(SafetyLimitError, match=r"x\[1\] is NaN: a line voltage must be finite"):
+        guarded.matvec(block, np.array([0.1, np.nan, 0.0]))
+    assert guarded.refused == 2 and chip.counters["commands"] == 0
     assert guarded.matvec(block, np.array([0.3, -0.3, 0.0])).shape == (2,)
 
 

@@ -11,7 +11,7 @@ from drivers.errors import ConfigError
 from drivers.geometry import Geometry
 from hil.backend_url import SimDefaults, open_backend
 from hil.recorder import Recorder
-from hil.training import MixedPrecisionTrainer, run_experiment
+from hil.training import MixedPrecisionTrainer, TrainingDiverged, run_experiment
 from sim_backend import PcmModel, SimulatedChip
 
 from conftest import small_config
@@ -140,6 +140,21 @@ def test_chip_matvec_drives_read_voltages_and_matches_the_host(small_data):
     with pytest.raises(ConfigError, match=r"training\.matvec_read_v.*exceeds the chip's "
                                            r"read_v_max of 0.3 V"):
         MixedPrecisionTrainer(replace_training(cfg, matvec_read_v=0.35), chip)
+    # the station's limit is checked as early, before anything is programmed
+    from drivers.safety import LimitedBackend, PulseLimits, SafetyLimits
+    station = SafetyLimits(PulseLimits(2.0, 1e4), PulseLimits(4.0, 1e4), 255, 10**6, 10**6,
+                           read_v_max=0.25)
+    before = chip.counters["commands"]
+    with pytest.raises(ConfigError, match=r"training\.matvec_read_v.*exceeds the station's "
+                                           r"safety\.read_v_max of 0.25 V"):
+        MixedPrecisionTrainer(cfg, LimitedBackend(chip, station))
+    assert chip.counters["commands"] == before
+    # a diverged network never reaches the chip: NaN or inf inputs are refused by name
+    for bad in (np.nan, np.inf):
+        x[1, 5] = bad
+        with pytest.raises(TrainingDiverged, match="NaN or infinite: training diverged"):
+            on_chip.forward(0, x, None)
+    assert chip.counters["commands"] == before
 
 
 def replace_training(cfg, **kw):
