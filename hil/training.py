@@ -20,6 +20,7 @@ import numpy as np
 from drivers.backend import Capability, ChipBackend
 from drivers.errors import ConfigError, HilError
 from drivers.pulse import DEFAULT_RESET, DEFAULT_SET
+from drivers.safety import SafetyLimits
 from hil import network
 from hil.chip_io import ChipIO
 from hil.config import ChiUpdate, ExperimentConfig, MatvecMode
@@ -156,7 +157,11 @@ class ChipMatmul(network.HostMatmul):
         super().__init__(trainer.weights)
         self.trainer = trainer
         read_v = trainer.cfg.training.matvec_read_v
-        station = getattr(getattr(trainer.backend, "limits", None), "read_v_max", None)
+        station, be = None, trainer.backend
+        while be is not None and station is None:   # the station's limits, through wrappers
+            limits = getattr(be, "limits", None)
+            station = limits.read_v_max if isinstance(limits, SafetyLimits) else None
+            be = getattr(be, "inner", None)
         for v_max, whose in ((trainer.chip_info.hard_limits.get("read_v_max"), "the chip's "),
                              (station, "the station's safety.")):
             if v_max is not None and read_v > v_max:   # refused before the chip is touched
