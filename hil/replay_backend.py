@@ -14,7 +14,7 @@ import math
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -79,6 +79,14 @@ def _describe(got: np.ndarray, want: np.ndarray, j: int) -> str:
             f"log {_at(want, j)}")
 
 
+def _device_mismatch(got: np.ndarray, logged: np.ndarray) -> Optional[Tuple[str, int]]:
+    """None when a command names the logged devices, else what differs and the device."""
+    if got.size == logged.size and np.array_equal(got, logged):
+        return None
+    j = _first_difference(got, logged)
+    return _describe(got, logged, j), int(got[j]) if j < got.size else int(logged[j])
+
+
 def _first_difference(got: np.ndarray, want: np.ndarray) -> int:
     n = min(got.size, want.size)
     neq = np.flatnonzero(got[:n] != want[:n])
@@ -117,8 +125,10 @@ class ReplayBackend(ChipBackend):
         self._pi = 0
         self._mb = self.log.matvec_batches()
         self._n_mb = self._mb["step"].size
-        self._mi = self._m_lo = self._m_hi = self._m_base = 0
-        self._m_values = np.zeros(0, np.float32)
+        self._mi = 0
+        self._matvecs = (_Window(self.log, "matvec/events", ("value",), c["matvec_values"],
+                                 block=self.MATVEC_WINDOW_VALUES)
+                         if self.log.has_matvec else None)
         self._n_rb = self._rb["seq"].size
         self._n_pb = self._pb["seq"].size
         info = self.log.chip_info()
@@ -196,13 +206,11 @@ class ReplayBackend(ChipBackend):
         step, seq = int(rb["step"][i]), int(rb["seq"][i])
         off, cnt = int(rb["offset"][i]), int(rb["count"][i])
         ev = self._reads.get(off, cnt)
-        logged = ev["address"]
-        if a.size != cnt or not np.array_equal(a, logged):
-            j = _first_difference(a, logged)
-            dev = int(a[j]) if j < a.size else int(logged[j])
+        bad = _device_mismatch(a, ev["address"])
+        if bad is not None:
             raise ReplayDivergence(
-                f"READ: {_describe(a, logged, j)}", step=step, command_index=seq,
-                device=dev, command=f"READ {self.log.purpose_name(rb['purpose'][i])}")
+                f"READ: {bad[0]}", step=step, command_index=seq, device=bad[1],
+                command=f"READ {self.log.purpose_name(rb['purpose'][i])}")
         self._ri += 1
         return ev["value"].astype(np.float32, copy=True)
 
@@ -230,11 +238,9 @@ class ReplayBackend(ChipBackend):
                           f"{amp} V / {width} ns")
         off, cnt = int(pb["offset"][i]), int(pb["count"][i])
         ev = self._pulses.get(off, cnt)
-        logged = ev["address"]
-        if a.size != cnt or not np.array_equal(a, logged):
-            j = _first_difference(a, logged)
-            dev = int(a[j]) if j < a.size else int(logged[j])
-            raise diverge(_describe(a, logged, j), dev)
+        bad = _device_mismatch(a, ev["address"])
+        if bad is not None:
+            raise diverge(*bad)
         if n.size != cnt or not np.array_equal(n, ev["n_pulses"]):
             j = _first_difference(n, ev["n_pulses"])
             raise diverge(f"{_at(n, j)} pulses on the device, the log has "
@@ -272,15 +278,8 @@ class ReplayBackend(ChipBackend):
             j = next(n for n in range(len(got)) if got[n] != want[n])
             raise ReplayDivergence(f"MATVEC #{i}: {what[j]} {got[j]}, the log has {want[j]}",
                                    step=step, command="MATVEC")
-        if i >= self._m_hi:   # the currents, read in windows
-            off = mb["offset"]
-            self._m_lo = i
-            end = int(off[i]) + self.MATVEC_WINDOW_VALUES
-            self._m_hi = max(i + 1, int(np.searchsorted(off, end, "right")))
-            self._m_values = self.log.matvec_values(self._m_lo, self._m_hi)
-            self._m_base = int(mb["offset"][self._m_lo])
-        o = int(mb["offset"][i]) - self._m_base
-        v = self._m_values[o:o + int(mb["count"][i])]
+        assert self._matvecs is not None   # has_matvec
+        v = self._matvecs.get(int(mb["offset"][i]), int(mb["count"][i]))["value"]
         self._mi = i + 1
         return v.reshape((block.shape[0],) if k == 0 else (block.shape[0], k)).copy()
 

@@ -284,7 +284,6 @@ class _RowTable:
     def __init__(self, group: Any, columns: Sequence[Column], chunk: int) -> None:
         self.columns = tuple(columns)
         self.dtypes = [np.dtype(c.dtype) for c in self.columns]
-        self.index = {c.name: i for i, c in enumerate(self.columns)}
         self.datasets = [group.create_dataset(c.name, shape=(0,), maxshape=(None,),
                                               dtype=c.dtype, chunks=(chunk,),
                                               **_filter_kwargs(c.filter))
@@ -305,14 +304,6 @@ class _RowTable:
             _extend(ds.id, r, np.asarray(col, dtype=dt))
         self.rows = r + n
         self.pending = []
-
-    def set_value(self, column: str, row: int, value: Any) -> None:
-        """Change one cell, in the buffer if the row is still there, else on disk."""
-        i = self.index[column]
-        if row >= self.rows:
-            self.pending[row - self.rows][i] = value
-        else:
-            self.datasets[i][row] = value
 
 
 class _Metrics:
