@@ -51,11 +51,12 @@ class ReplayDivergence(HilError):
 class _Window:
     """Sequential access to a long event table, read from the file in large blocks."""
 
-    def __init__(self, log: RunLog, group: str, columns: Sequence[str], n: int,
+    def __init__(self, log: RunLog, table: str, columns: Sequence[str],
                  block: int = 1 << 20) -> None:
-        self._ds = {c: log._f[f"{group}/{c}"] for c in columns}
         self._log = log
-        self._n = n
+        self._table = table
+        self._columns = tuple(columns)
+        self._n = log.event_count(table)
         self._block = block
         self._lo = 0
         self._hi = 0
@@ -65,8 +66,7 @@ class _Window:
         end = offset + count
         if offset < self._lo or end > self._hi:
             hi = min(self._n, max(end, offset + self._block))
-            self._data = {c: self._log._read(ds, slice(offset, hi))
-                          for c, ds in self._ds.items()}
+            self._data = self._log.event_rows(self._table, offset, hi, self._columns)
             self._lo, self._hi = offset, hi
         a = offset - self._lo
         return {c: v[a:a + count] for c, v in self._data.items()}
@@ -115,18 +115,16 @@ class ReplayBackend(ChipBackend):
         self._closed = False
 
     def _setup(self) -> None:
-        c = self.log.counts
         self._rb = self.log.read_batches()
         self._pb = self.log.pulse_batches()
-        self._reads = _Window(self.log, "reads/events", ("address", "value"), c["read_events"])
-        self._pulses = _Window(self.log, "pulses/events", ("address", "n_pulses"),
-                               c["pulse_events"])
+        self._reads = _Window(self.log, "reads", ("address", "value"))
+        self._pulses = _Window(self.log, "pulses", ("address", "n_pulses"))
         self._ri = 0
         self._pi = 0
         self._mb = self.log.matvec_batches()
         self._n_mb = self._mb["step"].size
         self._mi = 0
-        self._matvecs = (_Window(self.log, "matvec/events", ("value",), c["matvec_values"],
+        self._matvecs = (_Window(self.log, "matvec", ("value",),
                                  block=self.MATVEC_WINDOW_VALUES)
                          if self.log.has_matvec else None)
         self._n_rb = self._rb["seq"].size

@@ -274,9 +274,9 @@ class ResumeBackend(ReplayBackend):
             super().program(a, n_pulses, pulse)   # checked against the log
         except ChipFaultError:
             pass                                  # logged as never acknowledged
-        cmd = JournalCommand("program", self.index, int(self._pb["step"][i]),
-                             self.log.purpose_name(self._pb["purpose"][i]),
-                             self.resend_batch[1], a, False)
+        cmd = JournalCommand(kind="program", seq=self.index, step=int(self._pb["step"][i]),
+                             purpose=self.log.purpose_name(self._pb["purpose"][i]),
+                             wire_seq=self.resend_batch[1], addresses=a, done=False)
         self.index += 1
         return cmd
 
@@ -429,8 +429,9 @@ def plan(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Dict[str,
                 last.seq == seq + 1 and not last.done:
             # The failed command was a combined PROGRAM_READ: its read half is journaled,
             # under the same wire sequence number.
-            last = JournalCommand("program", seq, last.step, last.purpose, last.wire_seq,
-                                  last.addresses, False)
+            last = JournalCommand(kind="program", seq=seq, step=last.step,
+                                  purpose=last.purpose, wire_seq=last.wire_seq,
+                                  addresses=last.addresses, done=False)
             cmds = []
             read_half = (tail.last,)
         else:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from test_run_log import fake_layout, fake_run, small_cfg  # noqa: E402
+from run_log_fakes import fake_layout, fake_run, small_cfg  # noqa: E402
 
 from drivers.errors import ChipFaultError, HilError  # noqa: E402
 from drivers.pulse import DEFAULT_SET  # noqa: E402

@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from drivers.errors import ConfigError
-from hil.run_log import RunLog
+from hil.run_log import BATCH_ACKED, RunLog
+from hil.run_state import RunState
 
 HELP = """\
 Open a run log (the HDF5 file `pcm-hil train --run RUN.h5` writes) and print its summary:
@@ -88,14 +89,14 @@ def summarize(log: RunLog) -> Dict[str, Any]:
         "schema_version": log.schema_version,
         "name": log.name or cfg.get("name"),
         "created_utc": log.created_utc,
-        "status": st.status,
+        "status": str(st.status),
         "reason": st.reason,
         "epochs_logged": int(em["epoch"].size),
         "epochs_configured": (cfg.get("training") or {}).get("epochs"),
         "last_step": log.last_step,
         "complete_step": log.complete_step,
         "pulse_batches": int(pb["seq"].size),
-        "unacknowledged_batches": int(np.count_nonzero(pb["status"] != 2)),
+        "unacknowledged_batches": int(np.count_nonzero(pb["status"] != BATCH_ACKED)),
         "set_pulses": int(n[kind == 1].sum()),
         "reset_pulses": int(n[kind == 2].sum()),
         "read_commands": int(log.counts["read_batches"]),
@@ -130,7 +131,7 @@ def _size(n: int) -> str:
 
 def format_summary(s: Dict[str, Any]) -> str:
     status = s["status"] + (f" ({s['reason']})" if s.get("reason") else "")
-    if s["status"] == "running":
+    if s["status"] == RunState.RUNNING:
         status += " - not finished: still being written, or the writer was killed"
     acc = "not logged"
     if "test_accuracy" in s:
