@@ -6,7 +6,7 @@
   scripts/bench_wire --in-thread             # emulator in a thread of this process instead
   scripts/bench_wire --repeats 3             # best of 3 interleaved runs (shared machines)
 
-Runs the benchmark experiment (hil.bench.bench_config: the default config, --examples
+Runs the benchmark experiment (hil.benchmarks.common.bench_config: the default config, --examples
 training digits, 1 epoch, no fp32 baseline, --test-examples held out) three ways, each from a
 fresh chip of the same seed:
 
@@ -29,13 +29,12 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
-import os
 import select
 import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from hil.benchmarks.common import bench_config, open_sim_chip
 
 
 class ThreadEmulator:
@@ -43,14 +42,9 @@ class ThreadEmulator:
     trip, but host and firmware share one interpreter lock)."""
 
     def __init__(self, cfg, baud: int) -> None:
-        from drivers.geometry import Geometry
         from sim_backend.emulator import EmulatorServer, Firmware, LinkModel
-        from sim_backend.pcm_model import PcmModel
-        from sim_backend.sim_chip import SimulatedChip
 
-        c = cfg.chip
-        chip = SimulatedChip(PcmModel.load(c.model), Geometry(c.arrays, c.rows, c.cols),
-                             seed=cfg.chip_seed)
+        chip = open_sim_chip(cfg)
         self.server = EmulatorServer(Firmware(chip), listen=("127.0.0.1", 0),
                                      link=LinkModel(baud=baud)).start()
         self.url = self.server.url
@@ -68,7 +62,7 @@ class Emulator:
             [sys.executable, "-m", "hil.cli", "emulate", "--listen", "127.0.0.1:0",
              "--model", c.model, "--seed", str(cfg.chip_seed), "--arrays", str(c.arrays),
              "--rows", str(c.rows), "--cols", str(c.cols), "--baud", str(baud)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         ready, _, _ = select.select([self.proc.stdout], [], [], 60)
         self.url = self.proc.stdout.readline().strip() if ready else ""
         if not self.url:
@@ -85,12 +79,10 @@ class Emulator:
 def run_mode(mode: str, cfg, data, baud: int, profile: str | None,
              in_thread: bool = False) -> dict:
     from drivers.fpga import FpgaChip
-    from hil.backend_url import open_backend
-    from hil.commands.train import sim_defaults
     from hil.training import run_experiment
 
     if mode == "in-process":
-        with open_backend("sim://", sim_defaults(cfg)) as be:
+        with open_sim_chip(cfg) as be:
             s = run_experiment(cfg, be, data=data)
         return {"summary": s}
     emu = ThreadEmulator(cfg, baud) if in_thread else Emulator(cfg, baud)
@@ -149,7 +141,6 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
 
-    from hil.bench import bench_config
     from hil.training import load_dataset
 
     cfg = bench_config(args.examples, args.test_examples)
