@@ -6,8 +6,8 @@ hard limits again and refuses with a NACK). The limits come from the station fil
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, fields
+from typing import Dict, Mapping, Optional
 
 import numpy as np
 
@@ -27,6 +27,73 @@ class PulseLimits:
         for k in ("amplitude_v_max", "width_ns_max"):
             if not getattr(self, k) > 0:
                 raise ValueError(f"{k} must be > 0, got {getattr(self, k)}")
+
+
+def check_pulse_shape(pulse: PulseSpec, amplitude_v_max: Optional[float],
+                      width_ns_max: Optional[float], *, amplitude_limit: str,
+                      width_limit: str, command: Optional[str] = None) -> None:
+    """Raise SafetyLimitError if `pulse` is above either maximum (None: no limit); the
+    message names the limit (`amplitude_limit`, `width_limit`: whose limit, and which key)."""
+    cmd = command or f"PROGRAM_{pulse.kind.name}"
+    if amplitude_v_max is not None and pulse.amplitude_v > amplitude_v_max:
+        raise SafetyLimitError(f"{pulse.kind.name} amplitude {pulse.amplitude_v} V exceeds "
+                               f"{amplitude_limit} = {amplitude_v_max} V", command=cmd)
+    if width_ns_max is not None and pulse.width_ns > width_ns_max:
+        raise SafetyLimitError(f"{pulse.kind.name} width {pulse.width_ns} ns exceeds "
+                               f"{width_limit} = {width_ns_max} ns", command=cmd)
+
+
+@dataclass(frozen=True)
+class HardLimits:
+    """A chip's own limits: what its firmware refuses (None: the chip sets no such limit).
+
+    Keys and order are those of the HELLO answer's hard-limit list (ChipInfo.hard_limits).
+    """
+
+    max_pulses_per_device: Optional[int] = None
+    set_amplitude_v_max: Optional[float] = None
+    reset_amplitude_v_max: Optional[float] = None
+    width_ns_max: Optional[float] = None
+    read_v_max: Optional[float] = None   # MATVEC input lines
+
+    @classmethod
+    def from_dict(cls, limits: Mapping[str, float]) -> "HardLimits":
+        """From ChipInfo.hard_limits; keys this host does not know are ignored (a newer
+        firmware may report more)."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: float(v) for k, v in limits.items() if k in known}
+        if "max_pulses_per_device" in kw:
+            kw["max_pulses_per_device"] = int(kw["max_pulses_per_device"])
+        return cls(**kw)   # type: ignore[arg-type]
+
+    def as_dict(self) -> Dict[str, float]:
+        """The limits the chip sets, as ChipInfo.hard_limits carries them."""
+        return {f.name: float(getattr(self, f.name)) for f in fields(self)
+                if getattr(self, f.name) is not None}
+
+    def check_pulse(self, pulse: PulseSpec, command: Optional[str] = None) -> None:
+        kind = pulse.kind.name.lower()
+        amax = self.set_amplitude_v_max if pulse.kind is PulseKind.SET \
+            else self.reset_amplitude_v_max
+        check_pulse_shape(pulse, amax, self.width_ns_max,
+                          amplitude_limit=f"the chip's {kind}_amplitude_v_max",
+                          width_limit="the chip's width_ns_max", command=command)
+
+    def check_program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec,
+                      command: str, max_pulses: Optional[int] = None) -> np.ndarray:
+        """Check one program batch (pulse counts, then pulse shape); returns the counts as
+        an array. `max_pulses` narrows max_pulses_per_device (a wire's pulse-count field)."""
+        most = [m for m in (self.max_pulses_per_device, max_pulses) if m is not None]
+        n = check_pulse_counts(addresses, n_pulses,
+                               int(min(most)) if most else np.iinfo(np.int64).max, command,
+                               "pulses per device (the chip's max_pulses_per_device)")
+        self.check_pulse(pulse, command)
+        return n
+
+    def check_line_voltages(self, x: np.ndarray) -> None:
+        """MATVEC inputs against the chip's read_v_max (where it sets one)."""
+        if self.read_v_max is not None:
+            check_line_voltages(x, self.read_v_max, "the chip's read_v_max")
 
 
 @dataclass(frozen=True)
@@ -65,16 +132,10 @@ class SafetyLimits:
     def check_pulse(self, pulse: PulseSpec, command: Optional[str] = None) -> None:
         """Raise SafetyLimitError if the pulse shape exceeds this bench's limits."""
         lim = self.pulse_limits(pulse.kind)
-        cmd = command or f"PROGRAM_{pulse.kind.name}"
         name = pulse.kind.name.lower()
-        if pulse.amplitude_v > lim.amplitude_v_max:
-            raise SafetyLimitError(f"{pulse.kind.name} amplitude {pulse.amplitude_v} V exceeds "
-                                   f"safety.{name}.amplitude_v_max = {lim.amplitude_v_max} V",
-                                   command=cmd)
-        if pulse.width_ns > lim.width_ns_max:
-            raise SafetyLimitError(f"{pulse.kind.name} width {pulse.width_ns} ns exceeds "
-                                   f"safety.{name}.width_ns_max = {lim.width_ns_max} ns",
-                                   command=cmd)
+        check_pulse_shape(pulse, lim.amplitude_v_max, lim.width_ns_max,
+                          amplitude_limit=f"safety.{name}.amplitude_v_max",
+                          width_limit=f"safety.{name}.width_ns_max", command=command)
 
     def check_program(self, addresses: np.ndarray, n_pulses: np.ndarray,
                       pulse: PulseSpec) -> None:
