@@ -3,6 +3,13 @@
 The simulated chip, the FPGA driver and the replay backend all implement it, so experiment code
 never names a concrete backend. Every call is a batch of numpy arrays; there is no per-device
 call, because a per-device round trip over a serial link would make training take weeks.
+
+Beyond the contract, a backend may have optional abilities (sequence numbers, a saved state,
+a simulated clock, ...): each is a typed Protocol in drivers.abilities, found through any
+stack of layers (drivers.layers.BackendLayer: a safety guard, the resume layer, ...) with
+drivers.abilities.find_ability. A `Capability` is what a chip *says* about itself in
+ChipInfo.capabilities (over the wire: a bit of the INFO reply, WIRE_CAPABILITY_BITS); a
+Protocol is what a backend object *has*. docs/backends.md says which is which.
 """
 from __future__ import annotations
 

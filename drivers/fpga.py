@@ -539,6 +539,11 @@ class FpgaChip(ChipBackend):
         """Sequence number of the last request sent."""
         return self._seq
 
+    def next_wire_seq(self) -> int:
+        """The sequence number the next request goes out under (abilities.SequencedBackend):
+        journaled with the command, so resume can re-send it under the same number."""
+        return (self._seq + 1) & 0xFFFFFFFF
+
     def use_seq(self, seq: int) -> None:
         """Send the next request under `seq` (and continue counting from it).
 

@@ -1,8 +1,15 @@
 """Safety limits, and the guard that enforces them before anything reaches the link.
 
-A real chip is irreplaceable: every program and read command passes `SafetyLimits` on the host
-before it is encoded, whatever backend is behind (the firmware emulator checks the chip's own
-hard limits again and refuses with a NACK). The limits come from the station file.
+Two owners of limits, one rule for each kind of check:
+
+* the chip's own hard limits (`HardLimits`: what its firmware refuses, reported in its HELLO
+  answer as ChipInfo.hard_limits), which every chip backend checks before it sends or
+  applies anything (the firmware emulator checks them again and refuses with a NACK);
+* a station's limits (`SafetyLimits`, from the station file), which `LimitedBackend` enforces
+  for every command of a training run or a characterisation, whatever backend is behind.
+
+Both check a pulse shape with `check_pulse_shape` and MATVEC inputs with
+`check_line_voltages`, and every message names whose limit was exceeded.
 """
 from __future__ import annotations
 
@@ -11,22 +18,10 @@ from typing import Dict, Mapping, Optional
 
 import numpy as np
 
-from drivers.backend import ChipBackend, ChipInfo
+from drivers.backend import ChipBackend
 from drivers.errors import SafetyLimitError
+from drivers.layers import BackendLayer
 from drivers.pulse import PulseKind, PulseSpec, check_pulse_counts
-
-
-@dataclass(frozen=True)
-class PulseLimits:
-    """Largest pulse of one kind the bench may send."""
-
-    amplitude_v_max: float
-    width_ns_max: float
-
-    def __post_init__(self) -> None:
-        for k in ("amplitude_v_max", "width_ns_max"):
-            if not getattr(self, k) > 0:
-                raise ValueError(f"{k} must be > 0, got {getattr(self, k)}")
 
 
 def check_pulse_shape(pulse: PulseSpec, amplitude_v_max: Optional[float],
@@ -94,6 +89,19 @@ class HardLimits:
         """MATVEC inputs against the chip's read_v_max (where it sets one)."""
         if self.read_v_max is not None:
             check_line_voltages(x, self.read_v_max, "the chip's read_v_max")
+
+
+@dataclass(frozen=True)
+class PulseLimits:
+    """Largest pulse of one kind the bench may send."""
+
+    amplitude_v_max: float
+    width_ns_max: float
+
+    def __post_init__(self) -> None:
+        for k in ("amplitude_v_max", "width_ns_max"):
+            if not getattr(self, k) > 0:
+                raise ValueError(f"{k} must be > 0, got {getattr(self, k)}")
 
 
 @dataclass(frozen=True)
@@ -187,57 +195,64 @@ def check_line_voltages(x: np.ndarray, v_max: float, limit: str) -> None:
         raise SafetyLimitError(f"input x{where} {why}", command="MATVEC")
 
 
-class LimitedBackend(ChipBackend):
-    """Any backend behind a set of safety limits: a refused command never reaches it."""
+class LimitedBackend(BackendLayer):
+    """Any backend behind a station's safety limits: a refused command never reaches it.
+
+    Training and characterisation both send every command through this guard; its check_*
+    methods are the checks its commands run, for a pre-flight check of a whole plan
+    (abilities.GuardedBackend). Abilities of the backend below are found with
+    drivers.abilities.find_ability.
+    """
 
     def __init__(self, inner: ChipBackend, limits: SafetyLimits) -> None:
-        self.inner = inner
-        self.limits = limits
-        self.refused = 0
+        super().__init__(inner)
+        self._limits = limits
+        self._refused = 0
 
-    def info(self) -> ChipInfo:
-        return self.inner.info()
+    @property
+    def station_limits(self) -> SafetyLimits:
+        return self._limits
 
+    @property
+    def refused(self) -> int:
+        """Commands refused so far."""
+        return self._refused
+
+    # --- the checks (also a pre-flight: nothing is sent, nothing counted) -------------------
+    def check_program(self, addresses: np.ndarray, n_pulses: np.ndarray,
+                      pulse: PulseSpec) -> None:
+        self._limits.check_program(addresses, n_pulses, pulse)
+        # A training step's pulses travel in one command, so no command may exceed a step's.
+        self._limits.check_step(int(np.asarray(n_pulses).sum()))
+
+    def check_read(self, addresses: np.ndarray) -> None:
+        self._limits.check_read(addresses)
+
+    def check_matvec(self, addresses: np.ndarray, x: np.ndarray) -> None:
+        self._limits.check_matvec(addresses, x)
+
+    # --- the contract, guarded -------------------------------------------------------------
     def read(self, addresses: np.ndarray) -> np.ndarray:
-        self._guard(self.limits.check_read, addresses)
+        self._guard(self.check_read, addresses)
         return self.inner.read(addresses)
 
     def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec) -> None:
-        self._check_program(addresses, n_pulses, pulse)
+        self._guard(self.check_program, addresses, n_pulses, pulse)
         self.inner.program(addresses, n_pulses, pulse)
 
     def program_read(self, addresses: np.ndarray, n_pulses: np.ndarray,
                      pulse: PulseSpec) -> np.ndarray:
-        self._check_program(addresses, n_pulses, pulse)
-        self._guard(self.limits.check_read, addresses)
+        self._guard(self.check_program, addresses, n_pulses, pulse)
+        self._guard(self.check_read, addresses)
         return self.inner.program_read(addresses, n_pulses, pulse)
 
-    def _check_program(self, addresses: np.ndarray, n_pulses: np.ndarray,
-                       pulse: PulseSpec) -> None:
-        self._guard(self.limits.check_program, addresses, n_pulses, pulse)
-        # A training step's pulses travel in one command, so no command may exceed a step's.
-        self._guard(self.limits.check_step, int(np.asarray(n_pulses).sum()))
-
     def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
-        self._guard(self.limits.check_matvec, addresses, x)
+        self._guard(self.check_matvec, addresses, x)
         return self.inner.matvec(addresses, x)
-
-    def read_exact(self, addresses: np.ndarray) -> np.ndarray:
-        return self.inner.read_exact(addresses)
-
-    def safe_state(self) -> None:
-        self.inner.safe_state()
-
-    def close(self) -> None:
-        self.inner.close()
 
     def _guard(self, check, *args) -> None:
         try:
             check(*args)
         except SafetyLimitError:
-            self.refused += 1
+            self._refused += 1
             raise
-
-    def __getattr__(self, name: str):
-        # Simulator extras (clock_s, advance_clock, save_state...) pass through.
-        return getattr(self.inner, name)

@@ -208,11 +208,18 @@ class SimulatedChip(ChipBackend):
         g = self._noisy_read(flat).reshape(block.shape)
         return (g @ xv).astype(np.float32)
 
-    def advance_clock(self, seconds: float) -> None:
-        """Let simulated time pass with the chip idle (drift characterisation waits)."""
+    def advance_clock(self, seconds: float) -> float:
+        """Let simulated time pass with the chip idle (drift characterisation waits);
+        returns the new clock."""
         if not seconds >= 0:
             raise ValueError(f"cannot advance the clock by {seconds} s")
         self.clock_s += float(seconds)
+        return self.clock_s
+
+    @property
+    def commands_executed(self) -> int:
+        """Commands executed since the chip was built (a saved state is placed by it)."""
+        return int(self.counters["commands"])
 
     def safe_state(self) -> None:
         """Nothing to idle in a simulator; kept for the contract."""

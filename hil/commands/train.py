@@ -201,8 +201,9 @@ def _run(args: argparse.Namespace, cfg: ExperimentConfig, station, url: Optional
 
 def _keep_chip_state(path: str, backend, recorder) -> dict:
     """A new sim:// run that saves its chip at every log commit (resumable)."""
-    from hil.resume import ChipStateKeeper, state_chip
-    chip = state_chip(backend)
+    from drivers.abilities import StatefulBackend, find_ability
+    from hil.resume import ChipStateKeeper
+    chip = find_ability(backend, StatefulBackend)
     if chip is None:
         raise ConfigError("only the in-process simulated chip (sim://) needs a state file; a "
                           "chip behind firmware keeps its own state", key="--chip-state")
