@@ -118,10 +118,7 @@ def bench_config(examples: int, test_examples: int, network_name: str = "784-250
 
 
 def _sim_url(cfg: ExperimentConfig) -> Tuple[str, Any]:
-    from hil.backend_url import SimDefaults
-    c = cfg.chip
-    return "sim://", SimDefaults(model=c.model, seed=cfg.chip_seed, arrays=c.arrays,
-                                 rows=c.rows, cols=c.cols)
+    return "sim://", cfg.sim_chip_spec()
 
 
 def _load_script(name: str) -> Optional[ModuleType]:
@@ -288,15 +285,10 @@ def scaling_point(cfg: ExperimentConfig, data: Dataset, steps: int) -> Dict[str,
     """Step time and memory of one chip size and network: the chip and the trainer are built
     and initialised under tracemalloc (numpy's buffers are traced), then `steps` training
     steps are timed with tracing off."""
-    from drivers.geometry import Geometry
-    from sim_backend.pcm_model import PcmModel
-    from sim_backend.sim_chip import SimulatedChip
-
-    c = cfg.chip
+    spec = cfg.sim_chip_spec()
     tracemalloc.start()
     try:
-        chip = SimulatedChip(PcmModel.load(c.model), Geometry(c.arrays, c.rows, c.cols),
-                             seed=cfg.chip_seed)
+        chip = spec.build()
         chip_bytes, _ = tracemalloc.get_traced_memory()
         trainer = MixedPrecisionTrainer(cfg, chip)
         trainer.initialize()
@@ -313,7 +305,7 @@ def scaling_point(cfg: ExperimentConfig, data: Dataset, steps: int) -> Dict[str,
     dt = time.perf_counter() - t0
     n_dev = chip.geometry.n_devices
     row = {"network": "-".join(map(str, cfg.network.layers)), "devices": n_dev,
-           "chip": f"{c.arrays}x{c.rows}x{c.cols}", "mapped_devices": trainer.mapping.n_devices,
+           "chip": f"{spec.arrays}x{spec.rows}x{spec.cols}", "mapped_devices": trainer.mapping.n_devices,
            "steps": steps, "step_us": 1e6 * dt / steps,
            "chip_state_bytes": int(chip.state_bytes),
            "state_bytes_per_device": chip.state_bytes / n_dev,

@@ -43,15 +43,9 @@ class ThreadEmulator:
     trip, but host and firmware share one interpreter lock)."""
 
     def __init__(self, cfg, baud: int) -> None:
-        from drivers.geometry import Geometry
         from sim_backend.emulator import EmulatorServer, Firmware, LinkModel
-        from sim_backend.pcm_model import PcmModel
-        from sim_backend.sim_chip import SimulatedChip
 
-        c = cfg.chip
-        chip = SimulatedChip(PcmModel.load(c.model), Geometry(c.arrays, c.rows, c.cols),
-                             seed=cfg.chip_seed)
-        self.server = EmulatorServer(Firmware(chip), listen=("127.0.0.1", 0),
+        self.server = EmulatorServer(Firmware(cfg.sim_chip_spec().build()), listen=("127.0.0.1", 0),
                                      link=LinkModel(baud=baud)).start()
         self.url = self.server.url
 
@@ -86,11 +80,10 @@ def run_mode(mode: str, cfg, data, baud: int, profile: str | None,
              in_thread: bool = False) -> dict:
     from drivers.fpga import FpgaChip
     from hil.backend_url import open_backend
-    from hil.commands.train import sim_defaults
     from hil.training import run_experiment
 
     if mode == "in-process":
-        with open_backend("sim://", sim_defaults(cfg)) as be:
+        with open_backend("sim://", cfg.sim_chip_spec()) as be:
             s = run_experiment(cfg, be, data=data)
         return {"summary": s}
     emu = ThreadEmulator(cfg, baud) if in_thread else Emulator(cfg, baud)

@@ -62,6 +62,31 @@ class SimLimits(HardLimits):
     read_v_max: float = 0.5      # MATVEC input lines: below a PCM cell's threshold voltage
 
 
+@dataclass(frozen=True)
+class SimChipSpec:
+    """A simulated chip as a value: device model, geometry and seed.
+
+    Every place that makes a simulated chip from a description (a `sim://` URL, an
+    experiment config's chip section, `pcm-hil emulate`'s options, a benchmark) builds it
+    with `build()`, so the same description is the same chip everywhere. `model` is a preset
+    name or the path of a model YAML file (PcmModel.load).
+    """
+
+    model: str = "jap"
+    seed: int = 0
+    arrays: int = 1
+    rows: int = 512
+    cols: int = 2048
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(self.arrays, self.rows, self.cols)
+
+    def build(self) -> "SimulatedChip":
+        """A new chip in its as-fabricated state."""
+        return SimulatedChip(PcmModel.load(self.model), self.geometry, seed=self.seed)
+
+
 def _state_index(addr: np.ndarray, increasing: bool) -> np.ndarray | slice:
     """How to index the per-device state arrays with a checked batch: a run of consecutive
     addresses (the mapped devices of a full read) as a slice, whose views need no gathers;

@@ -1,4 +1,5 @@
-"""The simulated chip: determinism, state size, limits, errors, state files."""
+"""The simulated chip: determinism, state size, limits, errors, state files, building a chip
+from its description."""
 from dataclasses import replace
 
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 
 from drivers import AddressError, Capability, ChipError, ConfigError, PulseSpec, SafetyLimitError
 from drivers.geometry import Geometry
-from sim_backend import STATE_BYTES_PER_DEVICE, PcmModel, SimulatedChip
+from sim_backend import STATE_BYTES_PER_DEVICE, PcmModel, SimChipSpec, SimulatedChip
 
 
 def _no_drift_jap():
@@ -125,3 +126,30 @@ def test_state_file_round_trip_and_refusal(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a state file")
     with pytest.raises(ConfigError, match="not a simulated-chip state file"):
         b.load_state(tmp_path / "junk.npz")
+
+
+# --- building a chip from a description --------------------------------------------------------
+def test_spec_builds_the_chip_it_describes():
+    spec = SimChipSpec(model="pcm_like", seed=9, arrays=2, rows=8, cols=16)
+    a, b = spec.build(), spec.build()
+    assert a.geometry == spec.geometry == Geometry(2, 8, 16)
+    assert a.model == PcmModel.preset("pcm_like") and a.seed == 9
+    addr = np.arange(40, dtype=np.uint32)
+    assert np.array_equal(a.read(addr), b.read(addr))   # the same description, the same chip
+    other = SimChipSpec(model="pcm_like", seed=10, arrays=2, rows=8, cols=16).build()
+    assert not np.array_equal(other.read(addr), a.read(addr))
+    with pytest.raises(ConfigError, match="neither a preset"):
+        SimChipSpec(model="no-such-model").build()
+
+
+def test_commands_executed_counts_every_command_and_advance_clock_returns_the_clock():
+    chip = SimulatedChip(geometry=Geometry(1, 4, 4), seed=0)
+    addr = np.arange(4, dtype=np.uint32)
+    chip.read(addr)
+    chip.program(addr, np.ones(4, np.int64), PulseSpec.set())
+    chip.program_read(addr, np.ones(4, np.int64), PulseSpec.set())   # two commands
+    chip.matvec(addr.reshape(2, 2), np.array([0.1, 0.2]))
+    assert chip.commands_executed == 5
+    t = chip.clock_s
+    assert chip.advance_clock(10.0) == chip.clock_s == t + 10.0
+    assert chip.commands_executed == 5   # waiting is not a command
