@@ -16,8 +16,7 @@ from __future__ import annotations
 import abc
 import enum
 from dataclasses import dataclass, field
-from types import TracebackType
-from types import MappingProxyType
+from types import MappingProxyType, TracebackType
 from typing import Dict, FrozenSet, Iterable, Mapping, Optional, Tuple, Type
 
 import numpy as np

@@ -305,7 +305,8 @@ def scaling_point(cfg: ExperimentConfig, data: Dataset, steps: int) -> Dict[str,
     dt = time.perf_counter() - t0
     n_dev = chip.geometry.n_devices
     row = {"network": "-".join(map(str, cfg.network.layers)), "devices": n_dev,
-           "chip": f"{spec.arrays}x{spec.rows}x{spec.cols}", "mapped_devices": trainer.mapping.n_devices,
+           "chip": f"{spec.arrays}x{spec.rows}x{spec.cols}",
+           "mapped_devices": trainer.mapping.n_devices,
            "steps": steps, "step_us": 1e6 * dt / steps,
            "chip_state_bytes": int(chip.state_bytes),
            "state_bytes_per_device": chip.state_bytes / n_dev,

@@ -45,8 +45,8 @@ class ThreadEmulator:
     def __init__(self, cfg, baud: int) -> None:
         from sim_backend.emulator import EmulatorServer, Firmware, LinkModel
 
-        self.server = EmulatorServer(Firmware(cfg.sim_chip_spec().build()), listen=("127.0.0.1", 0),
-                                     link=LinkModel(baud=baud)).start()
+        self.server = EmulatorServer(Firmware(cfg.sim_chip_spec().build()),
+                                     listen=("127.0.0.1", 0), link=LinkModel(baud=baud)).start()
         self.url = self.server.url
 
     def close(self) -> None:
