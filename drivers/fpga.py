@@ -26,12 +26,13 @@ from urllib.parse import parse_qs
 import numpy as np
 import serial
 
-from drivers.backend import Capability, ChipBackend, ChipInfo, matvec_operands
+from drivers.backend import (Capability, ChipBackend, ChipInfo, capabilities_from_wire,
+                             matvec_operands)
 from drivers.errors import (AddressError, ChipError, ChipFaultError, LinkError,
                             NotSupportedError, ProtocolError, SafetyLimitError)
 from drivers.geometry import Geometry, ascending_order
-from drivers.pulse import PulseKind, PulseSpec, check_pulse_counts
-from drivers.safety import check_line_voltages
+from drivers.pulse import PulseSpec
+from drivers.safety import HardLimits
 from firmware_interface import adc
 from firmware_interface.frame import OVERHEAD, Decoded, Frame, FrameDecoder, FrameError
 from firmware_interface.messages import (AdvanceClockAck, AdvanceClockRequest, ClockReply,
@@ -42,8 +43,8 @@ from firmware_interface.messages import (AdvanceClockAck, AdvanceClockRequest, C
                                          ReadExactRequest, ReadReply, ReadRequest,
                                          SafeStateRequest, StatusReply, StatusRequest,
                                          decode_message)
-from firmware_interface.protocol import (PROTOCOL_VERSION, Capability as WireCapability,
-                                         NackCode, Opcode, PayloadError, reply_opcode)
+from firmware_interface.protocol import (PROTOCOL_VERSION, NackCode, Opcode, PayloadError,
+                                         reply_opcode)
 
 WIRE_LOG = logging.getLogger("pcm_hil.wire")
 log = logging.getLogger(__name__)
@@ -68,11 +69,8 @@ NACK_ERRORS = {
 
 _REPLY_OPCODES = frozenset(int(op) for op in Opcode if op.is_reply)
 
-_CAPABILITY_NAMES = {WireCapability.MATVEC: Capability.MATVEC.value,
-                     WireCapability.EXACT_READ: Capability.EXACT_READ.value,
-                     WireCapability.STATE_FILE: Capability.STATE_FILE.value,
-                     WireCapability.SIM_CLOCK: Capability.SIM_CLOCK.value,
-                     WireCapability.PROGRAM_READ: Capability.PROGRAM_READ.value}
+#: Largest pulse count of one device the PROGRAM payload can carry (a u8 field).
+WIRE_MAX_PULSES = 255
 
 
 class _LinkLost(Exception):
@@ -120,6 +118,7 @@ class FpgaChip(ChipBackend):
         self._decoder = FrameDecoder()
         self._hello: Optional[InfoReply] = None
         self._info: Optional[ChipInfo] = None
+        self._hard = HardLimits()
         self._closed = False
         self._lock = threading.RLock()
         self._rx_total = 0
@@ -208,8 +207,8 @@ class FpgaChip(ChipBackend):
                                  f"{reply.rows}x{reply.cols}) answered after reconnecting",
                                  command="HELLO")
         self._hello = reply
-        caps = frozenset(name for bit, name in _CAPABILITY_NAMES.items()
-                         if reply.capabilities & int(bit))
+        caps = capabilities_from_wire(reply.capabilities)
+        self._hard = HardLimits.from_dict(dict(reply.hard_limits))
         self._info = ChipInfo(
             chip_id=reply.chip_id, firmware_version=reply.firmware_version,
             protocol_version=f"{reply.protocol_version[0]}.{reply.protocol_version[1]}",
@@ -446,10 +445,8 @@ class FpgaChip(ChipBackend):
         permutation or None when already ascending); refuses what the chip's hard limits
         would refuse, before anything is sent."""
         addr = self._check(addresses, cmd)
-        limits = self.info().hard_limits
-        max_n = int(min(limits.get("max_pulses_per_device", 255), 255))
-        n = check_pulse_counts(addr, n_pulses, max_n, cmd).astype(np.int64)
-        self._check_pulse(pulse, cmd, limits)
+        n = self._hard.check_program(addr, n_pulses, pulse, cmd,
+                                     max_pulses=WIRE_MAX_PULSES).astype(np.int64)
         order = ascending_order(addr, command=cmd)
         if order is None:
             return addr, n, None
@@ -475,9 +472,7 @@ class FpgaChip(ChipBackend):
     def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
         self._require(Capability.MATVEC, "MATVEC")
         block, xv = matvec_operands(addresses, x)
-        v_max = self.info().hard_limits.get("read_v_max")
-        if v_max is not None:   # refused here rather than NACKed: nothing is sent
-            check_line_voltages(xv, v_max, "the chip's read_v_max")
+        self._hard.check_line_voltages(xv)   # refused here rather than NACKed: nothing is sent
         flat = self._check(block.ravel(), "MATVEC")
         k = 1 if xv.ndim == 1 else xv.shape[1]
         reply = self.transaction(MatvecRequest(flat.reshape(block.shape), xv),
@@ -544,6 +539,11 @@ class FpgaChip(ChipBackend):
         """Sequence number of the last request sent."""
         return self._seq
 
+    def next_wire_seq(self) -> int:
+        """The sequence number the next request goes out under (abilities.SequencedBackend):
+        journaled with the command, so resume can re-send it under the same number."""
+        return (self._seq + 1) & 0xFFFFFFFF
+
     def use_seq(self, seq: int) -> None:
         """Send the next request under `seq` (and continue counting from it).
 
@@ -566,18 +566,6 @@ class FpgaChip(ChipBackend):
     def _check(self, addresses: np.ndarray, command: str) -> np.ndarray:
         self._require_open(command)
         return self.info().geometry.check(addresses, command=command)
-
-    @staticmethod
-    def _check_pulse(pulse: PulseSpec, cmd: str, limits: Dict[str, float]) -> None:
-        key = "set_amplitude_v_max" if pulse.kind is PulseKind.SET else "reset_amplitude_v_max"
-        amax = limits.get(key)
-        if amax is not None and pulse.amplitude_v > amax:
-            raise SafetyLimitError(f"amplitude {pulse.amplitude_v} V exceeds the chip's "
-                                   f"{amax} V", command=cmd)
-        wmax = limits.get("width_ns_max")
-        if wmax is not None and pulse.width_ns > wmax:
-            raise SafetyLimitError(f"width {pulse.width_ns} ns exceeds the chip's {wmax} ns",
-                                   command=cmd)
 
     @staticmethod
     def _expect_count(got: int, want: int, command: str) -> None:

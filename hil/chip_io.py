@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from drivers.abilities import SequencedBackend, find_ability
 from drivers.backend import ChipBackend
 from drivers.pulse import PulseKind, PulseSpec
 from hil.recorder import NullRecorder, Recorder
@@ -19,15 +20,8 @@ def wire_seq_of(backend: ChipBackend) -> int:
 
     Journaled with the command, so resume can re-send a command a kill cut off under the
     same number and the firmware answers from memory instead of executing it twice."""
-    be = backend
-    while be is not None:
-        peek = getattr(be, "next_wire_seq", None)
-        if callable(peek):
-            return int(peek())
-        if hasattr(be, "last_seq") and callable(getattr(be, "use_seq", None)):
-            return (int(be.last_seq) + 1) & 0xFFFFFFFF
-        be = getattr(be, "inner", None)
-    return -1
+    sequenced = find_ability(backend, SequencedBackend)
+    return -1 if sequenced is None else int(sequenced.next_wire_seq())
 
 
 @dataclass

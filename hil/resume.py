@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from drivers.abilities import SequencedBackend, StatefulBackend, find_ability
 from drivers.backend import ChipBackend, ChipInfo
 from drivers.errors import ChipFaultError, HilError, NotSupportedError
 from drivers.pulse import PulseKind, PulseSpec
@@ -57,17 +58,6 @@ class ResumeError(HilError):
 
 
 # --- the simulated chip's state file ------------------------------------------------------
-def state_chip(backend: ChipBackend) -> Any:
-    """The in-process simulated chip behind `backend` (through wrappers), or None."""
-    be: Any = backend
-    while be is not None:
-        if callable(getattr(be, "save_state", None)) and \
-                callable(getattr(be, "load_state", None)) and hasattr(be, "counters"):
-            return be
-        be = getattr(be, "inner", None)
-    return None
-
-
 class ChipStateKeeper:
     """Keeps an in-process chip's state file at the log's last commit.
 
@@ -76,16 +66,16 @@ class ChipStateKeeper:
     that command count. The sidecar is written first: a kill between the two writes leaves a
     state whose clock matches an older entry, still valid."""
 
-    def __init__(self, chip: Any, path: str, base_commands: int = 0) -> None:
+    def __init__(self, chip: StatefulBackend, path: str, base_commands: int = 0) -> None:
         self.chip = chip
         self.path = os.fspath(path)
-        self.base = int(base_commands) - int(chip.counters["commands"])
+        self.base = int(base_commands) - chip.commands_executed
         self.saves = 0
 
     @property
     def commands(self) -> int:
         """Commands the chip has executed since it was new."""
-        return self.base + int(self.chip.counters["commands"])
+        return self.base + self.chip.commands_executed
 
     def on_commit(self, n_commands: int) -> None:
         if self.commands != int(n_commands):
@@ -101,7 +91,7 @@ class ChipStateKeeper:
         self.saves += 1
 
     @classmethod
-    def restore(cls, chip: Any, path: str) -> "ChipStateKeeper":
+    def restore(cls, chip: StatefulBackend, path: str) -> "ChipStateKeeper":
         """Load the state file into `chip`; the keeper knows how many commands it holds."""
         path = os.fspath(path)
         if not os.path.exists(path):
@@ -136,7 +126,10 @@ class ResumeBackend(ReplayBackend):
     `chip_from` set, commands from that index on are also executed on the live chip, whose
     state file is older than the log, and its reads must equal the logged ones). Phase 2
     serves the journaled commands; the last, uncertain one is re-sent live under its wire
-    sequence number. Phase 3 is the live chip."""
+    sequence number. Phase 3 is the live chip.
+
+    It numbers the commands that pass through it (drivers.abilities.SequencedBackend): the
+    new log journals NOT_SENT for a served one, and `use_seq` sets the live chip's number."""
 
     def __init__(self, old: RunLog, live: ChipBackend,
                  journal: Sequence[JournalCommand] = (),
@@ -177,6 +170,14 @@ class ResumeBackend(ReplayBackend):
             cmd = self.journal[j]
             return NOT_SENT if cmd.done else cmd.wire_seq
         return wire_seq_of(self.live)
+
+    def use_seq(self, seq: int) -> None:
+        """Send the next command that reaches the live chip under `seq`."""
+        live = find_ability(self.live, SequencedBackend)
+        if live is None:
+            raise NotSupportedError("the live chip has no wire sequence numbers",
+                                    command="USE_SEQ")
+        live.use_seq(seq)
 
     # --- contract ------------------------------------------------------------------------------
     def info(self) -> ChipInfo:
@@ -305,9 +306,8 @@ class ResumeBackend(ReplayBackend):
 
     def _resend(self, cmd: JournalCommand, send: Any) -> Any:
         """Re-send the command a kill left uncertain, under its original wire seq."""
-        be = _seq_backend(self.live)
         if cmd.wire_seq >= 0:
-            be.use_seq(cmd.wire_seq)
+            self.use_seq(cmd.wire_seq)
         self.resent += 1
         log.info("re-sending %s of step %d (command #%d) under wire seq %d", cmd.kind,
                  cmd.step, cmd.seq, cmd.wire_seq)
@@ -334,15 +334,6 @@ def _halves(p: JournalCommand, r: JournalCommand) -> bool:
     return (p.kind == "program" and r.kind == "read" and not p.done and r.seq == p.seq + 1
             and r.wire_seq == p.wire_seq and r.step == p.step
             and np.array_equal(r.addresses, p.addresses))
-
-
-def _seq_backend(backend: ChipBackend) -> Any:
-    be: Any = backend
-    while be is not None:
-        if callable(getattr(be, "use_seq", None)):
-            return be
-        be = getattr(be, "inner", None)
-    return None
 
 
 # --- planning -----------------------------------------------------------------------------
@@ -381,7 +372,7 @@ def plan(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Dict[str,
                           f"{info.geometry}, the backend is chip {mine.chip_id!r} "
                           f"{mine.geometry}")
     committed = int(old.counts["read_batches"] + old.counts["pulse_batches"])
-    chip = state_chip(live)
+    chip = find_ability(live, StatefulBackend)
     out: Dict[str, Any] = {"committed": committed, "journal": (), "chip_from": None,
                            "keeper": None, "acked_rows": (), "resend_batch": None}
     if chip is not None:
@@ -410,7 +401,7 @@ def plan(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Dict[str,
         last = cmds[-last_n]
         if last.wire_seq == NOT_SENT:
             del cmds[-last_n:]   # served from a log during a resume's fast-forward: never sent
-        elif last.wire_seq < 0 or _seq_backend(live) is None:
+        elif last.wire_seq < 0 or find_ability(live, SequencedBackend) is None:
             raise ResumeError(
                 f"cannot resume {old.path}: the last command before the kill ({last.kind} of "
                 f"step {last.step}, command #{last.seq}) may or may not have reached the chip, "
@@ -438,7 +429,7 @@ def plan(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Dict[str,
             read_half = ()
         if len(unacked) > 1 or cmds or seq != committed - 1 or last is None or \
                 last.kind != "program" or last.seq != seq or last.wire_seq < 0 or \
-                _seq_backend(live) is None:
+                find_ability(live, SequencedBackend) is None:
             raise ResumeError(f"{old.path}: pulse batch {unacked[0][0]} was sent but never "
                               "acknowledged, and no journal record says under which wire "
                               "sequence number; whether the chip applied it is unknown, so "
@@ -492,4 +483,4 @@ def resume_provenance(old_path: str, old: RunLog, plan_: Dict[str, Any]) -> Dict
 
 
 __all__ = ["ChipStateKeeper", "NOT_SENT", "ResumeBackend", "ResumeError", "plan", "reach",
-           "resume_provenance", "resume_source", "resumed_path", "state_chip"]
+           "resume_provenance", "resume_source", "resumed_path"]

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from drivers.abilities import GuardedBackend, find_ability
 from drivers.backend import Capability, ChipBackend
 from drivers.errors import ConfigError
-from drivers.safety import SafetyLimits
 from hil import network
 from hil.chip_io import ChipIO
 from hil.config import ExperimentConfig, MatvecMode
@@ -116,11 +116,8 @@ class ChipMatmul(network.HostMatmul):
         super().__init__(trainer.weights)
         self.trainer = trainer
         read_v = trainer.cfg.training.matvec_read_v
-        station, be = None, trainer.backend
-        while be is not None and station is None:   # the station's limits, through wrappers
-            limits = getattr(be, "limits", None)
-            station = limits.read_v_max if isinstance(limits, SafetyLimits) else None
-            be = getattr(be, "inner", None)
+        guard = find_ability(trainer.backend, GuardedBackend)   # the station's limits
+        station = None if guard is None else guard.station_limits.read_v_max
         for v_max, whose in ((trainer.chip_info.hard_limits.get("read_v_max"), "the chip's "),
                              (station, "the station's safety.")):
             if v_max is not None and read_v > v_max:   # refused before the chip is touched

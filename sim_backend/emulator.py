@@ -29,7 +29,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from drivers.backend import Capability as ContractCapability
+from drivers.backend import Capability as ContractCapability, capabilities_to_wire
 from drivers.errors import (AddressError, ChipError, ConfigError, NotSupportedError,
                             SafetyLimitError)
 from drivers.pulse import PulseKind, PulseSpec
@@ -54,11 +54,6 @@ log = logging.getLogger(__name__)
 #: counters); each is journaled before its reply leaves.
 STATE_CHANGING = frozenset({Opcode.READ, Opcode.PROGRAM, Opcode.PROGRAM_READ, Opcode.MATVEC,
                             Opcode.ADVANCE_CLOCK})
-_CAPS = {ContractCapability.MATVEC.value: Capability.MATVEC,
-         ContractCapability.EXACT_READ.value: Capability.EXACT_READ,
-         ContractCapability.STATE_FILE.value: Capability.STATE_FILE,
-         ContractCapability.SIM_CLOCK.value: Capability.SIM_CLOCK,
-         ContractCapability.PROGRAM_READ.value: Capability.PROGRAM_READ}
 
 #: Journal record: magic, seq, opcode, flags (bit 0: replay on load), reserved,
 #: CRC-32 of the request payload, chip clock before and after, request and reply lengths;
@@ -153,9 +148,7 @@ class Firmware:
         # The chip's own abilities, plus the firmware's: the combined PROGRAM_READ.
         names = (chip.info().capabilities | {ContractCapability.PROGRAM_READ.value}
                  if capabilities is None else capabilities)
-        self.capabilities = Capability(0)
-        for name in names:
-            self.capabilities |= _CAPS[str(name)]
+        self.capabilities = capabilities_to_wire(names)
         self._program_read = bool(self.capabilities & Capability.PROGRAM_READ)
         self._pulses: Dict[Tuple[int, int, int], PulseSpec] = {}
         self.version = tuple(protocol_version)

@@ -214,19 +214,16 @@ def test_same_run_through_the_emulator_logs_the_same_digest(small_data, tmp_path
     with a faulty link, the two logs have the same content digest, and each verifies."""
     from conftest import small_config
     from drivers.fpga import FpgaChip
-    from drivers.geometry import Geometry
-    from hil.commands.train import sim_defaults
     from hil.replay_backend import verify_run
     from hil.training import run_experiment
-    from sim_backend import EmulatorServer, FaultConfig, Firmware, PcmModel, SimulatedChip
+    from sim_backend import EmulatorServer, FaultConfig, Firmware
 
     cfg = small_config(seed=5, data={"train_examples": 200, "test_examples": 200},
                        optimizer={"refresh": {"period_steps": 40}})
     a, b = str(tmp_path / "inproc.h5"), str(tmp_path / "emulated.h5")
-    run_experiment(cfg, open_backend("sim://", sim_defaults(cfg)), RunLogWriter(a, cfg),
+    run_experiment(cfg, open_backend("sim://", cfg.sim_chip_spec()), RunLogWriter(a, cfg),
                    data=small_data)
-    chip = SimulatedChip(PcmModel.preset(cfg.chip.model), Geometry(1, 512, 2048),
-                         seed=cfg.chip_seed)
+    chip = cfg.sim_chip_spec().build()
     server = EmulatorServer(Firmware(chip), faults=FaultConfig(corrupt=0.002, drop=0.01, seed=3),
                             listen=("127.0.0.1", 0)).start()
     try:
@@ -245,14 +242,13 @@ def test_on_chip_matvec_run_is_logged_replayed_and_verified(small_data, tmp_path
     serve them back; a changed current or input is caught at its step; a 1.0 log of such a
     run is refused by name."""
     from conftest import small_config
-    from hil.commands.train import sim_defaults
     from hil.replay_backend import verify_run
     from hil.training import run_experiment
 
     cfg = small_config(seed=3, data={"train_examples": 120, "test_examples": 100},
                        training={"matvec": "chip"}, log={"flush_every_steps": 50})
     path = str(tmp_path / "chip_mode.h5")
-    s = run_experiment(cfg, open_backend("sim://", sim_defaults(cfg)), RunLogWriter(path, cfg),
+    s = run_experiment(cfg, open_backend("sim://", cfg.sim_chip_spec()), RunLogWriter(path, cfg),
                        data=small_data)
     with RunLog(path) as log:
         assert log.has_matvec

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from hil.backend_url import open_backend
-from hil.commands.train import sim_defaults
 from hil.config import load_config, with_overrides
 from hil.resume import resume_source
 from hil.run_log import RunLog, RunLogWriter
@@ -38,7 +37,7 @@ log: {{flush_every_steps: {flush}, snapshot_every_steps: 400}}
 def _reference(cfg_path, log_path, small_data, backend=None):
     """The uninterrupted run, in process (its config names `backend` like the CLI run's)."""
     cfg = with_overrides(load_config(cfg_path), backend=backend)
-    summary = run_experiment(cfg, open_backend("sim://", sim_defaults(cfg)),
+    summary = run_experiment(cfg, open_backend("sim://", cfg.sim_chip_spec()),
                              RunLogWriter(log_path, cfg), data=small_data)
     return summary
 
@@ -197,7 +196,7 @@ def test_resume_on_sim_without_chip_state_refuses(tmp_path, small_data, capsys):
                 raise RunAborted(f"test stop at step {step}")
 
     with pytest.raises(RunAborted):
-        run_experiment(cfg, open_backend("sim://", sim_defaults(cfg)), RunLogWriter(run, cfg),
+        run_experiment(cfg, open_backend("sim://", cfg.sim_chip_spec()), RunLogWriter(run, cfg),
                        data=small_data, control=StopAt())
     assert main(["train", "--resume", run, "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

@@ -13,11 +13,9 @@ import pytest
 
 from drivers.fpga import FpgaChip
 from firmware_interface.protocol import Opcode
-from drivers.geometry import Geometry
 from hil.backend_url import open_backend
-from hil.commands.train import sim_defaults
 from hil.training import run_experiment
-from sim_backend import EmulatorServer, FaultConfig, Firmware, PcmModel, SimulatedChip
+from sim_backend import EmulatorServer, FaultConfig, Firmware
 
 from conftest import small_config
 
@@ -33,13 +31,12 @@ def _cfg():
 @pytest.fixture(scope="module")
 def in_process(small_data):
     cfg = _cfg()
-    return run_experiment(cfg, open_backend("sim://", sim_defaults(cfg)), data=small_data)
+    return run_experiment(cfg, open_backend("sim://", cfg.sim_chip_spec()), data=small_data)
 
 
 def _emulated(small_data, faults=None, timeout_s=5.0, cfg=None, **where):
     cfg = cfg or _cfg()
-    chip = SimulatedChip(PcmModel.preset(cfg.chip.model), Geometry(1, 512, 2048),
-                         seed=cfg.chip_seed)
+    chip = cfg.sim_chip_spec().build()
     server = EmulatorServer(Firmware(chip), faults=faults, **where).start()
     try:
         with FpgaChip(server.url, timeout_s=timeout_s, retries=20) as backend:
@@ -64,7 +61,7 @@ def test_on_chip_matvec_through_emulator_matches_in_process(small_data):
     emulated run equals the in-process one, currents and all."""
     cfg = small_config(seed=5, data={"train_examples": 150, "test_examples": 100},
                        training={"matvec": "chip"})
-    ref = run_experiment(cfg, open_backend("sim://", sim_defaults(cfg)), data=small_data)
+    ref = run_experiment(cfg, open_backend("sim://", cfg.sim_chip_spec()), data=small_data)
     summary, server = _emulated(small_data, cfg=cfg, listen=("127.0.0.1", 0))
     for k in KEYS + ("matvec_commands",):
         assert summary[k] == ref[k], k

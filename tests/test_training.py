@@ -9,10 +9,10 @@ import pytest
 
 from drivers.errors import ConfigError
 from drivers.geometry import Geometry
-from hil.backend_url import SimDefaults, open_backend
+from hil.backend_url import open_backend
 from hil.recorder import Recorder
 from hil.training import MixedPrecisionTrainer, TrainingDiverged, run_experiment
-from sim_backend import PcmModel, SimulatedChip
+from sim_backend import PcmModel, SimChipSpec, SimulatedChip
 
 from conftest import small_config
 
@@ -36,7 +36,7 @@ class CommandLog(Recorder):
 
 
 def _chip(cfg):
-    return open_backend("sim://", SimDefaults(seed=cfg.chip_seed))
+    return open_backend("sim://", SimChipSpec(seed=cfg.chip_seed))
 
 
 def test_short_run_learns_and_batches_io(small_data):

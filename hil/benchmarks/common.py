@@ -4,9 +4,8 @@ from __future__ import annotations
 import sys
 from typing import Any, Dict, List, Tuple
 
-from drivers.backend import ChipBackend
-from hil.backend_url import SimDefaults, open_backend
 from hil.config import ExperimentConfig, config_from_dict
+from sim_backend.sim_chip import SimulatedChip
 
 #: Networks of the network-size scaling table: layers, init range, β per layer.
 NETWORKS: Dict[str, Tuple[List[int], List[float], List[float]]] = {
@@ -35,11 +34,9 @@ def bench_config(examples: int, test_examples: int, network_name: str = "784-250
     return config_from_dict(d, source="bench")
 
 
-def open_sim_chip(cfg: ExperimentConfig) -> ChipBackend:
+def open_sim_chip(cfg: ExperimentConfig) -> SimulatedChip:
     """A fresh in-process simulated chip as the config describes it (model, geometry, seed)."""
-    c = cfg.chip
-    return open_backend("sim://", SimDefaults(model=c.model, seed=cfg.chip_seed,
-                                              arrays=c.arrays, rows=c.rows, cols=c.cols))
+    return cfg.sim_chip_spec().build()
 
 
 def epoch_examples_per_s(summary: Dict[str, Any]) -> float:

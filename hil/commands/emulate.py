@@ -101,18 +101,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from drivers.errors import ConfigError
-    from drivers.geometry import Geometry
     from sim_backend.emulator import (EmulatorServer, FaultConfig, Firmware, LinkModel,
                                       parse_listen)
-    from sim_backend.pcm_model import PcmModel
-    from sim_backend.sim_chip import SimulatedChip
+    from sim_backend.sim_chip import SimChipSpec
 
     try:
         listen = parse_listen(args.listen) if args.listen else None
     except ValueError as e:
         raise ConfigError(str(e), key="--listen") from None
-    model = PcmModel.load(args.model)
-    chip = SimulatedChip(model, Geometry(args.arrays, args.rows, args.cols), seed=args.seed)
+    chip = SimChipSpec(model=args.model, seed=args.seed, arrays=args.arrays, rows=args.rows,
+                       cols=args.cols).build()
     firmware = Firmware(chip, state_path=args.state)
     try:
         server = EmulatorServer(
@@ -131,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     print(server.url, flush=True)
-    print(f"pcm-hil emulate: serving a {args.arrays}x{args.rows}x{args.cols} {model.name} "
+    print(f"pcm-hil emulate: serving a {args.arrays}x{args.rows}x{args.cols} {chip.model.name} "
           f"chip (seed {args.seed}) on {server.url}", file=sys.stderr, flush=True)
     server.serve_forever()
     return 0

@@ -11,7 +11,7 @@ from typing import Optional
 
 from drivers.errors import ConfigError
 from drivers.safety import LimitedBackend
-from hil.backend_url import SimDefaults, open_backend
+from hil.backend_url import open_backend
 from hil.commands.arguments import non_negative_int
 from hil.config import ExperimentConfig, load_config, with_overrides
 from hil.monitors import Monitor
@@ -73,12 +73,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "station's limits and report what would be sent; the configured chip "
                         "and the instruments are not touched, nothing is logged")
     p.set_defaults(func=run)
-
-
-def sim_defaults(cfg: ExperimentConfig) -> SimDefaults:
-    c = cfg.chip
-    return SimDefaults(model=c.model, seed=cfg.chip_seed, arrays=c.arrays, rows=c.rows,
-                       cols=c.cols)
 
 
 def _open_recorder(args: argparse.Namespace, cfg: ExperimentConfig):
@@ -163,7 +157,7 @@ def _run(args: argparse.Namespace, cfg: ExperimentConfig, station, url: Optional
     try:
         with contextlib.ExitStack() as stack:
             backend = stack.enter_context(open_backend(url or cfg.chip.backend,
-                                                       sim_defaults(cfg)))
+                                                       cfg.sim_chip_spec()))
             monitor, provenance, resumed = None, {}, None
             if old is not None:
                 # Checked against the chip before the new log exists: a run that cannot
@@ -201,8 +195,9 @@ def _run(args: argparse.Namespace, cfg: ExperimentConfig, station, url: Optional
 
 def _keep_chip_state(path: str, backend, recorder) -> dict:
     """A new sim:// run that saves its chip at every log commit (resumable)."""
-    from hil.resume import ChipStateKeeper, state_chip
-    chip = state_chip(backend)
+    from drivers.abilities import StatefulBackend, find_ability
+    from hil.resume import ChipStateKeeper
+    chip = find_ability(backend, StatefulBackend)
     if chip is None:
         raise ConfigError("only the in-process simulated chip (sim://) needs a state file; a "
                           "chip behind firmware keeps its own state", key="--chip-state")
@@ -242,7 +237,7 @@ def _write_summary(path: Optional[str], summary: dict) -> None:
 
 def _dry_run(cfg: ExperimentConfig, station, args: argparse.Namespace) -> int:
     """The whole experiment on a simulated stand-in of the chip, under the station's limits."""
-    backend = open_backend("sim://", sim_defaults(cfg))
+    backend = open_backend("sim://", cfg.sim_chip_spec())
     limits = station.safety if station else None
     guarded = LimitedBackend(backend, limits) if limits else backend
     print(f"dry run of {cfg.name} against a simulated chip"
