@@ -1,4 +1,4 @@
-"""Replay (hil.replay_backend, `pcm-hil replay`): serving a log back, divergence detection,
+"""Replay (hil.replay, `pcm-hil replay`): serving a log back, divergence detection,
 verify against the real trainer, the CLI summary and plots."""
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from drivers.pulse import DEFAULT_SET  # noqa: E402
 from hil.backend_url import open_backend  # noqa: E402
 from hil.cli import main as cli_main  # noqa: E402
 from hil.recorder import NullRecorder  # noqa: E402
-from hil.replay_backend import (ReplayBackend, ReplayDivergence, VerifyRecorder,  # noqa: E402
-                                is_wall_clock)
-from hil.run_log import RunLog, RunLogError, RunLogWriter  # noqa: E402
+from hil.replay import ReplayBackend, ReplayDivergence, VerifyRecorder  # noqa: E402
+from hil.run_log import RunLog, RunLogError, RunLogWriter, is_wall_clock  # noqa: E402
 
 
 @pytest.fixture
@@ -214,7 +213,7 @@ def test_same_run_through_the_emulator_logs_the_same_digest(small_data, tmp_path
     with a faulty link, the two logs have the same content digest, and each verifies."""
     from conftest import small_config
     from drivers.fpga import FpgaChip
-    from hil.replay_backend import verify_run
+    from hil.replay import verify_run
     from hil.training import run_experiment
     from sim_backend import EmulatorServer, FaultConfig, Firmware
 
@@ -242,7 +241,7 @@ def test_on_chip_matvec_run_is_logged_replayed_and_verified(small_data, tmp_path
     serve them back; a changed current or input is caught at its step; a 1.0 log of such a
     run is refused by name."""
     from conftest import small_config
-    from hil.replay_backend import verify_run
+    from hil.replay import verify_run
     from hil.training import run_experiment
 
     cfg = small_config(seed=3, data={"train_examples": 120, "test_examples": 100},
