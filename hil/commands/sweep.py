@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     sweep = load_sweep(args.sweep_file, output=args.output)
     points = expand(sweep)
     if args.dry_run:
-        print(f"sweep {sweep.name}: {sweep.search} search, {len(points)} points, "
+        search = "variants" if sweep.search == "variants" else f"{sweep.search} search"
+        print(f"sweep {sweep.name}: {search}, {len(points)} points, "
               f"{len({p.setting for p in points})} settings; output {sweep.output}")
         for p in points:
             print(f"  {p.id}  {p.label}, seed {p.seed}")
@@ -98,8 +99,12 @@ def run(args: argparse.Namespace) -> int:
         print(report.table)
     for f in report.files:
         print(f"wrote {f}")
+    timing = ""
+    if report.run_seconds is not None and report.ran:
+        timing = (f"; ran {report.ran} in {report.run_seconds:.1f} s "
+                  f"(cluster ready in {report.cluster_seconds:.1f} s)")
     print(f"{report.finished} of {report.points} points finished, {report.failed} failed, "
-          f"{report.pending} not run")
+          f"{report.pending} not run{timing}")
     if report.interrupted:
         print("interrupted: continue with --resume", file=sys.stderr)
         return 130

@@ -109,7 +109,7 @@ def plot_seeds(rows: Sequence[Mapping[str, Any]], accuracy: str, pulses: str, pa
         ax.grid(True, axis="y", alpha=0.3)
     axes[1].set_xticks(range(len(labels)))
     axes[1].set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
-    axes[0].set_title(title or "spread over seeds per setting (dots: seeds; squares: mean ± std)")
+    axes[0].set_title(title or "spread over seeds (dots: seeds; squares: mean ± std)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -34,8 +34,9 @@ class SweepReport:
     failed: int = 0
     pending: int = 0
     ran: int = 0                          # points tried by this invocation
-    cluster_seconds: Optional[float] = None
+    cluster_seconds: Optional[float] = None   # starting or joining the cluster
     cluster_cpus: Optional[float] = None
+    run_seconds: Optional[float] = None       # from the first submission to the last result
     interrupted: bool = False
     files: List[str] = field(default_factory=list)
     table: str = ""                       # the settings as a Markdown table
@@ -80,9 +81,10 @@ def run_sweep(sweep: Sweep, points: Sequence[Point], options: ClusterOptions, *,
         f"output {store.root}")
     report = SweepReport(len(points), ran=len(todo))
     if todo:
-        report.cluster_seconds, report.cluster_cpus, report.interrupted = _run_points(
-            sweep, store, todo, options, counts[PointState.FINISHED], len(points), progress,
-            say)
+        (report.cluster_seconds, report.cluster_cpus, report.run_seconds,
+         report.interrupted) = _run_points(sweep, store, todo, options,
+                                           counts[PointState.FINISHED], len(points),
+                                           progress, say)
     return _finish(sweep, store, points, report)
 
 
@@ -126,13 +128,15 @@ def _run_points(sweep: Sweep, store: SweepStore, todo: Sequence[Point],
         started, cpus = cluster.started_seconds, cluster.cpus
         bar = tqdm(total=total, initial=finished, unit="point", desc=sweep.name,
                    disable=not progress, dynamic_ncols=True)
+        t1 = time.perf_counter()
         try:
             cluster.run(tasks, on_result)
         except KeyboardInterrupt:
             interrupted = True
         finally:
             bar.close()
-    return started, cpus, interrupted
+        ran = time.perf_counter() - t1
+    return started, cpus, ran, interrupted
 
 
 def write_results(sweep: Sweep, store: SweepStore, points: Sequence[Point]):

@@ -84,7 +84,10 @@ class Sweep:
 
     @property
     def search(self) -> str:
-        return "random" if self.file.random is not None else "grid"
+        """grid, random, or variants (only variants × seeds)."""
+        if self.file.random is not None:
+            return "random"
+        return "grid" if self.file.grid else "variants"
 
 
 #: Keys the sweep sets itself: a point's seed comes from `seeds:`.
