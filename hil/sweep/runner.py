@@ -113,7 +113,7 @@ def _run_points(sweep: Sweep, store: SweepStore, todo: Sequence[Point],
             failed[0] += 1
             store.record_failure(r.key, r.error or "failed", r.traceback, lost=r.lost)
             msg = f"point {r.key} failed: {r.error}"
-            (bar.write if bar is not None else say)(msg)
+            (bar.write if progress else say)(msg)
         if bar is not None:
             bar.set_postfix(failed=failed[0])
             bar.update(1)

@@ -96,12 +96,7 @@ def utc_now() -> str:
 
 def write_json_atomic(path: str, obj: Any) -> None:
     """Write JSON so that `path` holds either its old content or all of the new."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str))
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -43,6 +43,7 @@ def sim_defaults(cfg: ExperimentConfig) -> SimDefaults:
 def run_point(job: PointJob) -> Dict[str, Any]:
     """Run the point; returns its summary. Raises what the run raised (after recording it)."""
     t0 = time.perf_counter()
+    os.makedirs(job.folder, exist_ok=True)      # a node that does not share the driver's disk
     status = begin_attempt(job.folder, job.point)
     run_seconds = None
     partial = os.path.join(job.folder, PARTIAL_LOG)
