@@ -30,8 +30,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from drivers.errors import ConfigError, HilError
 
-#: Set before Ray is imported: makes an embedded cluster advertise 127.0.0.1 instead of the
-#: machine's outside address (Ray's switch for single-machine clusters).
+#: Set before Ray is imported: Ray's switch that turns multi-node support off, so an embedded
+#: cluster binds and advertises 127.0.0.1 instead of the machine's outside address.
 _LOOPBACK_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
