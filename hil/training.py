@@ -30,6 +30,7 @@ from hil.mixed_precision import MixedPrecisionCore, TrainingDiverged
 from hil.mnist import Mnist, load_mnist
 from hil.recorder import NullRecorder, Recorder
 from hil.run_control import RunAborted, RunControl
+from hil.run_state import RunState
 
 if TYPE_CHECKING:
     from hil.monitors import Monitor
@@ -339,7 +340,7 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
     n_train = data.train_x.shape[0]
     epochs: List[EpochResult] = []
     train_seconds = 0.0
-    status, reason = "failed", None
+    status, reason = RunState.FAILED, None
     try:
         t0 = time.perf_counter()
         trainer.initialize()
@@ -366,19 +367,19 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
             if report:
                 report(res)
         trainer.core.record_snapshot(trainer.step)
-        status = "completed"
+        status = RunState.COMPLETED
     except RunAborted as e:
-        status, reason = "aborted", str(e)
+        status, reason = RunState.ABORTED, str(e)
         raise
     except KeyboardInterrupt:
-        status, reason = "aborted", f"interrupted at once by the operator at step {trainer.step}"
+        status, reason = RunState.ABORTED, f"interrupted at once by the operator at step {trainer.step}"
         raise
     except BaseException as e:
         reason = f"{type(e).__name__}: {e}"
         raise
     finally:
         summary = _summary(cfg, trainer, epochs, train_seconds, n_train) \
-            if status == "completed" else None
+            if status is RunState.COMPLETED else None
         recorder.finish(status, reason, summary)
         try:
             backend.safe_state()
