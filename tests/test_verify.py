@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run_log_fakes import fake_run, small_cfg, tamper_one_pulse  # noqa: E402
+from run_log_fakes import fake_log, fake_run, tamper_one_pulse  # noqa: E402
 
 from hil.backend_url import open_backend  # noqa: E402
 from hil.cli import main as cli_main  # noqa: E402
@@ -20,10 +20,7 @@ from hil.run_log import RunLog, RunLogError, RunLogWriter, is_wall_clock  # noqa
 
 @pytest.fixture
 def logged(tmp_path):
-    path = str(tmp_path / "run.h5")
-    w = RunLogWriter(path, small_cfg())
-    fake_run(w, steps=90)
-    return path
+    return fake_log(tmp_path, steps=90)[0]
 
 
 def test_verify_recorder_names_a_metric_difference(logged):
