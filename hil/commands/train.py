@@ -13,6 +13,7 @@ from drivers.errors import ConfigError
 from drivers.safety import LimitedBackend
 from hil.backend_url import SimDefaults, open_backend
 from hil.commands.arguments import non_negative_int
+from hil.commands.watch import add_server_arguments, check_server_arguments, live_view
 from hil.config import ExperimentConfig, load_config, with_overrides
 from hil.monitors import Monitor
 from hil.run_control import RunAborted, RunControl
@@ -36,6 +37,7 @@ examples:
   pcm-hil train --config configs/quick.yaml --seed 3 --epochs 1 --summary-json out.json
   pcm-hil train --config configs/quick.yaml --run runs/q.h5 --chip-state runs/q.chip
   pcm-hil train --resume runs/q.h5        # after Ctrl-C or a crash: continues into runs/q-2.h5
+  pcm-hil train --config configs/quick.yaml --watch   # follow it in the browser
 """
 
 
@@ -72,6 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="walk the whole experiment against the simulated chip under the "
                         "station's limits and report what would be sent; the configured chip "
                         "and the instruments are not touched, nothing is logged")
+    add_server_arguments(p, for_train=True)
     p.set_defaults(func=run)
 
 
@@ -118,6 +121,7 @@ def _check_resume_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.epochs == 0:
         raise ConfigError("must be >= 1", key="--epochs")
+    check_server_arguments(args)
     station = load_station(args.station) if args.station else None
     url = args.backend or (station.chip.url if station else None)
     old = None
@@ -180,6 +184,7 @@ def _run(args: argparse.Namespace, cfg: ExperimentConfig, station, url: Optional
                 provenance.update({"station": station.to_dict(),
                                    "instruments": instruments.snapshot()})
             stack.enter_context(control.sigint_handler())
+            stack.enter_context(live_view(args, path, control))
             print(f"training {cfg.name}: {cfg.data.train_examples:,} examples x "
                   f"{cfg.training.epochs} epochs on {url or cfg.chip.backend} (Ctrl-C stops "
                   "after the current step)", flush=True)
