@@ -260,7 +260,7 @@ class LogFollower:
         ep = sm.get("epoch")
         epoch = int(ep[-1]) + 1 if ep is not None and len(ep) and np.isfinite(ep[-1]) else None
         seg = int((st.provenance.get("resume") or {}).get("segment", 1))
-        return m.RunHeader(st.name, self.path, state, reason, lg.complete_step, epoch,
+        return m.RunHeader(st.name, self.path, state, reason, lg.last_step, epoch,
                            st.epochs, done, st.total_examples, rate, eta, commit_t,
                            int(lg.counts.get("commits", 0)), seg, st.notes)
 

@@ -112,7 +112,7 @@ class RunHeader:
     path: str
     status: str                # running, paused, completed, aborted, failed
     reason: Optional[str]
-    step: int                  # every step up to this one is in the log
+    step: int                  # the last step logged
     epoch: Optional[int]       # 1-based epoch of that step
     epochs: Optional[int]      # epochs configured
     examples: int
