@@ -144,22 +144,20 @@ class HeadlessBrowser:
         return [e["message"] for e in self.driver.get_log("browser")
                 if e.get("level") == "SEVERE"]
 
-    def click_button(self, label_prefix: str) -> None:
-        from selenium.webdriver.common.by import By
-        for b in self.driver.find_elements(By.CSS_SELECTOR, "button"):
-            if b.text.strip().startswith(label_prefix):
-                b.click()
-                return
-        # Bokeh widgets live in shadow roots: search them too
-        found = self.driver.execute_script(
-            "const want = arguments[0];"
-            "const walk = (root) => { for (const el of root.querySelectorAll('*')) {"
-            "  if (el.tagName === 'BUTTON' && el.textContent.trim().startsWith(want)) {"
-            "    el.click(); return true; }"
-            "  if (el.shadowRoot && walk(el.shadowRoot)) return true; } return false; };"
-            "return walk(document);", label_prefix)
-        if not found:
-            raise LookupError(f"no button labelled {label_prefix!r} on the page")
+    def click_button(self, label_prefix: str, timeout_s: float = 30.0) -> None:
+        """Click the visible, enabled button whose label starts so (waiting for it to
+        appear). Bokeh widgets live in shadow roots, which are searched too."""
+        js = ("const want = arguments[0];"
+              "const walk = (root) => { for (const el of root.querySelectorAll('*')) {"
+              "  if (el.tagName === 'BUTTON' && !el.disabled && el.getClientRects().length"
+              "      && el.textContent.trim().startsWith(want)) { el.click(); return true; }"
+              "  if (el.shadowRoot && walk(el.shadowRoot)) return true; } return false; };"
+              "return walk(document);")
+        end = time.monotonic() + timeout_s
+        while not self.driver.execute_script(js, label_prefix):
+            if time.monotonic() > end:
+                raise LookupError(f"no button labelled {label_prefix!r} on the page")
+            time.sleep(0.05)
 
     def screenshot(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

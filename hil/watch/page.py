@@ -7,8 +7,8 @@ session polls the follower's model every `UPDATE_MS` and, when a new commit was 
 replaces the sources' data; figures for layers or monitors that appear later are added then.
 
 The page is read-only. The one exception, on a `pcm-hil train --watch` run, is the Stop
-button: a first click arms it, a second (within `ARM_S`) calls `on_stop`, which asks the run
-to stop as Ctrl-C does.
+button: it shows a confirming button for `ARM_S`, whose click calls `on_stop`, which asks
+the run to stop as Ctrl-C does.
 """
 from __future__ import annotations
 
@@ -19,9 +19,12 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
+from bokeh.core.validation import silence
+from bokeh.core.validation.warnings import EMPTY_LAYOUT, MISSING_RENDERERS
 from bokeh.document import Document
 from bokeh.layouts import column, row
-from bokeh.models import (BoxAnnotation, Button, ColorBar, ColumnDataSource, DataTable, Div,
+from bokeh.models import (BoxAnnotation, Button, ColorBar, ColumnDataSource, CustomJS,
+                          DataTable, Div,
                           HoverTool, LinearColorMapper, Span, TableColumn)
 from bokeh.palettes import Category10_10, Category20_20, Viridis256
 from bokeh.plotting import figure
@@ -29,8 +32,13 @@ from bokeh.plotting import figure
 from hil.watch import model as m
 from hil.watch.follower import LogFollower, PageModel
 
-UPDATE_MS = 500
+UPDATE_MS = 250
+#: A log committing faster than this is redrawn at this pace (with its latest commit): a
+#: browser redrawing every figure at each of a fast simulated run's commits falls behind.
+MIN_REDRAW_S = 1.0
 ARM_S = 10.0
+ARM_JS = ("confirm.visible = true; "
+          f"setTimeout(() => {{ confirm.visible = false }}, {ARM_S * 1000:.0f});")
 FIG_W, FIG_H = 520, 260
 #: Few tools per figure: every tool is a model the server builds for each session.
 TOOLS = "pan,box_zoom,reset"
@@ -39,6 +47,12 @@ STATUS_COLORS = {"running": "#1a7f37", "paused": "#b7791f", "completed": "#1f4e9
 SERIES_COLORS = Category10_10
 
 StopHandler = Callable[[str], None]
+WINDOW_COLUMNS = ("start", "stop", "mid", "steps", "loss", "train_accuracy", "set_pulses",
+                  "resets", "refreshes", "start_edge", "stop_edge", "train_pct")
+# Figures and rows that fill up as the log does (the accuracy series, the monitors) start
+# empty: not a mistake worth a warning in the server's output.
+silence(MISSING_RENDERERS, True)
+silence(EMPTY_LAYOUT, True)
 
 
 def _f(x: Optional[float], fmt: str = "{:,.0f}") -> str:
@@ -101,13 +115,14 @@ class LivePage:
         self.follower = follower
         self.on_stop = on_stop
         self.version = -1
-        self._armed_until = 0.0
+        self._drawn_at = 0.0
         model = follower.model
         self.status_src = ColumnDataSource(status_row(model, follower.waiting), name="status")
         self.status_div = Div(text=status_html(model, follower.waiting), width=1040)
         self.epochs_src = ColumnDataSource({"epoch": []}, name="epochs")
-        self.marks_src = ColumnDataSource({"end_step": []}, name="epoch_marks")
-        self.windows_src = ColumnDataSource({"mid": []}, name="windows")
+        self.marks_src = ColumnDataSource({"end_step": [], "train_loss": []},
+                                          name="epoch_marks")
+        self.windows_src = ColumnDataSource({k: [] for k in WINDOW_COLUMNS}, name="windows")
         self.events_src = ColumnDataSource({"step": [], "time": [], "kind": [], "text": []},
                                            name="events")
         self.hist_src: Dict[str, ColumnDataSource] = {}
@@ -169,10 +184,17 @@ class LivePage:
                      TableColumn(field="text", title="event", width=730)])
         header = [self.status_div]
         if self.on_stop is not None:
-            self.stop_button = Button(label="Stop run", button_type="danger", width=300,
+            # Two steps: "Stop run" shows the confirming button (in the browser, no round
+            # trip), which hides itself again after ARM_S; only a click on it stops the run.
+            self.stop_button = Button(label="Stop run", button_type="warning", width=140,
                                       name="stop")
-            self.stop_button.on_click(self._stop_clicked)
-            header.append(self.stop_button)
+            self.confirm_button = Button(label="Confirm: stop after this step",
+                                         button_type="danger", width=240, visible=False,
+                                         name="confirm_stop")
+            self.stop_button.js_on_click(CustomJS(args={"confirm": self.confirm_button},
+                                                  code=ARM_JS))
+            self.confirm_button.on_click(self._stop_confirmed)
+            header += [self.stop_button, self.confirm_button]
         self.layout = column(
             row(*header), row(self.acc_epoch, self.acc_steps), row(self.loss_fig, self.set_fig),
             row(self.reset_fig, self.windows_title),
@@ -224,7 +246,8 @@ class LivePage:
     def _hist_figure(self, name: str) -> ColumnDataSource:
         src = ColumnDataSource({"left": [], "right": [], "plus": [], "minus": [],
                                 "plus_top": [], "minus_top": []}, name=f"hist:{name}")
-        fig = figure(title=f"{name}: devices per conductance bin", width=340, height=240,
+        fig = figure(title=f"{name}: devices per bin (end bins: also those beyond)",
+                     width=340, height=240,
                      x_axis_label="G (µS)", y_axis_label="devices (log)", y_axis_type="log",
                      tools=TOOLS)
         # log axis: bars start just below 1; an empty bin (top NaN) is not drawn
@@ -281,7 +304,9 @@ class LivePage:
         if model is None:
             self.status_div.text = status_html(None, self.follower.waiting)
             return
-        if model.version != self.version:
+        if model.version != self.version and (
+                time.monotonic() - self._drawn_at >= MIN_REDRAW_S
+                or model.header.status != self.status_src.data["status"][0]):
             self.doc.hold("combine")
             try:
                 if self.version == -1 and isinstance(self.chip_fig, Div):
@@ -301,8 +326,7 @@ class LivePage:
 
     def update(self, model: PageModel) -> None:
         self.version = model.version
-        self.status_src.data = status_row(model, None)
-        self.status_div.text = status_html(model, None)
+        self._drawn_at = time.monotonic()
         self._update_curves(model)
         self._update_conductance(model)
         self._update_monitors(model)
@@ -317,6 +341,10 @@ class LivePage:
                             line_color="#b7791f", line_dash="dotdash", line_width=2)
                 fig.add_layout(span)
             self.segment_spans.append(span)
+        # last: the browser applies changes in order, so a page showing this status (and
+        # its version) shows every figure of the same commit
+        self.status_div.text = status_html(model, None)
+        self.status_src.data = status_row(model, None)
 
     def _update_curves(self, model: PageModel) -> None:
         ep = model.epochs
@@ -379,21 +407,13 @@ class LivePage:
                         "outside": outside.astype(np.int8)}
 
     # --- Stop --------------------------------------------------------------------------------
-    def _stop_clicked(self) -> None:
-        now = time.monotonic()
-        if now > self._armed_until:
-            self._armed_until = now + ARM_S
-            self.stop_button.label = "Click again to stop the run (finish the step, safe state)"
-            self.doc.add_timeout_callback(self._disarm, int(ARM_S * 1000))
+    def _stop_confirmed(self) -> None:
+        if self.stop_button.disabled:
             return
-        self._armed_until = float("inf")
-        self.stop_button.label = "Stop requested: the run stops after the current step"
-        self.stop_button.disabled = True
+        for b in (self.stop_button, self.confirm_button):
+            b.disabled = True
+        self.confirm_button.label = "Stop requested: the run stops after the current step"
         self.on_stop("stopped from the live view")
-
-    def _disarm(self) -> None:
-        if self._armed_until != float("inf") and time.monotonic() >= self._armed_until:
-            self.stop_button.label = "Stop run"
 
 
 def page_factory(follower: LogFollower, on_stop: Optional[StopHandler] = None
