@@ -22,7 +22,7 @@ from hil.watch.browser import BrowserMissing, HeadlessBrowser, find_chromium  # 
 from hil.watch.conductance import Geometry2D, map_grid  # noqa: E402
 from hil.watch.follower import LogFollower  # noqa: E402
 from hil.watch.server import WatchServer  # noqa: E402
-from watch_logs import GEOMETRY, STATION, LogBuilder, config, mlp_layout, torch_layout  # noqa
+from watch_logs import STATION, LogBuilder, config, mlp_layout, torch_layout  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ the page shows from BokehJS itself: every named ColumnDataSource of `Bokeh.docum
 """
 from __future__ import annotations
 
-import json
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -55,11 +55,8 @@ class BrowserMissing(RuntimeError):
 
 def find_chromium() -> Tuple[str, str]:
     """Paths of chromium and chromedriver, or BrowserMissing saying what is missing."""
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        raise BrowserMissing("selenium is not installed (pip install 'pcm-hil[test]')") \
-            from None
+    if importlib.util.find_spec("selenium") is None:
+        raise BrowserMissing("selenium is not installed (pip install 'pcm-hil[test]')")
     browser = next((p for p in map(shutil.which, CHROMIUM_NAMES) if p), None)
     driver = next((p for p in map(shutil.which, DRIVER_NAMES) if p), None)
     missing = [n for n, p in (("chromium", browser), ("chromedriver", driver)) if not p]
@@ -165,10 +162,6 @@ class HeadlessBrowser:
 
     def page_html(self) -> str:
         return self.driver.page_source
-
-
-def dumps(sources: Dict[str, Any]) -> str:
-    return json.dumps(sources, indent=1)[:2000]
 
 
 __all__ = ["BrowserMissing", "CHROMIUM_FLAGS", "HeadlessBrowser", "READ_SOURCES_JS",

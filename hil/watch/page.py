@@ -36,6 +36,15 @@ UPDATE_MS = 250
 #: A log committing faster than this is redrawn at this pace (with its latest commit): a
 #: browser redrawing every figure at each of a fast simulated run's commits falls behind.
 MIN_REDRAW_S = 1.0
+#: A browser says when it has drawn a commit (ACK_JS); the next one is sent only then, so a
+#: slow browser gets fewer, newer commits rather than a growing backlog. A browser that
+#: does not answer (a hidden tab draws no frames) is sent the newest after this long.
+ACK_TIMEOUT_S = 10.0
+ACK_JS = """
+const d = cb_obj.data;
+const v = (d instanceof Map ? d.get('version') : d.version)[0];
+requestAnimationFrame(() => setTimeout(() => { cb_obj.tags = [v]; }, 0));
+"""
 ARM_S = 10.0
 ARM_JS = ("confirm.visible = true; "
           f"setTimeout(() => {{ confirm.visible = false }}, {ARM_S * 1000:.0f});")
@@ -116,8 +125,11 @@ class LivePage:
         self.on_stop = on_stop
         self.version = -1
         self._drawn_at = 0.0
+        self._acked = -1
         model = follower.model
         self.status_src = ColumnDataSource(status_row(model, follower.waiting), name="status")
+        self.status_src.js_on_change("data", CustomJS(code=ACK_JS))
+        self.status_src.on_change("tags", self._ack)
         self.status_div = Div(text=status_html(model, follower.waiting), width=1040)
         self.epochs_src = ColumnDataSource({"epoch": []}, name="epochs")
         self.marks_src = ColumnDataSource({"end_step": [], "train_loss": []},
@@ -134,6 +146,7 @@ class LivePage:
             # filled before the document holds them: a change to a model in a document
             # makes it re-walk every model it references, each time
             self.update(model)
+            self._acked = model.version     # the browser gets the page with it
         doc.add_root(self.layout)
         doc.add_root(self.status_src)   # drawn by no glyph: a root, so the browser has it
         doc.title = f"{model.header.name if model else 'run log'} - pcm-hil live view"
@@ -304,9 +317,11 @@ class LivePage:
         if model is None:
             self.status_div.text = status_html(None, self.follower.waiting)
             return
+        since = time.monotonic() - self._drawn_at
         if model.version != self.version and (
-                time.monotonic() - self._drawn_at >= MIN_REDRAW_S
-                or model.header.status != self.status_src.data["status"][0]):
+                model.header.status != self.status_src.data["status"][0]
+                or (self._acked == self.version and since >= MIN_REDRAW_S)
+                or since >= ACK_TIMEOUT_S):
             self.doc.hold("combine")
             try:
                 if self.version == -1 and isinstance(self.chip_fig, Div):
@@ -316,6 +331,10 @@ class LivePage:
                 self.doc.unhold()
         else:   # the age of the last commit moves on
             self.status_div.text = status_html(model, None)
+
+    def _ack(self, attr: str, old: list, new: list) -> None:
+        if new:
+            self._acked = int(new[0])
 
     def _rebuild_after_wait(self, model: PageModel) -> None:
         old = self.chip_fig

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import logging
 import secrets
 import socket
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 from urllib.parse import urlencode
 
 from bokeh.application import Application
@@ -136,15 +135,6 @@ class _GatedTornado(BokehTornado):
         # Always from this server's /static/ (whatever BOKEH_RESOURCES says): no CDN.
         return Resources(mode="server", root_url="/",
                          path_versioner=StaticHandler.append_version)
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def bind(listen: Optional[str], port: int) -> Sequence[socket.socket]:
