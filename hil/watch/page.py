@@ -50,7 +50,7 @@ ARM_JS = ("confirm.visible = true; "
           f"setTimeout(() => {{ confirm.visible = false }}, {ARM_S * 1000:.0f});")
 FIG_W, FIG_H = 520, 260
 #: Few tools per figure: every tool is a model the server builds for each session.
-TOOLS = "pan,box_zoom,reset"
+TOOLS = "pan,wheel_zoom,reset"
 STATUS_COLORS = {"running": "#1a7f37", "paused": "#b7791f", "completed": "#1f4e9c",
                  "aborted": "#b42318", "failed": "#b42318", "waiting": "#666666"}
 SERIES_COLORS = Category10_10
@@ -236,7 +236,7 @@ class LivePage:
                      f"{model.grid.rh}x{model.grid.rw} devices (µS); mapped blocks outlined; "
                      "x: bad device", width=width, height=height, x_range=(0, geo.cols),
                      y_range=(geo.total_rows, 0), x_axis_label="column",
-                     y_axis_label="row (arrays stacked)", tools="pan,box_zoom,wheel_zoom,reset",
+                     y_axis_label="row (arrays stacked)", tools=TOOLS,
                      match_aspect=False)
         # the y range runs downwards (row 0 on top): image row 0 sits at y = 0
         img = fig.image(image="image", x="x", y="y", dw="dw", dh="dh", source=self.chip_src,
@@ -281,7 +281,6 @@ class LivePage:
                      width=FIG_W, height=220, x_axis_label="step", y_axis_label=trace.label,
                      tools=TOOLS)
         fig.line("step", "value", source=src, color="#1f77b4")
-        fig.scatter("step", "value", source=src, size=3, color="#1f77b4")
         if trace.band is not None:
             fig.add_layout(BoxAnnotation(bottom=trace.band.low, top=trace.band.high,
                                          fill_color="#2ca02c", fill_alpha=0.12))

@@ -49,6 +49,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5006
 PORT_TRIES = 10
 TOKEN_PARAM = "token"
+PAGE_BUNDLES = ["bokeh", "bokeh-widgets", "bokeh-tables"]
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 
 
@@ -132,8 +133,10 @@ class _GatedTornado(BokehTornado):
         return super().find_handler(request, **kwargs)
 
     def resources(self, absolute_url: Any = None) -> Resources:
-        # Always from this server's /static/ (whatever BOKEH_RESOURCES says): no CDN.
-        return Resources(mode="server", root_url="/",
+        # Always from this server's /static/ (whatever BOKEH_RESOURCES says): no CDN. Only
+        # the bundles the page uses: MathJax (1.8 MB) and WebGL would cost every page load
+        # their parsing.
+        return Resources(mode="server", root_url="/", components=PAGE_BUNDLES,
                          path_versioner=StaticHandler.append_version)
 
 
