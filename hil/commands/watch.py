@@ -127,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
         pass
     finally:
         follower.stop()
+        server.stop()
     return 0
 
 

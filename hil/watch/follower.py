@@ -281,10 +281,12 @@ class LogFollower:
                 log.exception("reading %s failed", self.path)
             self._stop.wait(poll_s)
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stop following, after the refresh under way, if any: a thread left inside h5py
+        while the interpreter exits can hold h5py's lock against the exit's own clean-up."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=timeout_s)
             self._thread = None
 
     def wait_for_model(self, timeout_s: float) -> Optional[PageModel]:

@@ -25,7 +25,8 @@ from bokeh.document import Document
 from bokeh.layouts import column, row
 from bokeh.models import (BoxAnnotation, Button, ColorBar, ColumnDataSource, CustomJS,
                           DataTable, Div,
-                          HoverTool, LinearColorMapper, Span, TableColumn)
+                          HoverTool, LinearColorMapper, NumeralTickFormatter, Span,
+                          TableColumn)
 from bokeh.palettes import Category10_10, Category20_20, Viridis256
 from bokeh.plotting import figure
 
@@ -33,9 +34,8 @@ from hil.watch import model as m
 from hil.watch.follower import LogFollower, PageModel
 
 UPDATE_MS = 250
-#: A log committing faster than this is redrawn at this pace (with its latest commit): a
-#: browser redrawing every figure at each of a fast simulated run's commits falls behind.
-MIN_REDRAW_S = 1.0
+#: A log committing faster than this is redrawn at this pace (with its latest commit).
+MIN_REDRAW_S = 0.5
 #: A browser says when it has drawn a commit (ACK_JS); the next one is sent only then, so a
 #: slow browser gets fewer, newer commits rather than a growing backlog. A browser that
 #: does not answer (a hidden tab draws no frames) is sent the newest after this long.
@@ -185,6 +185,10 @@ class LivePage:
         for fig in (self.acc_steps, self.loss_fig, self.reset_fig):
             fig.legend.location = "top_right"
             fig.legend.click_policy = "hide"
+        for fig in (self.acc_steps, self.loss_fig, self.set_fig, self.reset_fig):
+            fig.xaxis.formatter = NumeralTickFormatter(format="0,0")
+        for fig in (self.set_fig, self.reset_fig):
+            fig.yaxis.formatter = NumeralTickFormatter(format="0,0")
         self.windows_title = Div(text="")
         self.hist_box = row(children=[])
         self._build_chipmap(model)
@@ -259,8 +263,7 @@ class LivePage:
     def _hist_figure(self, name: str) -> ColumnDataSource:
         src = ColumnDataSource({"left": [], "right": [], "plus": [], "minus": [],
                                 "plus_top": [], "minus_top": []}, name=f"hist:{name}")
-        fig = figure(title=f"{name}: devices per bin (end bins: also those beyond)",
-                     width=340, height=240,
+        fig = figure(title=f"{name}: G+ and G- (devices per bin)", width=340, height=240,
                      x_axis_label="G (µS)", y_axis_label="devices (log)", y_axis_type="log",
                      tools=TOOLS)
         # log axis: bars start just below 1; an empty bin (top NaN) is not drawn
