@@ -153,7 +153,12 @@ def test_watch_serves_until_ctrl_c(log_path):
         assert c.getresponse().status == 200
     finally:
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=90)
+        try:
+            out, err = p.communicate(timeout=90)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+            raise
     assert p.returncode == 0, err
     assert "Traceback" not in err
     assert os.path.exists(log_path)

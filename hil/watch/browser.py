@@ -105,8 +105,12 @@ class HeadlessBrowser:
     def open(self, url: str) -> None:
         self.driver.get(url)
 
-    def sources(self) -> Optional[Dict[str, Dict[str, List[Any]]]]:
-        return self.driver.execute_script(READ_SOURCES_JS)
+    def sources(self, name: Optional[str] = None) -> Optional[Dict[str, Dict[str, List[Any]]]]:
+        """Every named source of the page (or only `name`: a light poll)."""
+        js = READ_SOURCES_JS if name is None else READ_SOURCES_JS.replace(
+            "if (!mdl.name || mdl.data === undefined) continue;",
+            "if (mdl.name !== arguments[0] || mdl.data === undefined) continue;")
+        return self.driver.execute_script(js, name)
 
     def wait_for(self, predicate: Any, timeout_s: float = 30.0,
                  what: str = "the page") -> Dict[str, Dict[str, List[Any]]]:
