@@ -130,7 +130,7 @@ class LivePage:
         self.status_src = ColumnDataSource(status_row(model, follower.waiting), name="status")
         self.status_src.js_on_change("data", CustomJS(code=ACK_JS))
         self.status_src.on_change("tags", self._ack)
-        self.status_div = Div(text=status_html(model, follower.waiting), width=1040)
+        self.status_div = Div(text=status_html(model, follower.waiting), width=640)
         self.epochs_src = ColumnDataSource({"epoch": []}, name="epochs")
         self.marks_src = ColumnDataSource({"end_step": [], "train_loss": []},
                                           name="epoch_marks")
