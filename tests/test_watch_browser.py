@@ -21,6 +21,7 @@ from hil.watch import model as m  # noqa: E402
 from hil.watch.browser import BrowserMissing, HeadlessBrowser, find_chromium  # noqa: E402
 from hil.watch.conductance import Geometry2D, map_grid  # noqa: E402
 from hil.watch.follower import LogFollower  # noqa: E402
+from hil.watch.page import ARM_S  # noqa: E402
 from hil.watch.server import WatchServer  # noqa: E402
 from watch_logs import STATION, LogBuilder, config, mlp_layout, torch_layout  # noqa: E402
 
@@ -231,8 +232,13 @@ def test_stop_ends_a_watch_run_safely(browser, tmp_path):
             assert "?token=" in url
             browser.open(url)
             browser.wait_for(lambda s: s["status"]["step"][0] > 0, 120, "training steps")
-            browser.click_button("Stop run")
-            browser.click_button("Confirm")
+            for attempt in range(3):      # as a person would: the confirmation times out
+                browser.click_button("Stop run", timeout_s=120)
+                try:
+                    browser.click_button("Confirm", timeout_s=ARM_S)
+                    break
+                except LookupError:
+                    assert attempt < 2, "the confirming button never showed"
             out, err = p.communicate(timeout=120)
         finally:
             if p.poll() is None:
