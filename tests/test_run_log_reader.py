@@ -228,3 +228,46 @@ def test_a_schema_1_0_log_has_an_empty_matvec_table(tmp_path):
         assert not r.has_matvec and r.event_count("matvec") == 0
         got = r.event_rows("matvec", 0, 10)
         assert got["value"].size == 0 and got["value"].dtype == np.float32
+
+
+# --- logs of earlier schemas ---------------------------------------------------------------------
+#: A schema 1.1 log written by the 1.1 writer (fake_run(steps=40, snapshot_every=20) through
+#: RunLogWriter with small_cfg(flush_every=10, snapshot_every=20)), kept to prove that every
+#: later reader still reads it, and its digest, computed when it was written.
+FIXTURE_1_1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                           "run-log-1.1.h5")
+DIGEST_1_1 = "8c84fe3529f510de13eb5a73765e0ab8ff9fdc7561fa269e1e2cbb4e83c18a0e"
+
+
+def test_a_schema_1_1_log_reads_and_replays():
+    from hil.replay_backend import ReplayBackend, VerifyRecorder
+    with RunLog(FIXTURE_1_1) as r:
+        assert r.schema_version == "1.1" and r.has_matvec
+        assert r.digest() == DIGEST_1_1
+        assert r.status.status is RunState.COMPLETED and r.summary["steps"] == 40
+        assert np.array_equal(r.conductance(40), r.snapshot_g(-1))
+        with h5py.File(FIXTURE_1_1, "r") as f:
+            assert f["reads/events/address"].compression == "lzf"   # read as before
+        be, rec = ReplayBackend(r), VerifyRecorder(r)
+        fake_run(rec, steps=40, snapshot_every=20, backend=be)   # the same commands again
+        assert be.remaining() == 0 and rec.si == 40 and rec.ki == rec.n_snap == 4
+
+
+def test_a_schema_1_0_log_still_reads(tmp_path):
+    old = str(tmp_path / "old.h5")
+    with open(FIXTURE_1_1, "rb") as src, open(old, "wb") as dst:
+        dst.write(src.read())
+    with h5py.File(old, "r+") as f:   # what a 1.0 writer made: no /matvec, 18 commit fields
+        del f["matvec"]
+        f.attrs["schema_version"] = "1.0"
+        fields = [n.decode() if isinstance(n, bytes) else str(n)
+                  for n in f["commit"].attrs["fields"]]
+        keep = fields.index("matvec_batches")
+        values = f["commit"][:keep]
+        del f["commit"]
+        f["commit"] = values
+        f["commit"].attrs["fields"] = np.array(fields[:keep], dtype=object)
+    with RunLog(old) as r:
+        assert r.schema_version == "1.0" and not r.has_matvec
+        assert r.digest() == DIGEST_1_1   # without MATVECs, the digest 1.0 defined
+        assert r.counts["matvec_batches"] == 0
