@@ -104,6 +104,7 @@ def summarize(log: RunLog) -> Dict[str, Any]:
         "matvec_commands": int(log.counts["matvec_batches"]),
         "refreshes": refreshes,
         "snapshots": [int(s) for s in log.snapshots()["step"]],
+        "events": [{"step": e.step, "kind": e.kind, "detail": e.detail} for e in log.events()],
         "devices": log.n_devices,
     }
     for key in ("test_accuracy", "train_accuracy", "baseline_test_accuracy"):
@@ -160,6 +161,9 @@ def format_summary(s: Dict[str, Any]) -> str:
                                           if snaps else "")),
         ("devices", f"{s['devices']:,} mapped"),
     ]
+    if s["events"]:
+        kinds = sorted({e["kind"] for e in s["events"]})
+        lines.append(("events", f"{len(s['events'])} ({', '.join(kinds)})"))
     if "chip" in s:
         lines.append(("chip", s["chip"]))
     if s.get("journal_batches"):
