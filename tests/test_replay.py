@@ -131,6 +131,29 @@ def test_verify_recorder_names_a_metric_difference(logged):
         assert e.value.step == 42
 
 
+def test_summary_of_a_failed_run_with_events(tmp_path, capsys):
+    """`pcm-hil replay --json` of a run that did not complete: its events are listed, and it
+    has no state digest (only a completed run's final status record carries one)."""
+    path = str(tmp_path / "failed.h5")
+    w = RunLogWriter(path, small_cfg())
+
+    def pause(step):
+        if step == 7:
+            w.on_event(step, "run_paused", {"monitor": "temp_c", "reading": 41.0})
+            w.on_event(step, "run_resumed", {})
+    fake_run(w, steps=12, per_step=pause, finish=False)
+    w.finish("failed", "LinkError: timeout", {"state_digest": "not from a completed run"})
+    assert cli_main(["replay", path, "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["status"] == "failed" and s["state_digest"] is None
+    assert s["events"] == [{"step": 7, "kind": "run_paused",
+                            "detail": {"monitor": "temp_c", "reading": 41.0}},
+                           {"step": 7, "kind": "run_resumed", "detail": {}}]
+    assert cli_main(["replay", path]) == 0
+    out = capsys.readouterr().out
+    assert "events      2 (run_paused, run_resumed)" in out and "digest" not in out
+
+
 def test_wall_clock_names():
     assert all(is_wall_clock(n) for n in ("seconds", "train_seconds", "step_ms",
                                           "examples_per_s", "wall_time"))
@@ -191,6 +214,8 @@ def test_summary_plots_and_bad_arguments(trained, tmp_path, capsys):
         assert s["reset_pulses"] == summary["reset_pulses"]
         assert s["refreshes"] == summary["refreshes"]
         assert s["test_accuracy"] == summary["test_accuracy"]
+        # the state digest the trainer reported when the run completed
+        assert s["state_digest"] == summary["state_digest"] and len(s["state_digest"]) == 64
         snaps = log.snapshots()["step"].tolist()
         assert snaps[0] == 0 and snaps[-1] == 300   # start and end (+ periodic, when taken)
         # the state reconstructed at the end equals the final snapshot

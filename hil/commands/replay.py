@@ -16,8 +16,11 @@ HELP = """\
 Open a run log (the HDF5 file `pcm-hil train --run RUN.h5` writes) and print its summary:
 status (and the reason when the run was aborted or failed), config name, epochs, accuracy
 (with the fp32 baseline when it was trained), pulse and read counts, refreshes, snapshots,
-chip and file size. A log cut short by a crash opens too: it shows everything up to the last
-flush, and the pulse batches its write-ahead journal (RUN.h5.journal) recorded after that.
+chip and file size, and the run's state digest (the SHA-256 of the final conductance of
+every mapped device that the trainer put in the summary of the final status record; with
+--json, `state_digest` is null unless the run completed). A log cut short by a crash opens
+too: it shows everything up to the last flush, and the pulse batches its write-ahead journal
+(RUN.h5.journal) recorded after that.
 
 --plot DIR writes PNG figures into DIR:
   accuracy.png          train/test accuracy per epoch, and the fp32 baseline when logged
@@ -91,6 +94,10 @@ def summarize(log: RunLog) -> Dict[str, Any]:
         "created_utc": log.created_utc,
         "status": str(st.status),
         "reason": st.reason,
+        # The trainer's digest of the final conductances, from the summary in the final
+        # status record: only a completed run has one (docs/run-log.md, "State digest").
+        "state_digest": ((st.summary or {}).get("state_digest")
+                         if st.status == RunState.COMPLETED else None),
         "epochs_logged": int(em["epoch"].size),
         "epochs_configured": (cfg.get("training") or {}).get("epochs"),
         "last_step": log.last_step,
@@ -164,6 +171,8 @@ def format_summary(s: Dict[str, Any]) -> str:
     if s["events"]:
         kinds = sorted({e["kind"] for e in s["events"]})
         lines.append(("events", f"{len(s['events'])} ({', '.join(kinds)})"))
+    if s.get("state_digest"):
+        lines.append(("state", f"digest {s['state_digest']}"))
     if "chip" in s:
         lines.append(("chip", s["chip"]))
     if s.get("journal_batches"):
