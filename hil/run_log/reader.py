@@ -18,8 +18,7 @@ from hil.run_log.h5file import open_file
 from hil.run_log.journal import JOURNAL_SUFFIX, JournalTail, read_journal
 from hil.run_log.records import PulseBatch, RunEvent, RunStatus
 from hil.run_log.schema import (BATCH_STATUS, COMMIT_FIELDS, EVENT_COLUMNS, EVENT_TABLES,
-                                FORMAT,
-                                MATVEC_BATCH_COLUMNS, MATVEC_EVENT_COLUMNS,
+                                FORMAT, MATVEC_BATCH_COLUMNS, MATVEC_EVENT_COLUMNS,
                                 PULSE_BATCH_COLUMNS, PULSE_EVENT_COLUMNS, READ_BATCH_COLUMNS,
                                 READ_EVENT_COLUMNS, REQUIRED, SCHEMA_MAJOR, SCHEMA_MINOR,
                                 SCHEMA_VERSION, SNAPSHOT_COLUMNS, STATUS_COLUMNS, Column,
