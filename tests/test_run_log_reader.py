@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run_log_fakes import (GEOMETRY, N_DEVICES, SHAPES, fake_layout, fake_log,  # noqa: E402
-                           fake_run, host_view, small_cfg)
+from run_log_fakes import (GEOMETRY, N_DEVICES, SHAPES, as_schema_1_0,  # noqa: E402
+                           fake_layout, fake_log, fake_run, host_view, small_cfg)
 
 from hil.run_log import (PURPOSES, SCHEMA_VERSION, RunLog, RunLogError,  # noqa: E402
                          RunLogWriter)
@@ -259,16 +259,8 @@ def test_a_schema_1_0_log_still_reads(tmp_path):
     old = str(tmp_path / "old.h5")
     with open(FIXTURE_1_1, "rb") as src, open(old, "wb") as dst:
         dst.write(src.read())
-    with h5py.File(old, "r+") as f:   # what a 1.0 writer made: no /matvec, 18 commit fields
-        del f["matvec"]
-        f.attrs["schema_version"] = "1.0"
-        fields = [n.decode() if isinstance(n, bytes) else str(n)
-                  for n in f["commit"].attrs["fields"]]
-        keep = fields.index("matvec_batches")
-        values = f["commit"][:keep]
-        del f["commit"]
-        f["commit"] = values
-        f["commit"].attrs["fields"] = np.array(fields[:keep], dtype=object)
+    with h5py.File(old, "r+") as f:
+        as_schema_1_0(f)
     with RunLog(old) as r:
         assert r.schema_version == "1.0" and not r.has_matvec and not r.has_events
         assert r.digest() == DIGEST_1_1   # without MATVECs, the digest 1.0 defined
