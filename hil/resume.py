@@ -43,6 +43,7 @@ from drivers.pulse import PulseKind, PulseSpec
 from hil.chip_io import wire_seq_of
 from hil.replay_backend import ReplayBackend, ReplayDivergence
 from hil.run_log import BATCH_ACKED, JournalCommand, RunLog
+from hil.run_history import check_log_chip, resumed_provenance
 
 log = logging.getLogger("pcm_hil.resume")
 
@@ -354,7 +355,8 @@ def resumed_path(old_path: str, old: RunLog) -> str:
 def plan(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Dict[str, Any]:
     """Check the log can be resumed on `live`; returns what ResumeBackend needs.
 
-    One ResumeError naming what is missing when it cannot."""
+    One ResumeError naming what is missing when it cannot; a ChipHistoryError when a chip
+    behind firmware is not where the log left it (hil.run_history)."""
     st = old.status
     if st.status == "completed":
         raise ResumeError(f"{old.path}: the run completed; there is nothing to resume")
@@ -374,7 +376,8 @@ def plan(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Dict[str,
     committed = int(old.counts["read_batches"] + old.counts["pulse_batches"])
     chip = find_ability(live, StatefulBackend)
     out: Dict[str, Any] = {"committed": committed, "journal": (), "chip_from": None,
-                           "keeper": None, "acked_rows": (), "resend_batch": None}
+                           "keeper": None, "acked_rows": (), "resend_batch": None,
+                           "chip_history": None}
     if chip is not None:
         path = chip_state or (old.provenance.get("chip_state") or None)
         if not path:
@@ -436,6 +439,8 @@ def plan(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Dict[str,
                               "the run cannot be continued exactly")
         resend = (bid, last.wire_seq)
         cmds = list(read_half)
+    # The chip must be where the log left it, before anything is sent (hil.run_history).
+    out["chip_history"] = check_log_chip(old, live)[0]
     out.update(journal=tuple(cmds), acked_rows=tuple(tail.acked_rows), resend_batch=resend)
     return out
 
@@ -478,8 +483,11 @@ def resume_provenance(old_path: str, old: RunLog, plan_: Dict[str, Any]) -> Dict
                      "commands": plan_["committed"],
                      "journal_commands": len(plan_["journal"])})
     base = prev.get("base") or re.sub(r"\.h5$", "", os.path.basename(old_path))
-    return {"resume": {"segment": int(prev.get("segment", 1)) + 1, "base": base,
-                       "segments": segments}}
+    out: Dict[str, Any] = {"resume": {"segment": int(prev.get("segment", 1)) + 1,
+                                      "base": base, "segments": segments}}
+    if plan_.get("chip_history") is not None:
+        out.update(resumed_provenance(old, plan_["chip_history"]))
+    return out
 
 
 __all__ = ["ChipStateKeeper", "NOT_SENT", "ResumeBackend", "ResumeError", "plan", "reach",
