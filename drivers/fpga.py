@@ -100,8 +100,9 @@ def nack_error(nack: Nack, command: str) -> ChipError:
     more = ""
     if nack.n_devices > nack.devices.size:
         more = f" ({nack.n_devices} devices at fault, first {nack.devices.size} listed)"
-    err = cls(f"chip refused: {nack.code.name}: {nack.message}{more}", command=command,
-              devices=nack.devices if nack.devices.size else None)
+    text = nack.message if nack.code is NackCode.IN_USE else \
+        f"chip refused: {nack.code.name}: {nack.message}{more}"   # IN_USE says it all
+    err = cls(text, command=command, devices=nack.devices if nack.devices.size else None)
     err.nack_code = nack.code  # type: ignore[attr-defined]
     return err
 
