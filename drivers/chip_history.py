@@ -215,6 +215,12 @@ class SessionHistory:
         if not self.sent:
             self.base = position
 
+    def rebase(self, position: HistoryPosition) -> None:
+        """Start again from `position`: a command was re-sent that the chip may have executed
+        before this session (resume), so the count since the old start says nothing exact."""
+        self.base = position
+        self.operations = [0, 0, 0]
+
     def sending(self, opcode: Opcode, seq: int) -> UncertainCommand:
         self.sent = True
         u = UncertainCommand.of(opcode, seq)

@@ -140,6 +140,8 @@ class FpgaChip(ChipBackend):
         #: Why the chip answering now was refused (another boot, another client's history):
         #: nothing more is sent.
         self._refused: Optional[ChipHistoryError] = None
+        #: The number use_seq set: that command may have been executed before this session.
+        self._resend_seq: Optional[int] = None
         self._lock = threading.RLock()
         self._rx_total = 0
         self.stats: Dict[str, Dict[str, int]] = {}
@@ -288,6 +290,18 @@ class FpgaChip(ChipBackend):
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
+    def _rebase_history(self) -> None:
+        """After a re-sent command: it may have been answered from the firmware's memory (run
+        before this session began) or executed now, so this session starts again from where
+        the chip's history stands after it."""
+        if not self.info().supports(Capability.HISTORY):
+            return
+        self._history.base = None   # nothing exact to expect until the new start is known
+        reply = self._exchange(HistoryRequest(), self._next_seq(), "HISTORY",
+                               attempts=self.retries + 1, reconnect=True)
+        assert isinstance(reply, HistoryReply)
+        self._history.rebase(HistoryPosition.from_reply(reply))
+
     def _check_history_after_reconnect(self) -> None:
         """The chip must be exactly where this session left it, give or take the command in
         flight (a ChipHistoryError otherwise); unchecked where the firmware reports no
@@ -348,11 +362,15 @@ class FpgaChip(ChipBackend):
                                        attempts=self.retries + 1, reconnect=True,
                                        reply_bytes=reply_bytes)
             except ChipError as e:
-                if pending is not None and getattr(e, "nack_code", None) is not None:
+                if pending is not None and getattr(e, "refused_seq", None) == seq:
                     self._history.settled(pending, executed=False)   # a NACK applies nothing
                 raise
             if pending is not None:
                 self._history.settled(pending, executed=True)
+                if seq == self._resend_seq:
+                    self._rebase_history()
+            if seq == self._resend_seq:
+                self._resend_seq = None
             return reply
 
     def _next_seq(self) -> int:
@@ -405,7 +423,9 @@ class FpgaChip(ChipBackend):
                         if reply.code is NackCode.BUSY:
                             time.sleep(self.busy_backoff_s * (attempt + 1))
                         continue
-                    raise nack_error(reply, command)
+                    err = nack_error(reply, command)
+                    err.refused_seq = seq  # type: ignore[attr-defined]  # this request's NACK
+                    raise err
                 if reply.OPCODE != reply_opcode(message.OPCODE):
                     raise ProtocolError(f"expected {reply_opcode(message.OPCODE).name}, got "
                                         f"{reply.OPCODE.name}", command=command)
@@ -647,6 +667,7 @@ class FpgaChip(ChipBackend):
         original number: the firmware answers it from memory if it ran, executes it if not."""
         with self._lock:
             self._seq = (int(seq) - 1) & 0xFFFFFFFF
+            self._resend_seq = int(seq) & 0xFFFFFFFF
 
     # --- checks ---------------------------------------------------------------------------
     def _require_open(self, command: str) -> None:

@@ -654,6 +654,31 @@ def test_reconnect_refuses_a_chip_another_client_used_meanwhile():
         server.stop()
 
 
+def test_a_resent_command_answered_from_memory_keeps_the_session_exact():
+    """Resume re-sends a command an earlier session had executed (use_seq): the firmware
+    answers it from memory and the chip's history does not move, so the session starts again
+    after it; a later reconnect then finds the chip exactly where the session left it."""
+    faults = FaultConfig(script={})
+    server = serve(faults=faults)
+    try:
+        batch = (np.arange(20), np.full(20, 2), PulseSpec.set())
+        with FpgaChip(server.url, timeout_s=0.5) as earlier:
+            earlier.program(*batch)
+            wire_seq = earlier.last_seq
+        chip = FpgaChip(server.url, timeout_s=0.5, reconnect_timeout_s=3.0)
+        start = chip.history()
+        chip.use_seq(wire_seq)
+        chip.program(*batch)
+        assert server.stats()["repeats_answered"] == 1 and chip.history() == start
+        # the next request is executed and the link dropped with its reply: a reconnect
+        faults.script[server.stats()["requests"] + 1] = "disconnect"
+        chip.read(np.arange(5))
+        assert chip.link_counters["reconnects"] == 1
+        chip.close()
+    finally:
+        server.stop()
+
+
 class BrokenPath(FpgaChip):
     """Its link fails on the host's side only, at frame `at`: the old connection is left open,
     so the firmware still holds it as the session's (as when the network path breaks)."""
