@@ -22,7 +22,14 @@ KEYS = ("test_accuracy", "train_accuracy", "epochs", "examples", "steps", "set_p
         "devices_read", "state_digest")
 
 
-def _config(tmp_path, train=1500, epochs=1, flush=50, name="c.yaml"):
+#: A small network on a small chip, for tests of how runs end rather than what they compute;
+#: its emulator takes SMALL_CHIP as options.
+SMALL = ("network: {layers: [784, 16, 10], init_range: [0.2, 0.3]}\n"
+         "chip: {rows: 128, cols: 256}\n")
+SMALL_CHIP = ("--rows", "128", "--cols", "256")
+
+
+def _config(tmp_path, train=1500, epochs=1, flush=50, name="c.yaml", extra=""):
     path = tmp_path / name
     path.write_text(f"""name: rs
 seed: 7
@@ -30,7 +37,7 @@ data: {{train_examples: {train}, test_examples: 300}}
 training: {{epochs: {epochs}, baseline: false}}
 optimizer: {{refresh: {{period_steps: 40}}}}
 log: {{flush_every_steps: {flush}, snapshot_every_steps: 400}}
-""")
+""" + extra)
     return str(path)
 
 
@@ -362,8 +369,8 @@ def test_resuming_a_log_the_chip_has_moved_on_from_is_refused(tmp_path):
     time. The chip's history is further than r.h5 knows: refused before anything is sent,
     with one error naming the log, and no new log."""
     from drivers.fpga import FpgaChip
-    cfg = _config(tmp_path, train=500, flush=25)
-    emu, url, _, _ = _emulator(tmp_path)
+    cfg = _config(tmp_path, train=500, flush=25, extra=SMALL)
+    emu, url, _, _ = _emulator(tmp_path, *SMALL_CHIP)
     try:
         run = str(tmp_path / "r.h5")
         p = _train(tmp_path, "--config", cfg, "--backend", url, "--run", run)

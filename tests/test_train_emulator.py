@@ -233,11 +233,13 @@ def test_emulator_restart_mid_run_matches_in_process(small_data, in_process, tmp
 
 # --- one client at a time; a power-cycled chip (issue cases 5 and 6) ---------------------------
 def _emulate(tmp_path, listen: str, *more):
-    """`pcm-hil emulate` as a subprocess on `listen`; (process, url)."""
+    """`pcm-hil emulate` of test_resume's SMALL chip as a subprocess on `listen`; (process,
+    url)."""
+    from test_resume import SMALL_CHIP
     err = open(tmp_path / "emulator.log", "a")
     proc = subprocess.Popen([sys.executable, "-m", "hil.cli", "emulate", "--listen", listen,
-                             "--seed", "7", *more], stdout=subprocess.PIPE, stderr=err,
-                            text=True)
+                             "--seed", "7", *SMALL_CHIP, *more], stdout=subprocess.PIPE,
+                            stderr=err, text=True)
     err.close()
     ready, _, _ = select.select([proc.stdout], [], [], 60)
     url = proc.stdout.readline().strip() if ready else ""
@@ -260,8 +262,9 @@ def test_a_second_trainer_is_refused_and_the_first_completes_exactly(tmp_path, s
     """Two `pcm-hil train` on one emulator: the second is refused with one clear error while
     the first holds the chip (frozen with SIGSTOP, so its connection is open and idle), and
     the first completes with the digest of a run that was alone on the chip."""
-    from test_resume import KEYS as RUN_KEYS, _config, _reference, _same_run, _train, _wait_step
-    cfg = _config(tmp_path, train=500, flush=25)
+    from test_resume import (KEYS as RUN_KEYS, SMALL, _config, _reference, _same_run, _train,
+                             _wait_step)
+    cfg = _config(tmp_path, train=500, flush=25, extra=SMALL)
     stats = str(tmp_path / "stats.json")
     emu, url = _emulate(tmp_path, "127.0.0.1:0", "--stats-json", stats)
     first = None
@@ -304,8 +307,8 @@ def test_an_emulator_power_cycled_mid_run_stops_the_run(tmp_path):
     on the same port: the trainer's driver reconnects to another boot, and the run stops
     with one clear error, its log marked failed; the fresh chip gets nothing but the HELLO."""
     from hil.run_log import RunLog
-    from test_resume import _config, _train, _wait_step
-    cfg = _config(tmp_path, train=1500, flush=25)
+    from test_resume import SMALL, _config, _train, _wait_step
+    cfg = _config(tmp_path, train=1500, flush=25, extra=SMALL)
     emu, url = _emulate(tmp_path, "127.0.0.1:0")
     run = str(tmp_path / "r.h5")
     p = _train(tmp_path, "--config", cfg, "--backend", url, "--run", run)
