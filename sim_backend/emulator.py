@@ -75,8 +75,8 @@ _JOURNAL_HEAD = struct.Struct("<4sQ5QIB3x")
 _HEAD_MAGIC = b"PCMH"
 
 
-def _new_boot_id() -> int:
-    """A boot identity: random, nonzero (0 means none on the wire)."""
+def _random_u64() -> int:
+    """A boot identity or a session number: random, nonzero (0 means none on the wire)."""
     while True:
         v = int.from_bytes(os.urandom(8), "little")
         if v:
@@ -223,7 +223,7 @@ class Firmware:
         self.memory: "OrderedDict[int, _Remembered]" = OrderedDict()
         self.last_seq: Optional[int] = None
         self.idle = True
-        self.boot_id = _new_boot_id()
+        self.boot_id = _random_u64()
         #: State-changing commands executed in this boot, by kind, and the last one's
         #: (seq, opcode); (0, 0) before the first.
         self.history: Dict[Opcode, int] = {op: 0 for op in HISTORY_KINDS}
@@ -404,7 +404,7 @@ class Firmware:
                 return None   # answered BAD_LENGTH / BAD_PAYLOAD as usual
         if s is None:
             if hello is not None:
-                self.session = _Session(hello.session or _new_boot_id(), link, time.time())
+                self.session = _Session(hello.session or _random_u64(), link, time.time())
             return None       # no session: served (a HELLO opens one)
         if hello is not None and hello.session == s.token:
             log.info("session taken over by its own host on %s (was %s)", link, s.link)
@@ -670,6 +670,12 @@ class _Link:
 MAX_LINKS = 8
 
 
+def _add_counters(total: Dict[str, int], more: Dict[str, int]) -> None:
+    """Add one decoder's counters to a total (high water: the largest)."""
+    for k, v in more.items():
+        total[k] = max(total.get(k, 0), v) if k == "high_water" else total.get(k, 0) + v
+
+
 def _keepalive(sock: socket.socket) -> None:
     """Probe an idle connection so that one whose host died without closing it (power lost,
     cable pulled) ends, with its session, within about 10 s."""
@@ -830,8 +836,7 @@ class EmulatorServer:
         """The frame decoders' counters, summed over every link (high water: the largest)."""
         out = dict(self._decoded)
         for link in [self._pty_link, *self._links.values()]:
-            for k, v in link.decoder.counters().items():
-                out[k] = max(out.get(k, 0), v) if k == "high_water" else out.get(k, 0) + v
+            _add_counters(out, link.decoder.counters())
         return out
 
     def _poll_hot(self, link: _Link, read: Callable[[], bytes]) -> bool:
@@ -853,7 +858,7 @@ class EmulatorServer:
         s = self.firmware.session
         if s is None:
             return None
-        return next((l for l in self._links.values() if l.name == s.link), None)
+        return next((k for k in self._links.values() if k.name == s.link), None)
 
     def _poll_tcp(self) -> None:
         assert self._listener is not None
@@ -893,7 +898,7 @@ class EmulatorServer:
             for link in list(self._links.values()):
                 self._drop_link(link)
         session = self._session_link()
-        others = [l for l in self._links.values() if l is not session]
+        others = [k for k in self._links.values() if k is not session]
         while others and len(self._links) >= MAX_LINKS:
             self._drop_link(others.pop(0))
         name = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
@@ -944,9 +949,7 @@ class EmulatorServer:
             link.decoder.reset()
             return
         if self._links.pop(link.sock, None) is not None:
-            for k, v in link.decoder.counters().items():
-                self._decoded[k] = max(self._decoded.get(k, 0), v) if k == "high_water" \
-                    else self._decoded.get(k, 0) + v
+            _add_counters(self._decoded, link.decoder.counters())
         try:
             link.sock.close()
         except OSError:
@@ -984,8 +987,8 @@ class EmulatorServer:
         log.info("fault injected: %s", kind)
 
     def _handle(self, link: _Link, item: Decoded) -> Optional[bytes]:
-        """The firmware's answer to a request from `link`; a link whose session another one
-        took over is closed, and so is one the firmware refused (after its NACK)."""
+        """The firmware's answer to a request from `link`; the old link of a session its own
+        host took over is closed (a refused link is closed after its NACK is sent)."""
         fw = self.firmware
         if fw.sessions and link.sock is not None and fw.session is not None and \
                 fw.session.link != link.name:
