@@ -215,17 +215,22 @@ class SessionHistory:
         if not self.sent:
             self.base = position
 
-    def rebase(self, position: HistoryPosition) -> None:
-        """Start again from `position`: a command was re-sent that the chip may have executed
-        before this session (resume), so the count since the old start says nothing exact."""
-        self.base = position
-        self.operations = [0, 0, 0]
-
     def sending(self, opcode: Opcode, seq: int) -> UncertainCommand:
         self.sent = True
         u = UncertainCommand.of(opcode, seq)
         self.uncertain.append(u)
         return u
+
+    def resending(self, opcode: Opcode, seq: int) -> Optional[UncertainCommand]:
+        """A command re-sent under its old number (resume): if the session's start shows it
+        was the chip's last, the firmware answers it from memory and it does not count (None);
+        otherwise it is executed now, like any other. Re-sent after other commands, whether it
+        had run is unknown: the session then expects nothing exact any more."""
+        if self.base is not None and not self.sent and self.base.last_seq == seq:
+            return None
+        if self.sent:
+            self.base = None
+        return self.sending(opcode, seq)
 
     def settled(self, command: UncertainCommand, executed: bool) -> None:
         self.uncertain.remove(command)

@@ -140,7 +140,7 @@ class FpgaChip(ChipBackend):
         #: Why the chip answering now was refused (another boot, another client's history):
         #: nothing more is sent.
         self._refused: Optional[ChipHistoryError] = None
-        #: The number use_seq set: that command may have been executed before this session.
+        #: The number use_seq set: that command may have run before this session began.
         self._resend_seq: Optional[int] = None
         self._lock = threading.RLock()
         self._rx_total = 0
@@ -290,18 +290,6 @@ class FpgaChip(ChipBackend):
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    def _rebase_history(self) -> None:
-        """After a re-sent command: it may have been answered from the firmware's memory (run
-        before this session began) or executed now, so this session starts again from where
-        the chip's history stands after it."""
-        if not self.info().supports(Capability.HISTORY):
-            return
-        self._history.base = None   # nothing exact to expect until the new start is known
-        reply = self._exchange(HistoryRequest(), self._next_seq(), "HISTORY",
-                               attempts=self.retries + 1, reconnect=True)
-        assert isinstance(reply, HistoryReply)
-        self._history.rebase(HistoryPosition.from_reply(reply))
-
     def _check_history_after_reconnect(self) -> None:
         """The chip must be exactly where this session left it, give or take the command in
         flight (a ChipHistoryError otherwise); unchecked where the firmware reports no
@@ -356,7 +344,10 @@ class FpgaChip(ChipBackend):
             seq = self._next_seq()
             pending = None
             if message.OPCODE in STATE_CHANGING_OPCODES:
-                pending = self._history.sending(message.OPCODE, seq)
+                pending = (self._history.resending if seq == self._resend_seq
+                           else self._history.sending)(message.OPCODE, seq)
+            if seq == self._resend_seq:
+                self._resend_seq = None
             try:
                 reply = self._exchange(message, seq, command or message.OPCODE.name,
                                        attempts=self.retries + 1, reconnect=True,
@@ -367,10 +358,6 @@ class FpgaChip(ChipBackend):
                 raise
             if pending is not None:
                 self._history.settled(pending, executed=True)
-                if seq == self._resend_seq:
-                    self._rebase_history()
-            if seq == self._resend_seq:
-                self._resend_seq = None
             return reply
 
     def _next_seq(self) -> int:

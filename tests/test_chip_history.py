@@ -108,3 +108,16 @@ def test_a_chip_that_cannot_report_its_history_is_refused_not_assumed():
     assert e.value.mismatch is HistoryMismatch.UNREPORTED
     assert "cannot report its boot and command history" in str(e.value)
     assert "run log r.h5" in str(e.value) and "sim-1" in str(e.value)
+
+
+def test_a_resent_command_counts_only_if_it_had_not_run_before_the_session():
+    s = SessionHistory()
+    s.observe(START)                                   # its last command: seq 99
+    assert s.resending(Opcode.READ, 99) is None        # answered from memory: no count
+    other = SessionHistory()
+    other.observe(START)
+    u = other.resending(Opcode.PROGRAM, 100)           # had not run: executed now
+    other.settled(u, executed=True)
+    assert other.expectation().programs == 1
+    other.settled(other.resending(Opcode.PROGRAM, 98), executed=True)   # after others:
+    assert other.expectation() is None                 # whether it had run is unknown

@@ -551,6 +551,8 @@ def test_reconnect_after_the_emulator_drops_the_link():
 # --- the chip's boot and history; one client at a time (protocol 1.3) --------------------------
 def test_chip_history_is_an_ability_of_1_3_firmware_only():
     from drivers.abilities import ChipHistory, find_ability
+    from drivers.chip_history import chip_position
+    from drivers.errors import ChipHistoryError
     server, old = serve(), serve(protocol_version=(1, 2))
     try:
         with FpgaChip(server.url, timeout_s=1.0) as chip:
@@ -567,6 +569,10 @@ def test_chip_history_is_an_ability_of_1_3_firmware_only():
             assert find_ability(chip, ChipHistory) is None
             with pytest.raises(NotSupportedError):
                 chip.history()
+            # a record of commands is never assumed to fit such a chip: refused, saying why
+            with pytest.raises(ChipHistoryError, match=r"protocol 1\.2\) cannot report its "
+                                                       r"boot and command history"):
+                chip_position(chip, "run log r.h5")
     finally:
         server.stop()
         old.stop()
