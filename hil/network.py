@@ -13,12 +13,12 @@ float64 from portable exp and rounded once to float32, the loss is a portable lo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
 import numpy as np
 
 from drivers import portable_math
+from hil.mixed_precision import BlockUpdate
 
 F32 = np.float32
 F64 = np.float64
@@ -43,12 +43,9 @@ def softmax(a: np.ndarray) -> np.ndarray:
     return portable_math.softmax(a)
 
 
-@dataclass
-class Gradient:
-    """Scaled update -lr·∂L/∂W for the rows `rows` of one layer (rows=None: all rows)."""
-
-    rows: np.ndarray | None
-    update: np.ndarray
+#: Scaled update -lr·∂L/∂W for the rows `rows` of one layer (rows=None: all rows): the
+#: mixed-precision core's BlockUpdate, which the trainer hands it as is.
+Gradient = BlockUpdate
 
 
 def active_rows(xb: np.ndarray) -> np.ndarray:
