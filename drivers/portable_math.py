@@ -40,6 +40,11 @@ from typing import List, Tuple
 
 import numpy as np
 
+#: The version of these rules, recorded in every run log's provenance (key `arithmetic`).
+#: Any change to what a function returns, down to one bit, is a new version: a log verifies
+#: bit for bit only under the version it was recorded with (docs/portability.md).
+ARITHMETIC = "portable-1"
+
 F32 = np.float32
 F64 = np.float64
 _I64 = np.int64
