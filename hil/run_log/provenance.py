@@ -78,8 +78,8 @@ def arithmetic_mismatch(provenance: Mapping[str, Any], action: str) -> Optional[
         return None
     if logged is None:
         was = ("was recorded before pcm-hil's arithmetic became portable: its numbers came "
-               "from this machine's BLAS kernel and numpy build, which no later run repeats "
-               "bit for bit")
+               "from the recording machine's BLAS kernel and numpy build, which no run can be "
+               "relied on to repeat bit for bit")
     else:
         was = f"was recorded with arithmetic {logged!r}"
     return (f"the log {was}; this pcm-hil computes with arithmetic {ARITHMETIC!r}, so the "
