@@ -24,6 +24,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMITTED_LOG = ROOT / "tests" / "data" / "portable-run.h5"
+#: Its state digest, logged when it was recorded (the SMALL config, arithmetic portable-1).
+COMMITTED_DIGEST = "4018069c0adcaeb39e350f9500874c2629121211936fdc2c79d24d6a13c8e7ff"
 
 #: Small enough for a few seconds per run, big enough to pulse, refresh, decay the learning
 #: rate, draw every random stream of a device model with spread, and train the baseline.
@@ -161,8 +163,9 @@ def test_the_committed_log_verifies_and_keeps_its_digest(tmp_path):
     r = _verify(COMMITTED_LOG, {}, tmp_path)
     assert r.returncode == 0 and "replay matches the log" in r.stdout, r.stdout + r.stderr
     with RunLog(str(COMMITTED_LOG)) as log:
-        cfg, logged = log.config, log.summary
-    assert _train(cfg, {}, tmp_path, "fresh")["state_digest"] == logged["state_digest"]
+        cfg, logged, arithmetic = log.config, log.summary, log.arithmetic
+    assert arithmetic == "portable-1" and logged["state_digest"] == COMMITTED_DIGEST
+    assert _train(cfg, {}, tmp_path, "fresh")["state_digest"] == COMMITTED_DIGEST
 
 
 @pytest.mark.slow
