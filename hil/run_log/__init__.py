@@ -14,7 +14,8 @@ One role per module:
 - `reader`      RunLog
 - `provenance`  software versions, git commit and host of the run
 """
-from hil.run_log.journal import (JOURNAL_MAGIC, JOURNAL_MAGIC_V1, JOURNAL_SUFFIX, BatchAcked,
+from hil.run_log.journal import (JOURNAL_MAGIC, JOURNAL_MAGIC_V1, JOURNAL_SUFFIX, NOT_SENT,
+                                 BatchAcked,
                                  BatchSent, JournalCommand, JournalHeader, JournalTail,
                                  JournalWriter, ReadSent, ReadValues, read_journal)
 from hil.run_log.provenance import environment_provenance
@@ -37,10 +38,11 @@ __all__ = ["BATCH_ACKED", "BATCH_CHUNK", "BATCH_SENT", "BATCH_STATUS", "BatchAck
            "EVENT_KINDS", "EVENT_TABLES",
            "EventTable", "FORMAT", "JOURNAL_MAGIC", "JOURNAL_MAGIC_V1", "JOURNAL_SUFFIX",
            "JournalCommand", "JournalHeader", "JournalTail", "JournalWriter", "LogPosition",
-           "MATVEC_BATCH_COLUMNS", "MATVEC_EVENT_COLUMNS", "NAME_BYTES",
+           "MATVEC_BATCH_COLUMNS", "MATVEC_EVENT_COLUMNS", "NAME_BYTES", "NOT_SENT",
            "PULSE_BATCH_COLUMNS", "PULSE_EVENT_COLUMNS", "PURPOSES", "PURPOSE_BYTES",
            "PulseBatch", "READ_BATCH_COLUMNS", "READ_EVENT_COLUMNS", "ReadSent", "ReadValues",
            "RunEvent", "RunLog", "RunLogError", "RunLogWriter", "RunStatus", "SCHEMA_MAJOR",
            "SCHEMA_MINOR", "SCHEMA_VERSION", "SNAPSHOT_CHUNK", "SNAPSHOT_COLUMNS",
-           "SNAPSHOT_POSITION_COLUMNS", "STATE_GROUP", "STATUSES", "STATUS_CODE", "STATUS_COLUMNS", "environment_provenance",
+           "SNAPSHOT_POSITION_COLUMNS", "STATE_GROUP", "STATUSES", "STATUS_CODE",
+           "STATUS_COLUMNS", "environment_provenance",
            "is_wall_clock", "read_journal"]
