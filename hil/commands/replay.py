@@ -40,17 +40,18 @@ schema 1.1 on (1.0 logs hold no MATVEC results).
 on N worker processes of this machine (--ray: on a Ray cluster started on this machine;
 --address: on the Ray cluster at that address, which must see RUN.h5 at the same path).
 Every segment but the first restarts the trainer from the full state its first snapshot
-holds (schema 1.3 logs; log.snapshot_every_steps sets how many a run takes) and checks the
-run up to the next one, bit for bit. The verdict is the serial one: the first divergence in
-the order of the log, with its step, command index and device. A log of an older schema, or
-one with too few snapshots, is verified in one re-run, with a note saying why.
+holds (schema 1.3 logs; log.snapshot_every_steps, default one per 60,000 steps, sets how
+many a run takes) and checks the run up to the next one, bit for bit. The verdict is the
+serial one: the first divergence in the order of the log, with its step, command index and
+device. A log of an older schema, or one with too few snapshots, is verified in one re-run,
+with a note saying why.
 
 examples:
   pcm-hil replay runs/quick.h5
   pcm-hil replay runs/quick.h5 --plot figs --steps 0,5000,last --devices 8
   pcm-hil replay runs/quick.h5 --verify
-  pcm-hil replay runs/quick.h5 --verify --workers 2
-  pcm-hil replay runs/quick.h5 --verify --workers 16 --address 10.0.0.5:6379
+  pcm-hil replay runs/long.h5 --verify --workers 2
+  pcm-hil replay runs/long.h5 --verify --workers 16 --address 10.0.0.5:6379
   pcm-hil train --config configs/quick.yaml --backend replay://runs/quick.h5
 
 exit status: 0 ok, 1 error or divergence, 2 bad command line.
