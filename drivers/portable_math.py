@@ -112,6 +112,9 @@ class RowProduct:
     per k, the views that order adds made once, so a product costs one multiplication and
     ceil(log2 k) additions. Results are new arrays; the scratch is reused by the next call."""
 
+    #: working memory each call overwrites before reading: no part of a run's state
+    SCRATCH_ATTRIBUTES = ("_buf", "_plans")
+
     def __init__(self, m: int, dtype: np.dtype | type = F32, k_max: int = 0) -> None:
         self.m = int(m)
         self.dtype = np.dtype(dtype)

@@ -5,7 +5,9 @@ to the recorder once, whatever backend sits behind it.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Dict, List
 
 import numpy as np
 
@@ -13,6 +15,7 @@ from drivers.abilities import SequencedBackend, find_ability
 from drivers.backend import ChipBackend
 from drivers.pulse import PulseKind, PulseSpec
 from hil.recorder import NullRecorder, Recorder
+from hil.trainer_state import StateField, TrainerState
 
 
 def wire_seq_of(backend: ChipBackend) -> int:
@@ -84,6 +87,21 @@ class ChipIO:
         self._count_read(addresses)
         self.recorder.on_read(self.step, addresses, values, read_purpose)
         return values
+
+    # --- its part of the trainer state (hil.trainer_state) ------------------------------------
+    def state_fields(self) -> List[StateField]:
+        """One int64 field per counter (`io.<name>`): a counter added to IoCounters is in
+        the state record without further ado."""
+        return [StateField(f"io.{f.name}", "<i8") for f in dataclasses.fields(IoCounters)]
+
+    def state_values(self) -> Dict[str, int]:
+        return {f"io.{k}": v for k, v in dataclasses.asdict(self.counters).items()}
+
+    def load_state(self, state: TrainerState) -> None:
+        """Counters and step as `state` has them (the step of the snapshot it was taken at)."""
+        for f in dataclasses.fields(IoCounters):
+            setattr(self.counters, f.name, state.int(f"io.{f.name}"))
+        self.step = state.step
 
     def matvec(self, block: np.ndarray, x: np.ndarray) -> np.ndarray:
         """An on-chip weighted sum. Not journaled: it changes no conductance, and a run

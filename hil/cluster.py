@@ -1,10 +1,11 @@
-"""Independent tasks on a Ray cluster: an embedded one on this machine, or one joined by
-address.
+"""Independent tasks on a Ray cluster (an embedded one on this machine, or one joined by
+address), or on worker processes of this machine without Ray.
 
-Why a module of its own: a sweep point and (later) a segment of a parallel log verification
-are the same shape of work, a function of picklable arguments that runs on one worker and
-either returns a value or fails, so one small layer starts or joins the cluster, keeps a
-bounded number of tasks in flight and turns every way a task can end into a `TaskResult`.
+Why a module of its own: a sweep point and a segment of a parallel log verification are the
+same shape of work, a function of picklable arguments that runs on one worker and either
+returns a value or fails, so one small layer starts or joins the cluster (`Cluster`) or
+starts local processes (`LocalProcesses`), keeps a bounded number of tasks in flight and
+turns every way a task can end into a `TaskResult`. Both runners have the same `run`.
 
 - An exception raised by the task itself is caught *in the worker* and returned as a
   failure with its traceback: it is a property of the task (a bad config, a diverged run),
@@ -18,15 +19,17 @@ bounded number of tasks in flight and turns every way a task can end into a `Tas
   reaper if the driver is killed).
 
 Ray is an optional dependency (`pip install pcm-hil[cluster]`); importing this module does
-not import it.
+not import it, and `LocalProcesses` needs nothing but the standard library.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from multiprocessing.connection import wait as wait_ready
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 from drivers.errors import ConfigError, HilError
 
@@ -225,5 +228,167 @@ class Cluster:
         return TaskResult(task.key, True, value=value, seconds=seconds)
 
 
-__all__ = ["Cluster", "ClusterOptions", "ClusterUnavailable", "Task", "TaskResult",
-           "ray_available"]
+class TaskRunner(Protocol):
+    """What runs a list of tasks: a `Cluster` or `LocalProcesses`, inside its with block."""
+
+    def run(self, tasks: Sequence[Task],
+            on_result: Optional[Callable[[TaskResult], None]] = None) -> List[TaskResult]:
+        """Run every task; results in completion order, `on_result` called as each ends."""
+
+
+#: Thread pools of numeric libraries in a local worker, where the environment does not set
+#: them: one thread per worker process, as Ray gives a one-CPU task (the workers are the
+#: parallelism; more threads per worker would only compete for the same cores).
+_ONE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+#: What a local worker's pipe yields when its process died before replying.
+_DIED = object()
+
+
+def _local_worker(conn: Any) -> None:
+    """A local worker process: run the tasks the driver sends until it sends None."""
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        fn, args = msg
+        value = _call(fn, args)
+        try:
+            conn.send(value)
+        except Exception as e:  # noqa: BLE001 - e.g. a value that cannot be pickled
+            conn.send(_Failure(f"{type(e).__name__}: cannot return the task's value: {e}",
+                               traceback.format_exc()))
+
+
+class _Worker:
+    """One local worker process and the driver's end of its pipe."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_local_worker, args=(child,), daemon=True)
+        saved = {k: os.environ.get(k) for k in _ONE_THREAD}
+        try:
+            for k in _ONE_THREAD:
+                os.environ.setdefault(k, "1")
+            self.process.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+        child.close()
+        self.task: Optional[Tuple[Task, float, int]] = None   # task, start, attempt
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the process to end (wait up to `timeout` s), kill it if it does not."""
+        if self.process.is_alive() and timeout > 0:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.conn.close()
+
+
+class LocalProcesses:
+    """Tasks on `workers` processes of this machine, without Ray: for work that needs one
+    machine only (a log verification's segments), with Cluster's contract.
+
+    Processes are started with "spawn" (a fresh interpreter each, as Ray's workers are: no
+    state inherited from the driver, open HDF5 files included) when the with block opens,
+    and reused for task after task. A task's own exception is its result, never retried; a
+    worker process that dies (SIGKILL, out of memory) is replaced and its task run again, up
+    to `max_retries` times, after which it is lost. Ctrl-C (or any exception) kills the
+    workers before it propagates."""
+
+    def __init__(self, workers: int, max_retries: int = 1) -> None:
+        if workers < 1:
+            raise ConfigError(f"must be >= 1, got {workers}", key="workers")
+        if max_retries < 0:
+            raise ConfigError(f"must be >= 0, got {max_retries}", key="max_retries")
+        self.workers = int(workers)
+        self.max_retries = int(max_retries)
+        self.started_seconds = 0.0     # time to start the worker processes
+        self._ctx = multiprocessing.get_context("spawn")
+        self._pool: List[_Worker] = []
+
+    def __enter__(self) -> "LocalProcesses":
+        t0 = time.perf_counter()
+        self._pool = [_Worker(self._ctx) for _ in range(self.workers)]
+        self.started_seconds = time.perf_counter() - t0
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pool, self._pool = self._pool, []
+        for w in pool:
+            w.stop(0.0 if exc[0] is not None else 5.0)
+
+    def run(self, tasks: Sequence[Task],
+            on_result: Optional[Callable[[TaskResult], None]] = None) -> List[TaskResult]:
+        """Run every task, one per worker at a time; results in completion order."""
+        if not self._pool:
+            raise RuntimeError("LocalProcesses.run outside its with block")
+        queue: List[Tuple[Task, int]] = [(t, 0) for t in reversed(tasks)]
+        results: List[TaskResult] = []
+
+        def done(result: TaskResult) -> None:
+            results.append(result)
+            if on_result is not None:
+                on_result(result)
+
+        try:
+            while queue or any(w.task for w in self._pool):
+                for w in self._pool:
+                    if w.task is None and queue:
+                        task, attempt = queue.pop()
+                        w.conn.send((task.fn, task.args))
+                        w.task = (task, time.perf_counter(), attempt)
+                busy = [w for w in self._pool if w.task is not None]
+                ready = wait_ready([w.conn for w in busy] + [w.process.sentinel for w in busy])
+                for i, w in enumerate(self._pool):
+                    if w.task is None or (w.conn not in ready and
+                                          w.process.sentinel not in ready):
+                        continue
+                    task, t0, attempt = w.task
+                    value: Any = _DIED
+                    if w.conn.poll():
+                        try:
+                            value = w.conn.recv()
+                        except (EOFError, OSError):
+                            value = _DIED
+                    if value is not _DIED:
+                        w.task = None
+                        seconds = time.perf_counter() - t0
+                        done(TaskResult(task.key, False, error=value.error,
+                                        traceback=value.traceback, seconds=seconds)
+                             if isinstance(value, _Failure) else
+                             TaskResult(task.key, True, value=value, seconds=seconds))
+                        continue
+                    # The process died with the task: replace it, run the task again.
+                    w.process.join(5.0)     # its pipe closed as it ended: reap it
+                    code = w.process.exitcode
+                    w.stop(0.0)
+                    self._pool[i] = _Worker(self._ctx)
+                    if attempt < self.max_retries:
+                        queue.append((task, attempt + 1))
+                    else:
+                        done(TaskResult(task.key, False, error=f"worker lost after "
+                                        f"{self.max_retries} retries: its process ended "
+                                        f"with exit code {code}", lost=True,
+                                        seconds=time.perf_counter() - t0))
+        except BaseException:
+            for w in self._pool:
+                if w.task is not None:
+                    w.process.kill()
+            raise
+        return results
+
+
+__all__ = ["Cluster", "ClusterOptions", "ClusterUnavailable", "LocalProcesses", "Task",
+           "TaskResult", "TaskRunner", "ray_available"]

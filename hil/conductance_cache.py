@@ -95,6 +95,20 @@ class ConductanceCache:
         """Every cached conductance in layout order: the run log's snapshot vector."""
         return np.concatenate([a.ravel() for b in self.blocks for a in (b.gp, b.gm)])
 
+    def pulse_vector(self) -> np.ndarray:
+        """SET pulses since RESET of every mapped device, in layout order (uint16)."""
+        return np.concatenate([a.ravel() for b in self.blocks
+                               for a in (b.pulses_plus, b.pulses_minus)])
+
+    def load_pulses(self, counts: np.ndarray) -> None:
+        """Take pulse counts in layout order (what pulse_vector gave)."""
+        pos = 0
+        for b in self.blocks:
+            n = b.pulses_plus.size
+            b.pulses_plus[...] = counts[pos:pos + n].reshape(b.pulses_plus.shape)
+            b.pulses_minus[...] = counts[pos + n:pos + 2 * n].reshape(b.pulses_minus.shape)
+            pos += 2 * n
+
     @property
     def weights(self) -> List[np.ndarray]:
         return [b.w for b in self.blocks]

@@ -28,6 +28,7 @@ from hil.chip_io import ChipIO
 from hil.conductance_cache import ConductanceCache
 from hil.config import ChiUpdate, RefreshConfig, RefreshCriterion
 from hil.device_pairs import DevicePairMap
+from hil.trainer_state import StateField, TrainerState
 
 F32 = np.float32
 #: Length of the blind-programming table: expected conductance after 0..20 SET pulses.
@@ -322,8 +323,36 @@ class MixedPrecisionCore:
         return {b.name: c for b, c in zip(self.pairs.blocks, self.chi.chi)}
 
     def record_snapshot(self, step: int) -> None:
-        """Hand the recorder the full host state: every cached conductance and χ."""
+        """Hand the recorder the core's conductances and χ (a trainer with a state record
+        hands it the whole record instead: on_state_snapshot)."""
         self.io.recorder.on_snapshot(step, self.cache_vector(), self.chi_dict())
+
+    # --- its part of the trainer state (hil.trainer_state) ------------------------------------
+    # The cached conductances and χ are every record's g_us and chi; what else the core
+    # keeps between steps is declared here, so that every trainer on the core (the MLP's,
+    # hil.torch's) records it the same way. State the core gains goes here too.
+    def state_fields(self) -> List[StateField]:
+        return [StateField("core.pulses_since_reset", "<u2", (self.pairs.n_devices,)),
+                StateField("core.refreshes", "<i8")]
+
+    def state_values(self) -> Dict[str, object]:
+        return {"core.pulses_since_reset": self.cache.pulse_vector(),
+                "core.refreshes": self.refreshes}
+
+    def load_state(self, state: TrainerState) -> None:
+        """Conductance cache (and with it the weights), χ, pulse counts and refresh count as
+        `state` holds them."""
+        g = state.g_us
+        if g.size != self.pairs.n_devices:
+            raise ValueError(f"the state has {g.size} conductances, the core maps "
+                             f"{self.pairs.n_devices} devices")
+        self.cache.load(g)
+        for b, chi in zip(self.pairs.blocks, self.chi.chi):
+            if b.name not in state.chi:
+                raise ValueError(f"the state has no chi for block {b.name!r}")
+            chi[...] = state.chi[b.name].reshape(chi.shape)
+        self.cache.load_pulses(state["core.pulses_since_reset"])
+        self.refreshes = state.int("core.refreshes")
 
     def block_index(self, name: str) -> int:
         names = self.pairs.names

@@ -14,14 +14,18 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 
 from drivers.pulse import PulseSpec
+from hil.trainer_state import StateLayout, TrainerState
 
 
 class Recorder:
     """Base recorder: every hook is a no-op. Subclasses override what they store."""
 
     def begin(self, *, config: Mapping[str, Any], provenance: Mapping[str, Any],
-              layout: Mapping[str, np.ndarray]) -> None:
-        """Called once before the first chip command of a run."""
+              layout: Mapping[str, np.ndarray],
+              state_layout: Optional[StateLayout] = None) -> None:
+        """Called once before the first chip command of a run. `state_layout`: what the
+        trainer's state records (`on_state_snapshot`) will hold, declared up front (the run
+        log creates its datasets now); None for a trainer without one."""
 
     def on_read(self, step: int, addresses: np.ndarray, values: np.ndarray,
                 purpose: str) -> None:
@@ -56,6 +60,12 @@ class Recorder:
 
     def on_snapshot(self, step: int, g_us: np.ndarray, chi: Mapping[str, np.ndarray]) -> None:
         """Full state the host holds: conductance of every mapped device, and χ per layer."""
+
+    def on_state_snapshot(self, state: TrainerState) -> None:
+        """The trainer's full state after `state.step` (hil.trainer_state): a snapshot a run
+        can be restarted from. A recorder that keeps only conductances and χ need not
+        override it: they go on to on_snapshot."""
+        self.on_snapshot(state.step, state.g_us, state.chi)
 
     def on_step_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         """Per-step metrics (loss, pulses, refreshes...)."""

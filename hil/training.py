@@ -10,11 +10,12 @@ everything.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -32,6 +33,7 @@ from hil.recorder import NullRecorder, Recorder
 from hil.run_control import RunAborted, RunControl
 from hil.run_history import start_provenance
 from hil.run_state import RunState
+from hil.trainer_state import StateField, StateLayout, StateMismatch, TrainerState
 
 if TYPE_CHECKING:
     from hil.monitors import Monitor
@@ -105,6 +107,30 @@ class EpochResult:
     refreshes: int
     seconds: float
     baseline_test_accuracy: Optional[float] = None
+
+
+@dataclass
+class EpochProgress:
+    """Where the trainer is in its epochs: the next example is `position` in the order of
+    epoch `epoch`, and the sums are those of the epoch so far (part of the trainer state, so
+    a run restarted from a snapshot in the middle of an epoch ends it as the first run did).
+    """
+
+    epoch: int = 0
+    position: int = 0
+    loss_sum: float = 0.0
+    correct_sum: int = 0
+    set_pulses_before: int = 0     # the SET pulse counter when the epoch began
+    refreshes_before: int = 0      # the refresh counter when the epoch began
+    wall_seconds: float = 0.0      # time this epoch trained before the trainer (re)started it
+    wall_started: float = field(default_factory=time.perf_counter)
+
+
+#: The MLP trainer's state record (hil.trainer_state, docs/run-log.md "Trainer state"). Bump
+#: the version when a field changes meaning; a log whose record differs from the trainer's
+#: (other fields, another version) verifies serially.
+STATE_KIND = "mlp"
+STATE_VERSION = 1
 
 
 class ChipMatmul(network.HostMatmul):
@@ -199,11 +225,18 @@ class MixedPrecisionTrainer:
         self.step = 0
         self.examples = 0
         self.matvec_commands = 0
-        self._matmul = network.HostMatmul(self.weights)   # one per run: it keeps its scratch
+        self.progress = EpochProgress()
+        self.epoch_results: List[EpochResult] = []     # the epochs finished, in order
+        self.train_seconds = 0.0                        # initial programming and epochs
+        #: the fp32 software baseline, trained epoch by epoch beside the chip's network
+        self.baseline = BaselineTrainer(cfg) if cfg.training.baseline else None
+        #: one per run: it keeps its scratch
+        self._matmul: network.HostMatmul = network.HostMatmul(self.weights)
         if cfg.training.matvec is MatvecMode.CHIP:
             if not self.chip_info.supports(Capability.MATVEC):
                 raise ConfigError("the backend has no on-chip matvec", key="training.matvec")
             self._matmul = ChipMatmul(self)
+        self._state_layout: StateLayout | None = None
 
     # --- set-up ---------------------------------------------------------------------------
     def provenance(self) -> Dict[str, Any]:
@@ -215,13 +248,107 @@ class MixedPrecisionTrainer:
                 "python": platform.python_version(), "numpy": np.__version__,
                 **start_provenance(self.backend), **self.extra_provenance}
 
+    def _begin(self) -> None:
+        self.recorder.begin(config=self.cfg.to_dict(), provenance=self.provenance(),
+                            layout=self.mapping.layout(), state_layout=self.state_layout())
+
     def initialize(self) -> None:
         """RESET every mapped device, program the initial weights blind, read everything."""
-        self.recorder.begin(config=self.cfg.to_dict(), provenance=self.provenance(),
-                            layout=self.mapping.layout())
+        t0 = time.perf_counter()
+        self._begin()
         self.io.step = 0
         self.core.program_initial(initial_weights(self.cfg))
-        self.core.record_snapshot(0)
+        self.train_seconds += time.perf_counter() - t0
+        self.record_snapshot()
+
+    def resume_from(self, state: TrainerState) -> None:
+        """Start the run where `state` was taken (a snapshot's record) instead of at step 0:
+        nothing is sent to the chip; the chip must be where it was then (a replay of the
+        log from that snapshot on)."""
+        self._begin()
+        self.restore_state(state)
+
+    # --- the state record (hil.trainer_state) ----------------------------------------------
+    # Everything the trainer keeps between steps is built into the record here and restored
+    # from it here, from the parts its components declare (the core, the chip I/O counters)
+    # and its own. tests/test_trainer_state.py fails for state kept anywhere else.
+    def state_layout(self) -> StateLayout:
+        if self._state_layout is None:
+            n_epochs = (self.cfg.training.epochs,)
+            epochs = [StateField(f"epochs.{f.name}", "<f8", n_epochs,
+                                 wall_clock=f.name == "seconds")
+                      for f in dataclasses.fields(EpochResult)]
+            baseline = [] if self.baseline is None else [
+                StateField(f"baseline.layer{i}", "<f4", w.shape)
+                for i, w in enumerate(self.baseline.weights)]
+            self._state_layout = StateLayout(STATE_KIND, STATE_VERSION, (
+                StateField("trainer.step", "<i8"), StateField("trainer.examples", "<i8"),
+                StateField("trainer.matvec_commands", "<i8"),
+                StateField("trainer.train_seconds", "<f8", wall_clock=True),
+                *self.io.state_fields(), *self.core.state_fields(),
+                StateField("data.epoch", "<i8"), StateField("data.position", "<i8"),
+                StateField("data.loss_sum", "<f8"), StateField("data.correct_sum", "<i8"),
+                StateField("data.set_pulses_before", "<i8"),
+                StateField("data.refreshes_before", "<i8"),
+                StateField("data.wall_seconds", "<f8", wall_clock=True),
+                *epochs, *baseline))
+        return self._state_layout
+
+    def capture_state(self) -> TrainerState:
+        """The trainer's full state now (after step `self.step`)."""
+        p = self.progress
+        values: Dict[str, Any] = {
+            "trainer.step": self.step, "trainer.examples": self.examples,
+            "trainer.matvec_commands": self.matvec_commands,
+            "trainer.train_seconds": self.train_seconds,
+            **self.io.state_values(), **self.core.state_values(),
+            "data.epoch": p.epoch, "data.position": p.position, "data.loss_sum": p.loss_sum,
+            "data.correct_sum": p.correct_sum, "data.set_pulses_before": p.set_pulses_before,
+            "data.refreshes_before": p.refreshes_before,
+            "data.wall_seconds": p.wall_seconds + time.perf_counter() - p.wall_started}
+        done = self.epoch_results
+        for f in dataclasses.fields(EpochResult):
+            col = np.full(self.cfg.training.epochs, np.nan)
+            for i, res in enumerate(done):
+                v = getattr(res, f.name)
+                col[i] = np.nan if v is None else v
+            values[f"epochs.{f.name}"] = col
+        if self.baseline is not None:
+            for i, w in enumerate(self.baseline.weights):
+                values[f"baseline.layer{i}"] = w
+        return TrainerState.build(self.state_layout(), self.step, self.core.cache_vector(),
+                                  self.core.chi_dict(), values)
+
+    def restore_state(self, state: TrainerState) -> None:
+        """Become the trainer that `state` was captured from (StateMismatch when the record
+        is not this trainer's: another kind, version or set of fields)."""
+        diff = state.layout.difference(self.state_layout())
+        if diff is not None:
+            raise StateMismatch(f"the trainer state is not this trainer's: {diff}")
+        self.step = state.int("trainer.step")
+        self.examples = state.int("trainer.examples")
+        self.matvec_commands = state.int("trainer.matvec_commands")
+        self.train_seconds = state.float("trainer.train_seconds")
+        self.io.load_state(state)
+        self.core.load_state(state)
+        self.progress = EpochProgress(
+            state.int("data.epoch"), state.int("data.position"), state.float("data.loss_sum"),
+            state.int("data.correct_sum"), state.int("data.set_pulses_before"),
+            state.int("data.refreshes_before"), state.float("data.wall_seconds"))
+        self.epoch_results = []
+        for i in range(self.progress.epoch):
+            kw = {}
+            for f in dataclasses.fields(EpochResult):
+                v = float(state[f"epochs.{f.name}"][i])
+                kw[f.name] = None if np.isnan(v) else int(v) if "int" in str(f.type) else v
+            self.epoch_results.append(EpochResult(**kw))
+        if self.baseline is not None:
+            for i, w in enumerate(self.baseline.weights):
+                w[...] = state[f"baseline.layer{i}"]
+
+    def record_snapshot(self) -> None:
+        """Hand the recorder the trainer's full state (a snapshot of the run log)."""
+        self.recorder.on_state_snapshot(self.capture_state())
 
     @property
     def refreshes(self) -> int:
@@ -246,25 +373,31 @@ class MixedPrecisionTrainer:
                     on_progress: Callable[[int], None] | None = None,
                     control: RunControl | None = None,
                     monitor: "Monitor | None" = None) -> EpochResult:
-        t0 = time.perf_counter()
+        """Train epoch `epoch` (from where `progress` stands when it is in that epoch: a
+        trainer restored from a snapshot taken in the middle of it), then read every device
+        and test."""
+        p = self.progress
+        if p.epoch != epoch or p.position == 0:
+            p = self.progress = EpochProgress(epoch, 0, 0.0, 0, self.io.counters.set_pulses,
+                                              self.refreshes)
+        p.wall_started = time.perf_counter()
         lr = learning_rate(self.cfg, epoch)
         order = epoch_order(self.cfg.seed, epoch, data.train_x.shape[0])
         bs = self.cfg.optimizer.batch_size
-        loss_sum, correct_sum, pulses0, refresh0 = 0.0, 0, self.io.counters.set_pulses, \
-            self.refreshes
         rec = self.recorder
         snap_every = self.cfg.log.snapshot_every_steps
-        for s in range(0, order.size, bs):
+        for s in range(p.position, order.size, bs):
             idx = order[s:s + bs]
             loss, correct, pulses, refreshed = self.train_step(data.train_x[idx],
                                                                data.train_y[idx], lr)
-            loss_sum += loss
-            correct_sum += correct
+            p.loss_sum += loss
+            p.correct_sum += correct
+            p.position = s + idx.size
             rec.on_step_metrics(self.step, {"epoch": epoch, "loss": loss, "correct": correct,
                                             "examples": idx.size, "set_pulses": pulses,
                                             "refreshes": refreshed})
             if snap_every and self.step % snap_every == 0:
-                self.core.record_snapshot(self.step)
+                self.record_snapshot()
             if on_progress is not None and self.step % 100 == 0:
                 on_progress(min(s + bs, order.size))
             if monitor is not None:
@@ -273,9 +406,18 @@ class MixedPrecisionTrainer:
                 control.check(self.step)
         self.core.full_read()
         test_acc = network.accuracy(self.weights, data.test_x, data.test_y)
-        return EpochResult(epoch, correct_sum / order.size, loss_sum / order.size, test_acc,
-                           self.io.counters.set_pulses - pulses0, self.refreshes - refresh0,
-                           time.perf_counter() - t0)
+        return EpochResult(epoch, p.correct_sum / order.size, p.loss_sum / order.size,
+                           test_acc, self.io.counters.set_pulses - p.set_pulses_before,
+                           self.refreshes - p.refreshes_before,
+                           p.wall_seconds + time.perf_counter() - p.wall_started)
+
+    def finish_epoch(self, result: EpochResult) -> None:
+        """Keep a finished epoch's result (the baseline's accuracy filled in, if trained)
+        and move on to the next epoch."""
+        self.epoch_results.append(result)
+        self.train_seconds += result.seconds
+        self.progress = EpochProgress(result.epoch + 1, 0, 0.0, 0,
+                                      self.io.counters.set_pulses, self.refreshes)
 
     def _poll(self, monitor: "Monitor", control: RunControl | None) -> None:
         """Read the station's monitors that are due; pause or abort on a reading out of band.
@@ -335,8 +477,13 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
                    report: Callable[[EpochResult], None] | None = None,
                    control: RunControl | None = None,
                    monitor: "Monitor | None" = None,
-                   provenance: Dict[str, Any] | None = None) -> Dict[str, Any]:
+                   provenance: Dict[str, Any] | None = None,
+                   start: TrainerState | None = None) -> Dict[str, Any]:
     """Train on `backend` as `cfg` says; returns the run summary (see docs/training.md).
+
+    `start`: carry on from this state record (a snapshot's) instead of from step 0; the
+    backend must serve the run from there on (`replay --verify --workers`). The snapshot it
+    was taken at is not taken again.
 
     Raises RunAborted when `control` asks to stop (after finishing the step in flight); the
     recorder is told the run was aborted and the chip is put in its safe state either way.
@@ -346,18 +493,19 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
                                                             cfg.data.test_examples)
     trainer = MixedPrecisionTrainer(cfg, backend, recorder)
     trainer.extra_provenance = dict(provenance or {})
-    baseline = BaselineTrainer(cfg) if cfg.training.baseline else None
     n_train = data.train_x.shape[0]
-    epochs: List[EpochResult] = []
-    train_seconds = 0.0
     status, reason = RunState.FAILED, None
     try:
-        t0 = time.perf_counter()
-        trainer.initialize()
-        train_seconds += time.perf_counter() - t0
-        for epoch in range(cfg.training.epochs):
+        if start is None:
+            trainer.initialize()
+        else:
+            trainer.resume_from(start)
+        first = trainer.progress.epoch
+        for epoch in range(first, cfg.training.epochs):
             bar = _progress_bar(progress, n_train, f"epoch {epoch + 1}/{cfg.training.epochs}")
-            last = [0]
+            last = [trainer.progress.position if epoch == first else 0]
+            if bar:
+                bar.update(last[0])
 
             def on_progress(done: int) -> None:
                 bar.update(done - last[0])
@@ -365,18 +513,18 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
 
             res = trainer.train_epoch(data, epoch, on_progress if bar else None, control,
                                       monitor)
-            train_seconds += res.seconds
             if bar:
                 bar.update(n_train - last[0])
                 bar.close()
-            if baseline is not None:
-                res.baseline_test_accuracy = baseline.train_epoch(data, epoch)
-            epochs.append(res)
+            if trainer.baseline is not None:
+                res.baseline_test_accuracy = trainer.baseline.train_epoch(data, epoch)
+            trainer.finish_epoch(res)
             metrics = {k: v for k, v in res.__dict__.items() if v is not None}
             recorder.on_epoch_metrics(epoch, metrics)
             if report:
                 report(res)
-        trainer.core.record_snapshot(trainer.step)
+        if start is None or first < cfg.training.epochs:
+            trainer.record_snapshot()   # the final one (unless the run started from it)
         status = RunState.COMPLETED
     except RunAborted as e:
         status, reason = RunState.ABORTED, str(e)
@@ -388,8 +536,8 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
         reason = f"{type(e).__name__}: {e}"
         raise
     finally:
-        summary = _summary(cfg, trainer, epochs, train_seconds, n_train) \
-            if status is RunState.COMPLETED else None
+        summary = _summary(cfg, trainer, trainer.epoch_results, trainer.train_seconds,
+                           n_train) if status is RunState.COMPLETED else None
         recorder.finish(status, reason, summary)
         try:
             backend.safe_state()

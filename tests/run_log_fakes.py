@@ -199,6 +199,16 @@ def as_schema_1_0(f: Any) -> None:
     f["commit"].attrs["fields"] = np.array(fields[:keep], dtype=object)
 
 
+def as_schema_1_2(f: Any) -> None:
+    """Edit an open (r+) h5py file into what a schema 1.2 writer made: snapshots without
+    their positions in the other tables and without trainer state records."""
+    from hil.run_log import SNAPSHOT_POSITION_COLUMNS, STATE_GROUP
+    for col in SNAPSHOT_POSITION_COLUMNS:
+        del f[f"snapshots/{col.name}"]
+    del f[STATE_GROUP]
+    f.attrs["schema_version"] = "1.2"
+
+
 def fake_log(folder: Any, **run: Any) -> Tuple[str, Capture]:
     """A finished fake run logged in `folder`: (its path, a Capture of what it must hold)."""
     path = str(folder / "run.h5")

@@ -196,7 +196,7 @@ def test_h5dump_reads_every_dataset_of_a_real_run_as_h5py_does(trained_log, tmp_
                            timeout=60)
     assert whole.returncode == 0 and "error" not in whole.stderr.lower(), whole.stderr
     with RunLog(trained_log) as r:
-        assert r.schema_version == "1.2" and r.events()[0].detail["note"] == 'a "quoted"\nline µ'
+        assert r.schema_version == "1.3" and r.events()[0].detail["note"] == 'a "quoted"\nline µ'
 
 
 @needs_hdf5_tools

@@ -31,7 +31,7 @@ def test_round_trip(logged):
     assert not os.path.exists(path + ".journal")   # removed when the log is closed
     with RunLog(path) as r:
         assert r.journal().batches == []
-        assert r.schema_version == SCHEMA_VERSION == "1.2"
+        assert r.schema_version == SCHEMA_VERSION == "1.3"
         assert r.status.status == "completed" and r.summary["steps"] == 120
         assert [s.status for s in r.status_history()] == ["running", "completed"]
         assert r.purposes[1:len(PURPOSES) + 1] == list(PURPOSES)

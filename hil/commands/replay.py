@@ -5,6 +5,7 @@ import argparse
 import json
 
 from drivers.errors import ConfigError
+from hil.commands.arguments import positive_int
 from hil.replay.plots import make_plots, parse_steps
 from hil.replay.summary import format_summary, summarize
 from hil.run_log import RunLog
@@ -35,10 +36,22 @@ index, device) is printed and the exit status is 1. Timing metrics (names like s
 *_s, *_ms) are not compared. Runs with training.matvec: chip can be verified from logs of
 schema 1.1 on (1.0 logs hold no MATVEC results).
 
+--verify --workers N splits the log at its snapshots and checks the segments side by side
+on N worker processes of this machine (--ray: on a Ray cluster started on this machine;
+--address: on the Ray cluster at that address, which must see RUN.h5 at the same path).
+Every segment but the first restarts the trainer from the full state its first snapshot
+holds (schema 1.3 logs; log.snapshot_every_steps, default one per 60,000 steps, sets how
+many a run takes) and checks the run up to the next one, bit for bit. The verdict is the
+serial one: the first divergence in the order of the log, with its step, command index and
+device. A log of an older schema, or one with too few snapshots, is verified in one re-run,
+with a note saying why.
+
 examples:
   pcm-hil replay runs/quick.h5
   pcm-hil replay runs/quick.h5 --plot figs --steps 0,5000,last --devices 8
   pcm-hil replay runs/quick.h5 --verify
+  pcm-hil replay runs/long.h5 --verify --workers 2
+  pcm-hil replay runs/long.h5 --verify --workers 16 --address 10.0.0.5:6379
   pcm-hil train --config configs/quick.yaml --backend replay://runs/quick.h5
 
 exit status: 0 ok, 1 error or divergence, 2 bad command line.
@@ -62,6 +75,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", action="store_true",
                    help="re-run the logged experiment against the log and check that every "
                         "pulse batch, metric and snapshot matches exactly")
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="with --verify: check the log's segments on N workers at once "
+                        "(default 1: one serial re-run)")
+    p.add_argument("--ray", action="store_true",
+                   help="with --workers: run the segments on a Ray cluster started on this "
+                        "machine (N CPUs) instead of N local processes")
+    p.add_argument("--address", metavar="ADDR",
+                   help="with --verify: run the segments on the Ray cluster at ADDR "
+                        "(HOST:PORT of its head, or 'auto'), N at once")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for --verify")
     p.set_defaults(func=run)
@@ -70,6 +92,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.devices < 0:
         raise ConfigError(f"must be >= 0, got {args.devices}", key="--devices")
+    for flag, given in (("--workers", args.workers != 1), ("--ray", args.ray),
+                        ("--address", args.address is not None)):
+        if given and not args.verify:
+            raise ConfigError("only goes with --verify", key=flag)
+    if args.ray and args.address is not None:
+        raise ConfigError("--ray starts a cluster on this machine, --address joins one: "
+                          "give one of them", key="--ray")
     with RunLog(args.run) as log:
         s = summarize(log)
         if args.json:
@@ -82,7 +111,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"plots: {', '.join(files)}")
     if args.verify:
         from hil.replay.verify import verify_run
-        report = verify_run(args.run, progress=not args.no_progress)
+        report = verify_run(args.run, progress=not args.no_progress, workers=args.workers,
+                            ray=args.ray, address=args.address)
+        if report.note:
+            print(f"note: {report.note}")
         print(report.message)
         if report.logged_seconds:
             print(f"verify took {report.seconds:.1f} s (the live run trained for "

@@ -7,8 +7,11 @@ command index and the device. This is how invariant 5 (a replay reproduces the r
 metrics exactly) is checked, long after the chip is gone (hil.replay.verify), and how a
 resumed run fast-forwards to where its log ends (hil.replay.resume).
 
-Everything is read through RunLog's public API: the small per-command tables once, the long
-event tables in large sequential windows.
+Everything is read through RunLog's public API: the per-command tables once, the long event
+tables in large sequential windows. A backend can serve a part of the run only, from one
+snapshot's position in the log to another's (`start`, `stop`: a segment of a parallel
+verification): it then reads only that part's rows, found from the positions, never by
+scanning.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from drivers.backend import Capability, ChipBackend, ChipInfo, matvec_operands
 from drivers.errors import ChipFaultError, NotSupportedError
 from drivers.pulse import PulseKind, PulseSpec
 from hil.replay.divergence import ReplayDivergence, first_difference
-from hil.run_log import BATCH_ACKED, RunLog, RunLogError
+from hil.run_log import BATCH_ACKED, LogPosition, RunLog, RunLogError
 
 REPLAY_SCHEME = "replay://"
 
@@ -32,11 +35,12 @@ class EventWindow:
     """Sequential access to a long event table of a log, read in large blocks."""
 
     def __init__(self, log: RunLog, table: str, columns: Sequence[str],
-                 block: int = 1 << 20) -> None:
+                 block: int = 1 << 20, stop: Optional[int] = None) -> None:
         self._log = log
         self._table = table
         self._columns = tuple(columns)
-        self._n = log.event_count(table)
+        n = log.event_count(table)
+        self._n = n if stop is None else min(n, int(stop))   # rows it may read
         self._block = block
         self._lo = 0
         self._hi = 0
@@ -84,6 +88,8 @@ class ReplayBackend(ChipBackend):
 
     `acknowledged_late`: pulse batches logged as sent but acknowledged after the log's last
     commit (the write-ahead journal says so; a resume passes them), served as acknowledged.
+    `start`, `stop`: serve only the commands between these positions of the log (snapshot
+    positions, RunLog.snapshot_position); the default is the whole log.
     """
 
     #: Abilities a log cannot serve: they are not offered, so a re-run takes the same path
@@ -93,10 +99,14 @@ class ReplayBackend(ChipBackend):
     #: MATVEC currents are read from the file in windows of about this many values.
     MATVEC_WINDOW_VALUES = 1 << 20
 
-    def __init__(self, log: RunLog | str, *, acknowledged_late: Iterable[int] = ()) -> None:
+    def __init__(self, log: RunLog | str, *, acknowledged_late: Iterable[int] = (),
+                 start: Optional[LogPosition] = None,
+                 stop: Optional[LogPosition] = None) -> None:
         self._own = not isinstance(log, RunLog)
         self.log = RunLog(log) if self._own else log
         self.acknowledged_late: FrozenSet[int] = frozenset(int(b) for b in acknowledged_late)
+        self.start = start
+        self.stop = stop
         try:
             self._setup()
         except BaseException:
@@ -107,13 +117,16 @@ class ReplayBackend(ChipBackend):
 
     def _setup(self) -> None:
         log = self.log
-        self._read_batches = log.read_batches()
-        self._pulse_batches = log.pulse_batches()
-        self._matvec_batches = log.matvec_batches()
-        self._read_events = EventWindow(log, "reads", ("address", "value"))
-        self._pulse_events = EventWindow(log, "pulses", ("address", "n_pulses"))
+        a = self.start or LogPosition.origin()
+        b = self.stop or log.end_position()
+        self._read_batches = log.batch_rows("reads", a.read_batch, b.read_batch)
+        self._pulse_batches = log.batch_rows("pulses", a.pulse_batch, b.pulse_batch)
+        self._matvec_batches = log.batch_rows("matvec", a.matvec_batch, b.matvec_batch)
+        self._read_events = EventWindow(log, "reads", ("address", "value"), stop=b.read_row)
+        self._pulse_events = EventWindow(log, "pulses", ("address", "n_pulses"),
+                                         stop=b.pulse_row)
         self._matvec_events = (EventWindow(log, "matvec", ("value",),
-                                           block=self.MATVEC_WINDOW_VALUES)
+                                           block=self.MATVEC_WINDOW_VALUES, stop=b.matvec_row)
                                if log.has_matvec else None)
         self._n_reads = self._read_batches["seq"].size
         self._n_programs = self._pulse_batches["seq"].size
@@ -181,6 +194,11 @@ class ReplayBackend(ChipBackend):
         """The next logged command, which must be of kind `want`."""
         nxt = self.next_command()
         if nxt is None:
+            if self.stop is not None:
+                raise ReplayDivergence(
+                    f"the run sent {describe}, but the logged run sent no more commands "
+                    f"before its snapshot at step {self.stop.step}", step=self._last_step(),
+                    command_index=self.stop.seq)
             raise ReplayDivergence(
                 f"the run sent {describe}, but the log ends after {self.commands_logged} "
                 f"commands (status {self.log.status.status})", step=self._last_step(),
@@ -263,8 +281,11 @@ class ReplayBackend(ChipBackend):
         block, xv = matvec_operands(addresses, x)
         i, mb = self._next_matvec, self._matvec_batches
         if i >= self._n_matvecs:
-            raise ReplayDivergence(f"the run sent MATVEC #{i}, but the log ends after "
-                                   f"{self._n_matvecs} (status {self.log.status.status})",
+            first = self.start.matvec_batch if self.start is not None else 0
+            end = (f"the logged run sent no more before its snapshot at step "
+                   f"{self.stop.step}" if self.stop is not None else
+                   f"the log ends after {self._n_matvecs} (status {self.log.status.status})")
+            raise ReplayDivergence(f"the run sent MATVEC #{first + i}, but {end}",
                                    step=self._last_step(), command="MATVEC")
         step = int(mb["step"][i])
         k = 0 if xv.ndim == 1 else xv.shape[1]
@@ -276,8 +297,9 @@ class ReplayBackend(ChipBackend):
         if got != want:
             what = ("rows", "cols", "k", "first address", "last address", "input CRC-32")
             j = next(n for n in range(len(got)) if got[n] != want[n])
-            raise ReplayDivergence(f"MATVEC #{i}: {what[j]} {got[j]}, the log has {want[j]}",
-                                   step=step, command="MATVEC")
+            first = self.start.matvec_batch if self.start is not None else 0
+            raise ReplayDivergence(f"MATVEC #{first + i}: {what[j]} {got[j]}, the log has "
+                                   f"{want[j]}", step=step, command="MATVEC")
         v = self._matvec_events.get(int(mb["offset"][i]), int(mb["count"][i]))["value"]
         self._next_matvec = i + 1
         return v.reshape((block.shape[0],) if k == 0 else (block.shape[0], k)).copy()

@@ -34,6 +34,17 @@ class ReplayDivergence(HilError):
             where.append(f"device {device}")
         super().__init__(f"replay diverged at {', '.join(where) or 'the start'}: {message}")
 
+    def __reduce__(self):
+        """Picklable with where it happened (a segment verified in another process)."""
+        return (_rebuild, (self.detail, self.step, self.command_index, self.device,
+                           self.command))
+
+
+def _rebuild(message: str, step: Optional[int], command_index: Optional[int],
+             device: Optional[int], command: Optional[str]) -> ReplayDivergence:
+    return ReplayDivergence(message, step=step, command_index=command_index, device=device,
+                            command=command)
+
 
 def first_difference(got: np.ndarray, want: np.ndarray) -> int:
     """Index of the first element where two 1-D arrays differ (the shorter one's length when

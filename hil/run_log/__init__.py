@@ -9,7 +9,8 @@ One role per module:
 - `h5file`      creating the HDF5 file, and opening one for reading (live, crashed, damaged)
 - `writer`      RunLogWriter
 - `journal`     the write-ahead journal: its records, the writer side, the reader side
-- `records`     the named records readers return (RunStatus, RunEvent, PulseBatch)
+- `records`     the named records readers return (RunStatus, RunEvent, PulseBatch,
+                LogPosition)
 - `reader`      RunLog
 - `provenance`  software versions, git commit and host of the run
 """
@@ -19,7 +20,7 @@ from hil.run_log.journal import (JOURNAL_MAGIC, JOURNAL_MAGIC_V1, JOURNAL_SUFFIX
                                  JournalWriter, ReadSent, ReadValues, read_journal)
 from hil.run_log.provenance import ARITHMETIC, arithmetic_mismatch, environment_provenance
 from hil.run_log.reader import RunLog
-from hil.run_log.records import PulseBatch, RunEvent, RunStatus
+from hil.run_log.records import LogPosition, PulseBatch, RunEvent, RunStatus
 from hil.run_log.schema import (BATCH_ACKED, BATCH_CHUNK, BATCH_SENT, BATCH_STATUS,
                                 COMMIT_FIELDS, EVENT_CHUNK, EVENT_COLUMNS, EVENT_KINDS,
                                 EVENT_TABLES, FORMAT,
@@ -27,7 +28,8 @@ from hil.run_log.schema import (BATCH_ACKED, BATCH_CHUNK, BATCH_SENT, BATCH_STAT
                                 PULSE_BATCH_COLUMNS, PULSE_EVENT_COLUMNS, PURPOSE_BYTES,
                                 PURPOSES, READ_BATCH_COLUMNS, READ_EVENT_COLUMNS,
                                 SCHEMA_MAJOR, SCHEMA_MINOR, SCHEMA_VERSION, SNAPSHOT_CHUNK,
-                                SNAPSHOT_COLUMNS, STATUS_CODE, STATUS_COLUMNS, STATUSES,
+                                SNAPSHOT_COLUMNS, SNAPSHOT_POSITION_COLUMNS, STATE_GROUP,
+                                STATUS_CODE, STATUS_COLUMNS, STATUSES,
                                 Column, EventTable, RunLogError, is_wall_clock)
 from hil.run_log.writer import RunLogWriter
 
@@ -35,11 +37,12 @@ __all__ = ["ARITHMETIC", "BATCH_ACKED", "BATCH_CHUNK", "BATCH_SENT", "BATCH_STAT
            "BatchSent", "COMMIT_FIELDS", "Column", "EVENT_CHUNK", "EVENT_COLUMNS",
            "EVENT_KINDS", "EVENT_TABLES",
            "EventTable", "FORMAT", "JOURNAL_MAGIC", "JOURNAL_MAGIC_V1", "JOURNAL_SUFFIX",
-           "JournalCommand", "JournalHeader", "JournalTail", "JournalWriter",
+           "JournalCommand", "JournalHeader", "JournalTail", "JournalWriter", "LogPosition",
            "MATVEC_BATCH_COLUMNS", "MATVEC_EVENT_COLUMNS", "NAME_BYTES", "NOT_SENT",
            "PULSE_BATCH_COLUMNS", "PULSE_EVENT_COLUMNS", "PURPOSES", "PURPOSE_BYTES",
            "PulseBatch", "READ_BATCH_COLUMNS", "READ_EVENT_COLUMNS", "ReadSent", "ReadValues",
            "RunEvent", "RunLog", "RunLogError", "RunLogWriter", "RunStatus", "SCHEMA_MAJOR",
            "SCHEMA_MINOR", "SCHEMA_VERSION", "SNAPSHOT_CHUNK", "SNAPSHOT_COLUMNS",
-           "STATUSES", "STATUS_CODE", "STATUS_COLUMNS", "arithmetic_mismatch",
-           "environment_provenance", "is_wall_clock", "read_journal"]
+           "SNAPSHOT_POSITION_COLUMNS", "STATE_GROUP", "STATUSES", "STATUS_CODE",
+           "STATUS_COLUMNS", "arithmetic_mismatch", "environment_provenance",
+           "is_wall_clock", "read_journal"]

@@ -16,14 +16,21 @@ import numpy as np
 from drivers.pulse import PulseKind
 from hil.run_log.h5file import open_file
 from hil.run_log.journal import JOURNAL_SUFFIX, JournalTail, read_journal
-from hil.run_log.records import PulseBatch, RunEvent, RunStatus
+from hil.run_log.records import LogPosition, PulseBatch, RunEvent, RunStatus
 from hil.run_log.schema import (BATCH_STATUS, COMMIT_FIELDS, EVENT_COLUMNS, EVENT_TABLES,
                                 FORMAT, MATVEC_BATCH_COLUMNS, MATVEC_EVENT_COLUMNS,
                                 PULSE_BATCH_COLUMNS, PULSE_EVENT_COLUMNS, READ_BATCH_COLUMNS,
                                 READ_EVENT_COLUMNS, REQUIRED, SCHEMA_MAJOR, SCHEMA_MINOR,
-                                SCHEMA_VERSION, SNAPSHOT_COLUMNS, STATUS_COLUMNS, Column,
-                                EventTable, RunLogError, is_wall_clock, parse_version)
+                                SCHEMA_VERSION, SNAPSHOT_COLUMNS, SNAPSHOT_POSITION_COLUMNS,
+                                STATE_GROUP, STATUS_COLUMNS, Column, EventTable, RunLogError,
+                                is_wall_clock, parse_version)
 from hil.run_state import RunState
+from hil.trainer_state import StateLayout, TrainerState
+
+#: The per-command tables by name (RunLog.batch_rows): group, columns, /commit count field.
+_BATCH_TABLES = {"reads": ("reads/batches", READ_BATCH_COLUMNS, "read_batches"),
+                 "pulses": ("pulses/batches", PULSE_BATCH_COLUMNS, "pulse_batches"),
+                 "matvec": ("matvec/batches", MATVEC_BATCH_COLUMNS, "matvec_batches")}
 
 log = logging.getLogger("pcm_hil.run_log")
 
@@ -137,6 +144,11 @@ class RunLog:
         if self.has_events:
             required += [f"events/{c.name}" for c in EVENT_COLUMNS]
             required += ["events/doc", "meta/event_kinds"]
+        #: Snapshot positions and trainer state records exist from schema 1.3 on.
+        self.has_positions = (major, minor) >= (1, 3)
+        if self.has_positions:
+            required += [f"snapshots/{c.name}" for c in SNAPSHOT_POSITION_COLUMNS]
+            required.append(STATE_GROUP)
         for name in required:
             if name not in f:
                 raise RunLogError(f"corrupted run log: /{name} is missing", path=self.path)
@@ -187,15 +199,54 @@ class RunLog:
         self.event_kinds: List[str] = [""] + ([k.decode("utf-8").rstrip("\0") for k in
                                                f["meta/event_kinds"][:c["event_kinds"]]]
                                               if self.has_events else [])
-        # Small tables, loaded whole (one row per command, snapshot or status change).
-        self._rb = self._table("reads/batches", READ_BATCH_COLUMNS, c["read_batches"])
-        self._pb = self._table("pulses/batches", PULSE_BATCH_COLUMNS, c["pulse_batches"])
-        self._snap = self._table("snapshots", SNAPSHOT_COLUMNS, c["snapshots"])
+        # The snapshot table, loaded whole (one row per snapshot); the per-command tables
+        # (one row per command) are loaded whole at first use, or read a slice at a time
+        # (batch_rows), so that a reader starting at a snapshot reads nothing before it.
+        self._snap = self._table("snapshots", SNAPSHOT_COLUMNS + (
+            SNAPSHOT_POSITION_COLUMNS if self.has_positions else ()), c["snapshots"])
         if not self.has_matvec:   # a 1.0 log: no MATVECs, whatever /commit may hold
             c["matvec_batches"] = c["matvec_values"] = 0
-        self._mb = (self._table("matvec/batches", MATVEC_BATCH_COLUMNS, c["matvec_batches"])
-                    if self.has_matvec else
-                    {col.name: np.zeros(0, col.dtype) for col in MATVEC_BATCH_COLUMNS})
+        self._batch_cache: Dict[str, Dict[str, np.ndarray]] = {}
+        #: The layout of the trainer state records (schema 1.3, written by a trainer that
+        #: declared one), else None.
+        self.state_layout: Optional[StateLayout] = None
+        if self.has_positions:
+            g = f[STATE_GROUP]
+            text = _attr_str(g.attrs.get("layout", ""))
+            if text:
+                try:
+                    self.state_layout = StateLayout.from_json(text)
+                except (ValueError, KeyError, TypeError) as e:
+                    raise RunLogError(f"corrupted run log: /{STATE_GROUP} layout: {e}",
+                                      path=self.path) from None
+                for fld in self.state_layout.fields:
+                    if fld.name not in g or g[fld.name].shape[0] < c["snapshots"]:
+                        raise RunLogError(f"corrupted run log: /{STATE_GROUP}/{fld.name} is "
+                                          "missing or shorter than /snapshots", path=self.path)
+
+    def _batches(self, table: str) -> Dict[str, np.ndarray]:
+        """A per-command table, whole (loaded at first use)."""
+        t = self._batch_cache.get(table)
+        if t is None:
+            group, columns, count = _BATCH_TABLES[table]
+            if table == "matvec" and not self.has_matvec:
+                t = {col.name: np.zeros(0, col.dtype) for col in columns}
+            else:
+                t = self._table(group, columns, self.counts[count])
+            self._batch_cache[table] = t
+        return t
+
+    @property
+    def _rb(self) -> Dict[str, np.ndarray]:
+        return self._batches("reads")
+
+    @property
+    def _pb(self) -> Dict[str, np.ndarray]:
+        return self._batches("pulses")
+
+    @property
+    def _mb(self) -> Dict[str, np.ndarray]:
+        return self._batches("matvec")
 
     def _table(self, group: str, columns: Sequence[Column], n: int) -> Dict[str, np.ndarray]:
         g = self._f[group]
@@ -332,24 +383,32 @@ class RunLog:
         return self.status.summary
 
     # --- metrics ---------------------------------------------------------------------------
-    def _metrics(self, group: str, key: str, nrows: int, ncols: int) -> Dict[str, np.ndarray]:
+    def _metrics(self, group: str, key: str, nrows: int, ncols: int, start: int = 0,
+                 stop: Optional[int] = None) -> Dict[str, np.ndarray]:
         g = self._f[f"metrics/{group}"]
         names = [n.decode("utf-8").rstrip("\0") for n in self._read(g["names"],
                                                                      slice(0, ncols))]
-        out: Dict[str, np.ndarray] = {key: self._read(g[key], slice(0, nrows))}
-        if nrows and ncols:
-            vals = self._read(g["values"], (slice(0, nrows), slice(0, ncols)))
+        stop = nrows if stop is None else min(int(stop), nrows)
+        start = min(max(int(start), 0), stop)
+        rows = slice(start, stop)
+        out: Dict[str, np.ndarray] = {key: self._read(g[key], rows)}
+        if stop > start and ncols:
+            vals = self._read(g["values"], (rows, slice(0, ncols)))
         else:
-            vals = np.zeros((nrows, ncols))
+            vals = np.zeros((stop - start, ncols))
         for i, n in enumerate(names):
             if n != key:   # a metric named like the key column (e.g. "epoch") is the key
                 out[n] = vals[:, i]
         return out
 
-    def step_metrics(self) -> Dict[str, np.ndarray]:
-        """{'step': int64[n], name: float64[n], ...}; NaN where a metric was not logged."""
+    def step_metrics(self, start: int = 0, stop: Optional[int] = None
+                     ) -> Dict[str, np.ndarray]:
+        """{'step': int64[n], name: float64[n], ...}; NaN where a metric was not logged.
+        `start`, `stop`: only those rows (a snapshot's `step_metric_row` is where the rows
+        after it begin)."""
         c = self.counts
-        return self._metrics("step", "step", c["step_metrics"], c["step_metric_columns"])
+        return self._metrics("step", "step", c["step_metrics"], c["step_metric_columns"],
+                             start, stop)
 
     def monitor_readings(self) -> Dict[str, np.ndarray]:
         """{'step': int64[n], instrument reading: float64[n], ...} from the station monitors
@@ -359,10 +418,12 @@ class RunLog:
             return {"step": np.zeros(0, dtype=np.int64)}
         return self._metrics("monitor", "step", c["monitor_rows"], c["monitor_columns"])
 
-    def epoch_metrics(self) -> Dict[str, np.ndarray]:
-        """{'epoch': int64[n], name: float64[n], ...}."""
+    def epoch_metrics(self, start: int = 0, stop: Optional[int] = None
+                      ) -> Dict[str, np.ndarray]:
+        """{'epoch': int64[n], name: float64[n], ...}; `start`, `stop` as for step_metrics."""
         c = self.counts
-        return self._metrics("epoch", "epoch", c["epoch_metrics"], c["epoch_metric_columns"])
+        return self._metrics("epoch", "epoch", c["epoch_metrics"], c["epoch_metric_columns"],
+                             start, stop)
 
     # --- commands ----------------------------------------------------------------------------
     def read_batches(self) -> Dict[str, np.ndarray]:
@@ -377,6 +438,26 @@ class RunLog:
         """One row per on-chip weighted sum (MATVEC): step, rows, cols, k, first_address,
         last_address, x_crc32, offset, count (empty for a schema 1.0 log)."""
         return dict(self._mb)
+
+    def batch_rows(self, table: str, start: int, stop: Optional[int] = None
+                   ) -> Dict[str, np.ndarray]:
+        """Rows [start, stop) of a per-command table ('reads', 'pulses' or 'matvec': the
+        columns of read_batches, pulse_batches, matvec_batches), one bulk read per column;
+        rows past the last commit are never returned."""
+        if table not in _BATCH_TABLES:
+            raise RunLogError(f"no command table {table!r} (the command tables are "
+                              f"{', '.join(_BATCH_TABLES)})", path=self.path)
+        group, columns, count = _BATCH_TABLES[table]
+        n = self.counts[count]
+        stop = n if stop is None else min(int(stop), n)
+        start = min(max(int(start), 0), stop)
+        if start == stop or (table == "matvec" and not self.has_matvec):
+            return {col.name: np.zeros(0, col.dtype) for col in columns}
+        whole = self._batch_cache.get(table)
+        if whole is not None:
+            return {k: v[start:stop] for k, v in whole.items()}
+        g = self._f[group]
+        return {col.name: self._read(g[col.name], slice(start, stop)) for col in columns}
 
     def matvec_values(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
         """The currents (µA, float32) of MATVEC rows start..stop-1, concatenated."""
@@ -491,7 +572,8 @@ class RunLog:
 
     def digest(self) -> str:
         """SHA-256 of everything the run determines: every read and pulse batch with its
-        events, every MATVEC with its currents (when there are any), every snapshot, the step
+        events, every MATVEC with its currents (when there are any), every snapshot (its
+        trainer state record too, wall-clock fields excepted), the step
         and epoch metrics (wall-clock ones excepted, see docs/run-log.md) and the config. Two
         runs with the same seed and config have the same digest whatever the backend path,
         while their files differ in timestamps, provenance and layout of HDF5 internals
@@ -524,9 +606,14 @@ class RunLog:
                 for r in range(0, n, step):
                     add(f"{et.group}/{col.name}",
                         self.event_rows(table, r, r + step, (col.name,))[col.name])
+        state = self._f[STATE_GROUP] if self.has_state else None
         for i in range(c["snapshots"]):
             add("g_us", self.snapshot_g(i))
             add("chi", self._read(self._f["snapshots/chi"], i))
+            if state is not None and self._snap["has_state"][i]:
+                for fld in self.state_layout.fields:   # type: ignore[union-attr]
+                    if not fld.wall_clock:
+                        add(f"state/{fld.name}", self._read(state[fld.name], i))
         for kind, m in (("step", self.step_metrics()), ("epoch", self.epoch_metrics())):
             for k in sorted(m):
                 if not is_wall_clock(k):
@@ -546,18 +633,65 @@ class RunLog:
         """One row per snapshot: step, seq, read_row, pulse_row, time_unix."""
         return dict(self._snap)
 
+    def snapshot_position(self, index: int) -> LogPosition:
+        """Where snapshot `index` sits in every table (schema 1.3; RunLogError before)."""
+        i = self._snapshot_index(index)
+        if not self.has_positions:
+            raise RunLogError(f"schema {self.schema_version} does not record where a snapshot "
+                              "sits in the tables (1.3 does)", path=self.path)
+        s = self._snap
+        return LogPosition(int(s["step"][i]), int(s["seq"][i]), int(s["read_batch"][i]),
+                           int(s["read_row"][i]), int(s["pulse_batch"][i]),
+                           int(s["pulse_row"][i]), int(s["matvec_batch"][i]),
+                           int(s["matvec_row"][i]), int(s["step_metric_row"][i]),
+                           int(s["epoch_metric_row"][i]))
+
+    def end_position(self) -> LogPosition:
+        """The end of the committed log, as a LogPosition."""
+        c = self.counts
+        return LogPosition(c["last_step"], c["read_batches"] + c["pulse_batches"],
+                           c["read_batches"], c["read_events"], c["pulse_batches"],
+                           c["pulse_events"], c["matvec_batches"], c["matvec_values"],
+                           c["step_metrics"], c["epoch_metrics"])
+
+    @property
+    def has_state(self) -> bool:
+        """Whether the snapshots hold a trainer state record (schema 1.3, a trainer that
+        declared one): what `replay --verify --workers` restarts segments from."""
+        return self.state_layout is not None
+
+    def snapshot_has_state(self, index: int) -> bool:
+        i = self._snapshot_index(index)
+        return self.has_state and bool(self._snap["has_state"][i])
+
+    def snapshot_state(self, index: int) -> TrainerState:
+        """The trainer's full state at snapshot `index` (RunLogError when the snapshot holds
+        none: a log before schema 1.3, or a snapshot taken without a record)."""
+        i = self._snapshot_index(index)
+        if not self.snapshot_has_state(i):
+            raise RunLogError(f"snapshot {i} holds no trainer state record" + (
+                "" if self.has_positions else f" (schema {self.schema_version}; 1.3 logs "
+                "hold it)"), path=self.path)
+        layout = self.state_layout
+        assert layout is not None
+        g = self._f[STATE_GROUP]
+        values = {fld.name: self._read(g[fld.name], i) for fld in layout.fields}
+        return TrainerState(layout, int(self._snap["step"][i]), self.snapshot_g(i),
+                            self.snapshot_chi(i), {k: np.asarray(v) for k, v in
+                                                   values.items()})
+
+    def _snapshot_index(self, index: int) -> int:
+        n = self.counts["snapshots"]
+        if not -n <= index < n:
+            raise RunLogError(f"no snapshot {index} (the log has {n})", path=self.path)
+        return index % n
+
     def snapshot_g(self, index: int) -> np.ndarray:
         """Conductance of every mapped device in snapshot `index` (layout order)."""
-        n = self.counts["snapshots"]
-        if not -n <= index < n:
-            raise RunLogError(f"no snapshot {index} (the log has {n})", path=self.path)
-        return self._read(self._f["snapshots/g_us"], index % n)
+        return self._read(self._f["snapshots/g_us"], self._snapshot_index(index))
 
     def snapshot_chi(self, index: int) -> Dict[str, np.ndarray]:
-        n = self.counts["snapshots"]
-        if not -n <= index < n:
-            raise RunLogError(f"no snapshot {index} (the log has {n})", path=self.path)
-        flat = self._read(self._f["snapshots/chi"], index % n)
+        flat = self._read(self._f["snapshots/chi"], self._snapshot_index(index))
         out, pos = {}, 0
         for name, shape in zip(self.chi_layers, self._chi_shapes):
             k = int(np.prod(shape))

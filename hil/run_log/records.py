@@ -1,4 +1,5 @@
-"""The named records a run log hands back: a status change, a run event, a pulse batch.
+"""The named records a run log hands back: a status change, a run event, a pulse batch, a
+position in the log.
 
 Shared by the reader (rows of the committed tables) and the journal (commands sent after
 the last commit), which both build them.
@@ -58,4 +59,26 @@ class PulseBatch:
         return PulseSpec(self.kind, self.amplitude_v, self.width_ns)
 
 
-__all__ = ["PulseBatch", "RunEvent", "RunStatus"]
+@dataclass(frozen=True)
+class LogPosition:
+    """A point of the run in every table of its log: the rows logged before it. A snapshot's
+    position (schema 1.3) is where a reader starts to serve the run from that snapshot on,
+    without scanning what came before; `origin()` is the start of the log."""
+
+    step: int
+    seq: int               # commands (reads and programs) sent before it
+    read_batch: int        # rows of /reads/batches
+    read_row: int          # rows of /reads/events
+    pulse_batch: int       # rows of /pulses/batches
+    pulse_row: int         # rows of /pulses/events
+    matvec_batch: int      # rows of /matvec/batches
+    matvec_row: int        # rows of /matvec/events
+    step_metric_row: int   # rows of /metrics/step
+    epoch_metric_row: int  # rows of /metrics/epoch
+
+    @classmethod
+    def origin(cls) -> "LogPosition":
+        return cls(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+__all__ = ["LogPosition", "PulseBatch", "RunEvent", "RunStatus"]

@@ -12,10 +12,12 @@ from hil.run_state import RunState
 
 FORMAT = "pcm-hil-run-log"
 #: 1.1: /matvec (on-chip weighted sums). 1.2: files any HDF5 >= 1.10 tool reads (format
-#: bounds of 1.10, deflate instead of LZF), /events. Files of 1.0 and 1.1 are still read.
-SCHEMA_VERSION = "1.2"
+#: bounds of 1.10, deflate instead of LZF), /events. 1.3: snapshots hold the trainer's full
+#: state and where they sit in every table (parallel verification). Files of 1.0 to 1.2 are
+#: still read.
+SCHEMA_VERSION = "1.3"
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 2
+SCHEMA_MINOR = 3
 
 
 class RunLogError(HilError):
@@ -101,6 +103,16 @@ MATVEC_BATCH_COLUMNS = (Column("step", "<i8"), Column("rows", "<i8"), Column("co
 MATVEC_EVENT_COLUMNS = (Column("value", "<f4"),)
 SNAPSHOT_COLUMNS = (Column("step", "<i8"), Column("seq", "<i8"), Column("read_row", "<i8"),
                     Column("pulse_row", "<i8"), Column("time_unix", "<f8"))
+#: Schema 1.3: where each snapshot sits in the other tables (rows logged before it), so a
+#: reader can start at a snapshot without scanning anything; and whether the row holds the
+#: trainer's state record (/snapshots/state).
+SNAPSHOT_POSITION_COLUMNS = (Column("read_batch", "<i8"), Column("pulse_batch", "<i8"),
+                             Column("matvec_batch", "<i8"), Column("matvec_row", "<i8"),
+                             Column("step_metric_row", "<i8"),
+                             Column("epoch_metric_row", "<i8"), Column("has_state", "u1"))
+#: Schema 1.3: the trainer state record of every snapshot, one dataset per field of the
+#: layout the trainer declared at begin() (attributes `kind`, `version`, `layout` JSON).
+STATE_GROUP = "snapshots/state"
 STATUS_COLUMNS = (Column("code", "u1"), Column("step", "<i8"), Column("time_unix", "<f8"),
                   Column("doc_offset", "<i8"), Column("doc_length", "<i8"))
 #: /events (1.2): one row per thing that happened to the run (a pause, a refused command, a
@@ -152,5 +164,6 @@ __all__ = ["BATCH_ACKED", "BATCH_SENT", "BATCH_STATUS", "COMMIT_FIELDS", "Column
            "MATVEC_BATCH_COLUMNS", "MATVEC_EVENT_COLUMNS", "PULSE_BATCH_COLUMNS",
            "PULSE_EVENT_COLUMNS", "PURPOSES", "READ_BATCH_COLUMNS", "READ_EVENT_COLUMNS",
            "REQUIRED", "RunLogError", "SCHEMA_MAJOR", "SCHEMA_MINOR", "SCHEMA_VERSION",
-           "SNAPSHOT_COLUMNS", "STATUSES", "STATUS_CODE", "STATUS_COLUMNS", "filter_kwargs",
+           "SNAPSHOT_COLUMNS", "SNAPSHOT_POSITION_COLUMNS", "STATE_GROUP", "STATUSES",
+           "STATUS_CODE", "STATUS_COLUMNS", "filter_kwargs",
            "is_wall_clock", "parse_version"]

@@ -13,8 +13,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hil.run_log.schema import BATCH_CHUNK, EVENT_CHUNK, NAME_BYTES, Column, RunLogError, \
-    filter_kwargs
+from hil.run_log.schema import BATCH_CHUNK, EVENT_CHUNK, NAME_BYTES, SNAPSHOT_CHUNK, Column, \
+    RunLogError, filter_kwargs
+from hil.trainer_state import StateLayout
 
 _h5s: Any = None   # h5py.h5s, imported at first use (importing hil.run_log stays cheap)
 
@@ -324,11 +325,43 @@ class MetricsTable:
         self._runs = [(0, self._last_cols)]
 
 
+class StateTable:
+    """The trainer state records of the snapshots (/snapshots/state): one dataset per field
+    of the layout the trainer declared, one row per snapshot (a snapshot without a record
+    gets a row of zeros, and `has_state` 0 in /snapshots). Created whole at begin(): SWMR
+    allows no dataset later. Rows are written at once, like the snapshot's conductances."""
+
+    def __init__(self, group: Any, layout: Optional[StateLayout]) -> None:
+        self.layout = layout
+        group.attrs["kind"] = layout.kind if layout is not None else ""
+        group.attrs["version"] = int(layout.version) if layout is not None else 0
+        group.attrs["layout"] = layout.to_json() if layout is not None else ""
+        self.datasets: Dict[str, Any] = {}
+        for f in (layout.fields if layout is not None else ()):
+            size = int(np.prod(f.shape, dtype=np.int64))
+            # A chunk holds one snapshot's field, split along its first axis when large.
+            if f.shape and size > SNAPSHOT_CHUNK:
+                inner = int(np.prod(f.shape[1:], dtype=np.int64)) or 1
+                chunks = (1, max(1, SNAPSHOT_CHUNK // inner)) + f.shape[1:]
+            else:
+                chunks = (1,) + tuple(max(1, n) for n in f.shape) if f.shape else (64,)
+            self.datasets[f.name] = group.create_dataset(
+                f.name, shape=(0,) + f.shape, maxshape=(None,) + f.shape, dtype=f.dtype,
+                chunks=chunks, **filter_kwargs("gzip" if f.shape else None))
+
+    def write(self, row: int, values: Optional[Mapping[str, np.ndarray]]) -> None:
+        """Row `row` of every field: `values` (checked against the layout by the caller), or
+        zeros when None."""
+        for name, ds in self.datasets.items():
+            ds.resize((row + 1,) + ds.shape[1:])
+            ds[row] = values[name] if values is not None else np.zeros(ds.shape[1:], ds.dtype)
+
+
 def overwrite(dsid: Any, data: np.ndarray) -> None:
     """Write the whole of a fixed-size dataset in place (the /commit record)."""
     h5s = _h5s or h5s_module()
     dsid.write(h5s.ALL, h5s.ALL, data)
 
 
-__all__ = ["CodeTable", "CommandTable", "DocumentTable", "MetricsTable", "RowTable", "extend",
-           "overwrite"]
+__all__ = ["CodeTable", "CommandTable", "DocumentTable", "MetricsTable", "RowTable",
+           "StateTable", "extend", "overwrite"]

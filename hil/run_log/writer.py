@@ -44,10 +44,12 @@ from hil.run_log.schema import (BATCH_ACKED, BATCH_SENT, COMMIT_FIELDS, EVENT_CO
                                 PULSE_BATCH_COLUMNS, PULSE_EVENT_COLUMNS, PURPOSE_BYTES,
                                 PURPOSES, READ_BATCH_COLUMNS, READ_EVENT_COLUMNS,
                                 SCHEMA_VERSION, SNAPSHOT_CHUNK, SNAPSHOT_COLUMNS,
-                                STATUS_CODE, STATUS_COLUMNS, RunLogError, filter_kwargs)
+                                SNAPSHOT_POSITION_COLUMNS, STATE_GROUP, STATUS_CODE,
+                                STATUS_COLUMNS, RunLogError, filter_kwargs)
 from hil.run_log.tables import (CodeTable, CommandTable, DocumentTable, MetricsTable,
-                                RowTable, overwrite)
+                                RowTable, StateTable, overwrite)
 from hil.run_state import RunState, can_transition
+from hil.trainer_state import StateLayout, TrainerState
 
 log = logging.getLogger("pcm_hil.run_log")
 
@@ -180,8 +182,10 @@ class RunLogWriter(Recorder):
 
     # --- Recorder hooks ----------------------------------------------------------------------
     def begin(self, *, config: Mapping[str, Any], provenance: Mapping[str, Any],
-              layout: Mapping[str, np.ndarray]) -> None:
-        """Write config, provenance and layout, create every table, switch to SWMR."""
+              layout: Mapping[str, np.ndarray],
+              state_layout: Optional[StateLayout] = None) -> None:
+        """Write config, provenance and layout, create every table (a dataset per field of
+        the trainer's `state_layout` among them), switch to SWMR."""
         self._require("created", "begin")
         f = self._f
         # Layout: one dataset per key, in the order given (the snapshot order). Validated
@@ -234,7 +238,8 @@ class RunLogWriter(Recorder):
         self._matvec = CommandTable(f.create_group("matvec"), MATVEC_BATCH_COLUMNS,
                                     MATVEC_EVENT_COLUMNS, ("value",))
         snaps = f.create_group("snapshots")
-        self._snapshots = RowTable(snaps, SNAPSHOT_COLUMNS, 256)
+        self._snapshots = RowTable(snaps, SNAPSHOT_COLUMNS + SNAPSHOT_POSITION_COLUMNS, 256)
+        self._state_table = StateTable(f.create_group(STATE_GROUP), state_layout)
         dev_chunk = max(1, min(n_dev, SNAPSHOT_CHUNK))
         self._snap_g = snaps.create_dataset("g_us", shape=(0, n_dev), maxshape=(None, n_dev),
                                             dtype="<f4", chunks=(1, dev_chunk),
@@ -408,6 +413,23 @@ class RunLogWriter(Recorder):
                           zlib.crc32(xv.tobytes()), first, v.size, vb])
 
     def on_snapshot(self, step: int, g_us: np.ndarray, chi: Mapping[str, np.ndarray]) -> None:
+        self._snapshot(step, g_us, chi, None)
+
+    def on_state_snapshot(self, state: TrainerState) -> None:
+        """A snapshot with the trainer's state record, which must be of the layout declared
+        at begin()."""
+        if self._state != "running":
+            self._require("running", "on_state_snapshot")
+        declared = self._state_table.layout
+        diff = ("no state layout was declared at begin()" if declared is None
+                else state.layout.difference(declared))
+        if diff is not None:
+            raise RunLogError(f"on_state_snapshot at step {state.step}: the state record "
+                              f"does not fit the declared layout: {diff}", path=self.path)
+        self._snapshot(state.step, state.g_us, state.chi, state.values)
+
+    def _snapshot(self, step: int, g_us: np.ndarray, chi: Mapping[str, np.ndarray],
+                  state: Optional[Mapping[str, np.ndarray]]) -> None:
         if self._state != "running":
             self._require("running", "on_snapshot")
         g = np.asarray(g_us, dtype=np.float32).ravel()
@@ -428,13 +450,18 @@ class RunLogWriter(Recorder):
         chi_flat = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         t = self._snapshots
         row = t.total
-        t.pending.append([s, self._seq, self._reads.event_total, self._pulses.event_total,
-                          time.time()])
+        rd, pl, mv = self._reads, self._pulses, self._matvec
+        t.pending.append([s, self._seq, rd.event_total, pl.event_total, time.time(),
+                          rd.batch_rows + len(rd.pending), pl.batch_rows + len(pl.pending),
+                          mv.batch_rows + len(mv.pending), mv.event_total,
+                          self._step_metrics.total, self._epoch_metrics.total,
+                          int(state is not None)])
         self._snap_g.resize((row + 1, g.size))
         self._snap_g[row, :] = g
         self._snap_chi.resize((row + 1, chi_flat.size))
         if chi_flat.size:
             self._snap_chi[row, :] = chi_flat
+        self._state_table.write(row, state)
         self._commit()
 
     def on_step_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
