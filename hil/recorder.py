@@ -66,6 +66,11 @@ class Recorder:
     def on_epoch_metrics(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """Per-epoch metrics (train/test accuracy, baseline accuracy...)."""
 
+    def on_event(self, step: int, kind: str, detail: Mapping[str, Any]) -> None:
+        """Something that happened to the run that is neither a command nor a metric: a
+        command the station's limits refused before it was sent ("refused"), with what it
+        was and why."""
+
     def flush(self) -> None:
         """Make everything recorded so far durable."""
 

@@ -96,17 +96,31 @@ def test_a_chip_state_file_is_for_the_in_process_chip_only(tmp_path, tiny_traine
                                   chip_state=str(tmp_path / "c.state")))
 
 
-def test_a_resumed_run_is_the_resume_layer_under_the_station_guard(tmp_path, small_data):
-    """An aborted sim:// run with a chip state resumes as station guard → resume layer →
-    chip, with the resume's segments in the new log's provenance and its default name."""
+class StopAfter(RunControl):
+    """Asks the run to stop after step `n` (as a Ctrl-C during that step would)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+    def check(self, step):
+        if step >= self.n:
+            self.request_stop("test")
+        super().check(step)
+
+
+def test_a_resumed_run_is_the_resume_layer_over_the_station_guard(tmp_path, small_data):
+    """An aborted sim:// run with a chip state resumes as resume layer → station guard →
+    chip (what the resume serves from the log never reaches the guard's chip; what goes
+    live passes the guard), with the resume's segments in the new log's provenance and its
+    default name."""
     cfg = small_config(data={"train_examples": 300, "test_examples": 100},
                        log={"flush_every_steps": 50})
     first = str(tmp_path / "r.h5")
-    control = RunControl()
+    control = StopAfter(1)
     req = RunRequest(cfg, log_path=first, chip_state=str(tmp_path / "r.state"))
     with open_run_stack(req) as stack:
         assert stack.provenance["chip_state"] == os.path.abspath(tmp_path / "r.state")
-        control.request_stop("test")             # stops after the first step
         with pytest.raises(RunAborted):
             run_experiment(cfg, stack.backend, stack.recorder, data=small_data,
                            control=control, provenance=stack.provenance)
@@ -115,7 +129,7 @@ def test_a_resumed_run_is_the_resume_layer_under_the_station_guard(tmp_path, sma
                               note=notes.append)
     assert again.log_path == str(tmp_path / "r-2.h5") and again.config == cfg
     with open_run_stack(again, note=notes.append) as stack:
-        assert _layers(stack.backend) == [LimitedBackend, ResumeBackend, SimulatedChip]
+        assert _layers(stack.backend) == [ResumeBackend, LimitedBackend, SimulatedChip]
         assert isinstance(find_ability(stack.backend, SequencedBackend), ResumeBackend)
         assert stack.provenance["resume"]["segment"] == 2
         assert any("resuming" in n for n in notes)

@@ -11,7 +11,9 @@ from drivers.errors import ConfigError
 from hil.commands.arguments import non_negative_int
 from hil.config import load_config, with_overrides
 from hil.run_control import RunAborted, RunControl
-from hil.run_stack import RunRequest, default_log_path, open_run_stack
+from hil.output_files import check_writable
+from hil.run_stack import (RunCompleted, RunRequest, RunStack, default_log_path,
+                           open_run_stack)
 from hil.station import Station, load_station
 from hil.training import EpochResult, run_experiment
 
@@ -114,19 +116,32 @@ def _say(msg: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.epochs == 0:
         raise ConfigError("must be >= 1", key="--epochs")
+    if args.summary_json:
+        check_writable(args.summary_json, "--summary-json", make_folder=True)  # not at the end
     station = load_station(args.station) if args.station else None
-    request = _request(args, station)
+    try:
+        request = _request(args, station)
+    except RunCompleted as done:
+        # A supervisor's loop around --resume ends here, however late its last kill came.
+        _say(f"nothing to resume: the run completed in {done.path}")
+        if done.summary:
+            _write_summary(args.summary_json, done.summary)
+        return 0
     if request.dry_run:
         return _dry_run(request, args)
-    cfg = request.config
     control = RunControl()
-    path = None
+    with control.sigint_handler():
+        return _train(request, args, control)
+
+
+def _train(request: RunRequest, args: argparse.Namespace, control: RunControl) -> int:
+    cfg = request.config
+    stack = None
     try:
-        with open_run_stack(request, note=_say) as stack, control.sigint_handler():
-            path = stack.log_path
+        with open_run_stack(request, note=_say) as stack:
             _say(f"training {cfg.name}: {cfg.data.train_examples:,} examples x "
-                 f"{cfg.training.epochs} epochs on {request.url} (Ctrl-C stops after the "
-                 "current step)")
+                 f"{cfg.training.epochs} epochs on {request.url} (Ctrl-C or SIGTERM stops "
+                 "after the current step)")
             summary = run_experiment(cfg, stack.backend, stack.recorder,
                                      progress=not args.no_progress,
                                      report=_print_epoch(cfg.training.epochs),
@@ -134,9 +149,9 @@ def run(args: argparse.Namespace) -> int:
                                      provenance=stack.provenance)
             resumed = stack.resumed
     except (RunAborted, KeyboardInterrupt) as e:
-        print(f"aborted: {e or 'stopped at once'}; the chip is in its safe state"
-              + (f"; run log {path} is marked aborted" if path else ""), file=sys.stderr)
-        return 130
+        print(f"aborted: {e or 'stopped at once'}; " + _where_it_stopped(stack),
+              file=sys.stderr)
+        return control.exit_status
     if resumed is not None:
         print(f"resumed: {resumed.committed:,} logged and {resumed.served_from_journal} "
               f"journaled commands fast-forwarded, {resumed.resent} uncertain command(s) "
@@ -144,6 +159,18 @@ def run(args: argparse.Namespace) -> int:
     print(_final_line(summary))
     _write_summary(args.summary_json, summary)
     return 0
+
+
+def _where_it_stopped(stack: Optional[RunStack]) -> str:
+    """What an aborted run left: the chip's state and what its log now holds."""
+    if stack is None:
+        return "nothing was sent to the chip"
+    rec, path = stack.recorder, stack.log_path
+    if rec is not None and not rec.began:
+        return (f"nothing was sent to the chip; run log {path} holds only the run's config "
+                f"(`--resume {path}` starts it from step 0)")
+    return "the chip is in its safe state" + (f"; run log {path} is marked aborted"
+                                               if path else "")
 
 
 def _write_summary(path: Optional[str], summary: dict) -> None:
@@ -163,11 +190,17 @@ def _dry_run(request: RunRequest, args: argparse.Namespace) -> int:
         summary = run_experiment(cfg, stack.backend, None, progress=not args.no_progress,
                                  report=_print_epoch(cfg.training.epochs))
     c = summary["io"]
+    guard = stack.guard
+    split = ""
+    if guard is not None and c["largest_batch"] > guard.station_limits.max_batch_devices:
+        split = (f" (batches above safety.max_batch_devices = "
+                 f"{guard.station_limits.max_batch_devices:,} go in parts: "
+                 f"{guard.commands_sent:,} commands on the wire)")
     print(f"would send: {summary['program_commands']:,} program commands "
           f"({summary['set_pulses']:,} SET and {summary['reset_pulses']:,} RESET pulses), "
           f"{summary['read_commands']:,} read commands; largest batch "
-          f"{c['largest_batch']:,} devices; at most {c['most_pulses_per_device']} pulses to one "
-          "device in one command; every command within the limits")
+          f"{c['largest_batch']:,} devices{split}; at most {c['most_pulses_per_device']} "
+          "pulses to one device in one command; every command within the limits")
     _write_summary(args.summary_json, summary)
     return 0
 

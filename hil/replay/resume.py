@@ -50,7 +50,8 @@ from hil.chip_state import ChipStateKeeper
 from hil.config import MatvecMode
 from hil.replay.backend import ReplayBackend
 from hil.replay.divergence import ReplayDivergence
-from hil.run_log import BATCH_ACKED, JournalCommand, RunLog
+from hil.run_log import (BATCH_ACKED, JournalCommand, LogHeader, RunLog, RunLogError,
+                         read_header)
 from hil.run_state import RunState
 
 log = logging.getLogger("pcm_hil.resume")
@@ -296,7 +297,7 @@ def _halves(p: JournalCommand, r: JournalCommand) -> bool:
 
 
 # --- planning -----------------------------------------------------------------------------
-def resumed_path(old_path: str, old: RunLog) -> str:
+def resumed_path(old_path: str, old: "RunLog | LogHeader") -> str:
     """Default file of the resumed log: RUN-2.h5, RUN-3.h5, ... next to the first log."""
     seg = (old.provenance.get("resume") or {})
     n = int(seg.get("segment", 1)) + 1
@@ -321,12 +322,12 @@ def plan_resume(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Re
                           "resumed: MATVECs are logged at commits but not journaled, so those "
                           "a crash cut off are unknown (the log can still be replayed and "
                           "checked with pcm-hil replay --verify)")
-    info = old.chip_info()
-    mine = live.info()
-    if info is not None and (info.geometry != mine.geometry or info.chip_id != mine.chip_id):
-        raise ResumeError(f"{old.path}: the run was on chip {info.chip_id!r} "
-                          f"{info.geometry}, the backend is chip {mine.chip_id!r} "
-                          f"{mine.geometry}")
+    later = newest_segment(old.path)
+    if later != old.path and resume_source(later) != old.path:
+        raise ResumeError(f"{old.path} was continued by {later}, the newest segment of the "
+                          f"run; resuming {os.path.basename(old.path)} again would apply its "
+                          f"commands to a chip that has moved on (resume {later})")
+    check_chip_history(old, live)
     committed = int(old.counts["read_batches"] + old.counts["pulse_batches"])
     chip = find_ability(live, StatefulBackend)
     if chip is not None:
@@ -392,6 +393,19 @@ def plan_resume(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Re
     return ResumePlan(old.path, committed, tuple(cmds), late, resend)
 
 
+def check_chip_history(old: RunLog, live: ChipBackend) -> None:
+    """Refuse a chip that is not the one the logged run left: another chip, or one whose
+    history does not continue the log's. What a chip tells of itself (ChipInfo: its id and
+    geometry) is compared with what the log recorded; a chip that also reports its command
+    history is checked against the log's commands by its driver."""
+    info = old.chip_info()
+    mine = live.info()
+    if info is not None and (info.geometry != mine.geometry or info.chip_id != mine.chip_id):
+        raise ResumeError(f"{old.path}: the run was on chip {info.chip_id!r} "
+                          f"{info.geometry}, the backend is chip {mine.chip_id!r} "
+                          f"{mine.geometry}")
+
+
 def reach(log_: RunLog) -> int:
     """Commands whose outcome a log knows: committed ones plus journaled ones (the last,
     uncertain one included when it was really sent)."""
@@ -402,16 +416,19 @@ def reach(log_: RunLog) -> int:
 
 def resume_source(path: str) -> str:
     """The log to resume from: `path`, unless it is a resumed log killed before its
-    fast-forward caught up with the log it resumed - then that log (still intact, and
-    further along) is the run's record, and it is resumed instead."""
+    fast-forward caught up with the log it resumed (or before it began at all) - then that
+    log (still intact, and further along) is the run's record, and it is resumed instead.
+    A first segment that never began is its own source: its run starts again from step 0."""
     while True:
-        with RunLog(path) as lg:
-            prev = (lg.provenance.get("resume") or {}).get("segments") or []
-            if not prev:
-                return path
-            last = prev[-1]
-            if reach(lg) >= int(last["commands"]) + int(last["journal_commands"]):
-                return path
+        header = read_header(path)
+        prev = (header.provenance.get("resume") or {}).get("segments") or []
+        if not prev:
+            return path
+        last = prev[-1]
+        if header.began:
+            with RunLog(path) as lg:
+                if reach(lg) >= int(last["commands"]) + int(last["journal_commands"]):
+                    return path
         older = os.path.join(os.path.dirname(path), str(last["log"]))
         if not os.path.exists(older):
             raise ResumeError(f"{path} was killed while fast-forwarding {last['log']}, which "
@@ -419,6 +436,56 @@ def resume_source(path: str) -> str:
         log.warning("%s was killed during its fast-forward; resuming %s, which holds more of "
                     "the run", path, older)
         path = older
+
+
+def chain_base(path: str) -> str:
+    """The name every segment of `path`'s run is numbered after (RUN for RUN-2.h5)."""
+    base = (read_header(path).provenance.get("resume") or {}).get("base")
+    return str(base) if base else re.sub(r"\.h5$", "", os.path.basename(path))
+
+
+def segments(path: str) -> List[str]:
+    """The logs of `path`'s run next to it, oldest first: RUN.h5, RUN-2.h5, RUN-3.h5, ...
+    (the names resumed_path gives; a later segment counts when its provenance names the
+    same run)."""
+    base = chain_base(path)
+    folder = os.path.dirname(path)
+    first = os.path.join(folder, f"{base}.h5")
+    found = [first] if os.path.exists(first) else []
+    n = 2
+    while os.path.exists(os.path.join(folder, f"{base}-{n}.h5")):
+        seg = os.path.join(folder, f"{base}-{n}.h5")
+        try:
+            prov = read_header(seg).provenance.get("resume") or {}
+        except RunLogError:
+            prov = {}
+        if prov.get("base") == base:
+            found.append(seg)
+        n += 1
+    if not any(os.path.samefile(p, path) for p in found):
+        found.append(path)   # named with --run: the chain is known from it backwards only
+    return found
+
+
+def newest_segment(path: str) -> str:
+    """The newest log of `path`'s run (`path` itself when nothing continued it)."""
+    segs = segments(path)
+    newest = segs[-1]
+    return path if os.path.samefile(newest, path) else newest
+
+
+def resume_target(path: str, note: Callable[[str], None] = lambda _: None) -> str:
+    """The log `pcm-hil train --resume PATH` continues, for any segment of a run: the
+    newest segment, or the older one it was resumed from when that newest was killed before
+    it caught up (`note` says which, when it is not `path`)."""
+    newest = newest_segment(path)
+    if newest != path:
+        note(f"{path} was continued by {newest}, the newest segment of the run")
+    src = resume_source(newest)
+    if src != newest:
+        note(f"{newest} was killed before its fast-forward finished; resuming {src}, which "
+             "holds more of the run")
+    return src
 
 
 def resume_provenance(old: RunLog, plan: ResumePlan) -> Dict[str, Any]:
@@ -433,5 +500,21 @@ def resume_provenance(old: RunLog, plan: ResumePlan) -> Dict[str, Any]:
                        "segments": segments}}
 
 
+def restart_provenance(header: LogHeader) -> Dict[str, Any]:
+    """The provenance of a run started again from step 0 because its log never began
+    (killed, or ended, before its first command): the next segment of the same run."""
+    prev = dict(header.provenance.get("resume") or {})
+    segments = list(prev.get("segments") or [])
+    segments.append({"log": os.path.basename(header.path),
+                     "status": header.final_status or "killed before it began",
+                     "reason": header.final_reason, "complete_step": -1, "commands": 0,
+                     "journal_commands": 0})
+    base = prev.get("base") or re.sub(r"\.h5$", "", os.path.basename(header.path))
+    return {"resume": {"segment": int(prev.get("segment", 1)) + 1, "base": base,
+                       "segments": segments}}
+
+
 __all__ = ["NOT_SENT", "ResendBatch", "ResumeBackend", "ResumeError", "ResumePlan",
-           "plan_resume", "reach", "resume_provenance", "resume_source", "resumed_path"]
+           "chain_base", "check_chip_history", "newest_segment", "plan_resume", "reach",
+           "restart_provenance", "resume_provenance", "resume_source", "resume_target",
+           "resumed_path", "segments"]
