@@ -15,7 +15,12 @@ from typing import Iterator, Optional
 
 
 class RunAborted(Exception):
-    """Raised at a step boundary after the operator asked the run to stop."""
+    """Raised at a step boundary after the operator asked the run to stop (`started`:
+    False when it stopped before its first command, with nothing sent to the chip)."""
+
+    def __init__(self, message: str, started: bool = True) -> None:
+        super().__init__(message)
+        self.started = started
 
 
 class RunControl:

@@ -127,7 +127,8 @@ class RunRequest:
         elif started is not None:
             station.safety.check_within(started.safety, f"the station {started.name!r} "
                                         f"the run was started under ({src})")
-        url = backend_url or cfg.chip.backend   # the run's chip, whatever the station says
+        # The run's chip, whatever the station says (a chip's URL may change: --backend).
+        url = backend_url or header.provenance.get("chip_url") or cfg.chip.backend
         if not header.began:
             chip_state = chip_state or header.provenance.get("chip_state") or None
             note(f"{src} holds nothing of its run (it "
@@ -248,10 +249,10 @@ def open_run_stack(request: RunRequest,
 
 def _early_provenance(request: RunRequest) -> Dict[str, Any]:
     """What the log's provenance holds from its creation on, before the chip is opened: the
-    station (a resumed run is held to it), the chip-state file, the segments before this
-    one of a run started again. A run killed before its first command is started again
+    chip's URL and the station (a resumed run goes back to the one and is held to the
+    other), the chip-state file, the segments before this one of a run started again. A run killed before its first command is started again
     from these."""
-    prov: Dict[str, Any] = {}
+    prov: Dict[str, Any] = {} if request.dry_run else {"chip_url": request.url}
     if request.station is not None:
         prov["station"] = station_provenance(request.station)
     if request.chip_state and not request.resume_from:

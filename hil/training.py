@@ -382,7 +382,7 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
     try:
         trainer.preflight()
         if control is not None and control.stop_requested:   # asked while loading the data
-            raise RunAborted(f"{control.reason} before the first command")
+            raise RunAborted(f"{control.reason} before the first command", started=False)
         t0 = time.perf_counter()
         trainer.initialize()
         train_seconds += time.perf_counter() - t0

@@ -354,3 +354,124 @@ def test_run_failed_inside_a_command_resumes_exactly(tmp_path, small_data, crash
 def test_sigkill_ten_times_through_emulator(tmp_path, small_data):
     kills, _ = _kill_and_resume(tmp_path, small_data, n_kills=10, train=2000, seed=12)
     assert kills == 10
+
+
+# --- the supervisor recipe (docs/run-log.md, "Supervising a run") --------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _recipe() -> str:
+    """The shell loop of docs/run-log.md, exactly as documented."""
+    with open(os.path.join(ROOT, "docs", "run-log.md"), encoding="utf-8") as f:
+        text = f.read()
+    block = text.split("<!-- supervisor:start -->")[1].split("<!-- supervisor:end -->")[0]
+    return block.split("```sh\n")[1].split("```")[0]
+
+
+def _trainer_of(shell: subprocess.Popen):
+    """The `pcm-hil train` process the supervisor's shell runs now, or None."""
+    try:
+        with open(f"/proc/{shell.pid}/task/{shell.pid}/children") as f:
+            pids = [int(p) for p in f.read().split()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"pcm-hil" in f.read():
+                    return pid
+        except OSError:
+            pass
+    return None
+
+
+def _supervise(tmp_path, small_data, kills, seed, train):
+    """Run the documented supervisor loop through the emulator and SIGKILL its trainer at
+    the moments `kills` names: 'first-second' (within a second of its start: before its log
+    exists, or just after), 'header' (its log created, the run not yet begun), 'begun'
+    (up to 2 s after its run began: fast-forwarding or live)."""
+    rng = np.random.default_rng(seed)
+    cfg = _config(tmp_path, train=train, flush=25)
+    emu, url, state, stats = _emulator(tmp_path)
+    run = str(tmp_path / "run.h5")
+    script = tmp_path / "supervise.sh"
+    script.write_text(_recipe())
+    env = {**os.environ, "RUN": run, "CONFIG": cfg, "CHIP": url,
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    out = open(tmp_path / "supervisor.out", "w")
+    shell = subprocess.Popen(["bash", str(script)], cwd=tmp_path, env=env, stdout=out,
+                             stderr=subprocess.STDOUT)
+    hit = []
+    try:
+        ref = _reference(cfg, str(tmp_path / "ref.h5"), small_data, backend=url)
+        last = None
+        for kind in kills:
+            end = time.monotonic() + 300
+            pid = None
+            while pid is None or pid == last:        # the next trainer the loop starts
+                assert shell.poll() is None, (tmp_path / "supervisor.out").read_text()
+                assert time.monotonic() < end, "the supervisor started no trainer"
+                pid = _trainer_of(shell)
+                time.sleep(0.01)
+            started = time.monotonic()
+            before = set(os.listdir(tmp_path))
+            if kind == "first-second":
+                time.sleep(float(rng.uniform(0.0, 1.0)))
+            elif kind == "header":   # its new log's header is there; its data still loading
+                while not any(n.endswith(".h5") for n in set(os.listdir(tmp_path)) - before) \
+                        and time.monotonic() - started < 120:
+                    time.sleep(0.005)
+            else:                    # its run has begun: fast-forwarding or live
+                while not any(n.endswith(".h5.journal")
+                              for n in set(os.listdir(tmp_path)) - before) \
+                        and time.monotonic() - started < 120:
+                    time.sleep(0.005)
+                time.sleep(float(rng.uniform(0.0, 2.0)))
+            try:
+                os.kill(pid, signal.SIGKILL)
+                hit.append((kind, round(time.monotonic() - started, 2)))
+            except ProcessLookupError:
+                pass
+            last = pid
+        assert shell.wait(timeout=600) == 0, (tmp_path / "supervisor.out").read_text()
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            pid = _trainer_of(shell)
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+            shell.wait()
+        out.close()
+        _stop(emu)
+    from hil.replay.resume import newest_segment
+    final = newest_segment(run)
+    _same_run(final, str(tmp_path / "ref.h5"))
+    emu_stats = json.loads(open(stats).read())
+    with RunLog(final) as lg:
+        ev = lg.pulse_events(columns=("address", "n_pulses", "kind"))
+        segments = lg.provenance["resume"]["segments"] if "resume" in lg.provenance else []
+    n = ev["n_pulses"].astype(np.int64)
+    assert int(n[ev["kind"] == 1].sum()) == emu_stats["pulses"]["set"]
+    assert int(n[ev["kind"] == 2].sum()) == emu_stats["pulses"]["reset"]
+    pulse_ev = np.load(state)["pulse_ev"].astype(np.int64)
+    assert np.array_equal(np.bincount(ev["address"].astype(np.int64), n,
+                                      minlength=pulse_ev.size), pulse_ev)
+    print(f"kills {hit}; final log {os.path.basename(final)} after {len(segments)} earlier "
+          f"segment(s); repeats answered from the firmware's memory "
+          f"{emu_stats['repeats_answered']}")
+    return hit
+
+
+def test_the_documented_supervisor_loop_finishes_a_run_through_sigkills(tmp_path,
+                                                                       small_data):
+    hit = _supervise(tmp_path, small_data, ["first-second", "header", "begun", "begun"],
+                     seed=21, train=400)
+    assert len(hit) >= 3
+
+
+@pytest.mark.slow
+def test_the_documented_supervisor_loop_through_many_sigkills(tmp_path, small_data):
+    kinds = ["first-second", "header"] + ["begun"] * 6 + ["first-second", "header"] + \
+        ["begun"] * 4
+    hit = _supervise(tmp_path, small_data, kinds, seed=22, train=1200)
+    assert len(hit) >= 12

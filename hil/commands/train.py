@@ -7,17 +7,21 @@ import os
 import sys
 from typing import Optional
 
-from drivers.errors import ConfigError
+from drivers.errors import ConfigError, LinkError
 from hil.commands.arguments import non_negative_int
 from hil.config import load_config, with_overrides
 from hil.run_control import RunAborted, RunControl
 from hil.output_files import check_writable
+from hil.run_log import read_header
 from hil.run_stack import (RunCompleted, RunRequest, RunStack, default_log_path,
                            open_run_stack)
 from hil.station import Station, load_station
 from hil.training import EpochResult, run_experiment
 
 DEFAULT_CONFIG = "configs/mnist_mlp.yaml"
+#: Exit status of a run whose chip link failed (EX_TEMPFAIL): it can be resumed once the
+#: chip answers again; a supervisor retries it (docs/run-log.md, "Supervising a run").
+EXIT_LINK_LOST = 75
 
 HELP = """\
 Train a multilayer perceptron on MNIST with the mixed-precision algorithm: the chip holds
@@ -34,6 +38,14 @@ examples:
   pcm-hil train --config configs/quick.yaml --seed 3 --epochs 1 --summary-json out.json
   pcm-hil train --config configs/quick.yaml --run runs/q.h5 --chip-state runs/q.chip
   pcm-hil train --resume runs/q.h5        # after Ctrl-C or a crash: continues into runs/q-2.h5
+
+--resume takes any segment of a run (RUN.h5, RUN-2.h5, ...) and continues its newest; a run
+killed before its first command starts again from step 0. A resumed run keeps the station
+limits it was started under (a --station given with --resume may only narrow them).
+
+exit status: 0 completed (or, with --resume, already completed); 1 an error (the message
+names it); 2 bad command line; 75 the chip's link failed (resumable); 130 stopped by Ctrl-C,
+143 by SIGTERM (the step in flight finished, the chip left safe, the log marked aborted).
 """
 
 
@@ -56,12 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--station", metavar="FILE",
                    help="station (testbed) YAML: chip link, instruments, safety limits and "
-                        "monitors (see docs/instruments.md); its limits guard every command")
+                        "monitors (see docs/instruments.md); its limits guard every command "
+                        "(with --resume: may only narrow the limits the run started under)")
     p.add_argument("--resume", metavar="RUN.h5",
-                   help="continue an aborted or killed run from its log: the run is "
-                        "fast-forwarded against the log (nothing sent to the chip), then "
-                        "continues live into a new log (--run, default RUN-2.h5) that holds "
-                        "the whole run; the config comes from the log (see docs/run-log.md)")
+                   help="continue an aborted or killed run from its log (any segment of it: "
+                        "the newest is continued): the run is fast-forwarded against the log "
+                        "(nothing sent to the chip), then continues live into a new log "
+                        "(--run, default RUN-2.h5) that holds the whole run; the config and "
+                        "the station's limits come from the log (see docs/run-log.md)")
     p.add_argument("--chip-state", metavar="FILE",
                    help="sim:// only: save the in-process simulated chip's state to FILE at "
                         "every commit of the run log, which makes the run resumable (with "
@@ -149,9 +163,17 @@ def _train(request: RunRequest, args: argparse.Namespace, control: RunControl) -
                                      provenance=stack.provenance)
             resumed = stack.resumed
     except (RunAborted, KeyboardInterrupt) as e:
-        print(f"aborted: {e or 'stopped at once'}; " + _where_it_stopped(stack),
-              file=sys.stderr)
+        started = getattr(e, "started", True)
+        print(f"aborted: {str(e) or 'stopped at once'}; "
+              + _where_it_stopped(request, stack, started), file=sys.stderr)
         return control.exit_status
+    except LinkError as e:
+        # The chip's link, not the run, failed: the log and its journal say how far it got.
+        path = stack.log_path if stack is not None else None
+        print(f"pcm-hil train: error: {e}"
+              + (f"; once the chip is back, `pcm-hil train --resume {path}` continues the run"
+                 if path else ""), file=sys.stderr)
+        return EXIT_LINK_LOST
     if resumed is not None:
         print(f"resumed: {resumed.committed:,} logged and {resumed.served_from_journal} "
               f"journaled commands fast-forwarded, {resumed.resent} uncertain command(s) "
@@ -161,14 +183,19 @@ def _train(request: RunRequest, args: argparse.Namespace, control: RunControl) -
     return 0
 
 
-def _where_it_stopped(stack: Optional[RunStack]) -> str:
+def _where_it_stopped(request: RunRequest, stack: Optional[RunStack],
+                      started: bool = True) -> str:
     """What an aborted run left: the chip's state and what its log now holds."""
-    if stack is None:
-        return "nothing was sent to the chip"
-    rec, path = stack.recorder, stack.log_path
-    if rec is not None and not rec.began:
-        return (f"nothing was sent to the chip; run log {path} holds only the run's config "
-                f"(`--resume {path}` starts it from step 0)")
+    path = request.log_path if stack is None else stack.log_path
+    began = stack is not None and started
+    if stack is not None and stack.recorder is not None:
+        began = stack.recorder.began
+    elif stack is None and path and os.path.exists(path) and not request.resume_from:
+        began = read_header(path).began
+    if not began:
+        return "nothing was sent to the chip" + (
+            f"; run log {path} holds only the run's config (`--resume {path}` starts it "
+            "from step 0)" if path and os.path.exists(path) else "")
     return "the chip is in its safe state" + (f"; run log {path} is marked aborted"
                                                if path else "")
 

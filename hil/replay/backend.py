@@ -22,7 +22,7 @@ import numpy as np
 from drivers.backend import Capability, ChipBackend, ChipInfo, matvec_operands
 from drivers.errors import ChipFaultError, NotSupportedError
 from drivers.pulse import PulseKind, PulseSpec
-from hil.replay.divergence import ReplayDivergence, first_difference
+from hil.replay.divergence import LogEnded, ReplayDivergence, first_difference
 from hil.run_log import BATCH_ACKED, RunLog, RunLogError
 
 REPLAY_SCHEME = "replay://"
@@ -181,7 +181,7 @@ class ReplayBackend(ChipBackend):
         """The next logged command, which must be of kind `want`."""
         nxt = self.next_command()
         if nxt is None:
-            raise ReplayDivergence(
+            raise LogEnded(
                 f"the run sent {describe}, but the log ends after {self.commands_logged} "
                 f"commands (status {self.log.status.status})", step=self._last_step(),
                 command_index=self.commands_logged)
@@ -263,9 +263,9 @@ class ReplayBackend(ChipBackend):
         block, xv = matvec_operands(addresses, x)
         i, mb = self._next_matvec, self._matvec_batches
         if i >= self._n_matvecs:
-            raise ReplayDivergence(f"the run sent MATVEC #{i}, but the log ends after "
-                                   f"{self._n_matvecs} (status {self.log.status.status})",
-                                   step=self._last_step(), command="MATVEC")
+            raise LogEnded(f"the run sent MATVEC #{i}, but the log ends after "
+                           f"{self._n_matvecs} (status {self.log.status.status})",
+                           step=self._last_step(), command="MATVEC")
         step = int(mb["step"][i])
         k = 0 if xv.ndim == 1 else xv.shape[1]
         got = (block.shape[0], block.shape[1], k,

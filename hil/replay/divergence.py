@@ -35,6 +35,11 @@ class ReplayDivergence(HilError):
         super().__init__(f"replay diverged at {', '.join(where) or 'the start'}: {message}")
 
 
+class LogEnded(ReplayDivergence):
+    """A re-run that goes on where its log ends: a divergence for a completed run; for one
+    that was aborted, failed or killed, where its record stops."""
+
+
 def first_difference(got: np.ndarray, want: np.ndarray) -> int:
     """Index of the first element where two 1-D arrays differ (the shorter one's length when
     one is a prefix of the other)."""

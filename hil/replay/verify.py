@@ -18,7 +18,7 @@ from drivers.backend import Capability
 from drivers.errors import HilError
 from hil.recorder import Recorder
 from hil.replay.backend import ReplayBackend
-from hil.replay.divergence import ReplayDivergence, first_difference
+from hil.replay.divergence import LogEnded, ReplayDivergence, first_difference
 from hil.run_log import RunLog, RunLogError, is_wall_clock
 from hil.run_state import RunState
 
@@ -56,9 +56,8 @@ class VerifyRecorder(Recorder):
     def _compare(self, kind: str, table: Dict[str, np.ndarray], i: int, n: int, key: str,
                  value: int, metrics: Mapping[str, float]) -> None:
         if i >= n:
-            raise ReplayDivergence(f"the run reported {kind} metrics for {key} {value}, the "
-                                   f"log has only {n} rows", step=value if key == "step"
-                                   else None)
+            raise LogEnded(f"the run reported {kind} metrics for {key} {value}, the log has "
+                           f"only {n} rows", step=value if key == "step" else None)
         logged_key = int(table[key][i])
         where = {"step": value} if key == "step" else {}
         if logged_key != value:
@@ -95,8 +94,8 @@ class VerifyRecorder(Recorder):
     def on_snapshot(self, step: int, g_us: np.ndarray, chi: Mapping[str, np.ndarray]) -> None:
         i = self.ki
         if i >= self.n_snap:
-            raise ReplayDivergence(f"the run took snapshot {i}, the log has {self.n_snap}",
-                                   step=int(step))
+            raise LogEnded(f"the run took snapshot {i}, the log has {self.n_snap}",
+                           step=int(step))
         ls = int(self.snaps["step"][i])
         if ls != int(step):
             raise ReplayDivergence(f"snapshot {i} taken at step {int(step)}, the log's at "
@@ -193,8 +192,15 @@ def verify_run(path: str, *, progress: bool = False, data: Any = None) -> Verify
         report = VerifyReport(False, "", logged_seconds=logged_summary.get("train_seconds"))
         t0 = time.perf_counter()
         summary = None
+        completed = logged_status.status == RunState.COMPLETED
+        ended = None
         try:
             summary = run_experiment(cfg, backend, rec, progress=progress, data=data)
+        except LogEnded as e:
+            if completed:
+                report.divergence, report.message = e, str(e)
+            else:
+                ended = e   # an aborted, failed or killed run's record stops here
         except (ReplayDivergence, HilError) as e:
             report.divergence = e
             report.message = str(e)
@@ -206,6 +212,15 @@ def verify_run(path: str, *, progress: bool = False, data: Any = None) -> Verify
         report.epoch_metrics_checked = rec.ei
         report.snapshots_checked = rec.ki
         if report.divergence is not None:
+            return report
+        if ended is not None:
+            report.ok = True
+            report.message = (f"the logged run did not complete (status "
+                              f"{logged_status.status}: {logged_status.reason}); everything "
+                              f"it logged matches, through step {log.complete_step}: "
+                              f"{report.batches_checked:,} pulse batches, "
+                              f"{report.reads_served:,} reads, {rec.si:,} step and {rec.ei:,} "
+                              f"epoch metric rows, {rec.ki} snapshots")
             return report
         left = []
         if backend.remaining():
