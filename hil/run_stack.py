@@ -277,6 +277,29 @@ def _keep_chip_state(stack: RunStack) -> None:
     stack.recorder.commit_hooks.append(keeper.on_commit)
 
 
+def _check_resend_parts(plan: ResumePlan, old: RunLog, station: Optional[Station]) -> None:
+    """The command a kill cut off is re-sent in the parts it first went out in, or the
+    firmware cannot tell which of them it executed: the batch limit must split it as before."""
+    n = plan.uncertain_devices
+    if not n:
+        return
+    logged = (old.provenance.get("station") or {}).get("safety") or {}
+    before = logged.get("max_batch_devices")
+    now = station.safety.max_batch_devices if station is not None else None
+
+    def parts(limit: Optional[int]) -> int:
+        return 1 if limit is None else -(-n // int(limit))
+
+    if parts(before) != parts(now):
+        raise ResumeError(
+            f"{old.path}: the command the run was cut off in ({n:,} devices) went out as "
+            f"{parts(before)} command(s) (safety.max_batch_devices "
+            f"{'unset' if before is None else f'{before:,}'}); under "
+            f"{'no limit' if now is None else f'{now:,}'} it would go out as {parts(now)}, "
+            "and the firmware could not tell which parts it had executed: resume under the "
+            "batch limit the run had")
+
+
 def _stack_resume(stack: RunStack, exit_stack: contextlib.ExitStack, early: Dict[str, Any],
                   note: Callable[[str], None]) -> None:
     """The resume layer over the station guard (or the chip), and the new log. The plan is
@@ -285,6 +308,7 @@ def _stack_resume(stack: RunStack, exit_stack: contextlib.ExitStack, early: Dict
     request = stack.request
     old = exit_stack.enter_context(RunLog(request.resume_from))
     plan = plan_resume(old, stack.chip, request.chip_state)
+    _check_resend_parts(plan, old, request.station)
     stack.old_log, stack.resume_plan = old, plan
     prov = {**early, **resume_provenance(old, plan)}
     keeper = plan.chip_state

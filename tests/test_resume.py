@@ -106,29 +106,65 @@ def test_sigint_then_resume_equals_uninterrupted(tmp_path, small_data):
 
 def test_sigkill_on_sim_with_chip_state_resumes_exactly(tmp_path, small_data):
     """The in-process chip dies with the trainer; its state file, kept at the log's commits,
-    brings chip and log back to the same command."""
+    brings chip and log back to the same command. Every resume names the run's first log:
+    the newest segment is the one continued; a continued segment is never resumed again,
+    and once the run has completed there is nothing to resume."""
+    from hil.backend_url import open_backend
+    from hil.replay.resume import ResumeError, plan_resume
     cfg = _config(tmp_path, train=1200)
     ref = _reference(cfg, str(tmp_path / "ref.h5"), small_data)
     chip = str(tmp_path / "chip")
-    current = str(tmp_path / "run.h5")
-    p = _train(tmp_path, "--config", cfg, "--run", current, "--chip-state", chip)
+    run = current = str(tmp_path / "run.h5")
+    p = _train(tmp_path, "--config", cfg, "--run", run, "--chip-state", chip)
     for i, (target, wait) in enumerate(((300, 0.03), (700, 0.11))):
         _wait_step(p, current, target)
         time.sleep(wait)
         assert p.poll() is None
         p.send_signal(signal.SIGKILL)
         p.communicate()
-        nxt = str(tmp_path / f"run-{i + 2}.h5")
-        p = _train(tmp_path, "--resume", current, "--run", nxt, "--summary-json",
-                   str(tmp_path / "s.json"))
-        current = nxt
+        p = _train(tmp_path, "--resume", run, "--summary-json", str(tmp_path / "s.json"))
+        current = str(tmp_path / f"run-{i + 2}.h5")
     out, err = p.communicate(timeout=180)
     assert p.returncode == 0, err
-    assert "chip restored from" in out
+    assert "chip restored from" in out and f"{run} was continued by {tmp_path}/run-2.h5" in out
     summary = json.loads((tmp_path / "s.json").read_text())
     for k in KEYS:
         assert summary[k] == ref[k], k
     _same_run(current, str(tmp_path / "ref.h5"))
+    for given in (run, str(tmp_path / "run-2.h5")):
+        p = _train(tmp_path, "--resume", given)
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0 and f"nothing to resume: the run completed in {current}" \
+            in out, err
+    with RunLog(run) as old, open_backend("sim://", load_config(cfg).sim_chip_spec()) as live:
+        with pytest.raises(ResumeError, match=f"{run} was continued by {current}, the newest "
+                                              "segment of the run"):
+            plan_resume(old, live, chip)
+
+
+def test_a_run_killed_before_it_began_starts_again_from_step_0(tmp_path, small_data):
+    """Killed after its log was created, while its data was still loading: nothing reached
+    the chip, so --resume starts the run again from step 0 - with the chip-state file and
+    everything else its log's header names - into the next segment."""
+    from hil.run_log import read_header
+    cfg = _config(tmp_path, train=200)
+    ref = _reference(cfg, str(tmp_path / "ref.h5"), small_data)
+    run = str(tmp_path / "run.h5")
+    p = _train(tmp_path, "--config", cfg, "--run", run, "--chip-state", str(tmp_path / "c"))
+    assert p.stdout.readline().startswith("run log:")   # the header is there
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+    assert not read_header(run).began
+    p = _train(tmp_path, "--resume", run)
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err
+    assert "holds nothing of its run (it was killed before its first command); starting the " \
+           "run again from step 0" in out
+    _same_run(str(tmp_path / "run-2.h5"), str(tmp_path / "ref.h5"))
+    with RunLog(str(tmp_path / "run-2.h5")) as lg:
+        assert lg.provenance["chip_state"] == str(tmp_path / "c")
+        assert [s["status"] for s in lg.provenance["resume"]["segments"]] == \
+            ["killed before it began"]
 
 
 def test_journal_holds_reads_and_wire_seqs(tmp_path):

@@ -72,6 +72,7 @@ class ResendBatch:
 
     batch_id: int
     wire_seq: int
+    devices: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,6 +97,16 @@ class ResumePlan:
     resend: Optional[ResendBatch] = None
     chip_state: Optional[ChipStateKeeper] = None
     chip_from: Optional[int] = None
+
+    @property
+    def uncertain_devices(self) -> int:
+        """Devices in the command the old run was cut off in, which is re-sent (0: none).
+        A station guard sends it in the same parts as the first time only under the same
+        batch limit (hil.run_stack checks)."""
+        if self.resend is not None:
+            return self.resend.devices
+        cut = [c for c in self.journal if not c.done]
+        return int(cut[0].addresses.size) if cut else 0
 
 
 # --- the backend of a resumed run ----------------------------------------------------------
@@ -388,7 +399,8 @@ def plan_resume(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Re
                               "acknowledged, and no journal record says under which wire "
                               "sequence number; whether the chip applied it is unknown, so "
                               "the run cannot be continued exactly")
-        resend = ResendBatch(bid, last.wire_seq)
+        resend = ResendBatch(bid, last.wire_seq,
+                             int(pb["count"][list(pb["batch_id"]).index(bid)]))
         cmds = list(read_half)
     return ResumePlan(old.path, committed, tuple(cmds), late, resend)
 
