@@ -5,7 +5,7 @@ to the recorder once, whatever backend sits behind it.
 
 Where the stack has a station guard (drivers.abilities.GuardedBackend), every command is
 checked against it before it is written ahead into the log: a refused command never
-appears in the log as sent, only as a "refused" event (Recorder.on_event). The guard knows
+appears in the log as sent, only as a "command_refused" event (Recorder.on_event). The guard knows
 commands, not training steps, so the station's per-step limit (max_pulses_per_step) is
 counted here, over all the commands of a training step.
 """
@@ -72,7 +72,7 @@ class ChipIO:
                   "reason": str(error)}
         if n_pulses is not None:
             detail["pulses"] = int(np.asarray(n_pulses).sum())
-        self.recorder.on_event(self.step, "refused", detail)
+        self.recorder.on_event(self.step, "command_refused", detail)
 
     def _check(self, check: Callable[[], None], command: str, purpose: str,
                addresses: np.ndarray, n_pulses: np.ndarray | None = None) -> None:

@@ -67,9 +67,10 @@ class Recorder:
         """Per-epoch metrics (train/test accuracy, baseline accuracy...)."""
 
     def on_event(self, step: int, kind: str, detail: Mapping[str, Any]) -> None:
-        """Something that happened to the run that is neither a command nor a metric: a
-        command the station's limits refused before it was sent ("refused"), with what it
-        was and why."""
+        """Something that happened to the run rather than in it: a monitor pausing or
+        resuming it ("run_paused", "run_resumed"), a command the safety layer refused
+        ("command_refused": refused, so never sent), a resumed segment starting
+        ("segment_started"). `detail` is JSON-able; replay neither serves nor compares it."""
 
     def flush(self) -> None:
         """Make everything recorded so far durable."""

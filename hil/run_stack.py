@@ -17,11 +17,12 @@ and beside them: the run log (RunLogWriter) with the chip-state keeper hooked to
 provenance the log records (station, instrument snapshots, resume segments, chip state).
 
 `RunRequest` says what the operator asked for; `open_run_stack` checks it against the chip
-and builds the stack, in an order that leaves no trace of a run that cannot start: a resume
-is planned against the chip before its new log is created, and instruments are opened after
-the chip. A resumed run is held to the station it was started under (from its log), which a
-station given at resume may only narrow. The CLI only parses arguments into a RunRequest and
-calls this; so do the sweep, the benchmarks and the tests when they need a whole stack.
+and builds the stack, in an order that leaves no trace of a run that cannot start: the log's
+path is checked first, the log created only once the chip has accepted the run (a resume:
+once it is planned against the chip), and instruments are opened after the chip. A resumed
+run is held to the station it was started under (from its log), which a station given at
+resume may only narrow. The CLI only parses arguments into a RunRequest and calls this; so
+do the sweep, the benchmarks and the tests when they need a whole stack.
 """
 from __future__ import annotations
 
@@ -222,14 +223,20 @@ def open_run_stack(request: RunRequest,
     early = _early_provenance(request)
     with contextlib.ExitStack() as exit_stack:
         recorder = None
-        if request.log_path and not (request.dry_run or request.resume_from):
-            # Created first, so a bad path fails before the chip is touched; a stack that
-            # fails to build after this marks the log failed, with the reason.
+        new_log = bool(request.log_path and not (request.dry_run or request.resume_from))
+        if new_log:
+            # A bad path fails before the chip is touched; the log itself is created only
+            # once the chip has accepted this client (a chip that refuses it - in use by
+            # another, not where a record says - leaves no file behind, so the same --run
+            # works once the chip is free). From then on, a stack that fails to build marks
+            # the log failed, with the reason.
+            _prepare_log_path(request.log_path)
+        url = "sim://" if request.dry_run else request.url
+        chip = exit_stack.enter_context(open_backend(url, cfg.sim_chip_spec()))
+        if new_log:
             recorder = exit_stack.enter_context(_new_log(request.log_path, cfg, early))
             note(f"run log: {request.log_path}"
                  + (f" (starting {request.restarts} again)" if request.restarts else ""))
-        url = "sim://" if request.dry_run else request.url
-        chip = exit_stack.enter_context(open_backend(url, cfg.sim_chip_spec()))
         stack = RunStack(request, chip, chip, recorder=recorder)
         stack.provenance.update(early)
         station = request.station
@@ -250,8 +257,8 @@ def open_run_stack(request: RunRequest,
 def _early_provenance(request: RunRequest) -> Dict[str, Any]:
     """What the log's provenance holds from its creation on, before the chip is opened: the
     chip's URL and the station (a resumed run goes back to the one and is held to the
-    other), the chip-state file, the segments before this one of a run started again. A run killed before its first command is started again
-    from these."""
+    other), the chip-state file, the segments before this one of a run started again. A run
+    killed before its first command is started again from these."""
     prov: Dict[str, Any] = {} if request.dry_run else {"chip_url": request.url}
     if request.station is not None:
         prov["station"] = station_provenance(request.station)
@@ -262,8 +269,18 @@ def _early_provenance(request: RunRequest) -> Dict[str, Any]:
     return prov
 
 
+def _prepare_log_path(path: str) -> None:
+    """The log's folder made, and its path checked as the writer will check it."""
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the folder of the run log {path}: "
+                          f"{e.strerror or e}", key="--run") from None
+    RunLogWriter.check_path(path)
+
+
 def _new_log(path: str, cfg: ExperimentConfig, provenance: Dict[str, Any]) -> RunLogWriter:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    _prepare_log_path(path)
     return RunLogWriter(path, cfg, provenance=provenance)
 
 

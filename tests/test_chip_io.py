@@ -139,7 +139,7 @@ def test_a_refused_command_is_recorded_as_refused_never_as_sent():
             send()
     assert trace.hooks() == ["on_event"] * 3
     step, kind, detail = trace.events[0][1:4]
-    assert (step, kind) == (3, "refused")
+    assert (step, kind) == (3, "command_refused")
     assert detail["command"] == "PROGRAM_SET" and detail["purpose"] == "update"
     assert detail["devices"] == 4 and detail["pulses"] == 36
     assert "safety.max_pulses_per_device" in detail["reason"]

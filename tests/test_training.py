@@ -386,7 +386,7 @@ def test_a_step_refused_mid_run_is_recorded_as_refused_and_never_as_sent(tmp_pat
         run_experiment(cfg, LimitedBackend(chip, _limits(max_pulses_per_step=12)), rec,
                        data=small_data)
     (step, kind, detail), = rec.events
-    assert kind == "refused" and detail["pulses"] > 12
+    assert kind == "command_refused" and detail["pulses"] > 12
     with RunLog(path) as lg:
         assert lg.status.status == "failed" and "max_pulses_per_step" in lg.status.reason
         pb = lg.pulse_batches()

@@ -9,6 +9,7 @@ from typing import Optional
 
 from drivers.errors import ConfigError, LinkError
 from hil.commands.arguments import non_negative_int
+from hil.commands.watch import add_server_arguments, check_server_arguments, live_view
 from hil.config import load_config, with_overrides
 from hil.run_control import RunAborted, RunControl
 from hil.output_files import check_writable
@@ -38,6 +39,7 @@ examples:
   pcm-hil train --config configs/quick.yaml --seed 3 --epochs 1 --summary-json out.json
   pcm-hil train --config configs/quick.yaml --run runs/q.h5 --chip-state runs/q.chip
   pcm-hil train --resume runs/q.h5        # after Ctrl-C or a crash: continues into runs/q-2.h5
+  pcm-hil train --config configs/quick.yaml --watch   # follow it in the browser
 
 --resume takes any segment of a run (RUN.h5, RUN-2.h5, ...) and continues its newest; a run
 killed before its first command starts again from step 0. A resumed run keeps the station
@@ -84,6 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="walk the whole experiment against the simulated chip under the "
                         "station's limits and report what would be sent; the configured chip "
                         "and the instruments are not touched, nothing is logged")
+    add_server_arguments(p, for_train=True)
     p.set_defaults(func=run)
 
 
@@ -130,6 +133,7 @@ def _say(msg: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.epochs == 0:
         raise ConfigError("must be >= 1", key="--epochs")
+    check_server_arguments(args)
     if args.summary_json:
         check_writable(args.summary_json, "--summary-json", make_folder=True)  # not at the end
     station = load_station(args.station) if args.station else None
@@ -152,7 +156,8 @@ def _train(request: RunRequest, args: argparse.Namespace, control: RunControl) -
     cfg = request.config
     stack = None
     try:
-        with open_run_stack(request, note=_say) as stack:
+        with open_run_stack(request, note=_say) as stack, \
+                live_view(args, stack.log_path, control):
             _say(f"training {cfg.name}: {cfg.data.train_examples:,} examples x "
                  f"{cfg.training.epochs} epochs on {request.url} (Ctrl-C or SIGTERM stops "
                  "after the current step)")

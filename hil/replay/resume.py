@@ -42,7 +42,8 @@ import numpy as np
 
 from drivers.abilities import SequencedBackend, StatefulBackend, find_ability
 from drivers.backend import ChipBackend
-from drivers.errors import ChipFaultError, HilError, NotSupportedError
+from drivers.chip_history import HistoryMismatch, HistoryPosition
+from drivers.errors import ChipFaultError, ChipHistoryError, HilError, NotSupportedError
 from drivers.layers import BackendLayer
 from drivers.pulse import PulseKind, PulseSpec
 from hil.chip_io import wire_seq_of
@@ -50,15 +51,13 @@ from hil.chip_state import ChipStateKeeper
 from hil.config import MatvecMode
 from hil.replay.backend import ReplayBackend
 from hil.replay.divergence import ReplayDivergence
-from hil.run_log import (BATCH_ACKED, JournalCommand, LogHeader, RunLog, RunLogError,
+from hil.run_history import check_log_chip, resumed_provenance
+from hil.run_log import (BATCH_ACKED, NOT_SENT, JournalCommand, LogHeader, RunLog, RunLogError,
                          read_header)
 from hil.run_state import RunState
 
 log = logging.getLogger("pcm_hil.resume")
 
-#: Wire sequence number journaled for a command served from the old log during a resume's
-#: fast-forward: it never reached the chip, so if a kill leaves it uncertain it is re-run.
-NOT_SENT = -2
 
 
 class ResumeError(HilError):
@@ -88,6 +87,8 @@ class ResumePlan:
     resend: the committed batch the old run failed inside, if any.
     chip_state: the in-process chip restored from its state file (sim://), with chip_from
         the command it was saved at: from there on, served commands are executed on it too.
+    chip_history: where a chip behind firmware stood when the resume was planned (checked
+        against the log; the new log records it).
     """
 
     log_path: str
@@ -97,6 +98,7 @@ class ResumePlan:
     resend: Optional[ResendBatch] = None
     chip_state: Optional[ChipStateKeeper] = None
     chip_from: Optional[int] = None
+    chip_history: Optional[HistoryPosition] = None
 
     @property
     def uncertain_devices(self) -> int:
@@ -324,7 +326,8 @@ def resumed_path(old_path: str, old: "RunLog | LogHeader") -> str:
 
 def plan_resume(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> ResumePlan:
     """Check the log can be resumed on `live` and say how; one ResumeError naming what is
-    missing when it cannot."""
+    missing when it cannot, a ChipHistoryError when a chip behind firmware is not where the
+    log left it (hil.run_history)."""
     if old.status.status == RunState.COMPLETED:
         raise ResumeError(f"{old.path}: the run completed; there is nothing to resume")
     cfg = old.experiment_config()
@@ -402,7 +405,54 @@ def plan_resume(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Re
         resend = ResendBatch(bid, last.wire_seq,
                              int(pb["count"][list(pb["batch_id"]).index(bid)]))
         cmds = list(read_half)
-    return ResumePlan(old.path, committed, tuple(cmds), late, resend)
+    # The chip must be where the log left it, before anything is sent (hil.run_history).
+    try:
+        position = check_log_chip(old, live)[0]
+    except ChipHistoryError as e:
+        if e.mismatch not in (HistoryMismatch.FURTHER, HistoryMismatch.LAST_COMMAND):
+            raise
+        raise ChipHistoryError(f"{e}; {_who_moved_it(old.path, e.found)}", mismatch=e.mismatch,
+                               expected=e.expected, found=e.found, command=e.command) from None
+    return ResumePlan(old.path, committed, tuple(cmds), late, resend, chip_history=position)
+
+
+def _who_moved_it(path: str, found: Optional[HistoryPosition]) -> str:
+    """For a chip further than the log `path`: the newest log of the same run that continued
+    `path` (any name, in its folder), with how far it got - or, when there is none, that
+    another client used the chip, and the chip's last command."""
+    newest = None
+    base, name = chain_base(path), os.path.basename(path)
+    folder = os.path.dirname(path)
+    for entry in sorted(os.listdir(folder or ".")):
+        seg = os.path.join(folder, entry)
+        if not entry.endswith(".h5") or os.path.samefile(seg, path):
+            continue
+        try:
+            prov = read_header(seg).provenance.get("resume") or {}
+        except RunLogError:
+            continue
+        if prov.get("base") == base and name in [str(s.get("log")) for s in
+                                                 prov.get("segments") or []]:
+            n = int(prov.get("segment", 0))
+            if newest is None or n > newest[0]:
+                newest = (n, seg)
+    last = "" if found is None or found.last_command is None else \
+        f"the chip's last command: {found.last_command} seq {found.last_seq}"
+    if newest is None:
+        return (f"no log next to {name} continues its run, so another client has used the "
+                f"chip since ({last})" if last else
+                f"no log next to {name} continues its run, so another client has used the "
+                "chip since")
+    seg = newest[1]
+    try:
+        with RunLog(seg) as lg:
+            how = (f"{lg.status.status}, complete through step {lg.complete_step}, "
+                   f"{reach(lg):,} commands")
+    except RunLogError:
+        how = "its run never began"
+    return (f"{name} was continued by {seg} (segment {newest[0]} of the run: {how}), the "
+            f"newest segment, which moved the chip on{' - ' + last if last else ''}; resume "
+            f"{seg}, not {name}")
 
 
 def check_chip_history(old: RunLog, live: ChipBackend) -> None:
@@ -508,8 +558,11 @@ def resume_provenance(old: RunLog, plan: ResumePlan) -> Dict[str, Any]:
                      "reason": old.status.reason, "complete_step": old.complete_step,
                      "commands": plan.committed, "journal_commands": len(plan.journal)})
     base = prev.get("base") or re.sub(r"\.h5$", "", os.path.basename(old.path))
-    return {"resume": {"segment": int(prev.get("segment", 1)) + 1, "base": base,
-                       "segments": segments}}
+    out: Dict[str, Any] = {"resume": {"segment": int(prev.get("segment", 1)) + 1,
+                                      "base": base, "segments": segments}}
+    if plan.chip_history is not None:
+        out.update(resumed_provenance(old, plan.chip_history))
+    return out
 
 
 def restart_provenance(header: LogHeader) -> Dict[str, Any]:

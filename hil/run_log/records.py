@@ -1,4 +1,4 @@
-"""The named records a run log hands back: a status change, a pulse batch.
+"""The named records a run log hands back: a status change, a run event, a pulse batch.
 
 Shared by the reader (rows of the committed tables) and the journal (commands sent after
 the last commit), which both build them.
@@ -24,6 +24,17 @@ class RunStatus:
     summary: Optional[Dict[str, Any]]
     step: int
     time_unix: float
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """One row of /events: something that happened to the run at `step` (a pause, a
+    command the safety layer refused, a resumed segment starting), with its detail."""
+
+    step: int
+    time_unix: float
+    kind: str
+    detail: Dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -69,4 +80,4 @@ class LogHeader:
     final_reason: Optional[str] = None
 
 
-__all__ = ["LogHeader", "PulseBatch", "RunStatus"]
+__all__ = ["LogHeader", "PulseBatch", "RunEvent", "RunStatus"]

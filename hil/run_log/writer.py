@@ -40,13 +40,14 @@ from hil.run_log.h5file import create_file
 from hil.run_log.journal import JOURNAL_SUFFIX, JournalWriter
 from hil.run_log.packing import F32, I64_FAST, SMALL, address_bytes, pulse_count_bytes
 from hil.run_log.provenance import environment_provenance
-from hil.run_log.schema import (BATCH_ACKED, BATCH_SENT, COMMIT_FIELDS, FORMAT,
-                                MATVEC_BATCH_COLUMNS, MATVEC_EVENT_COLUMNS,
+from hil.run_log.schema import (BATCH_ACKED, BATCH_SENT, COMMIT_FIELDS, EVENT_COLUMNS,
+                                EVENT_KINDS, FORMAT, MATVEC_BATCH_COLUMNS, MATVEC_EVENT_COLUMNS,
                                 PULSE_BATCH_COLUMNS, PULSE_EVENT_COLUMNS, PURPOSE_BYTES,
                                 PURPOSES, READ_BATCH_COLUMNS, READ_EVENT_COLUMNS,
                                 SCHEMA_VERSION, SNAPSHOT_CHUNK, SNAPSHOT_COLUMNS,
                                 STATUS_CODE, STATUS_COLUMNS, RunLogError, filter_kwargs)
-from hil.run_log.tables import CommandTable, MetricsTable, RowTable, overwrite
+from hil.run_log.tables import (CodeTable, CommandTable, DocumentTable, MetricsTable,
+                                RowTable, overwrite)
 from hil.run_state import RunState, can_transition
 
 log = logging.getLogger("pcm_hil.run_log")
@@ -85,12 +86,7 @@ class RunLogWriter(Recorder):
         self.flush_every_steps = every
         self.snapshot_every_steps = int(getattr(getattr(cfg, "log", None),
                                                 "snapshot_every_steps", 0) or 0)
-        parent = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(parent):
-            raise RunLogError(f"folder {parent} does not exist", path=self.path)
-        if os.path.exists(self.path) and not overwrite:
-            raise RunLogError("file exists; refusing to overwrite a run log (choose another "
-                              "--run path or delete the old log)", path=self.path)
+        self.check_path(self.path, overwrite=overwrite)
         cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
         self._config_text = _yaml_text(cfg_dict)
         #: What the run's provenance holds before begin() (the station, the chip-state
@@ -107,8 +103,8 @@ class RunLogWriter(Recorder):
         #: The /pulses/batches row (as buffered) of the batch announced by before_program and
         #: not yet acknowledged.
         self._pending: Optional[list] = None
-        self._purpose_codes: Dict[str, int] = {p: i + 1 for i, p in enumerate(PURPOSES)}
-        self._purposes_on_disk = 0
+        #: purpose tag -> code (CodeTable.codes once begin() made the table)
+        self._purpose_codes: Dict[str, int] = {}
         self._commits = 0
         self._complete_step = -1
         self._journal_on = journal
@@ -118,6 +114,23 @@ class RunLogWriter(Recorder):
         #: then holds: resume keeps a simulated chip's state file in step with the log.
         self.commit_hooks: List[Callable[[int], None]] = []
         self._keep_journal = False
+
+    @staticmethod
+    def check_path(path: str, *, overwrite: bool = False) -> None:
+        """Raise the RunLogError a writer at `path` would raise for its path (no folder, a
+        log already there, a folder that cannot be written), without creating anything:
+        a run checks its log's path before it opens the chip, and creates the log only
+        once the chip has accepted it."""
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise RunLogError(f"folder {parent} does not exist", path=path)
+        if os.path.isdir(path):
+            raise RunLogError("is a folder; give a file name for the run log", path=path)
+        if os.path.exists(path) and not overwrite:
+            raise RunLogError("file exists; refusing to overwrite a run log (choose another "
+                              "--run path or delete the old log)", path=path)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RunLogError(f"folder {parent} cannot be written", path=path)
 
     @property
     def began(self) -> bool:
@@ -224,17 +237,7 @@ class RunLogWriter(Recorder):
         return s
 
     def _purpose(self, purpose: str) -> int:
-        code = self._purpose_codes.get(purpose)
-        if code is None:
-            if not isinstance(purpose, str) or not purpose or \
-                    len(purpose.encode("utf-8")) > PURPOSE_BYTES:
-                raise RunLogError(f"purpose tag {purpose!r} is not a string of 1..{PURPOSE_BYTES}"
-                                  " bytes", path=self.path)
-            code = len(self._purpose_codes) + 1
-            if code > 255:
-                raise RunLogError("more than 255 distinct purpose tags", path=self.path)
-            self._purpose_codes[purpose] = code
-        return code
+        return self._purposes.code(purpose)
 
     # --- Recorder hooks ----------------------------------------------------------------------
     def begin(self, *, config: Mapping[str, Any], provenance: Mapping[str, Any],
@@ -310,13 +313,15 @@ class RunLogWriter(Recorder):
         self._step_metrics = MetricsTable(metrics.create_group("step"), "step", self.path)
         self._epoch_metrics = MetricsTable(metrics.create_group("epoch"), "epoch", self.path)
         self._monitor = MetricsTable(metrics.create_group("monitor"), "step", self.path)
-        st = f.create_group("status")
-        self._status = RowTable(st, STATUS_COLUMNS, 64)
-        self._status_doc = st.create_dataset("doc", shape=(0,), maxshape=(None,), dtype="u1",
-                                             chunks=(4096,))
-        self._status_doc_bytes = 0
-        self._purposes_ds = self._meta.create_dataset(
-            "purposes", shape=(0,), maxshape=(None,), dtype=f"S{PURPOSE_BYTES}", chunks=(64,))
+        self._status = DocumentTable(f.create_group("status"), STATUS_COLUMNS, 64)
+        self._events = DocumentTable(f.create_group("events"), EVENT_COLUMNS, 64)
+        self._purposes = CodeTable(self._meta.create_dataset(
+            "purposes", shape=(0,), maxshape=(None,), dtype=f"S{PURPOSE_BYTES}", chunks=(64,)),
+            PURPOSES, "purpose tag", self.path)
+        self._purpose_codes = self._purposes.codes
+        self._event_kinds = CodeTable(self._meta.create_dataset(
+            "event_kinds", shape=(0,), maxshape=(None,), dtype=f"S{PURPOSE_BYTES}",
+            chunks=(64,)), EVENT_KINDS, "event kind", self.path)
         self._commit_ds = f.create_dataset("commit", data=np.zeros(len(COMMIT_FIELDS),
                                                                    dtype="<i8"))
         self._commit_ds.attrs["fields"] = np.array(COMMIT_FIELDS, dtype=object)
@@ -521,6 +526,22 @@ class RunLogWriter(Recorder):
         self._epoch_metrics.add(int(epoch), metrics, "epoch")
         self._commit()
 
+    def on_event(self, step: int, kind: str, detail: Mapping[str, Any]) -> None:
+        """Something that happened to the run (a row of /events), committed at once: events
+        are rare, and a live reader should see a pause when it happens."""
+        if self._state != "running":
+            self._require("running", "on_event")
+        if not isinstance(detail, Mapping):
+            raise RunLogError(f"on_event {kind!r} at step {int(step)}: detail must be a "
+                              f"mapping, got {type(detail).__name__}", path=self.path)
+        s = self._check_step(step, "on_event")
+        code = self._event_kinds.code(kind)
+        try:
+            self._events.add([s, time.time(), code], _dumps(dict(detail)).encode("utf-8"))
+        except (OSError, RuntimeError) as e:
+            raise self._fail(e) from None
+        self._commit()
+
     def flush(self) -> None:
         """Commit everything recorded so far (durable against a killed process)."""
         if self._state == "running":
@@ -594,18 +615,11 @@ class RunLogWriter(Recorder):
     # --- internals -------------------------------------------------------------------------
     def _append_status(self, status: RunState, reason: Optional[str],
                        summary: Optional[Mapping[str, Any]], step: int) -> None:
-        doc = _dumps({"status": status.value, "reason": reason,
-                      "summary": summary}).encode("utf-8")
-        off = self._status_doc_bytes
+        doc = _dumps({"status": status.value, "reason": reason, "summary": summary})
         try:
-            self._status_doc.resize((off + len(doc),))
-            self._status_doc_bytes = off + len(doc)
-            if doc:
-                self._status_doc[off:off + len(doc)] = np.frombuffer(doc, dtype=np.uint8)
+            self._status.add([STATUS_CODE[status.value], step, time.time()], doc.encode("utf-8"))
         except (OSError, RuntimeError) as e:
             raise self._fail(e) from None
-        self._status.pending.append([STATUS_CODE[status.value], step, time.time(), off,
-                                     len(doc)])
 
     def _commit(self, final: bool = False) -> None:
         """Write buffers, flush, then publish the new row counts and flush again.
@@ -625,18 +639,14 @@ class RunLogWriter(Recorder):
             hook(self._seq)
 
     def _write_commit(self) -> None:
-        for t in (self._reads, self._pulses, self._matvec, self._snapshots, self._status):
+        for t in (self._reads, self._pulses, self._matvec, self._snapshots, self._status,
+                  self._events):
             t.write()
         self._step_metrics.write()
         self._epoch_metrics.write()
         self._monitor.write()
-        names = sorted(self._purpose_codes, key=self._purpose_codes.get)
-        if len(names) > self._purposes_on_disk:
-            self._purposes_ds.resize((len(names),))
-            self._purposes_ds[self._purposes_on_disk:] = np.array(
-                [n.encode("utf-8") for n in names[self._purposes_on_disk:]],
-                dtype=f"S{PURPOSE_BYTES}")
-            self._purposes_on_disk = len(names)
+        self._purposes.write()
+        self._event_kinds.write()
         self._f.flush()
         self._commits += 1
         if self._last_step is not None:
@@ -651,14 +661,16 @@ class RunLogWriter(Recorder):
             "step_metric_columns": len(self._step_metrics.names),
             "epoch_metrics": self._epoch_metrics.rows,
             "epoch_metric_columns": len(self._epoch_metrics.names),
-            "status_rows": self._status.rows, "status_doc_bytes": self._status_doc_bytes,
-            "purposes": self._purposes_on_disk,
+            "status_rows": self._status.rows, "status_doc_bytes": self._status.doc_bytes,
+            "purposes": self._purposes.on_disk,
             "last_step": self._last_step if self._last_step is not None else -1,
             "complete_step": self._complete_step,
             "time_us": int(time.time() * 1e6),
             "monitor_rows": self._monitor.rows,
             "monitor_columns": len(self._monitor.names),
             "matvec_batches": self._matvec.batch_rows, "matvec_values": self._matvec.event_rows,
+            "event_rows": self._events.rows, "event_doc_bytes": self._events.doc_bytes,
+            "event_kinds": self._event_kinds.on_disk,
         }
         overwrite(self._commit_ds.id, np.array([counts[k] for k in COMMIT_FIELDS],
                                                dtype="<i8"))
