@@ -209,8 +209,11 @@ class RunStack:
     def __enter__(self) -> "RunStack":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, *exc: Any) -> None:
+        # What ended the block reaches every layer: the log of a run stopped before its
+        # first command (a second Ctrl-C while the data loads) is marked aborted, not left
+        # as if its writer had been killed.
+        self._exit.__exit__(*exc)
 
 
 def open_run_stack(request: RunRequest,

@@ -68,11 +68,22 @@ def test_a_bad_log_path_fails_before_the_chip_is_opened(tmp_path):
         open_run_stack(RunRequest(small_config(), backend_url=DEAD_CHIP, log_path=str(log)))
 
 
-def test_a_chip_that_cannot_be_opened_leaves_its_log_marked_failed_with_the_reason(tmp_path):
+def test_a_chip_that_cannot_be_opened_leaves_no_log(tmp_path):
+    """The log is created only once the chip has accepted the run: a dead (or refusing)
+    chip leaves nothing that would make the same --run refuse once the chip is back."""
     log = str(tmp_path / "r.h5")
     with pytest.raises(LinkError):
         open_run_stack(RunRequest(small_config(), backend_url=DEAD_CHIP, log_path=log))
-    with pytest.raises(RunLogError, match="never started.*final status failed: LinkError"):
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_stack_that_fails_after_the_chip_opened_marks_its_log_failed(tmp_path,
+                                                                       tiny_trained_log):
+    log = str(tmp_path / "r.h5")
+    with pytest.raises(ConfigError, match="only the in-process simulated chip"):
+        open_run_stack(RunRequest(small_config(), backend_url=f"replay://{tiny_trained_log}",
+                                  log_path=log, chip_state=str(tmp_path / "c.state")))
+    with pytest.raises(RunLogError, match="never started.*final status failed: ConfigError"):
         RunLog(log)
 
 

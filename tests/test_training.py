@@ -366,28 +366,24 @@ def test_a_step_refused_mid_run_is_recorded_as_refused_and_never_as_sent(tmp_pat
                                                                          small_data):
     """A training step whose pulses pass max_pulses_per_step is refused before it is
     written ahead: the log's pulse totals are what reached the chip (replay's totals are
-    right), and the recorder hears a 'refused' event naming the limit."""
+    right), and the log's /events holds one 'command_refused' event naming the limit."""
     from drivers.errors import SafetyLimitError
     from drivers.safety import LimitedBackend
     from hil.run_log import RunLog, RunLogWriter
 
-    class Events(RunLogWriter):
-        events = []
-
-        def on_event(self, step, kind, detail):
-            self.events.append((step, kind, dict(detail)))
-
     cfg = small_config(data={"train_examples": 300, "test_examples": 10})
     chip = _chip(cfg)
     path = str(tmp_path / "r.h5")
-    rec = Events(path, cfg)
     with pytest.raises(SafetyLimitError, match=r"pulses in step \d+ exceed "
                                                r"safety\.max_pulses_per_step = 12"):
-        run_experiment(cfg, LimitedBackend(chip, _limits(max_pulses_per_step=12)), rec,
-                       data=small_data)
-    (step, kind, detail), = rec.events
-    assert kind == "command_refused" and detail["pulses"] > 12
+        run_experiment(cfg, LimitedBackend(chip, _limits(max_pulses_per_step=12)),
+                       RunLogWriter(path, cfg), data=small_data)
     with RunLog(path) as lg:
+        (event,) = lg.events()
+        step, detail = event.step, event.detail
+        assert event.kind == "command_refused" and detail["pulses"] > 12
+        assert detail["command"].startswith("PROGRAM") and \
+            "max_pulses_per_step" in detail["reason"]
         assert lg.status.status == "failed" and "max_pulses_per_step" in lg.status.reason
         pb = lg.pulse_batches()
         assert (pb["status"] == 2).all()                      # every logged batch acked
