@@ -411,7 +411,8 @@ def plan_resume(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Re
     except ChipHistoryError as e:
         if e.mismatch not in (HistoryMismatch.FURTHER, HistoryMismatch.LAST_COMMAND):
             raise
-        raise ChipHistoryError(f"{e}; {_who_moved_it(old.path, e.found)}", mismatch=e.mismatch,
+        raise ChipHistoryError(f"{e.message}; {_who_moved_it(old.path, e.found)}",
+                               mismatch=e.mismatch,
                                expected=e.expected, found=e.found, command=e.command) from None
     return ResumePlan(old.path, committed, tuple(cmds), late, resend, chip_history=position)
 
@@ -444,15 +445,18 @@ def _who_moved_it(path: str, found: Optional[HistoryPosition]) -> str:
                 f"no log next to {name} continues its run, so another client has used the "
                 "chip since")
     seg = newest[1]
+    completed = False
     try:
         with RunLog(seg) as lg:
+            completed = lg.status.status == RunState.COMPLETED
             how = (f"{lg.status.status}, complete through step {lg.complete_step}, "
                    f"{reach(lg):,} commands")
     except RunLogError:
         how = "its run never began"
+    then = "the run completed there, nothing is left to resume" if completed else \
+        f"resume {seg}, not {name}"
     return (f"{name} was continued by {seg} (segment {newest[0]} of the run: {how}), the "
-            f"newest segment, which moved the chip on{' - ' + last if last else ''}; resume "
-            f"{seg}, not {name}")
+            f"newest segment, which moved the chip on{' - ' + last if last else ''}; {then}")
 
 
 def check_chip_history(old: RunLog, live: ChipBackend) -> None:
