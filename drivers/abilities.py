@@ -114,8 +114,28 @@ class GuardedBackend(Protocol):
     def check_read(self, addresses: np.ndarray) -> None:
         """Raise SafetyLimitError if read() of these devices would be refused."""
 
+    def check_program_read(self, addresses: np.ndarray, n_pulses: np.ndarray,
+                           pulse: PulseSpec) -> None:
+        """Raise SafetyLimitError if program_read() of this batch would be refused."""
+
     def check_matvec(self, addresses: np.ndarray, x: np.ndarray) -> None:
         """Raise SafetyLimitError if matvec() of this block and input would be refused."""
+
+
+@runtime_checkable
+class ReplyMemory(Protocol):
+    """A firmware that answers a repeated request from its memory of recent replies, and
+    says how many it keeps (drivers.fpga.FpgaChip: the HELLO answer's seq_memory).
+
+    A command the station guard splits into several goes out under consecutive sequence
+    numbers; resume settles a kill in the middle by re-sending all of them, which is exact
+    only while the firmware still remembers every part (drivers.safety.LimitedBackend
+    refuses a split into more parts than that).
+    """
+
+    @property
+    def seq_memory(self) -> int:
+        """Replies remembered (at least 1)."""
 
 
 @runtime_checkable
@@ -150,7 +170,7 @@ class ChipHistory(Protocol):
 
 #: The abilities find_ability knows, in the order docs/backends.md lists them.
 ABILITIES: Tuple[type, ...] = (SequencedBackend, ClockedBackend, StatefulBackend,
-                               GuardedBackend, AdcReadout, ChipHistory)
+                               GuardedBackend, ReplyMemory, AdcReadout, ChipHistory)
 
 #: The Capability a chip must advertise for an ability to count (the rest need none).
 ABILITY_CAPABILITY: Mapping[type, Capability] = MappingProxyType({
@@ -213,5 +233,5 @@ def find_ability(backend: ChipBackend, ability: Type[A]) -> Optional[A]:
 
 
 __all__ = ["ABILITIES", "ABILITY_CAPABILITY", "AdcReadout", "ChipHistory", "ClockedBackend",
-           "GuardedBackend", "SequencedBackend", "StatefulBackend", "find_ability",
-           "has_ability"]
+           "GuardedBackend", "ReplyMemory", "SequencedBackend", "StatefulBackend",
+           "find_ability", "has_ability"]

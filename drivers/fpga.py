@@ -466,6 +466,13 @@ class FpgaChip(ChipBackend):
         assert self._hello is not None
         return self._hello.adc_full_scale_us
 
+    @property
+    def seq_memory(self) -> int:
+        """How many of its latest replies the firmware answers a repeated request from (the
+        HELLO answer's seq_memory; abilities.ReplyMemory)."""
+        assert self._hello is not None
+        return int(self._hello.seq_memory)
+
     def read(self, addresses: np.ndarray) -> np.ndarray:
         codes, inverse = self._read_set(addresses, ReadRequest, "READ")
         values = adc.adc_dequantise(codes, self.adc_full_scale_us)
@@ -689,36 +696,56 @@ def _as_set(addr: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     return uniq, inverse.ravel()
 
 
+#: Driver options a serial:// or socket:// URL's query may set: option -> (keyword, type).
+_URL_OPTIONS = {"baudrate": ("baudrate", int), "timeout": ("timeout_s", float),
+                "retries": ("retries", int),
+                "busy_poll_us": ("busy_poll_s", lambda v: float(v) / 1e6)}
+
+
+def _url_options(scheme: str, query: str) -> dict:
+    """The driver options of a URL's query (one LinkError naming a bad one)."""
+    opts = {}
+    for k, v in ((k, v[-1]) for k, v in parse_qs(query, keep_blank_values=True).items()):
+        if k not in _URL_OPTIONS:
+            raise LinkError(f"unknown {scheme}:// option {k!r} (known: "
+                            f"{', '.join(_URL_OPTIONS)})", command="OPEN")
+        try:
+            opts[_URL_OPTIONS[k][0]] = _URL_OPTIONS[k][1](v)
+        except ValueError:
+            raise LinkError(f"bad value {v!r} for {scheme}:// option {k}", command="OPEN") \
+                from None
+    return opts
+
+
 def _parse_serial_url(url: str) -> Tuple[str, dict]:
     """`serial://PATH?baudrate=N&timeout=S&retries=K&busy_poll_us=U` -> (PATH, options)."""
-    rest = url[len("serial://"):]
-    path, _, query = rest.partition("?")
-    q = {k: v[-1] for k, v in parse_qs(query).items()}
-    # option -> (driver keyword, conversion)
-    conv = {"baudrate": ("baudrate", int), "timeout": ("timeout_s", float),
-            "retries": ("retries", int),
-            "busy_poll_us": ("busy_poll_s", lambda v: float(v) / 1e6)}
-    opts = {}
-    for k, v in q.items():
-        if k not in conv:
-            raise LinkError(f"unknown serial:// option {k!r} (known: {', '.join(conv)})",
-                            command="OPEN")
-        try:
-            opts[conv[k][0]] = conv[k][1](v)
-        except ValueError:
-            raise LinkError(f"bad value {v!r} for serial:// option {k}", command="OPEN") \
-                from None
-    return path, opts
+    path, _, query = url[len("serial://"):].partition("?")
+    return path, _url_options("serial", query)
+
+
+def _parse_socket_url(url: str) -> Tuple[str, dict]:
+    """`socket://HOST:PORT?timeout=S&retries=K&busy_poll_us=U` -> (socket://HOST:PORT,
+    options), checked here so that a bad host or port is named in our words, not in
+    pyserial's."""
+    rest, _, query = url[len("socket://"):].partition("?")
+    host, colon, port = rest.rpartition(":")
+    if not colon or not host:
+        raise LinkError(f"{url!r} is not socket://HOST:PORT", command="OPEN")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise LinkError(f"{url!r}: port {port!r} is not a TCP port number (1-65535)",
+                        command="OPEN")
+    return f"socket://{host}:{int(port)}", _url_options("socket", query)
 
 
 def open_fpga(url: str, **options: object) -> FpgaChip:
     """Open the FPGA chip a URL names: a device or pty path, socket://HOST:PORT, or
-    serial://PATH?baudrate=N&timeout=S&retries=K&busy_poll_us=U (options for the driver
-    itself)."""
-    if url.startswith("serial://"):
-        url, parsed = _parse_serial_url(url)
-        parsed.update(options)
-        options = parsed
+    serial://PATH; the last two take options for the driver itself in their query
+    (?baudrate=N&timeout=S&retries=K&busy_poll_us=U)."""
+    for scheme, parse in (("serial://", _parse_serial_url), ("socket://", _parse_socket_url)):
+        if url.startswith(scheme):
+            url, parsed = parse(url)
+            parsed.update(options)
+            options = parsed
     return FpgaChip(url, **options)  # type: ignore[arg-type]
 
 

@@ -14,12 +14,13 @@ Both check a pulse shape with `check_pulse_shape` and MATVEC inputs with
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Dict, Mapping, Optional
+from typing import Dict, List, Mapping, Optional
 
 import numpy as np
 
-from drivers.backend import ChipBackend
-from drivers.errors import SafetyLimitError
+from drivers.abilities import ReplyMemory, find_ability
+from drivers.backend import Capability, ChipBackend
+from drivers.errors import ConfigError, SafetyLimitError
 from drivers.layers import BackendLayer
 from drivers.pulse import PulseKind, PulseSpec, check_pulse_counts
 
@@ -108,9 +109,18 @@ class PulseLimits:
 class SafetyLimits:
     """Limits checked on the host before any command reaches the link.
 
-    max_pulses_per_device: pulses one device may get in one program command.
-    max_pulses_per_step: pulses (all devices) one training step may send.
-    max_batch_devices: devices in one program or read command.
+    max_pulses_per_device: pulses one device may get in one program command: the longest
+        train of pulses one device is sent at once. A command is never split within a
+        device's train (that would send the same train in two parts), so an experiment
+        whose programming needs longer trains is refused.
+    max_pulses_per_step: pulses (all devices, all commands) one training step may send
+        (its update, read-back and refresh), checked before each command of the step by the
+        trainer's chip I/O (hil.chip_io). The initial programming (step 0: a RESET of every
+        mapped device, then the blind SET of the initial weights) is no training step; it is
+        bounded by the mapping and by max_pulses_per_device.
+    max_batch_devices: devices in one command on the wire. The guard sends a larger program
+        or read as consecutive commands of at most this many devices; a MATVEC block
+        cannot be split and is refused.
     supply_current_max_a: narrows every power supply's current-limit range.
     read_v_max: largest |voltage| a MATVEC may put on an input line. A read above a PCM
         cell's threshold voltage can switch it, so an on-chip weighted sum is a disturb risk
@@ -173,11 +183,30 @@ class SafetyLimits:
         if self.read_v_max is not None:
             check_line_voltages(x, self.read_v_max, "safety.read_v_max")
 
-    def check_step(self, total_pulses: int) -> None:
-        """Check the pulses one training step would send, before it sends any."""
+    def check_step(self, total_pulses: int, step: Optional[int] = None) -> None:
+        """Check the pulses one training step would have sent with its next command."""
         if total_pulses > self.max_pulses_per_step:
-            raise SafetyLimitError(f"{total_pulses} pulses in one step exceed "
+            where = "one step" if step is None else f"step {step}"
+            raise SafetyLimitError(f"{total_pulses} pulses in {where} exceed "
                                    f"safety.max_pulses_per_step = {self.max_pulses_per_step}")
+
+    def check_within(self, bound: "SafetyLimits", whose: str) -> None:
+        """Raise ConfigError naming the first limit of these that is wider than `bound`'s
+        (None: no limit, the widest); `whose` says where `bound` comes from."""
+        for name, mine, theirs in self._flat_pairs(bound):
+            if theirs is not None and (mine is None or mine > theirs):
+                shown = "no limit" if mine is None else f"{mine:g}"
+                raise ConfigError(f"{shown} would widen {whose} limit of {theirs:g}; limits "
+                                  "may only be narrowed", key=f"safety.{name}")
+
+    def _flat_pairs(self, other: "SafetyLimits"):
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, PulseLimits):
+                for g in fields(PulseLimits):
+                    yield f"{f.name}.{g.name}", getattr(a, g.name), getattr(b, g.name)
+            else:
+                yield f.name, a, b
 
 
 def check_line_voltages(x: np.ndarray, v_max: float, limit: str) -> None:
@@ -200,14 +229,20 @@ class LimitedBackend(BackendLayer):
 
     Training and characterisation both send every command through this guard; its check_*
     methods are the checks its commands run, for a pre-flight check of a whole plan
-    (abilities.GuardedBackend). Abilities of the backend below are found with
-    drivers.abilities.find_ability.
+    (abilities.GuardedBackend). A program or read larger than max_batch_devices goes down
+    as consecutive commands of at most that many devices (evenly sized, in the order
+    given), so no command on the wire is larger; a chip whose firmware remembers fewer
+    replies than that makes parts (abilities.ReplyMemory) is refused such a command, since
+    a kill in the middle could not be settled exactly. Abilities of the backend below are
+    found with drivers.abilities.find_ability.
     """
 
     def __init__(self, inner: ChipBackend, limits: SafetyLimits) -> None:
         super().__init__(inner)
         self._limits = limits
         self._refused = 0
+        self._sent = 0
+        self._memory: Optional[int] = -1   # -1: not looked up yet
 
     @property
     def station_limits(self) -> SafetyLimits:
@@ -218,36 +253,110 @@ class LimitedBackend(BackendLayer):
         """Commands refused so far."""
         return self._refused
 
+    @property
+    def commands_sent(self) -> int:
+        """Commands sent down, after splitting (a split one counts each part)."""
+        return self._sent
+
     # --- the checks (also a pre-flight: nothing is sent, nothing counted) -------------------
     def check_program(self, addresses: np.ndarray, n_pulses: np.ndarray,
                       pulse: PulseSpec) -> None:
-        self._limits.check_program(addresses, n_pulses, pulse)
-        # A training step's pulses travel in one command, so no command may exceed a step's.
-        self._limits.check_step(int(np.asarray(n_pulses).sum()))
+        lim = self._limits
+        cmd = f"PROGRAM_{pulse.kind.name}"
+        lim.check_pulse(pulse, cmd)
+        addr = np.asarray(addresses)
+        self._check_parts(addr.size, cmd)
+        check_pulse_counts(addr, n_pulses, lim.max_pulses_per_device, cmd,
+                           "pulses per device (safety.max_pulses_per_device)")
 
     def check_read(self, addresses: np.ndarray) -> None:
-        self._limits.check_read(addresses)
+        self._check_parts(int(np.asarray(addresses).size), "READ")
+
+    def check_program_read(self, addresses: np.ndarray, n_pulses: np.ndarray,
+                           pulse: PulseSpec) -> None:
+        self.check_program(addresses, n_pulses, pulse)
+        n = int(np.asarray(addresses).size)
+        if n > self._limits.max_batch_devices:
+            # A firmware without PROGRAM_READ gets each part as PROGRAM then READ.
+            per_part = 1 if self.inner.info().supports(Capability.PROGRAM_READ) else 2
+            self._check_parts(n, "PROGRAM_READ", per_part)
 
     def check_matvec(self, addresses: np.ndarray, x: np.ndarray) -> None:
         self._limits.check_matvec(addresses, x)
 
+    def parts(self, n_devices: int) -> List[slice]:
+        """How a command of `n_devices` devices goes down: one slice per command on the
+        wire, evenly sized, none larger than max_batch_devices."""
+        k = max(1, -(-int(n_devices) // self._limits.max_batch_devices))
+        if k == 1:
+            return [slice(0, int(n_devices))]
+        q, r = divmod(int(n_devices), k)
+        bounds = np.cumsum([0] + [q + 1] * r + [q] * (k - r))
+        return [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _check_parts(self, n_devices: int, cmd: str, wire_per_part: int = 1) -> None:
+        k = -(-n_devices // self._limits.max_batch_devices)
+        if k <= 1:
+            return
+        memory = self._reply_memory()
+        if memory is not None and k * wire_per_part > memory:
+            raise SafetyLimitError(
+                f"batch of {n_devices} devices would go out as {k * wire_per_part} commands "
+                f"(safety.max_batch_devices = {self._limits.max_batch_devices}), more than "
+                f"the {memory} replies the firmware remembers (seq_memory): a kill in the "
+                "middle could not be settled exactly", command=cmd)
+
+    def _reply_memory(self) -> Optional[int]:
+        if self._memory == -1:
+            chip = find_ability(self.inner, ReplyMemory)
+            self._memory = None if chip is None else int(chip.seq_memory)
+        return self._memory
+
     # --- the contract, guarded -------------------------------------------------------------
     def read(self, addresses: np.ndarray) -> np.ndarray:
         self._guard(self.check_read, addresses)
-        return self.inner.read(addresses)
+        addr = np.asarray(addresses).ravel()
+        parts = self.parts(addr.size)
+        if len(parts) == 1:
+            self._sent += 1
+            return self.inner.read(addresses)
+        out = []
+        for sl in parts:
+            out.append(np.asarray(self.inner.read(addr[sl])))
+            self._sent += 1
+        return np.concatenate(out)
 
     def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec) -> None:
         self._guard(self.check_program, addresses, n_pulses, pulse)
-        self.inner.program(addresses, n_pulses, pulse)
+        addr = np.asarray(addresses).ravel()
+        parts = self.parts(addr.size)
+        if len(parts) == 1:
+            self._sent += 1
+            self.inner.program(addresses, n_pulses, pulse)
+            return
+        n = np.asarray(n_pulses).ravel()
+        for sl in parts:
+            self.inner.program(addr[sl], n[sl], pulse)
+            self._sent += 1
 
     def program_read(self, addresses: np.ndarray, n_pulses: np.ndarray,
                      pulse: PulseSpec) -> np.ndarray:
-        self._guard(self.check_program, addresses, n_pulses, pulse)
-        self._guard(self.check_read, addresses)
-        return self.inner.program_read(addresses, n_pulses, pulse)
+        self._guard(self.check_program_read, addresses, n_pulses, pulse)
+        addr = np.asarray(addresses).ravel()
+        parts = self.parts(addr.size)
+        if len(parts) == 1:
+            self._sent += 1
+            return self.inner.program_read(addresses, n_pulses, pulse)
+        n = np.asarray(n_pulses).ravel()
+        out = []
+        for sl in parts:
+            out.append(np.asarray(self.inner.program_read(addr[sl], n[sl], pulse)))
+            self._sent += 1
+        return np.concatenate(out)
 
     def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
         self._guard(self.check_matvec, addresses, x)
+        self._sent += 1
         return self.inner.matvec(addresses, x)
 
     def _guard(self, check, *args) -> None:

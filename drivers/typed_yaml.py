@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import os
 import types
 import typing
@@ -21,12 +22,21 @@ T = TypeVar("T")
 
 
 def read_yaml(path: str | os.PathLike) -> Any:
-    """Parse a YAML file, turning parser errors into one ConfigError naming the file."""
+    """Parse a YAML file, turning every way a file can be unreadable (missing, a folder,
+    not readable, not UTF-8, not YAML) into one ConfigError naming the file."""
     try:
         with open(path, "r", encoding="utf-8") as f:
             return yaml.safe_load(f)
     except FileNotFoundError:
         raise ConfigError("file not found", source=str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError("is a folder, not a YAML file", source=str(path)) from None
+    except PermissionError:
+        raise ConfigError("permission denied (the file cannot be read)",
+                          source=str(path)) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not UTF-8 text: byte 0x{e.object[e.start]:02x} at offset "
+                          f"{e.start} (save the file as UTF-8)", source=str(path)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -86,6 +96,10 @@ def _convert(tp: Any, value: Any, key: str, source: Optional[str]) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"expected a number, got {value!r}", key=key, source=source)
+        if not math.isfinite(value):
+            # YAML's .inf and .nan: no setting of a chip, a bench or a model is infinite.
+            raise ConfigError(f"expected a finite number, got {value!r}", key=key,
+                              source=source)
         return float(value)
     if tp is str:
         if not isinstance(value, str):

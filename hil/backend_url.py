@@ -38,6 +38,10 @@ def _open_sim(url: str, spec: Optional["SimChipSpec"]) -> ChipBackend:
         given = {k: q[k] if k == "model" else int(q[k]) for k in fields if k in q}
     except ValueError as e:
         raise ConfigError(f"bad integer in {url!r}: {e}", key="backend") from None
+    for k in ("arrays", "rows", "cols"):
+        if k in given and given[k] < 1:
+            raise ConfigError(f"sim:// option {k}={given[k]} in {url!r}: the chip needs at "
+                              "least 1", key="backend")
     chip = dataclasses.replace(spec or SimChipSpec(), **given).build()
     state = q.get("state")
     if state and os.path.exists(state):

@@ -2,17 +2,24 @@
 
 Every read, program and MATVEC command goes through here, so it is counted once and reported
 to the recorder once, whatever backend sits behind it.
+
+Where the stack has a station guard (drivers.abilities.GuardedBackend), every command is
+checked against it before it is written ahead into the log: a refused command never
+appears in the log as sent, only as a "command_refused" event (Recorder.on_event). The guard knows
+commands, not training steps, so the station's per-step limit (max_pulses_per_step) is
+counted here, over all the commands of a training step.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import numpy as np
 
-from drivers.abilities import SequencedBackend, find_ability
+from drivers.abilities import GuardedBackend, SequencedBackend, find_ability
 from drivers.backend import ChipBackend
+from drivers.errors import SafetyLimitError
 from drivers.pulse import PulseKind, PulseSpec
 from hil.recorder import NullRecorder, Recorder
 from hil.trainer_state import StateField, TrainerState
@@ -47,6 +54,10 @@ class ChipIO:
         self.recorder = recorder or NullRecorder()
         self.counters = IoCounters()
         self.step = 0
+        #: The station's guard in the stack, or None (no station: nothing to check here).
+        self.guard = find_ability(backend, GuardedBackend)
+        self._step_of_pulses = 0    # the step _step_pulses counts
+        self._step_pulses = 0       # pulses sent in that step so far
 
     def _seq_kw(self) -> dict:
         """`wire_seq=` for the write-ahead hooks, only when the backend has one (recorders
@@ -54,7 +65,41 @@ class ChipIO:
         seq = wire_seq_of(self.backend)
         return {"wire_seq": seq} if seq != -1 else {}
 
+    def record_refusal(self, command: str, purpose: str, addresses: np.ndarray,
+                       n_pulses: np.ndarray | None, error: SafetyLimitError) -> None:
+        """Tell the recorder a command was refused by the station's limits and never sent:
+        which command, why it was sent, how many devices and pulses, and the limit's
+        message."""
+        detail = {"command": command, "purpose": purpose, "devices": int(addresses.size),
+                  "reason": str(error)}
+        if n_pulses is not None:
+            detail["pulses"] = int(np.asarray(n_pulses).sum())
+        self.recorder.on_event(self.step, "command_refused", detail)
+
+    def _check(self, check: Callable[[], None], command: str, purpose: str,
+               addresses: np.ndarray, n_pulses: np.ndarray | None = None) -> None:
+        """Run a guard check before the write-ahead (and, for a training step's program
+        command, the step's pulse total); a refusal is recorded, then raised."""
+        try:
+            check()
+            if n_pulses is not None and self.step >= 1:
+                if self.step != self._step_of_pulses:
+                    self._step_of_pulses, self._step_pulses = self.step, 0
+                self.guard.station_limits.check_step(
+                    self._step_pulses + int(np.asarray(n_pulses).sum()), self.step)
+        except SafetyLimitError as e:
+            self.record_refusal(command, purpose, addresses, n_pulses, e)
+            raise
+
+    def _sent_pulses(self, n_pulses: np.ndarray) -> None:
+        if self.step != self._step_of_pulses:
+            self._step_of_pulses, self._step_pulses = self.step, 0
+        self._step_pulses += int(np.asarray(n_pulses).sum())
+
     def read(self, addresses: np.ndarray, purpose: str) -> np.ndarray:
+        if self.guard is not None:
+            g = self.guard
+            self._check(lambda: g.check_read(addresses), "READ", purpose, addresses)
         self.recorder.before_read(self.step, addresses, purpose, **self._seq_kw())
         values = self.backend.read(addresses)
         self._count_read(addresses)
@@ -65,9 +110,15 @@ class ChipIO:
                 purpose: str) -> None:
         if addresses.size == 0:
             return
+        if self.guard is not None:
+            g = self.guard
+            self._check(lambda: g.check_program(addresses, n_pulses, pulse),
+                        f"PROGRAM_{pulse.kind.name}", purpose, addresses, n_pulses)
         self.recorder.before_program(self.step, addresses, n_pulses, pulse, purpose,
                                      **self._seq_kw())
         self.backend.program(addresses, n_pulses, pulse)
+        if self.guard is not None:
+            self._sent_pulses(n_pulses)
         self._count_program(addresses, n_pulses, pulse)
         self.recorder.on_program(self.step, addresses, n_pulses, pulse, purpose)
 
@@ -79,9 +130,15 @@ class ChipIO:
         The recorder sees the same two commands as from program() and read(), but both
         write-aheads come first, under the one wire sequence number the combined command goes
         out with, so resume can re-send it whole (hil.replay.resume)."""
+        if self.guard is not None:
+            g = self.guard
+            self._check(lambda: g.check_program_read(addresses, n_pulses, pulse),
+                        "PROGRAM_READ", purpose, addresses, n_pulses)
         self.recorder.before_program_read(self.step, addresses, n_pulses, pulse, purpose,
                                           read_purpose, **self._seq_kw())
         values = self.backend.program_read(addresses, n_pulses, pulse)
+        if self.guard is not None:
+            self._sent_pulses(n_pulses)
         self._count_program(addresses, n_pulses, pulse)
         self.recorder.on_program(self.step, addresses, n_pulses, pulse, purpose)
         self._count_read(addresses)
@@ -106,6 +163,9 @@ class ChipIO:
     def matvec(self, block: np.ndarray, x: np.ndarray) -> np.ndarray:
         """An on-chip weighted sum. Not journaled: it changes no conductance, and a run
         that uses it cannot be resumed (hil.replay.resume refuses), only replayed and verified."""
+        if self.guard is not None:
+            g = self.guard
+            self._check(lambda: g.check_matvec(block, x), "MATVEC", "matvec", block)
         values = self.backend.matvec(block, x)
         self.recorder.on_matvec(self.step, block, x, values)
         return values

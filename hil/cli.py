@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import pkgutil
 import sys
 from typing import List, Optional
@@ -41,10 +42,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()   # a closed pipe shows here, not at interpreter exit
+        return rc
     except HilError as e:
         print(f"pcm-hil {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # A command without Ctrl-C handling of its own (replay, --verify, fit-model): one
+        # line, no traceback; --verify only reads its log.
+        print(f"\npcm-hil {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `pcm-hil replay RUN.h5 | head`: the reader has gone; stop quietly. Python would
+        # print a second error flushing stdout at exit, so point it at /dev/null first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,6 +16,10 @@ from drivers.typed_yaml import dataclass_to_dict, load_dataclass, read_yaml
 if TYPE_CHECKING:
     from sim_backend.sim_chip import SimChipSpec
 
+#: What the MLP's first and last layer must be: MNIST images and digit classes.
+MNIST_INPUTS = 28 * 28
+MNIST_CLASSES = 10
+
 
 class MatvecMode(str, enum.Enum):
     HOST = "host"   # weighted sums on the host from a conductance cache kept by read-back
@@ -74,6 +78,11 @@ class ChipConfig:
     rows: int = 512
     cols: int = 2048
 
+    def __post_init__(self) -> None:
+        for k in ("arrays", "rows", "cols"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"{k} must be >= 1, got {getattr(self, k)}")
+
 
 @dataclass(frozen=True)
 class MappingConfig:
@@ -98,6 +107,9 @@ class RefreshConfig:
     def __post_init__(self) -> None:
         if self.period_steps < 0:
             raise ValueError(f"period_steps must be >= 0, got {self.period_steps}")
+        if not 0 < self.low_us < self.high_us:
+            raise ValueError(f"high_us must be above low_us, both > 0 µS: got high_us "
+                             f"{self.high_us:g}, low_us {self.low_us:g}")
 
 
 @dataclass(frozen=True)
@@ -116,6 +128,10 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 < self.lr_decay <= 1:
+            # > 1 grows the learning rate every epoch, <= 0 flips or zeroes it: either way
+            # the updates, and the pulses they call for, run away.
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.epsilon_us > 0:
@@ -163,6 +179,12 @@ class ExperimentConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
+        sizes = self.network.layers
+        if (sizes[0], sizes[-1]) != (MNIST_INPUTS, MNIST_CLASSES):
+            raise ConfigError(f"the MLP trains on MNIST: {MNIST_INPUTS} inputs (28 x 28 "
+                              f"pixels) and {MNIST_CLASSES} outputs (digits), so the sizes "
+                              f"must run from {MNIST_INPUTS} to {MNIST_CLASSES}; got {sizes}",
+                              key="network.layers")
         n_layers = len(self.network.layers) - 1
         if len(self.optimizer.beta) != n_layers:
             raise ConfigError(f"needs one value per layer ({n_layers}), got "
@@ -189,8 +211,15 @@ def config_from_dict(data: Mapping[str, Any], source: Optional[str] = None) -> E
 
 
 def load_config(path: str | os.PathLike) -> ExperimentConfig:
-    """Load and validate an experiment YAML file."""
-    return config_from_dict(read_yaml(path), source=str(path))
+    """Load and validate an experiment YAML file. An empty file is refused: every key has a
+    default, so an empty (or truncated) file would otherwise run the 20-epoch default
+    experiment without a word."""
+    data = read_yaml(path)
+    if data is None or data == {}:
+        raise ConfigError("the file is empty (an experiment config names at least its "
+                          "`name`; configs/quick.yaml is a small one to start from)",
+                          source=str(path))
+    return config_from_dict(data, source=str(path))
 
 
 def with_overrides(cfg: ExperimentConfig, *, seed: Optional[int] = None,

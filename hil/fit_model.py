@@ -63,6 +63,10 @@ class FitOptions:
             raise ConfigError(f"must be >= 2, got {self.groups}", key="groups")
         if self.n_sim is not None and self.n_sim < 1000:
             raise ConfigError(f"must be >= 1000, got {self.n_sim}", key="n_sim")
+        if self.g_min_us is not None and self.g_max_us is not None and \
+                not 0 <= self.g_min_us < self.g_max_us:
+            raise ConfigError(f"must be >= 0 and below g_max_us = {self.g_max_us:g} µS, got "
+                              f"{self.g_min_us:g}", key="g_min_us")
 
 
 @dataclass
@@ -430,6 +434,10 @@ def fit_model(data: CharacterizationData, opts: FitOptions | None = None) -> Fit
     if not np.isfinite(g_max):
         raise ConfigError("the file does not give the chip's g_max_us; pass it explicitly",
                           key="g_max_us", source=data.path)
+    if not (np.isfinite(g_min) and 0 <= g_min < g_max):
+        given = "g_min_us" if opts.g_min_us is not None else "g_max_us"
+        raise ConfigError(f"g_min_us {g_min:g} µS must be >= 0 and below g_max_us {g_max:g} "
+                          "µS", key=given)
     # devices with any unusable read are left out of every stage
     ok = np.ones(data.devices.size, dtype=bool)
     for arr in (data.reset_g, data.set_g, data.noise_g):

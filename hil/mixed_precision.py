@@ -18,7 +18,7 @@ refresh_reset, refresh_set, refresh_readback.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -173,19 +173,35 @@ class MixedPrecisionCore:
     def program_initial(self, targets: Sequence[np.ndarray]) -> None:
         """RESET every mapped device, program the target weights blind (each on the device of
         its sign, the pulse count from the programming table), then read everything."""
-        self._check_targets(targets)
+        devices, counts, per_block = self.initial_programming(targets)
         addr = self.pairs.addresses
         self.io.program(addr, np.ones(addr.size, np.int64), DEFAULT_RESET, "init_reset")
-        devices, counts = [], []
+        for cache, (n, pos) in zip(self.cache.blocks, per_block):
+            cache.pulses_plus[pos], cache.pulses_minus[~pos] = n[pos], n[~pos]
+        self.io.program(devices, counts, DEFAULT_SET, "init_set")
+        self.full_read()
+
+    def initial_programming(self, targets: Sequence[np.ndarray]
+                            ) -> Tuple[np.ndarray, np.ndarray, List[Tuple[np.ndarray,
+                                                                        np.ndarray]]]:
+        """The blind SET batch that programs `targets` after the RESET, computed without
+        touching the chip: (devices, pulse counts, and per block the pulse count and sign
+        of every weight). A pre-flight checks it against the station's limits."""
+        self._check_targets(targets)
+        devices, counts, per_block = [], [], []
         for pairs, cache, w in zip(self.pairs.blocks, self.cache.blocks, targets):
             n = pulses_for(np.abs(w) / cache.beta, self.curve)
             pos = w > 0
-            cache.pulses_plus[pos], cache.pulses_minus[~pos] = n[pos], n[~pos]
+            per_block.append((n, pos))
             devices += [pairs.plus[pos & (n > 0)], pairs.minus[~pos & (n > 0)]]
             counts += [n[pos & (n > 0)], n[~pos & (n > 0)]]
-        self.io.program(np.concatenate(devices), np.concatenate(counts), DEFAULT_SET,
-                        "init_set")
-        self.full_read()
+        return np.concatenate(devices), np.concatenate(counts), per_block
+
+    @property
+    def most_refresh_pulses(self) -> int:
+        """The most SET pulses a refresh can send to one device: the blind-programming
+        count of the largest difference a pair can hold (g_max of the host's model)."""
+        return int(pulses_for(np.array([self.model.g_max_us]), self.curve)[0])
 
     def _check_targets(self, targets: Sequence[np.ndarray]) -> None:
         if len(targets) != len(self.pairs.blocks):

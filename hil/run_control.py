@@ -1,8 +1,9 @@
 """Operator control of a running experiment: stop after this step, or stop now.
 
-The first Ctrl-C asks the run to stop at the next step boundary: the step in flight finishes,
-the log is flushed and marked aborted, and the chip is left in its safe state. A second Ctrl-C
-raises KeyboardInterrupt at once; the run still flushes what it holds on the way out.
+The first Ctrl-C (or SIGTERM, which a supervisor or `kill` sends) asks the run to stop at the
+next step boundary: the step in flight finishes, the log is flushed and marked aborted, and
+the chip is left in its safe state. A second one raises KeyboardInterrupt at once; the run
+still flushes what it holds on the way out.
 """
 from __future__ import annotations
 
@@ -10,11 +11,16 @@ import contextlib
 import signal
 import sys
 import threading
-from typing import Iterator
+from typing import Iterator, Optional
 
 
 class RunAborted(Exception):
-    """Raised at a step boundary after the operator asked the run to stop."""
+    """Raised at a step boundary after the operator asked the run to stop (`started`:
+    False when it stopped before its first command, with nothing sent to the chip)."""
+
+    def __init__(self, message: str, started: bool = True) -> None:
+        super().__init__(message)
+        self.started = started
 
 
 class RunControl:
@@ -23,6 +29,7 @@ class RunControl:
     def __init__(self) -> None:
         self._stop = threading.Event()
         self.reason = "stopped by the operator"
+        self.signal_received: Optional[int] = None
 
     def request_stop(self, reason: str = "stopped by the operator") -> None:
         self.reason = reason
@@ -39,7 +46,8 @@ class RunControl:
 
     @contextlib.contextmanager
     def sigint_handler(self) -> Iterator["RunControl"]:
-        """First Ctrl-C: stop after the current step. Second: KeyboardInterrupt now."""
+        """First Ctrl-C (SIGINT) or SIGTERM: stop after the current step. A second one:
+        KeyboardInterrupt now. `signal_received` says which signal asked first."""
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
@@ -47,12 +55,25 @@ class RunControl:
         def handler(signum, frame):  # noqa: ARG001 - signal API
             if self._stop.is_set():
                 raise KeyboardInterrupt
-            self.request_stop("interrupted by the operator (Ctrl-C)")
-            print("\nstopping after the current step (Ctrl-C again to stop at once)",
-                  file=sys.stderr, flush=True)
+            self.signal_received = signum
+            if signum == signal.SIGTERM:
+                self.request_stop("terminated (SIGTERM)")
+                print("\nSIGTERM: stopping after the current step (a second one stops at "
+                      "once)", file=sys.stderr, flush=True)
+            else:
+                self.request_stop("interrupted by the operator (Ctrl-C)")
+                print("\nstopping after the current step (Ctrl-C again to stop at once)",
+                      file=sys.stderr, flush=True)
 
-        previous = signal.signal(signal.SIGINT, handler)
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's code for the signal that stopped the run: 143 for SIGTERM (128 + 15,
+        what a supervisor expects of a terminated process), 130 for Ctrl-C."""
+        return 143 if self.signal_received == signal.SIGTERM else 130

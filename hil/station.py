@@ -228,6 +228,23 @@ def load_station(path: str | os.PathLike) -> Station:
     return station
 
 
+def station_provenance(station: Station) -> Dict[str, Any]:
+    """The station as a run log's provenance records it: the file's content, and the folder
+    it was in (where its relative paths point), so a resumed run can rebuild it."""
+    return {**station.to_dict(), "source_dir": station.source_dir}
+
+
+def station_from_provenance(entry: Mapping[str, Any], source: str) -> Station:
+    """The station a run was started under, from its log's provenance (`source` names the
+    log in errors); validated like a station file."""
+    d = dict(entry)
+    folder = d.pop("source_dir", "")
+    station = load_dataclass(Station, d, source=source)
+    object.__setattr__(station, "source_dir", str(folder or ""))
+    validate_station(station, source=source)
+    return station
+
+
 def validate_station(station: Station, source: Optional[str] = None) -> None:
     """Cross-entry checks the dataclasses cannot do alone."""
     if station.format != STATION_FORMAT:

@@ -22,7 +22,8 @@ import numpy as np
 
 from drivers.abilities import GuardedBackend, find_ability
 from drivers.backend import Capability, ChipBackend
-from drivers.errors import ConfigError
+from drivers.errors import ConfigError, SafetyLimitError
+from drivers.pulse import DEFAULT_RESET, DEFAULT_SET
 from hil import network
 from hil.chip_io import ChipIO
 from hil.config import ExperimentConfig, MatvecMode
@@ -251,6 +252,43 @@ class MixedPrecisionTrainer:
     def _begin(self) -> None:
         self.recorder.begin(config=self.cfg.to_dict(), provenance=self.provenance(),
                             layout=self.mapping.layout(), state_layout=self.state_layout())
+
+    def preflight(self) -> None:
+        """Check what the experiment will send against the station's limits before its
+        first command (nothing is sent; SafetyLimitError names the limit and the setting
+        that exceeds it). The initial programming is checked command for command, as it
+        will go out; for training steps, what the config fixes: the pulse shapes, the
+        longest pulse train to one device (an update's cap, a refresh's re-programming),
+        the MATVEC blocks. What depends on the data - a step's pulse total - is checked
+        before each command of the step (hil.chip_io)."""
+        guard = self.io.guard
+        if guard is None:
+            return
+        limits = guard.station_limits
+        addr = self.mapping.addresses
+        guard.check_program(addr, np.ones(addr.size, np.int64), DEFAULT_RESET)
+        devices, counts, _ = self.core.initial_programming(initial_weights(self.cfg))
+        if devices.size:
+            guard.check_program(devices, counts, DEFAULT_SET)
+        guard.check_read(addr)
+        limits.check_pulse(DEFAULT_SET, "PROGRAM_SET")   # every update and refresh SET
+        longest = [(self.cfg.optimizer.max_pulses_per_update,
+                    "an update (optimizer.max_pulses_per_update)")]
+        if self.cfg.optimizer.refresh.period_steps:
+            longest.append((self.core.most_refresh_pulses,
+                            "a refresh's re-programming (the blind-programming table; "
+                            "optimizer.refresh)"))
+        for n, what in longest:
+            if n > limits.max_pulses_per_device:
+                raise SafetyLimitError(f"{what} may send {n} pulses to one device, more than "
+                                       "safety.max_pulses_per_device = "
+                                       f"{limits.max_pulses_per_device}",
+                                       command="PROGRAM_SET")
+        if isinstance(self._matmul, ChipMatmul):
+            for pairs in self.core.pairs.blocks:
+                block = pairs.plus
+                guard.check_matvec(block.T, np.zeros(block.shape[0]))    # forward
+                guard.check_matvec(block[:-1], np.zeros(block.shape[1]))  # backward
 
     def initialize(self) -> None:
         """RESET every mapped device, program the initial weights blind, read everything."""
@@ -496,6 +534,9 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
     n_train = data.train_x.shape[0]
     status, reason = RunState.FAILED, None
     try:
+        trainer.preflight()
+        if control is not None and control.stop_requested:   # asked while loading the data
+            raise RunAborted(f"{control.reason} before the first command", started=False)
         if start is None:
             trainer.initialize()
         else:
@@ -538,11 +579,14 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
     finally:
         summary = _summary(cfg, trainer, trainer.epoch_results, trainer.train_seconds,
                            n_train) if status is RunState.COMPLETED else None
-        recorder.finish(status, reason, summary)
         try:
-            backend.safe_state()
-        except Exception:  # noqa: BLE001 - the original error matters more
-            log.exception("safe_state failed after the run")
+            recorder.finish(status, reason, summary)
+        finally:
+            # Whatever happens to the log (a full disk): the chip's lines go idle.
+            try:
+                backend.safe_state()
+            except Exception:  # noqa: BLE001 - the original error matters more
+                log.exception("safe_state failed after the run")
     return summary  # type: ignore[return-value]
 
 

@@ -58,3 +58,47 @@ def tiny_trained_log(tmp_path_factory) -> str:
     run = str(d / "tiny.h5")
     assert cli_main(["train", "--config", str(cfg), "--run", run, "--no-progress"]) == 0
     return run
+
+
+def _mount_tmpfs(path, options: str) -> bool:
+    """Mount a tmpfs at `path` (root only); False where this machine does not allow it."""
+    import os
+    import subprocess
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True).returncode == 0
+
+
+def _umount(path) -> None:
+    import subprocess
+    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A folder nothing can be written to, not even by root: a read-only tmpfs (as root),
+    else a folder without write permission."""
+    import os
+    d = tmp_path / "ro"
+    d.mkdir()
+    if _mount_tmpfs(d, "ro,size=1m"):
+        yield d
+        _umount(d)
+    else:
+        if os.geteuid() == 0:
+            pytest.skip("root, and no tmpfs can be mounted: nothing is read-only to root")
+        d.chmod(0o555)
+        yield d
+        d.chmod(0o755)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MiB file system of its own (a tmpfs; root only), to be filled up."""
+    d = tmp_path / "disk"
+    d.mkdir()
+    if not _mount_tmpfs(d, "size=24m"):
+        pytest.skip("mounting a tmpfs needs root and a machine that allows it")
+    yield d
+    _umount(d)

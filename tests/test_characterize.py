@@ -276,6 +276,40 @@ def test_cli_errors(tmp_path, capsys):
     assert "junk.h5" in capsys.readouterr().err
 
 
+def test_cli_outputs_and_bounds_are_checked_before_any_work(tmp_path, readonly_dir, capsys):
+    """An output that cannot be written (-o, --plot, --summary-json) is refused before the
+    chip is touched or the fit is run, and so is a conductance range upside down."""
+    import re
+    h5 = tmp_path / "c.h5"
+    char = ["characterize", "--backend", "sim://?model=jap&seed=2&rows=32&cols=32",
+            "--devices", "600", "--pulses", "6", "--reset-reads", "8", "--noise-reads", "4",
+            "--drift-reads", "4", "--drift-end-s", "400", "--no-progress"]
+    capsys.readouterr()
+    cases = [(char + ["-o", str(readonly_dir / "c.h5")], r"^pcm-hil characterize: error: -o: "
+                                                          r"cannot write .*c\.h5: ")]
+    for args, match in cases:
+        assert main(args) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), err
+    assert main(char + ["-o", str(h5)]) == 0
+    fit = ["fit-model", str(h5)]
+    for args, match in (
+            (fit + ["-o", str(readonly_dir / "m.yaml")], r"-o: cannot write .*m\.yaml"),
+            (fit + ["-o", str(tmp_path / "m.yaml"), "--plot", str(readonly_dir / "m.png")],
+             r"--plot: cannot write"),
+            (fit + ["-o", str(tmp_path / "m.yaml"), "--summary-json", str(tmp_path)],
+             r"--summary-json: .* is a folder"),
+            (fit + ["-o", str(tmp_path / "m.yaml"), "--g-min-us", "30", "--g-max-us", "1"],
+             r"g_min_us: must be >= 0 and below g_max_us = 1 µS, got 30"),
+            (fit + ["-o", str(tmp_path / "m.yaml"), "--g-min-us", "30"],
+             r"g_min_us: g_min_us 30 µS must be >= 0 and below g_max_us")):
+        capsys.readouterr()
+        assert main(args) == 1, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(match, err[0]), err
+    assert not (tmp_path / "m.yaml").exists()
+
+
 @pytest.mark.parametrize("command, phrases", [
     ("characterize", ["--backend", "--station", "drift", "docs/characterization.md"]),
     ("fit-model", ["--plot", "alpha", "nu_std", "sim://?model="]),

@@ -49,6 +49,9 @@ class Trace(Recorder):
     def on_matvec(self, step, block, x, values):
         self.events.append(("on_matvec", step, None, values.copy(), block.copy()))
 
+    def on_event(self, step, kind, detail):
+        self.events.append(("on_event", step, kind, dict(detail), None))
+
     def hooks(self) -> List[str]:
         return [e[0] for e in self.events]
 
@@ -120,14 +123,54 @@ def test_an_empty_program_batch_is_neither_sent_nor_reported():
     assert io.counters == IoCounters()
 
 
-def test_a_refused_command_is_written_ahead_but_never_reported_done():
+def test_a_refused_command_is_recorded_as_refused_never_as_sent():
+    """The guard's checks run before the write-ahead: a command the station refuses never
+    appears in the log as a sent batch (whose pulses replay would count), only as a
+    'refused' event saying what it was and why."""
     chip = sim()
     trace = Trace()
     io = ChipIO(LimitedBackend(chip, STATION), trace)
-    with pytest.raises(SafetyLimitError):
-        io.program(np.arange(4), np.full(4, 9), PulseSpec.set(), "update")
-    assert trace.hooks() == ["before_program"]
+    io.step = 3
+    for send in (lambda: io.program(np.arange(4), np.full(4, 9), PulseSpec.set(), "update"),
+                 lambda: io.program_read(np.arange(4), np.full(4, 9), PulseSpec.set(),
+                                         "update", "readback"),
+                 lambda: io.program(np.arange(4), np.ones(4), PulseSpec.set(1.6, 50),
+                                    "update")):
+        with pytest.raises(SafetyLimitError):
+            send()
+    assert trace.hooks() == ["on_event"] * 3
+    step, kind, detail = trace.events[0][1:4]
+    assert (step, kind) == (3, "command_refused")
+    assert detail["command"] == "PROGRAM_SET" and detail["purpose"] == "update"
+    assert detail["devices"] == 4 and detail["pulses"] == 36
+    assert "safety.max_pulses_per_device" in detail["reason"]
+    assert trace.events[1][3]["command"] == "PROGRAM_READ"
+    assert "safety.set.amplitude_v_max" in trace.events[2][3]["reason"]
     assert io.counters == IoCounters() and chip.commands_executed == 0
+
+
+def test_a_training_steps_pulses_are_limited_over_all_its_commands():
+    """max_pulses_per_step counts every program command of a training step (update,
+    refresh); the command that would take the step past it is refused before it is sent.
+    The initial programming (step 0) is no training step."""
+    chip = sim()
+    trace = Trace()
+    limits = SafetyLimits(set=PulseLimits(1.5, 1000), reset=PulseLimits(3.0, 100),
+                          max_pulses_per_device=8, max_pulses_per_step=20,
+                          max_batch_devices=1024)
+    io = ChipIO(LimitedBackend(chip, limits), trace)
+    a = np.arange(10, dtype=np.uint32)
+    io.program(np.arange(100, dtype=np.uint32), np.ones(100), PulseSpec.reset(),
+               "init_reset")                                   # step 0: 100 pulses, allowed
+    io.step = 1
+    io.program(a, np.ones(10), PulseSpec.set(), "update")          # 10 of the step's 20
+    io.program(a, np.ones(10), PulseSpec.reset(), "refresh_reset")  # 20
+    with pytest.raises(SafetyLimitError, match=r"21 pulses in step 1 exceed "
+                                               r"safety\.max_pulses_per_step = 20"):
+        io.program(a[:1], np.ones(1), PulseSpec.set(), "refresh_set")
+    io.step = 2
+    io.program(a, np.full(10, 2), PulseSpec.set(), "update")       # a new step: 20 again
+    assert trace.hooks().count("on_event") == 1 and chip.commands_executed == 4
 
 
 def test_write_aheads_carry_the_wire_seq_each_command_goes_out_under(fpga):

@@ -52,6 +52,33 @@ def test_summary_plots_and_bad_arguments(tiny_trained_log, tmp_path, capsys):
     assert "--verify" in capsys.readouterr().out
 
 
+def test_a_closed_pipe_stops_replay_quietly(tiny_trained_log):
+    """`pcm-hil replay RUN.h5 | head`: the reader has gone (here before replay writes
+    anything); replay stops without a traceback, exit status 141 as for SIGPIPE."""
+    import subprocess
+    import sys
+    r = subprocess.run(["bash", "-c", f"'{sys.executable}' -m hil.cli replay "
+                        f"'{tiny_trained_log}' | true; echo \"rc=${{PIPESTATUS[0]}}\""],
+                       capture_output=True, text=True, timeout=300)
+    assert r.stdout.strip() == "rc=141", r
+    assert r.stderr == "", r.stderr
+
+
+def test_ctrl_c_during_verify_is_one_line(tiny_trained_log):
+    import signal
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "hil.cli", "replay", tiny_trained_log,
+                          "--verify", "--no-progress"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    while not p.stdout.readline().startswith("chip"):   # the summary's last line
+        assert p.poll() is None
+    p.send_signal(signal.SIGINT)                        # verifying now
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, (out, err)
+    assert err.strip() == "pcm-hil replay: interrupted (Ctrl-C)"
+
+
 def test_summary_of_a_failed_run_with_events(tmp_path, capsys):
     """`pcm-hil replay --json` of a run that did not complete: its events are listed, and it
     has no state digest (only a completed run's final status record carries one)."""

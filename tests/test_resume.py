@@ -113,29 +113,65 @@ def test_sigint_then_resume_equals_uninterrupted(tmp_path, small_data):
 
 def test_sigkill_on_sim_with_chip_state_resumes_exactly(tmp_path, small_data):
     """The in-process chip dies with the trainer; its state file, kept at the log's commits,
-    brings chip and log back to the same command."""
+    brings chip and log back to the same command. Every resume names the run's first log:
+    the newest segment is the one continued; a continued segment is never resumed again,
+    and once the run has completed there is nothing to resume."""
+    from hil.backend_url import open_backend
+    from hil.replay.resume import ResumeError, plan_resume
     cfg = _config(tmp_path, train=1200)
     ref = _reference(cfg, str(tmp_path / "ref.h5"), small_data)
     chip = str(tmp_path / "chip")
-    current = str(tmp_path / "run.h5")
-    p = _train(tmp_path, "--config", cfg, "--run", current, "--chip-state", chip)
+    run = current = str(tmp_path / "run.h5")
+    p = _train(tmp_path, "--config", cfg, "--run", run, "--chip-state", chip)
     for i, (target, wait) in enumerate(((300, 0.03), (700, 0.11))):
         _wait_step(p, current, target)
         time.sleep(wait)
         assert p.poll() is None
         p.send_signal(signal.SIGKILL)
         p.communicate()
-        nxt = str(tmp_path / f"run-{i + 2}.h5")
-        p = _train(tmp_path, "--resume", current, "--run", nxt, "--summary-json",
-                   str(tmp_path / "s.json"))
-        current = nxt
+        p = _train(tmp_path, "--resume", run, "--summary-json", str(tmp_path / "s.json"))
+        current = str(tmp_path / f"run-{i + 2}.h5")
     out, err = p.communicate(timeout=180)
     assert p.returncode == 0, err
-    assert "chip restored from" in out
+    assert "chip restored from" in out and f"{run} was continued by {tmp_path}/run-2.h5" in out
     summary = json.loads((tmp_path / "s.json").read_text())
     for k in KEYS:
         assert summary[k] == ref[k], k
     _same_run(current, str(tmp_path / "ref.h5"))
+    for given in (run, str(tmp_path / "run-2.h5")):
+        p = _train(tmp_path, "--resume", given)
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0 and f"nothing to resume: the run completed in {current}" \
+            in out, err
+    with RunLog(run) as old, open_backend("sim://", load_config(cfg).sim_chip_spec()) as live:
+        with pytest.raises(ResumeError, match=f"{run} was continued by {current}, the newest "
+                                              "segment of the run"):
+            plan_resume(old, live, chip)
+
+
+def test_a_run_killed_before_it_began_starts_again_from_step_0(tmp_path, small_data):
+    """Killed after its log was created, while its data was still loading: nothing reached
+    the chip, so --resume starts the run again from step 0 - with the chip-state file and
+    everything else its log's header names - into the next segment."""
+    from hil.run_log import read_header
+    cfg = _config(tmp_path, train=200)
+    ref = _reference(cfg, str(tmp_path / "ref.h5"), small_data)
+    run = str(tmp_path / "run.h5")
+    p = _train(tmp_path, "--config", cfg, "--run", run, "--chip-state", str(tmp_path / "c"))
+    assert p.stdout.readline().startswith("run log:")   # the header is there
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+    assert not read_header(run).began
+    p = _train(tmp_path, "--resume", run)
+    out, err = p.communicate(timeout=180)
+    assert p.returncode == 0, err
+    assert "holds nothing of its run (it was killed before its first command); starting the " \
+           "run again from step 0" in out
+    _same_run(str(tmp_path / "run-2.h5"), str(tmp_path / "ref.h5"))
+    with RunLog(str(tmp_path / "run-2.h5")) as lg:
+        assert lg.provenance["chip_state"] == str(tmp_path / "c")
+        assert [s["status"] for s in lg.provenance["resume"]["segments"]] == \
+            ["killed before it began"]
 
 
 def test_journal_holds_reads_and_wire_seqs(tmp_path):
@@ -391,21 +427,145 @@ def test_sigkill_ten_times_through_emulator(tmp_path, small_data):
     assert kills == 10
 
 
-def test_resuming_a_log_the_chip_has_moved_on_from_is_refused(tmp_path):
-    """r.h5 killed, resumed to completion as r-2.h5; `--resume r.h5` again, through the same
-    emulator, would re-send r.h5's uncertain command and apply the rest of the run a second
-    time. The chip's history is further than r.h5 knows: refused before anything is sent,
-    with one error naming the log, and no new log."""
+# --- the supervisor recipe (docs/run-log.md, "Supervising a run") --------------------------
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _recipe() -> str:
+    """The shell loop of docs/run-log.md, exactly as documented."""
+    with open(os.path.join(ROOT, "docs", "run-log.md"), encoding="utf-8") as f:
+        text = f.read()
+    block = text.split("<!-- supervisor:start -->")[1].split("<!-- supervisor:end -->")[0]
+    return block.split("```sh\n")[1].split("```")[0]
+
+
+def _trainer_of(shell: subprocess.Popen):
+    """The `pcm-hil train` process the supervisor's shell runs now, or None."""
+    try:
+        with open(f"/proc/{shell.pid}/task/{shell.pid}/children") as f:
+            pids = [int(p) for p in f.read().split()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"pcm-hil" in f.read():
+                    return pid
+        except OSError:
+            pass
+    return None
+
+
+def _supervise(tmp_path, small_data, kills, seed, train):
+    """Run the documented supervisor loop through the emulator and SIGKILL its trainer at
+    the moments `kills` names: 'first-second' (within a second of its start: before its log
+    exists, or just after), 'header' (its log created, the run not yet begun), 'begun'
+    (up to 2 s after its run began: fast-forwarding or live)."""
+    rng = np.random.default_rng(seed)
+    cfg = _config(tmp_path, train=train, flush=25)
+    emu, url, state, stats = _emulator(tmp_path)
+    run = str(tmp_path / "run.h5")
+    script = tmp_path / "supervise.sh"
+    script.write_text(_recipe())
+    env = {**os.environ, "RUN": run, "CONFIG": cfg, "CHIP": url,
+           "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}
+    out = open(tmp_path / "supervisor.out", "w")
+    shell = subprocess.Popen(["bash", str(script)], cwd=tmp_path, env=env, stdout=out,
+                             stderr=subprocess.STDOUT)
+    hit = []
+    try:
+        ref = _reference(cfg, str(tmp_path / "ref.h5"), small_data, backend=url)
+        last = None
+        for kind in kills:
+            end = time.monotonic() + 300
+            pid = None
+            while pid is None or pid == last:        # the next trainer the loop starts
+                assert shell.poll() is None, (tmp_path / "supervisor.out").read_text()
+                assert time.monotonic() < end, "the supervisor started no trainer"
+                pid = _trainer_of(shell)
+                time.sleep(0.01)
+            started = time.monotonic()
+            before = set(os.listdir(tmp_path))
+            if kind == "first-second":
+                time.sleep(float(rng.uniform(0.0, 1.0)))
+            elif kind == "header":   # its new log's header is there; its data still loading
+                while not any(n.endswith(".h5") for n in set(os.listdir(tmp_path)) - before) \
+                        and time.monotonic() - started < 120:
+                    time.sleep(0.005)
+            else:                    # its run has begun: fast-forwarding or live
+                while not any(n.endswith(".h5.journal")
+                              for n in set(os.listdir(tmp_path)) - before) \
+                        and time.monotonic() - started < 120:
+                    time.sleep(0.005)
+                time.sleep(float(rng.uniform(0.0, 2.0)))
+            try:
+                os.kill(pid, signal.SIGKILL)
+                hit.append((kind, round(time.monotonic() - started, 2)))
+            except ProcessLookupError:
+                pass
+            last = pid
+        assert shell.wait(timeout=600) == 0, (tmp_path / "supervisor.out").read_text()
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            pid = _trainer_of(shell)
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+            shell.wait()
+        out.close()
+        _stop(emu)
+    from hil.replay.resume import newest_segment
+    final = newest_segment(run)
+    _same_run(final, str(tmp_path / "ref.h5"))
+    emu_stats = json.loads(open(stats).read())
+    with RunLog(final) as lg:
+        ev = lg.pulse_events(columns=("address", "n_pulses", "kind"))
+        segments = lg.provenance["resume"]["segments"] if "resume" in lg.provenance else []
+    n = ev["n_pulses"].astype(np.int64)
+    assert int(n[ev["kind"] == 1].sum()) == emu_stats["pulses"]["set"]
+    assert int(n[ev["kind"] == 2].sum()) == emu_stats["pulses"]["reset"]
+    pulse_ev = np.load(state)["pulse_ev"].astype(np.int64)
+    assert np.array_equal(np.bincount(ev["address"].astype(np.int64), n,
+                                      minlength=pulse_ev.size), pulse_ev)
+    print(f"kills {hit}; final log {os.path.basename(final)} after {len(segments)} earlier "
+          f"segment(s); repeats answered from the firmware's memory "
+          f"{emu_stats['repeats_answered']}")
+    return hit
+
+
+def test_the_documented_supervisor_loop_finishes_a_run_through_sigkills(tmp_path,
+                                                                       small_data):
+    hit = _supervise(tmp_path, small_data, ["first-second", "header", "begun", "begun"],
+                     seed=21, train=400)
+    assert len(hit) >= 3
+
+
+@pytest.mark.slow
+def test_the_documented_supervisor_loop_through_many_sigkills(tmp_path, small_data):
+    kinds = ["first-second", "header"] + ["begun"] * 6 + ["first-second", "header"] + \
+        ["begun"] * 4
+    hit = _supervise(tmp_path, small_data, kinds, seed=22, train=1200)
+    assert len(hit) >= 12
+
+
+def test_resuming_a_log_the_chip_has_moved_on_from_is_refused_naming_the_newest_segment(
+        tmp_path):
+    """r.h5 killed, resumed to completion into a log of another name (--run done.h5);
+    `--resume r.h5` again, through the same emulator, would re-send r.h5's uncertain command
+    and apply the rest of the run a second time. The chip's history is further than r.h5
+    knows: refused before anything is sent, with one error naming the log, the segment that
+    moved the chip on and how far it got, and no new log."""
     from drivers.fpga import FpgaChip
     cfg = _config(tmp_path, train=500, flush=25, extra=SMALL)
     emu, url, _, _ = _emulator(tmp_path, *SMALL_CHIP)
     try:
         run = str(tmp_path / "r.h5")
+        done = str(tmp_path / "done.h5")
         p = _train(tmp_path, "--config", cfg, "--backend", url, "--run", run)
         _wait_step(p, run, 10)
         p.send_signal(signal.SIGKILL)
         p.communicate()
-        p = _train(tmp_path, "--resume", run, "--backend", url)
+        p = _train(tmp_path, "--resume", run, "--backend", url, "--run", done)
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
         with FpgaChip(url, timeout_s=2.0) as chip:
@@ -416,15 +576,19 @@ def test_resuming_a_log_the_chip_has_moved_on_from_is_refused(tmp_path):
         assert again.returncode == 1
         err = again.stderr.strip().splitlines()
         assert len(err) == 1, again.stderr
-        assert "the chip's history is further than run log r.h5 knows" in err[0]
-        assert "a later segment of this run" in err[0]
+        assert err[0].startswith("pcm-hil train: error: [HISTORY] the chip's history is "
+                                 "further than run log r.h5 knows"), err[0]
+        with RunLog(done) as lg:
+            far = f"completed, complete through step {lg.complete_step}"
+        assert f"r.h5 was continued by {done} (segment 2 of the run: {far}" in err[0], err[0]
+        assert err[0].endswith("the run completed there, nothing is left to resume")
         print(err[0])
-        assert not os.path.exists(str(tmp_path / "r-3.h5"))
+        assert not os.path.exists(str(tmp_path / "r-2.h5"))
         with FpgaChip(url, timeout_s=2.0) as chip:
             assert chip.history() == before      # nothing was sent
     finally:
         _stop(emu)
-    with RunLog(str(tmp_path / "r-2.h5")) as lg:
+    with RunLog(done) as lg:
         rec = lg.provenance["chip_history"]
         with RunLog(run) as first:
             assert rec["start"] == first.provenance["chip_history"]["start"]

@@ -8,6 +8,7 @@ from drivers.errors import ChipHistoryError
 from drivers.fpga import FpgaChip
 from drivers.pulse import DEFAULT_SET
 from hil.backend_url import open_backend
+from hil.replay.resume import plan_resume
 from hil.run_control import RunAborted, RunControl
 from hil.run_history import check_log_chip, expected_history
 from hil.run_log import RunLog, RunLogWriter
@@ -77,6 +78,12 @@ def test_the_chip_must_be_where_the_log_left_it(tmp_path, small_data):
             assert e.value.mismatch is HistoryMismatch.FURTHER
             assert "further than run log r.h5 knows (+1 read operations" in str(e.value)
             assert "a later segment of this run" in str(e.value)
+            # resume says which it was: no log next to r.h5 continues the run
+            with pytest.raises(ChipHistoryError, match=r"no log next to r\.h5 continues its "
+                                                       r"run, so another client has used the "
+                                                       r"chip since \(the chip's last command: "
+                                                       r"READ seq \d+\)$"):
+                plan_resume(lg, chip, None)
     finally:
         server.stop()
     cycled = EmulatorServer(Firmware(chip_spec.build()), listen=("127.0.0.1", 0)).start()

@@ -92,6 +92,36 @@ def test_live_file_caught_mid_commit_opens_and_a_cut_file_does_not(tmp_path):
         assert r.status.status == "completed"
 
 
+def test_a_live_log_in_its_first_seconds_is_never_called_corrupted(tmp_path):
+    """A reader polling a run's log from the instant it exists - while the trainer loads its
+    data, while begin() builds the tables, once it logs - finds a header that says the run
+    has not begun, then the log; never a corrupted, locked or truncated file."""
+    import subprocess
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("name: early\ndata: {train_examples: 50, test_examples: 20}\n"
+                   "training: {epochs: 1, baseline: false}\n")
+    path = str(tmp_path / "r.h5")
+    p = subprocess.Popen([sys.executable, "-m", "hil.cli", "train", "--config", str(cfg),
+                          "--run", path, "--no-progress"], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    seen = set()
+    try:
+        while p.poll() is None or not seen:
+            if not os.path.exists(path):
+                time.sleep(0.002)
+                continue
+            try:
+                with RunLog(path) as lg:
+                    seen.add(f"log, status {lg.status.status}")
+            except RunLogError as e:
+                assert "nothing of the run is logged yet" in str(e), str(e)
+                seen.add("header")
+    finally:
+        _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert "header" in seen and "log, status running" in seen, seen
+
+
 # --- other HDF5 tools read every dataset (schema 1.2) ------------------------------------------
 H5DUMP, H5LS = shutil.which("h5dump"), shutil.which("h5ls")
 needs_hdf5_tools = pytest.mark.skipif(

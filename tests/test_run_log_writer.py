@@ -20,7 +20,7 @@ from run_log_fakes import (N_DEVICES, Capture, fake_layout, fake_run, host_view,
                            small_cfg)
 
 from drivers.pulse import DEFAULT_SET  # noqa: E402
-from hil.run_log import PURPOSES, RunLog, RunLogError, RunLogWriter  # noqa: E402
+from hil.run_log import PURPOSES, RunLog, RunLogError, RunLogWriter, read_header  # noqa: E402
 from hil.run_state import RunState  # noqa: E402
 
 
@@ -119,25 +119,40 @@ def test_context_manager_marks_failure(tmp_path):
         assert r.step_metrics()["loss"].tolist() == [1.0]
 
 
-def test_writer_killed_before_begin(tmp_path):
-    """A writer that dies between creating the file and begin() (the trainer loads its
-    data in between) leaves a file that gets one clear error, not an HDF5 traceback."""
-    path = str(tmp_path / "early.h5")
-    code = textwrap.dedent(f"""
-        import os, signal, sys
-        sys.path.insert(0, {TESTS!r})
-        from run_log_fakes import small_cfg
-        from hil.run_log import RunLogWriter
-        w = RunLogWriter({path!r}, small_cfg())
-        os.kill(os.getpid(), signal.SIGKILL)
-    """)
-    subprocess.run([sys.executable, "-c", code], check=False)
-    with pytest.raises(RunLogError, match="stopped before logging began"):
-        RunLog(path)
+def test_writer_killed_before_or_inside_begin_leaves_a_header_that_says_so(tmp_path):
+    """A writer that dies between creating the log and begin() (the trainer loads its data
+    in between), or inside begin() before its file is in place, leaves the header file: it
+    opens, says the run has not begun, and holds the config and the provenance known so far
+    (what `--resume` starts the run again from)."""
+    for where, kill in (("before", "os.kill(os.getpid(), signal.SIGKILL)"),
+                        ("inside", "os.replace = lambda *a: os.kill(os.getpid(), "
+                                   "signal.SIGKILL)\nw.begin(config={}, provenance={}, "
+                                   "layout=fake_layout())")):
+        path = str(tmp_path / f"{where}.h5")
+        code = textwrap.dedent(f"""
+            import os, signal, sys
+            sys.path.insert(0, {TESTS!r})
+            from run_log_fakes import fake_layout, small_cfg
+            from hil.run_log import RunLogWriter
+            w = RunLogWriter({path!r}, small_cfg(), provenance={{"chip_state": "c.state"}})
+        """) + kill + "\n"
+        assert subprocess.run([sys.executable, "-c", code]).returncode == -signal.SIGKILL
+        with pytest.raises(RunLogError, match="nothing of the run is logged yet: it has not "
+                                              "begun.*--resume"):
+            RunLog(path)
+        head = read_header(path)
+        assert not head.began and head.final_status is None
+        assert head.config["name"] == small_cfg().name
+        assert head.provenance == {"chip_state": "c.state"}
     w = RunLogWriter(str(tmp_path / "early2.h5"), small_cfg())
     w.finish("failed", "ConfigError: no MNIST")   # before begin(): still says why
     with pytest.raises(RunLogError, match="never started.*no MNIST"):
         RunLog(str(tmp_path / "early2.h5"))
+    head = read_header(str(tmp_path / "early2.h5"))
+    assert (head.began, head.final_status, head.final_reason) == \
+        (False, "failed", "ConfigError: no MNIST")
+    assert sorted(os.listdir(tmp_path)) == ["before.h5", "early2.h5", "inside.h5",
+                                            "inside.h5.part"]   # a kill's leftover, unread
 
 
 def test_monitor_readings(tmp_path):

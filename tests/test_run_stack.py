@@ -13,7 +13,7 @@ from drivers.layers import BackendLayer
 from drivers.safety import LimitedBackend
 from hil.replay import ResumeBackend
 from hil.run_control import RunAborted, RunControl
-from hil.run_log import RunLog, RunLogError
+from hil.run_log import RunLog, RunLogError, read_header
 from hil.run_stack import RunRequest, default_log_path, open_run_stack
 from hil.station import load_station
 from hil.training import run_experiment
@@ -68,11 +68,22 @@ def test_a_bad_log_path_fails_before_the_chip_is_opened(tmp_path):
         open_run_stack(RunRequest(small_config(), backend_url=DEAD_CHIP, log_path=str(log)))
 
 
-def test_a_chip_that_cannot_be_opened_leaves_its_log_marked_failed_with_the_reason(tmp_path):
+def test_a_chip_that_cannot_be_opened_leaves_no_log(tmp_path):
+    """The log is created only once the chip has accepted the run: a dead (or refusing)
+    chip leaves nothing that would make the same --run refuse once the chip is back."""
     log = str(tmp_path / "r.h5")
     with pytest.raises(LinkError):
         open_run_stack(RunRequest(small_config(), backend_url=DEAD_CHIP, log_path=log))
-    with pytest.raises(RunLogError, match="never started.*final status failed: LinkError"):
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_stack_that_fails_after_the_chip_opened_marks_its_log_failed(tmp_path,
+                                                                       tiny_trained_log):
+    log = str(tmp_path / "r.h5")
+    with pytest.raises(ConfigError, match="only the in-process simulated chip"):
+        open_run_stack(RunRequest(small_config(), backend_url=f"replay://{tiny_trained_log}",
+                                  log_path=log, chip_state=str(tmp_path / "c.state")))
+    with pytest.raises(RunLogError, match="never started.*final status failed: ConfigError"):
         RunLog(log)
 
 
@@ -96,17 +107,31 @@ def test_a_chip_state_file_is_for_the_in_process_chip_only(tmp_path, tiny_traine
                                   chip_state=str(tmp_path / "c.state")))
 
 
-def test_a_resumed_run_is_the_resume_layer_under_the_station_guard(tmp_path, small_data):
-    """An aborted sim:// run with a chip state resumes as station guard → resume layer →
-    chip, with the resume's segments in the new log's provenance and its default name."""
+class StopAfter(RunControl):
+    """Asks the run to stop after step `n` (as a Ctrl-C during that step would)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = n
+
+    def check(self, step):
+        if step >= self.n:
+            self.request_stop("test")
+        super().check(step)
+
+
+def test_a_resumed_run_is_the_resume_layer_over_the_station_guard(tmp_path, small_data):
+    """An aborted sim:// run with a chip state resumes as resume layer → station guard →
+    chip (what the resume serves from the log never reaches the guard's chip; what goes
+    live passes the guard), with the resume's segments in the new log's provenance and its
+    default name."""
     cfg = small_config(data={"train_examples": 300, "test_examples": 100},
                        log={"flush_every_steps": 50})
     first = str(tmp_path / "r.h5")
-    control = RunControl()
+    control = StopAfter(1)
     req = RunRequest(cfg, log_path=first, chip_state=str(tmp_path / "r.state"))
     with open_run_stack(req) as stack:
         assert stack.provenance["chip_state"] == os.path.abspath(tmp_path / "r.state")
-        control.request_stop("test")             # stops after the first step
         with pytest.raises(RunAborted):
             run_experiment(cfg, stack.backend, stack.recorder, data=small_data,
                            control=control, provenance=stack.provenance)
@@ -115,13 +140,66 @@ def test_a_resumed_run_is_the_resume_layer_under_the_station_guard(tmp_path, sma
                               note=notes.append)
     assert again.log_path == str(tmp_path / "r-2.h5") and again.config == cfg
     with open_run_stack(again, note=notes.append) as stack:
-        assert _layers(stack.backend) == [LimitedBackend, ResumeBackend, SimulatedChip]
+        assert _layers(stack.backend) == [ResumeBackend, LimitedBackend, SimulatedChip]
         assert isinstance(find_ability(stack.backend, SequencedBackend), ResumeBackend)
         assert stack.provenance["resume"]["segment"] == 2
         assert any("resuming" in n for n in notes)
         s = run_experiment(cfg, stack.backend, stack.recorder, data=small_data,
                            provenance=stack.provenance)
     assert stack.resumed.committed > 0 and s["steps"] == 300
+
+
+def test_a_chip_state_file_that_cannot_be_written_is_refused_before_anything(tmp_path,
+                                                                            readonly_dir):
+    """--chip-state is saved at every commit of the log: a path that cannot be written is
+    refused at once (not at the first commit, with the chip already programmed)."""
+    log = str(tmp_path / "r.h5")
+    with pytest.raises(ConfigError, match=r"--chip-state: cannot write .*c\.state: "
+                                          r"(read-only file system|Permission denied)"):
+        open_run_stack(RunRequest(small_config(), log_path=log,
+                                  chip_state=str(readonly_dir / "c.state")))
+    assert not os.path.exists(log)
+
+
+def _aborted_run(tmp_path, small_data, station):
+    """A sim:// run with a chip state under `station`, stopped after its first step."""
+    cfg = small_config(data={"train_examples": 300, "test_examples": 100},
+                       log={"flush_every_steps": 50})
+    first = str(tmp_path / "r.h5")
+    req = RunRequest(cfg, log_path=first, chip_state=str(tmp_path / "r.state"),
+                     station=station)
+    with open_run_stack(req) as stack:
+        with pytest.raises(RunAborted):
+            run_experiment(cfg, stack.backend, stack.recorder, data=small_data,
+                           control=StopAfter(1), provenance=stack.provenance)
+    return first
+
+
+def test_a_resumed_run_keeps_the_station_it_was_started_under(tmp_path, small_data):
+    """Without --station a resumed run is held to the logged station's limits, which the
+    new log records again; a station given at resume may narrow them, never widen them."""
+    import dataclasses
+    station = load_station(STATION)
+    first = _aborted_run(tmp_path, small_data, station)
+    again = RunRequest.resume(first)
+    assert again.station.safety == station.safety and again.station.name == station.name
+    with open_run_stack(again) as stack:
+        assert find_ability(stack.backend, GuardedBackend).station_limits == station.safety
+        assert stack.provenance["station"]["safety"]["max_pulses_per_device"] == 32
+        # stop before anything goes live: only the planning is under test here
+    wider = dataclasses.replace(station, safety=dataclasses.replace(
+        station.safety, max_pulses_per_device=64))
+    with pytest.raises(ConfigError, match=r"safety\.max_pulses_per_device: 64 would widen "
+                                          r"the station 'sim-bench' the run was started "
+                                          r"under .*r\.h5\) limit of 32"):
+        RunRequest.resume(first, station=wider)
+    narrower = dataclasses.replace(station, safety=dataclasses.replace(
+        station.safety, max_pulses_per_device=16))
+    assert RunRequest.resume(first, station=narrower).station.safety.max_pulses_per_device \
+        == 16
+    # the stack opened above began nothing: a later resume goes back to r.h5
+    assert not read_header(str(tmp_path / "r-2.h5")).began
+    assert RunRequest.resume(first).resume_from == first
 
 
 def test_default_log_path_is_under_runs_named_after_the_run():

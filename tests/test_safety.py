@@ -56,16 +56,11 @@ REFUSED = {
                     "safety.reset.width_ns_max = 100.0 ns"),
     "pulses per device": (lambda g: g.program(A10, np.full(10, 5), PulseSpec.set()),
                           "safety.max_pulses_per_device"),
-    "program batch": (lambda g: g.program(np.arange(33), np.ones(33), PulseSpec.set()),
-                      "safety.max_batch_devices = 32"),
-    "pulses per step": (lambda g: g.program(np.arange(20), np.full(20, 4), PulseSpec.set()),
-                        "safety.max_pulses_per_step = 60"),
     "program_read pulse": (lambda g: g.program_read(A10, ONES, PulseSpec.set(1.6, 50)),
                            "safety.set.amplitude_v_max"),
-    "program_read batch": (lambda g: g.program_read(np.arange(40), np.ones(40),
-                                                    PulseSpec.set()),
-                           "safety.max_batch_devices"),
-    "read batch": (lambda g: g.read(np.arange(33)), "safety.max_batch_devices = 32"),
+    "pulses per device in a split batch": (
+        lambda g: g.program(np.arange(40), np.r_[np.ones(39), 5], PulseSpec.set()),
+        "safety.max_pulses_per_device"),
     "matvec block": (lambda g: g.matvec(np.arange(36).reshape(6, 6), np.zeros(6)),
                      "safety.max_batch_devices = 32"),
     "matvec voltage": (lambda g: g.matvec(np.arange(6).reshape(2, 3),
@@ -104,9 +99,56 @@ def test_commands_within_the_limits_pass_unchanged(tmp_path):
     assert same_state(state_of(inner, tmp_path / "a.npz"), state_of(twin, tmp_path / "b.npz"))
 
 
+def test_a_batch_above_the_batch_limit_goes_down_as_commands_within_it(tmp_path):
+    """max_batch_devices bounds every command on the wire: a larger program, read or
+    program-read is sent as consecutive parts of at most that many devices (evenly sized,
+    in the order given): the same pulses to the same devices and the same reads as the one
+    command on a chip without the limit (only the chip's clock tells them apart: more
+    commands take more time)."""
+    inner, twin = chip(), chip()
+    guard = LimitedBackend(inner, LIMITS)
+    a = np.arange(100, dtype=np.uint32)[::-1]
+    n = np.arange(100) % 4
+    assert [sl.stop - sl.start for sl in guard.parts(100)] == [25, 25, 25, 25]
+    assert [sl.stop - sl.start for sl in guard.parts(70)] == [24, 23, 23]
+    before = inner.counters["commands"]
+    for be in (guard, twin):
+        be.program(a, n, PulseSpec.set())
+    assert inner.counters["commands"] - before == 4 and guard.commands_sent == 4
+    assert np.array_equal(guard.read(a), twin.read(a))
+    assert np.array_equal(guard.program_read(a[:70], n[:70], PulseSpec.set()),
+                          twin.program_read(a[:70], n[:70], PulseSpec.set()))
+    assert guard.commands_sent == 4 + 4 + 3 and guard.refused == 0
+    split, whole = state_of(inner, tmp_path / "a.npz"), state_of(twin, tmp_path / "b.npz")
+    for k in ("pulse_ev", "n_set", "reads"):
+        assert np.array_equal(split[0][k], whole[0][k]), k
+    assert {k: v for k, v in split[1].items() if k != "commands"} == \
+        {k: v for k, v in whole[1].items() if k != "commands"}
+
+
+def test_a_split_into_more_commands_than_the_firmware_remembers_is_refused():
+    """Resume settles a kill in the middle of a split command by re-sending every part
+    under its sequence number: exact only while the firmware remembers every part's reply,
+    so a split into more parts than its seq_memory is refused before anything is sent."""
+    server = EmulatorServer(Firmware(chip(), memory_depth=3),
+                            listen=("127.0.0.1", 0)).start()
+    try:
+        with FpgaChip(server.url, timeout_s=2.0) as fpga:
+            guard = LimitedBackend(fpga, LIMITS)
+            guard.program(np.arange(96), np.ones(96), PulseSpec.set())   # 3 parts: fits
+            with pytest.raises(SafetyLimitError, match=r"4 commands .*more than the 3 "
+                                                       r"replies the firmware remembers"):
+                guard.program(np.arange(97), np.ones(97), PulseSpec.set())
+            with pytest.raises(SafetyLimitError, match="firmware remembers"):
+                guard.check_read(np.arange(100))
+        assert server.firmware.chip.commands_executed == 3
+    finally:
+        server.stop()
+
+
 def test_the_refused_counter_counts_every_refusal():
     guard = LimitedBackend(chip(), LIMITS)
-    for case in ("SET amplitude", "read batch", "matvec voltage"):
+    for case in ("SET amplitude", "pulses per device", "matvec voltage"):
         with pytest.raises(SafetyLimitError):
             REFUSED[case][0](guard)
     guard.read(A10)
@@ -119,12 +161,13 @@ def test_preflight_checks_are_the_guards_checks_and_send_nothing(tmp_path):
     guard = LimitedBackend(inner, LIMITS)
     before = state_of(inner, tmp_path / "before.npz")
     guard.check_program(A10, ONES, PulseSpec.set())
-    guard.check_read(np.arange(32))
+    guard.check_read(np.arange(100))              # split: four reads of 25
+    guard.check_program_read(A10, ONES, PulseSpec.set())
     guard.check_matvec(np.arange(6).reshape(2, 3), np.array([0.3, 0.0, -0.3]))
-    with pytest.raises(SafetyLimitError, match=r"safety\.max_pulses_per_step"):
-        guard.check_program(np.arange(20), np.full(20, 4), PulseSpec.set())
+    with pytest.raises(SafetyLimitError, match=r"safety\.max_pulses_per_device"):
+        guard.check_program_read(A10, np.full(10, 5), PulseSpec.set())
     with pytest.raises(SafetyLimitError, match=r"safety\.max_batch_devices"):
-        guard.check_read(np.arange(33))
+        guard.check_matvec(np.arange(36).reshape(6, 6), np.zeros(6))
     with pytest.raises(SafetyLimitError, match=r"safety\.read_v_max"):
         guard.check_matvec(np.arange(6).reshape(2, 3), np.array([0.4, 0.0, 0.0]))
     assert guard.refused == 0

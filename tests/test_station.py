@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from dataclasses import replace
 from importlib import resources
 from pathlib import Path
 
@@ -14,8 +16,9 @@ import yaml
 from drivers.errors import ConfigError, SafetyLimitError
 from drivers.instruments import InstrumentError, ParameterLimitError
 from drivers.pulse import PulseSpec
+from drivers.safety import PulseLimits
 from hil.station import (InstrumentKind, MonitorAction, check_settings, load_station,
-                         open_instruments)
+                         open_instruments, station_from_provenance, station_provenance)
 
 from lab_bench import lab_data, lab_on_sims, needs_pymeasure
 
@@ -128,6 +131,45 @@ def test_malformed_yaml_is_one_error(tmp_path):
     p.write_text("chip: {url: 'sim://'\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="malformed YAML"):
         load_station(p)
+
+
+def test_a_station_path_that_is_a_folder_is_one_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"is a folder, not a YAML file$"):
+        load_station(tmp_path)
+
+
+def test_a_station_travels_in_provenance_and_comes_back_whole(tmp_path):
+    """What a run log records of its station rebuilds the same station (limits, bench, the
+    folder its relative paths point into), validated like the file."""
+    st = load_station(LAB_STATION)
+    entry = json.loads(json.dumps(station_provenance(st)))   # as the log stores it
+    back = station_from_provenance(entry, "r.h5: provenance station")
+    assert back == st and back.source_dir == st.source_dir
+    entry["safety"]["max_batch_devices"] = 0
+    with pytest.raises(ConfigError, match=r"^r\.h5: provenance station: safety: "
+                                          r"max_batch_devices must be >= 1"):
+        station_from_provenance(entry, "r.h5: provenance station")
+
+
+def test_limits_may_only_narrow_the_limits_a_run_started_under():
+    started = load_station(LAB_STATION).safety
+    started.check_within(started, "its")                       # the same: fine
+    narrower = replace(started, max_pulses_per_device=8, set=PulseLimits(1.0, 400.0))
+    narrower.check_within(started, "its")
+    for wider, key, text in (
+            (replace(started, max_pulses_per_device=32), "safety.max_pulses_per_device",
+             "32 would widen the lab's limit of 20"),
+            (replace(started, reset=PulseLimits(3.5, 100.0)),
+             "safety.reset.amplitude_v_max", "3.5 would widen the lab's limit of 3"),
+            (replace(started, read_v_max=None), "safety.read_v_max",
+             "no limit would widen the lab's limit of 0.25")):
+        with pytest.raises(ConfigError, match=f"^{re.escape(key)}: {re.escape(text)}; limits "
+                                              "may only be narrowed$"):
+            wider.check_within(started, "the lab's")
+    # a limit the run had none of may be added
+    replace(started, supply_current_max_a=None).check_within(
+        replace(started, supply_current_max_a=None), "its")
+    started.check_within(replace(started, supply_current_max_a=None), "its")
 
 
 def test_safety_checks_pulses_batches_and_steps():

@@ -2,6 +2,7 @@
 socket and a real pty, with a faulty link, and across emulator crashes and restarts, equals
 training on the in-process simulated chip bit for bit."""
 import json
+import os
 import select
 import signal
 import subprocess
@@ -260,8 +261,8 @@ def _end(proc) -> None:
 
 def test_a_second_trainer_is_refused_and_the_first_completes_exactly(tmp_path, small_data):
     """Two `pcm-hil train` on one emulator: the second is refused with one clear error while
-    the first holds the chip (frozen with SIGSTOP, so its connection is open and idle), and
-    the first completes with the digest of a run that was alone on the chip."""
+    the first holds the chip (frozen with SIGSTOP, so its connection is open and idle),
+    leaving no run log behind, and the first completes with the digest of a run that was alone on the chip."""
     from test_resume import (KEYS as RUN_KEYS, SMALL, _config, _reference, _same_run, _train,
                              _wait_step)
     cfg = _config(tmp_path, train=500, flush=25, extra=SMALL)
@@ -277,7 +278,8 @@ def test_a_second_trainer_is_refused_and_the_first_completes_exactly(tmp_path, s
         first.send_signal(signal.SIGSTOP)
         try:
             second = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--no-progress",
-                                     "--config", cfg, "--backend", url, "--no-log"],
+                                     "--config", cfg, "--backend", url, "--run",
+                                     str(tmp_path / "b.h5")],
                                     cwd=tmp_path, capture_output=True, text=True, timeout=300)
         finally:
             first.send_signal(signal.SIGCONT)
@@ -286,6 +288,9 @@ def test_a_second_trainer_is_refused_and_the_first_completes_exactly(tmp_path, s
         assert len(err) == 1, second.stderr
         assert "the chip is in use by another client since" in err[0] and url in err[0]
         print(err[0])
+        # Refused before its log was created: nothing left that would make the same --run
+        # refuse ("file exists") once the chip is free.
+        assert not [n for n in os.listdir(tmp_path) if n.startswith("b.h5")]
         out, errs = first.communicate(timeout=300)
         assert first.returncode == 0, errs
     finally:
@@ -338,3 +343,76 @@ def test_an_emulator_power_cycled_mid_run_stops_the_run(tmp_path):
     doc = json.loads(open(stats).read())
     assert doc["firmware"]["by_opcode"] == {"HELLO": 1}
     assert doc["pulses"] == {"set": 0, "reset": 0}
+
+
+# --- the run log's file system refuses to take more -------------------------------------------
+def _run_until_the_disk_refuses(tmp_path, log, preexec=None):
+    """Train through the emulator into `log` until its file system refuses; returns the
+    trainer's result and whether the chip was left idle (its safe state), asked afterwards."""
+    from drivers.fpga import FpgaChip
+    from test_resume import SMALL, SMALL_CHIP, _config, _emulator, _stop
+    cfg = _config(tmp_path, train=3000, flush=50, extra=SMALL)
+    emu, url, _, _ = _emulator(tmp_path, *SMALL_CHIP)
+    try:
+        r = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--no-progress",
+                            "--config", cfg, "--backend", url, "--run", str(log)],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           preexec_fn=preexec)
+        with FpgaChip(url, timeout_s=2.0) as chip:
+            idle = chip.status().idle
+    finally:
+        _stop(emu)
+    return r, idle
+
+
+def test_a_full_disk_ends_the_run_safe_with_one_error_and_the_log_readable(tmp_path,
+                                                                          small_disk):
+    """The log's own file system (a tmpfs), nearly full: the run stops before a commit the
+    disk may not hold, with one error naming the free space; the chip is left in its safe
+    state, and the log reads as failed, with that reason, through its last commit."""
+    import os
+    from hil.run_log import RunLog
+    from hil.run_log.writer import DISK_MARGIN
+    st = os.statvfs(small_disk)
+    free = st.f_bavail * st.f_frsize
+    with open(small_disk / "ballast", "wb") as f:   # leave the margin and 2 MiB
+        f.write(b"\0" * (free - DISK_MARGIN - (2 << 20)))
+    log = small_disk / "r.h5"
+    r, idle = _run_until_the_disk_refuses(tmp_path, log)
+    assert r.returncode == 1, r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "the disk holding the run log has" in err[0] and \
+        "the run stops here" in err[0], r.stderr
+    print(err[0])
+    assert idle
+    with RunLog(str(log)) as lg:
+        assert lg.status.status == "failed" and "MiB free" in lg.status.reason
+        assert 0 < lg.complete_step < 3000
+        lg.pulse_events()                       # every committed table reads
+
+
+def test_a_write_the_file_system_refuses_ends_the_run_safe_and_says_how_to_read_it(tmp_path):
+    """A write refused mid-commit (a file-size limit, RLIMIT_FSIZE: the same refusal a full
+    disk gives a write the free-space check did not foresee): no crash, one error that says
+    how to make the log readable to its last commit, the chip safe, and - that done - the log
+    opens, its journal kept for --resume."""
+    import os
+    import resource
+    from hil.run_log import RunLog
+    log = tmp_path / "r.h5"
+    limit = 700 << 10
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    r, idle = _run_until_the_disk_refuses(tmp_path, log, small_files)
+    assert r.returncode == 1, r.stderr
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and "cannot write the run log (File too large)" in err[0], r.stderr
+    print(err[0])
+    assert "Traceback" not in r.stderr and idle
+    size = int(err[0].split("truncate -s ")[1].split()[0])
+    os.truncate(log, size)                      # as the message says
+    with RunLog(str(log)) as lg:
+        assert lg.status.status == "running"    # its last commit: the status never got in
+        assert lg.complete_step > 0
+    assert os.path.exists(str(log) + ".journal")

@@ -200,23 +200,79 @@ def test_cli_bad_arguments_give_one_clear_error(args, match, tmp_path):
     assert "Traceback" not in r.stderr
 
 
-def test_ctrl_c_stops_after_the_step_and_exits_130(tmp_path):
+@pytest.mark.parametrize("sig, rc, said", [
+    ("SIGINT", 130, "interrupted by the operator (Ctrl-C)"),
+    ("SIGTERM", 143, "terminated (SIGTERM)")])
+def test_ctrl_c_or_sigterm_stops_after_the_step(tmp_path, sig, rc, said):
+    """Ctrl-C, and SIGTERM (what `kill` and a supervisor send), finish the step in flight,
+    leave the chip safe and the log marked aborted; the exit status says which signal."""
     import signal
     import time
+    from hil.run_log import RunLog
     cfg = tmp_path / "long.yaml"
     cfg.write_text("data: {train_examples: 60000, test_examples: 100}\n"
                    "training: {epochs: 5, baseline: false}\n")
+    log = tmp_path / "r.h5"
     p = subprocess.Popen([sys.executable, "-m", "hil.cli", "train", "--config", str(cfg),
-                          "--no-progress", "--no-log"], cwd=ROOT, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    line = p.stdout.readline()
-    assert line.startswith("training "), line
-    time.sleep(4.0)   # data loaded, training under way
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=60)
-    assert p.returncode == 130, err
-    assert "aborted: interrupted by the operator (Ctrl-C) after step" in err
+                          "--no-progress", "--run", str(log)], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 120
+    while not (tmp_path / "r.h5.journal").exists():   # the run has begun
+        assert p.poll() is None and time.monotonic() < end, p.communicate()
+        time.sleep(0.02)
+    time.sleep(0.5)
+    p.send_signal(getattr(signal, sig))
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == rc, err
+    assert f"aborted: {said} after step" in err and f"run log {log} is marked aborted" in err
     assert "Traceback" not in err
+    with RunLog(str(log)) as lg:
+        assert lg.status.status == "aborted" and said in lg.status.reason
+        assert lg.complete_step == lg.status.step > 0
+
+
+def test_stopped_twice_while_loading_says_nothing_was_sent(tmp_path):
+    """Two Ctrl-C before the first command (the data still loading): the run stops at once,
+    and says what is true - nothing reached the chip, its log holds only the config - not
+    that a run log was 'marked aborted'; --resume starts it from step 0."""
+    import signal
+    import time
+    from hil.run_log import RunLogError, read_header
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {train_examples: 60000, test_examples: 100}\n"
+                   "training: {epochs: 1, baseline: false}\n")
+    log = tmp_path / "r.h5"
+    p = subprocess.Popen([sys.executable, "-m", "hil.cli", "train", "--config", str(cfg),
+                          "--no-progress", "--run", str(log)], cwd=ROOT,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().startswith("run log:")     # created; the data loads next
+    p.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "nothing was sent to the chip; run log" in err and "holds only the run's config" \
+        in err and "marked aborted" not in err and "Traceback" not in err
+    head = read_header(str(log))
+    assert not head.began and head.final_status == "aborted"
+    with pytest.raises(RunLogError, match="never started"):
+        from hil.run_log import RunLog
+        RunLog(str(log))
+
+
+def test_an_unwritable_summary_path_fails_before_the_run(tmp_path, readonly_dir, capsys):
+    """--summary-json is tried for writing first: not after hours of training."""
+    import re
+    from hil.cli import main
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {train_examples: 10, test_examples: 10}\ntraining: {epochs: 1}\n")
+    for bad, why in ((readonly_dir / "s.json", "(read-only file system|Permission denied)"),
+                     (tmp_path, "is a folder")):
+        assert main(["train", "--config", str(cfg), "--run", str(tmp_path / "r.h5"),
+                     "--summary-json", str(bad)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(f"--summary-json: .*{why}", err[0]), err
+        assert not (tmp_path / "r.h5").exists()
 
 
 def _station(tmp_path, **over):
@@ -266,3 +322,93 @@ def test_station_limits_refuse_before_sending(tmp_path):
     assert r.returncode == 1
     assert "safety.max_pulses_per_device" in r.stderr and "PROGRAM_SET" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+# --- the station's limits, before and during a run ----------------------------------------
+def _limits(**over):
+    from drivers.safety import PulseLimits, SafetyLimits
+    kw = dict(set=PulseLimits(1.5, 1000.0), reset=PulseLimits(3.5, 200.0),
+              max_pulses_per_device=32, max_pulses_per_step=500_000,
+              max_batch_devices=1 << 20)
+    kw.update(over)
+    return SafetyLimits(**kw)
+
+
+@pytest.mark.parametrize("over, match", [
+    ({"set": (0.9, 1000.0)}, r"\[PROGRAM_SET\] SET amplitude 1\.0 V exceeds "
+                             r"safety\.set\.amplitude_v_max = 0\.9 V"),
+    ({"max_pulses_per_device": 4}, r"an update \(optimizer\.max_pulses_per_update\) may send "
+                                   r"8 pulses to one device, more than "
+                                   r"safety\.max_pulses_per_device = 4"),
+    ({"max_pulses_per_device": 12}, r"a refresh's re-programming .* may send 20 pulses to "
+                                    r"one device, more than safety\.max_pulses_per_device"),
+    ({"max_batch_devices": 1000, "read_v_max": 0.1}, None),
+])
+def test_every_limit_the_config_decides_is_checked_before_the_first_command(
+        small_data, over, match):
+    """What a dry run would refuse, a real run refuses before its first command - not
+    after a RESET of every mapped device, not 88 commands into training."""
+    from drivers.errors import SafetyLimitError
+    from drivers.safety import LimitedBackend, PulseLimits
+    over = {k: PulseLimits(*v) if k in ("set", "reset") else v for k, v in over.items()}
+    cfg = small_config(data={"train_examples": 30, "test_examples": 10})
+    chip = _chip(cfg)
+    if match is None:   # within the limits (the batches split): the run goes on
+        s = run_experiment(cfg, LimitedBackend(chip, _limits(**over)), data=small_data)
+        assert s["steps"] == 30
+        return
+    with pytest.raises(SafetyLimitError, match=match):
+        run_experiment(cfg, LimitedBackend(chip, _limits(**over)), data=small_data)
+    assert chip.commands_executed == 0
+
+
+def test_a_step_refused_mid_run_is_recorded_as_refused_and_never_as_sent(tmp_path,
+                                                                         small_data):
+    """A training step whose pulses pass max_pulses_per_step is refused before it is
+    written ahead: the log's pulse totals are what reached the chip (replay's totals are
+    right), and the log's /events holds one 'command_refused' event naming the limit."""
+    from drivers.errors import SafetyLimitError
+    from drivers.safety import LimitedBackend
+    from hil.run_log import RunLog, RunLogWriter
+
+    cfg = small_config(data={"train_examples": 300, "test_examples": 10})
+    chip = _chip(cfg)
+    path = str(tmp_path / "r.h5")
+    with pytest.raises(SafetyLimitError, match=r"pulses in step \d+ exceed "
+                                               r"safety\.max_pulses_per_step = 12"):
+        run_experiment(cfg, LimitedBackend(chip, _limits(max_pulses_per_step=12)),
+                       RunLogWriter(path, cfg), data=small_data)
+    with RunLog(path) as lg:
+        (event,) = lg.events()
+        step, detail = event.step, event.detail
+        assert event.kind == "command_refused" and detail["pulses"] > 12
+        assert detail["command"].startswith("PROGRAM") and \
+            "max_pulses_per_step" in detail["reason"]
+        assert lg.status.status == "failed" and "max_pulses_per_step" in lg.status.reason
+        pb = lg.pulse_batches()
+        assert (pb["status"] == 2).all()                      # every logged batch acked
+        ev = lg.pulse_events(columns=("n_pulses", "kind"))
+        n = ev["n_pulses"].astype(np.int64)
+        assert int(n[ev["kind"] == 1].sum()) == chip.counters["set_pulses"]
+        assert int(n[ev["kind"] == 2].sum()) == chip.counters["reset_pulses"]
+        assert (pb["step"] < step).all()     # nothing of the refused step was sent
+
+
+def test_the_shipped_lab_station_runs_the_shipped_experiment(tmp_path):
+    """configs/station_lab.yaml's limits and configs/mnist_mlp.yaml (its data cut to a few
+    thousand examples, one epoch): the dry run passes, the 397,520-device batches going
+    out in parts of at most 65,536."""
+    import yaml
+    pytest.importorskip("pymeasure")
+    cfg = yaml.safe_load((ROOT / "configs" / "mnist_mlp.yaml").read_text())
+    cfg["data"].update(train_examples=2000, test_examples=200)
+    cfg["training"]["baseline"] = False
+    path = tmp_path / "mnist_mlp_small.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--config", str(path),
+                        "--station", str(ROOT / "configs" / "station_lab.yaml"), "--dry-run",
+                        "--epochs", "1", "--no-progress"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "largest batch 397,520 devices (batches above safety.max_batch_devices = " \
+           "65,536 go in parts" in r.stdout and "every command within the limits" in r.stdout

@@ -191,3 +191,29 @@ def test_a_log_of_another_arithmetic_cannot_verify_but_still_reads(tiny_trained_
         verify_run(old)
     assert cli_main(["replay", old, "--plot", str(tmp_path / "figs")]) == 0
     assert os.listdir(tmp_path / "figs")
+
+
+def test_verify_of_a_run_that_did_not_complete_checks_what_it_logged(tmp_path, small_data,
+                                                                    capsys):
+    """An aborted (or failed, or killed) run's log ends before its experiment does: --verify
+    checks everything it logged and says where the record stops - not a 'divergence'."""
+    from conftest import small_config
+    from hil.run_control import RunAborted, RunControl
+    from hil.training import run_experiment
+
+    class StopAt(RunControl):
+        def check(self, step):
+            if step >= 40:
+                raise RunAborted(f"stopped for the test after step {step}")
+
+    cfg = small_config(data={"train_examples": 200, "test_examples": 100},
+                       log={"flush_every_steps": 25})
+    path = str(tmp_path / "aborted.h5")
+    with pytest.raises(RunAborted):
+        run_experiment(cfg, open_backend("sim://", cfg.sim_chip_spec()),
+                       RunLogWriter(path, cfg), data=small_data, control=StopAt())
+    assert cli_main(["replay", path, "--verify", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "diverged" not in out
+    assert "the logged run did not complete (status aborted: stopped for the test after " \
+           "step 40); everything it logged matches, through step 40" in out

@@ -55,7 +55,7 @@ def test_a_log_whose_run_has_not_begun_is_waited_for(tmp_path):
     w = RunLogWriter(path, config(), journal=False)
     f = LogFollower(path)
     assert not f.refresh() and f.model is None
-    assert "never started" in f.waiting or "before logging began" in f.waiting
+    assert "nothing of the run is logged yet: it has not begun" in f.waiting
     layout = mlp_layout()
     w.begin(config=config().to_dict(), provenance={}, layout=layout)
     assert f.refresh() and f.model is not None and f.waiting is None

@@ -119,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
     if os.path.exists(args.out) and not args.force:
         raise ConfigError("file exists (refusing to overwrite characterisation data; "
                           "--force to replace it)", source=args.out)
+    from hil.output_files import check_writable
+    check_writable(args.out, "-o")   # before the chip is touched
     station = load_station(args.station) if args.station else None
     url = args.backend or station.chip.url  # type: ignore[union-attr]
     safety = station.safety if station else None

@@ -74,6 +74,11 @@ def run(args: argparse.Namespace) -> int:
     from hil.fit_model import FitOptions, fit_model, plot_fit, write_model_yaml
     from sim_backend.pcm_model import PcmModel
 
+    from hil.output_files import check_writable
+    for key, path in (("-o", args.out), ("--plot", args.plot),
+                      ("--summary-json", args.summary_json)):
+        if path:
+            check_writable(path, key)   # before the fit, not after it
     name = args.name or os.path.splitext(os.path.basename(args.out))[0]
     opts = FitOptions(t0_s=args.t0_s, g_min_us=args.g_min_us, g_max_us=args.g_max_us,
                       drift_min_g_us=args.drift_min_g_us, n_sim=args.n_sim, seed=args.seed,

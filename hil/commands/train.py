@@ -7,16 +7,22 @@ import os
 import sys
 from typing import Optional
 
-from drivers.errors import ConfigError
+from drivers.errors import ConfigError, LinkError
 from hil.commands.arguments import non_negative_int
 from hil.commands.watch import add_server_arguments, check_server_arguments, live_view
 from hil.config import load_config, with_overrides
 from hil.run_control import RunAborted, RunControl
-from hil.run_stack import RunRequest, default_log_path, open_run_stack
+from hil.output_files import check_writable
+from hil.run_log import read_header
+from hil.run_stack import (RunCompleted, RunRequest, RunStack, default_log_path,
+                           open_run_stack)
 from hil.station import Station, load_station
 from hil.training import EpochResult, run_experiment
 
 DEFAULT_CONFIG = "configs/mnist_mlp.yaml"
+#: Exit status of a run whose chip link failed (EX_TEMPFAIL): it can be resumed once the
+#: chip answers again; a supervisor retries it (docs/run-log.md, "Supervising a run").
+EXIT_LINK_LOST = 75
 
 HELP = """\
 Train a multilayer perceptron on MNIST with the mixed-precision algorithm: the chip holds
@@ -34,6 +40,14 @@ examples:
   pcm-hil train --config configs/quick.yaml --run runs/q.h5 --chip-state runs/q.chip
   pcm-hil train --resume runs/q.h5        # after Ctrl-C or a crash: continues into runs/q-2.h5
   pcm-hil train --config configs/quick.yaml --watch   # follow it in the browser
+
+--resume takes any segment of a run (RUN.h5, RUN-2.h5, ...) and continues its newest; a run
+killed before its first command starts again from step 0. A resumed run keeps the station
+limits it was started under (a --station given with --resume may only narrow them).
+
+exit status: 0 completed (or, with --resume, already completed); 1 an error (the message
+names it); 2 bad command line; 75 the chip's link failed (resumable); 130 stopped by Ctrl-C,
+143 by SIGTERM (the step in flight finished, the chip left safe, the log marked aborted).
 """
 
 
@@ -56,12 +70,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--station", metavar="FILE",
                    help="station (testbed) YAML: chip link, instruments, safety limits and "
-                        "monitors (see docs/instruments.md); its limits guard every command")
+                        "monitors (see docs/instruments.md); its limits guard every command "
+                        "(with --resume: may only narrow the limits the run started under)")
     p.add_argument("--resume", metavar="RUN.h5",
-                   help="continue an aborted or killed run from its log: the run is "
-                        "fast-forwarded against the log (nothing sent to the chip), then "
-                        "continues live into a new log (--run, default RUN-2.h5) that holds "
-                        "the whole run; the config comes from the log (see docs/run-log.md)")
+                   help="continue an aborted or killed run from its log (any segment of it: "
+                        "the newest is continued): the run is fast-forwarded against the log "
+                        "(nothing sent to the chip), then continues live into a new log "
+                        "(--run, default RUN-2.h5) that holds the whole run; the config and "
+                        "the station's limits come from the log (see docs/run-log.md)")
     p.add_argument("--chip-state", metavar="FILE",
                    help="sim:// only: save the in-process simulated chip's state to FILE at "
                         "every commit of the run log, which makes the run resumable (with "
@@ -118,20 +134,33 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs == 0:
         raise ConfigError("must be >= 1", key="--epochs")
     check_server_arguments(args)
+    if args.summary_json:
+        check_writable(args.summary_json, "--summary-json", make_folder=True)  # not at the end
     station = load_station(args.station) if args.station else None
-    request = _request(args, station)
+    try:
+        request = _request(args, station)
+    except RunCompleted as done:
+        # A supervisor's loop around --resume ends here, however late its last kill came.
+        _say(f"nothing to resume: the run completed in {done.path}")
+        if done.summary:
+            _write_summary(args.summary_json, done.summary)
+        return 0
     if request.dry_run:
         return _dry_run(request, args)
-    cfg = request.config
     control = RunControl()
-    path = None
+    with control.sigint_handler():
+        return _train(request, args, control)
+
+
+def _train(request: RunRequest, args: argparse.Namespace, control: RunControl) -> int:
+    cfg = request.config
+    stack = None
     try:
-        with open_run_stack(request, note=_say) as stack, control.sigint_handler(), \
+        with open_run_stack(request, note=_say) as stack, \
                 live_view(args, stack.log_path, control):
-            path = stack.log_path
             _say(f"training {cfg.name}: {cfg.data.train_examples:,} examples x "
-                 f"{cfg.training.epochs} epochs on {request.url} (Ctrl-C stops after the "
-                 "current step)")
+                 f"{cfg.training.epochs} epochs on {request.url} (Ctrl-C or SIGTERM stops "
+                 "after the current step)")
             summary = run_experiment(cfg, stack.backend, stack.recorder,
                                      progress=not args.no_progress,
                                      report=_print_epoch(cfg.training.epochs),
@@ -139,9 +168,17 @@ def run(args: argparse.Namespace) -> int:
                                      provenance=stack.provenance)
             resumed = stack.resumed
     except (RunAborted, KeyboardInterrupt) as e:
-        print(f"aborted: {e or 'stopped at once'}; the chip is in its safe state"
-              + (f"; run log {path} is marked aborted" if path else ""), file=sys.stderr)
-        return 130
+        started = getattr(e, "started", True)
+        print(f"aborted: {str(e) or 'stopped at once'}; "
+              + _where_it_stopped(request, stack, started), file=sys.stderr)
+        return control.exit_status
+    except LinkError as e:
+        # The chip's link, not the run, failed: the log and its journal say how far it got.
+        path = stack.log_path if stack is not None else None
+        print(f"pcm-hil train: error: {e}"
+              + (f"; once the chip is back, `pcm-hil train --resume {path}` continues the run"
+                 if path else ""), file=sys.stderr)
+        return EXIT_LINK_LOST
     if resumed is not None:
         print(f"resumed: {resumed.committed:,} logged and {resumed.served_from_journal} "
               f"journaled commands fast-forwarded, {resumed.resent} uncertain command(s) "
@@ -149,6 +186,23 @@ def run(args: argparse.Namespace) -> int:
     print(_final_line(summary))
     _write_summary(args.summary_json, summary)
     return 0
+
+
+def _where_it_stopped(request: RunRequest, stack: Optional[RunStack],
+                      started: bool = True) -> str:
+    """What an aborted run left: the chip's state and what its log now holds."""
+    path = request.log_path if stack is None else stack.log_path
+    began = stack is not None and started
+    if stack is not None and stack.recorder is not None:
+        began = stack.recorder.began
+    elif stack is None and path and os.path.exists(path) and not request.resume_from:
+        began = read_header(path).began
+    if not began:
+        return "nothing was sent to the chip" + (
+            f"; run log {path} holds only the run's config (`--resume {path}` starts it "
+            "from step 0)" if path and os.path.exists(path) else "")
+    return "the chip is in its safe state" + (f"; run log {path} is marked aborted"
+                                               if path else "")
 
 
 def _write_summary(path: Optional[str], summary: dict) -> None:
@@ -168,11 +222,17 @@ def _dry_run(request: RunRequest, args: argparse.Namespace) -> int:
         summary = run_experiment(cfg, stack.backend, None, progress=not args.no_progress,
                                  report=_print_epoch(cfg.training.epochs))
     c = summary["io"]
+    guard = stack.guard
+    split = ""
+    if guard is not None and c["largest_batch"] > guard.station_limits.max_batch_devices:
+        split = (f" (batches above safety.max_batch_devices = "
+                 f"{guard.station_limits.max_batch_devices:,} go in parts: "
+                 f"{guard.commands_sent:,} commands on the wire)")
     print(f"would send: {summary['program_commands']:,} program commands "
           f"({summary['set_pulses']:,} SET and {summary['reset_pulses']:,} RESET pulses), "
           f"{summary['read_commands']:,} read commands; largest batch "
-          f"{c['largest_batch']:,} devices; at most {c['most_pulses_per_device']} pulses to one "
-          "device in one command; every command within the limits")
+          f"{c['largest_batch']:,} devices{split}; at most {c['most_pulses_per_device']} "
+          "pulses to one device in one command; every command within the limits")
     _write_summary(args.summary_json, summary)
     return 0
 

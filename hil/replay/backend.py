@@ -25,7 +25,7 @@ import numpy as np
 from drivers.backend import Capability, ChipBackend, ChipInfo, matvec_operands
 from drivers.errors import ChipFaultError, NotSupportedError
 from drivers.pulse import PulseKind, PulseSpec
-from hil.replay.divergence import ReplayDivergence, first_difference
+from hil.replay.divergence import LogEnded, ReplayDivergence, first_difference
 from hil.run_log import BATCH_ACKED, LogPosition, RunLog, RunLogError
 
 REPLAY_SCHEME = "replay://"
@@ -199,7 +199,7 @@ class ReplayBackend(ChipBackend):
                     f"the run sent {describe}, but the logged run sent no more commands "
                     f"before its snapshot at step {self.stop.step}", step=self._last_step(),
                     command_index=self.stop.seq)
-            raise ReplayDivergence(
+            raise LogEnded(
                 f"the run sent {describe}, but the log ends after {self.commands_logged} "
                 f"commands (status {self.log.status.status})", step=self._last_step(),
                 command_index=self.commands_logged)
@@ -282,11 +282,14 @@ class ReplayBackend(ChipBackend):
         i, mb = self._next_matvec, self._matvec_batches
         if i >= self._n_matvecs:
             first = self.start.matvec_batch if self.start is not None else 0
-            end = (f"the logged run sent no more before its snapshot at step "
-                   f"{self.stop.step}" if self.stop is not None else
-                   f"the log ends after {self._n_matvecs} (status {self.log.status.status})")
-            raise ReplayDivergence(f"the run sent MATVEC #{first + i}, but {end}",
-                                   step=self._last_step(), command="MATVEC")
+            if self.stop is not None:
+                raise ReplayDivergence(f"the run sent MATVEC #{first + i}, but the logged run "
+                                       f"sent no more before its snapshot at step "
+                                       f"{self.stop.step}", step=self._last_step(),
+                                       command="MATVEC")
+            raise LogEnded(f"the run sent MATVEC #{first + i}, but the log ends after "
+                           f"{self._n_matvecs} (status {self.log.status.status})",
+                           step=self._last_step(), command="MATVEC")
         step = int(mb["step"][i])
         k = 0 if xv.ndim == 1 else xv.shape[1]
         got = (block.shape[0], block.shape[1], k,

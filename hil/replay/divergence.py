@@ -46,6 +46,11 @@ def _rebuild(message: str, step: Optional[int], command_index: Optional[int],
                             command=command)
 
 
+class LogEnded(ReplayDivergence):
+    """A re-run that goes on where its log ends: a divergence for a completed run; for one
+    that was aborted, failed or killed, where its record stops."""
+
+
 def first_difference(got: np.ndarray, want: np.ndarray) -> int:
     """Index of the first element where two 1-D arrays differ (the shorter one's length when
     one is a prefix of the other)."""

@@ -42,8 +42,8 @@ import numpy as np
 
 from drivers.abilities import SequencedBackend, StatefulBackend, find_ability
 from drivers.backend import ChipBackend
-from drivers.chip_history import HistoryPosition
-from drivers.errors import ChipFaultError, HilError, NotSupportedError
+from drivers.chip_history import HistoryMismatch, HistoryPosition
+from drivers.errors import ChipFaultError, ChipHistoryError, HilError, NotSupportedError
 from drivers.layers import BackendLayer
 from drivers.pulse import PulseKind, PulseSpec
 from hil.chip_io import wire_seq_of
@@ -51,8 +51,9 @@ from hil.chip_state import ChipStateKeeper
 from hil.config import MatvecMode
 from hil.replay.backend import ReplayBackend
 from hil.replay.divergence import ReplayDivergence
-from hil.run_log import BATCH_ACKED, NOT_SENT, JournalCommand, RunLog, arithmetic_mismatch
 from hil.run_history import check_log_chip, resumed_provenance
+from hil.run_log import (BATCH_ACKED, NOT_SENT, JournalCommand, LogHeader, RunLog, RunLogError,
+                         arithmetic_mismatch, read_header)
 from hil.run_state import RunState
 
 log = logging.getLogger("pcm_hil.resume")
@@ -70,6 +71,7 @@ class ResendBatch:
 
     batch_id: int
     wire_seq: int
+    devices: int = 0
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,6 +99,16 @@ class ResumePlan:
     chip_state: Optional[ChipStateKeeper] = None
     chip_from: Optional[int] = None
     chip_history: Optional[HistoryPosition] = None
+
+    @property
+    def uncertain_devices(self) -> int:
+        """Devices in the command the old run was cut off in, which is re-sent (0: none).
+        A station guard sends it in the same parts as the first time only under the same
+        batch limit (hil.run_stack checks)."""
+        if self.resend is not None:
+            return self.resend.devices
+        cut = [c for c in self.journal if not c.done]
+        return int(cut[0].addresses.size) if cut else 0
 
 
 # --- the backend of a resumed run ----------------------------------------------------------
@@ -298,7 +310,7 @@ def _halves(p: JournalCommand, r: JournalCommand) -> bool:
 
 
 # --- planning -----------------------------------------------------------------------------
-def resumed_path(old_path: str, old: RunLog) -> str:
+def resumed_path(old_path: str, old: "RunLog | LogHeader") -> str:
     """Default file of the resumed log: RUN-2.h5, RUN-3.h5, ... next to the first log."""
     seg = (old.provenance.get("resume") or {})
     n = int(seg.get("segment", 1)) + 1
@@ -327,12 +339,12 @@ def plan_resume(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Re
                           "resumed: MATVECs are logged at commits but not journaled, so those "
                           "a crash cut off are unknown (the log can still be replayed and "
                           "checked with pcm-hil replay --verify)")
-    info = old.chip_info()
-    mine = live.info()
-    if info is not None and (info.geometry != mine.geometry or info.chip_id != mine.chip_id):
-        raise ResumeError(f"{old.path}: the run was on chip {info.chip_id!r} "
-                          f"{info.geometry}, the backend is chip {mine.chip_id!r} "
-                          f"{mine.geometry}")
+    later = newest_segment(old.path)
+    if later != old.path and resume_source(later) != old.path:
+        raise ResumeError(f"{old.path} was continued by {later}, the newest segment of the "
+                          f"run; resuming {os.path.basename(old.path)} again would apply its "
+                          f"commands to a chip that has moved on (resume {later})")
+    check_chip_history(old, live)
     committed = int(old.counts["read_batches"] + old.counts["pulse_batches"])
     chip = find_ability(live, StatefulBackend)
     if chip is not None:
@@ -393,11 +405,74 @@ def plan_resume(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Re
                               "acknowledged, and no journal record says under which wire "
                               "sequence number; whether the chip applied it is unknown, so "
                               "the run cannot be continued exactly")
-        resend = ResendBatch(bid, last.wire_seq)
+        resend = ResendBatch(bid, last.wire_seq,
+                             int(pb["count"][list(pb["batch_id"]).index(bid)]))
         cmds = list(read_half)
     # The chip must be where the log left it, before anything is sent (hil.run_history).
-    position = check_log_chip(old, live)[0]
+    try:
+        position = check_log_chip(old, live)[0]
+    except ChipHistoryError as e:
+        if e.mismatch not in (HistoryMismatch.FURTHER, HistoryMismatch.LAST_COMMAND):
+            raise
+        raise ChipHistoryError(f"{e.message}; {_who_moved_it(old.path, e.found)}",
+                               mismatch=e.mismatch,
+                               expected=e.expected, found=e.found, command=e.command) from None
     return ResumePlan(old.path, committed, tuple(cmds), late, resend, chip_history=position)
+
+
+def _who_moved_it(path: str, found: Optional[HistoryPosition]) -> str:
+    """For a chip further than the log `path`: the newest log of the same run that continued
+    `path` (any name, in its folder), with how far it got - or, when there is none, that
+    another client used the chip, and the chip's last command."""
+    newest = None
+    base, name = chain_base(path), os.path.basename(path)
+    folder = os.path.dirname(path)
+    for entry in sorted(os.listdir(folder or ".")):
+        seg = os.path.join(folder, entry)
+        if not entry.endswith(".h5") or os.path.samefile(seg, path):
+            continue
+        try:
+            prov = read_header(seg).provenance.get("resume") or {}
+        except RunLogError:
+            continue
+        if prov.get("base") == base and name in [str(s.get("log")) for s in
+                                                 prov.get("segments") or []]:
+            n = int(prov.get("segment", 0))
+            if newest is None or n > newest[0]:
+                newest = (n, seg)
+    last = "" if found is None or found.last_command is None else \
+        f"the chip's last command: {found.last_command} seq {found.last_seq}"
+    if newest is None:
+        return (f"no log next to {name} continues its run, so another client has used the "
+                f"chip since ({last})" if last else
+                f"no log next to {name} continues its run, so another client has used the "
+                "chip since")
+    seg = newest[1]
+    completed = False
+    try:
+        with RunLog(seg) as lg:
+            completed = lg.status.status == RunState.COMPLETED
+            how = (f"{lg.status.status}, complete through step {lg.complete_step}, "
+                   f"{reach(lg):,} commands")
+    except RunLogError:
+        how = "its run never began"
+    then = "the run completed there, nothing is left to resume" if completed else \
+        f"resume {seg}, not {name}"
+    return (f"{name} was continued by {seg} (segment {newest[0]} of the run: {how}), the "
+            f"newest segment, which moved the chip on{' - ' + last if last else ''}; {then}")
+
+
+def check_chip_history(old: RunLog, live: ChipBackend) -> None:
+    """Refuse a chip that is not the one the logged run left: another chip, or one whose
+    history does not continue the log's. What a chip tells of itself (ChipInfo: its id and
+    geometry) is compared with what the log recorded; a chip that also reports its command
+    history is checked against the log's commands by its driver."""
+    info = old.chip_info()
+    mine = live.info()
+    if info is not None and (info.geometry != mine.geometry or info.chip_id != mine.chip_id):
+        raise ResumeError(f"{old.path}: the run was on chip {info.chip_id!r} "
+                          f"{info.geometry}, the backend is chip {mine.chip_id!r} "
+                          f"{mine.geometry}")
 
 
 def reach(log_: RunLog) -> int:
@@ -410,16 +485,19 @@ def reach(log_: RunLog) -> int:
 
 def resume_source(path: str) -> str:
     """The log to resume from: `path`, unless it is a resumed log killed before its
-    fast-forward caught up with the log it resumed - then that log (still intact, and
-    further along) is the run's record, and it is resumed instead."""
+    fast-forward caught up with the log it resumed (or before it began at all) - then that
+    log (still intact, and further along) is the run's record, and it is resumed instead.
+    A first segment that never began is its own source: its run starts again from step 0."""
     while True:
-        with RunLog(path) as lg:
-            prev = (lg.provenance.get("resume") or {}).get("segments") or []
-            if not prev:
-                return path
-            last = prev[-1]
-            if reach(lg) >= int(last["commands"]) + int(last["journal_commands"]):
-                return path
+        header = read_header(path)
+        prev = (header.provenance.get("resume") or {}).get("segments") or []
+        if not prev:
+            return path
+        last = prev[-1]
+        if header.began:
+            with RunLog(path) as lg:
+                if reach(lg) >= int(last["commands"]) + int(last["journal_commands"]):
+                    return path
         older = os.path.join(os.path.dirname(path), str(last["log"]))
         if not os.path.exists(older):
             raise ResumeError(f"{path} was killed while fast-forwarding {last['log']}, which "
@@ -427,6 +505,56 @@ def resume_source(path: str) -> str:
         log.warning("%s was killed during its fast-forward; resuming %s, which holds more of "
                     "the run", path, older)
         path = older
+
+
+def chain_base(path: str) -> str:
+    """The name every segment of `path`'s run is numbered after (RUN for RUN-2.h5)."""
+    base = (read_header(path).provenance.get("resume") or {}).get("base")
+    return str(base) if base else re.sub(r"\.h5$", "", os.path.basename(path))
+
+
+def segments(path: str) -> List[str]:
+    """The logs of `path`'s run next to it, oldest first: RUN.h5, RUN-2.h5, RUN-3.h5, ...
+    (the names resumed_path gives; a later segment counts when its provenance names the
+    same run)."""
+    base = chain_base(path)
+    folder = os.path.dirname(path)
+    first = os.path.join(folder, f"{base}.h5")
+    found = [first] if os.path.exists(first) else []
+    n = 2
+    while os.path.exists(os.path.join(folder, f"{base}-{n}.h5")):
+        seg = os.path.join(folder, f"{base}-{n}.h5")
+        try:
+            prov = read_header(seg).provenance.get("resume") or {}
+        except RunLogError:
+            prov = {}
+        if prov.get("base") == base:
+            found.append(seg)
+        n += 1
+    if not any(os.path.samefile(p, path) for p in found):
+        found.append(path)   # named with --run: the chain is known from it backwards only
+    return found
+
+
+def newest_segment(path: str) -> str:
+    """The newest log of `path`'s run (`path` itself when nothing continued it)."""
+    segs = segments(path)
+    newest = segs[-1]
+    return path if os.path.samefile(newest, path) else newest
+
+
+def resume_target(path: str, note: Callable[[str], None] = lambda _: None) -> str:
+    """The log `pcm-hil train --resume PATH` continues, for any segment of a run: the
+    newest segment, or the older one it was resumed from when that newest was killed before
+    it caught up (`note` says which, when it is not `path`)."""
+    newest = newest_segment(path)
+    if newest != path:
+        note(f"{path} was continued by {newest}, the newest segment of the run")
+    src = resume_source(newest)
+    if src != newest:
+        note(f"{newest} was killed before its fast-forward finished; resuming {src}, which "
+             "holds more of the run")
+    return src
 
 
 def resume_provenance(old: RunLog, plan: ResumePlan) -> Dict[str, Any]:
@@ -444,5 +572,21 @@ def resume_provenance(old: RunLog, plan: ResumePlan) -> Dict[str, Any]:
     return out
 
 
+def restart_provenance(header: LogHeader) -> Dict[str, Any]:
+    """The provenance of a run started again from step 0 because its log never began
+    (killed, or ended, before its first command): the next segment of the same run."""
+    prev = dict(header.provenance.get("resume") or {})
+    segments = list(prev.get("segments") or [])
+    segments.append({"log": os.path.basename(header.path),
+                     "status": header.final_status or "killed before it began",
+                     "reason": header.final_reason, "complete_step": -1, "commands": 0,
+                     "journal_commands": 0})
+    base = prev.get("base") or re.sub(r"\.h5$", "", os.path.basename(header.path))
+    return {"resume": {"segment": int(prev.get("segment", 1)) + 1, "base": base,
+                       "segments": segments}}
+
+
 __all__ = ["NOT_SENT", "ResendBatch", "ResumeBackend", "ResumeError", "ResumePlan",
-           "plan_resume", "reach", "resume_provenance", "resume_source", "resumed_path"]
+           "chain_base", "check_chip_history", "newest_segment", "plan_resume", "reach",
+           "restart_provenance", "resume_provenance", "resume_source", "resume_target",
+           "resumed_path", "segments"]

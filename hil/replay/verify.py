@@ -23,7 +23,7 @@ from drivers.backend import Capability
 from drivers.errors import HilError
 from hil.recorder import Recorder
 from hil.replay.backend import ReplayBackend
-from hil.replay.divergence import ReplayDivergence, first_difference
+from hil.replay.divergence import LogEnded, ReplayDivergence, first_difference
 from hil.run_log import RunLog, RunLogError, arithmetic_mismatch, is_wall_clock
 from hil.run_state import RunState
 from hil.trainer_state import StateLayout, TrainerState
@@ -96,9 +96,8 @@ class VerifyRecorder(Recorder):
     def _compare(self, kind: str, table: Dict[str, np.ndarray], i: int, n: int, key: str,
                  value: int, metrics: Mapping[str, float]) -> None:
         if i >= n:
-            raise ReplayDivergence(f"the run reported {kind} metrics for {key} {value}, the "
-                                   f"log has only {n} rows", step=value if key == "step"
-                                   else None)
+            raise LogEnded(f"the run reported {kind} metrics for {key} {value}, the log has "
+                           f"only {n} rows", step=value if key == "step" else None)
         logged_key = int(table[key][i])
         where = {"step": value} if key == "step" else {}
         if logged_key != value:
@@ -142,10 +141,11 @@ class VerifyRecorder(Recorder):
                         state: Optional[TrainerState]) -> None:
         i = self.ki
         if i >= self.n_snap:
-            raise ReplayDivergence(f"the run took snapshot {i}, the log has {self.n_snap}"
-                                   if self.stop is None else
-                                   f"the run took a snapshot after the log's snapshot "
-                                   f"{self.stop}, where its segment ends", step=step)
+            if self.stop is not None:
+                raise ReplayDivergence(f"the run took a snapshot after the log's snapshot "
+                                       f"{self.stop}, where its segment ends", step=int(step))
+            raise LogEnded(f"the run took snapshot {i}, the log has {self.n_snap}",
+                           step=int(step))
         ls = int(self.snaps["step"][i])
         if ls != step:
             raise ReplayDivergence(f"snapshot {i} taken at step {step}, the log's at "
@@ -272,10 +272,17 @@ def verify_segment(log: RunLog, start: Optional[int] = None, stop: Optional[int]
     report = VerifyReport(False, "", logged_seconds=logged_summary.get("train_seconds"))
     t1 = time.perf_counter()
     summary = None
+    completed = logged_status.status == RunState.COMPLETED
+    ended: Optional[LogEnded] = None
     try:
         summary = run_experiment(cfg, backend, rec, progress=progress, data=data, start=state)
     except SegmentEnd:
         pass
+    except LogEnded as e:
+        if completed:
+            report.divergence, report.message = e, str(e)
+        else:
+            ended = e   # an aborted, failed or killed run's record stops here
     except (ReplayDivergence, HilError) as e:
         report.divergence = e
         report.message = str(e)
@@ -290,6 +297,12 @@ def verify_segment(log: RunLog, start: Optional[int] = None, stop: Optional[int]
     report.snapshots_checked = rec.snapshots_checked
     report.note = rec.state_note
     if report.divergence is not None:
+        return report
+    if ended is not None:
+        report.ok = True
+        report.message = (f"the logged run did not complete (status {logged_status.status}: "
+                          f"{logged_status.reason}); everything it logged matches, through "
+                          f"step {log.complete_step}: " + describe_checked(report, None))
         return report
     left = []
     if backend.remaining():

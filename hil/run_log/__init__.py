@@ -10,8 +10,8 @@ One role per module:
 - `writer`      RunLogWriter
 - `journal`     the write-ahead journal: its records, the writer side, the reader side
 - `records`     the named records readers return (RunStatus, RunEvent, PulseBatch,
-                LogPosition)
-- `reader`      RunLog
+                LogPosition, LogHeader)
+- `reader`      RunLog, and read_header for any log (begun or not)
 - `provenance`  software versions, git commit and host of the run
 """
 from hil.run_log.journal import (JOURNAL_MAGIC, JOURNAL_MAGIC_V1, JOURNAL_SUFFIX, NOT_SENT,
@@ -19,8 +19,8 @@ from hil.run_log.journal import (JOURNAL_MAGIC, JOURNAL_MAGIC_V1, JOURNAL_SUFFIX
                                  BatchSent, JournalCommand, JournalHeader, JournalTail,
                                  JournalWriter, ReadSent, ReadValues, read_journal)
 from hil.run_log.provenance import ARITHMETIC, arithmetic_mismatch, environment_provenance
-from hil.run_log.reader import RunLog
-from hil.run_log.records import LogPosition, PulseBatch, RunEvent, RunStatus
+from hil.run_log.reader import RunLog, read_header
+from hil.run_log.records import LogHeader, LogPosition, PulseBatch, RunEvent, RunStatus
 from hil.run_log.schema import (BATCH_ACKED, BATCH_CHUNK, BATCH_SENT, BATCH_STATUS,
                                 COMMIT_FIELDS, EVENT_CHUNK, EVENT_COLUMNS, EVENT_KINDS,
                                 EVENT_TABLES, FORMAT,
@@ -37,7 +37,8 @@ __all__ = ["ARITHMETIC", "BATCH_ACKED", "BATCH_CHUNK", "BATCH_SENT", "BATCH_STAT
            "BatchSent", "COMMIT_FIELDS", "Column", "EVENT_CHUNK", "EVENT_COLUMNS",
            "EVENT_KINDS", "EVENT_TABLES",
            "EventTable", "FORMAT", "JOURNAL_MAGIC", "JOURNAL_MAGIC_V1", "JOURNAL_SUFFIX",
-           "JournalCommand", "JournalHeader", "JournalTail", "JournalWriter", "LogPosition",
+           "JournalCommand", "JournalHeader", "JournalTail", "JournalWriter", "LogHeader",
+           "LogPosition",
            "MATVEC_BATCH_COLUMNS", "MATVEC_EVENT_COLUMNS", "NAME_BYTES", "NOT_SENT",
            "PULSE_BATCH_COLUMNS", "PULSE_EVENT_COLUMNS", "PURPOSES", "PURPOSE_BYTES",
            "PulseBatch", "READ_BATCH_COLUMNS", "READ_EVENT_COLUMNS", "ReadSent", "ReadValues",
@@ -45,4 +46,4 @@ __all__ = ["ARITHMETIC", "BATCH_ACKED", "BATCH_CHUNK", "BATCH_SENT", "BATCH_STAT
            "SCHEMA_MINOR", "SCHEMA_VERSION", "SNAPSHOT_CHUNK", "SNAPSHOT_COLUMNS",
            "SNAPSHOT_POSITION_COLUMNS", "STATE_GROUP", "STATUSES", "STATUS_CODE",
            "STATUS_COLUMNS", "arithmetic_mismatch", "environment_provenance",
-           "is_wall_clock", "read_journal"]
+           "is_wall_clock", "read_header", "read_journal"]

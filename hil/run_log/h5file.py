@@ -7,6 +7,7 @@ each case gets one RunLogError that says which.
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any
 
@@ -59,13 +60,25 @@ def open_file(path: str) -> Any:
         except OSError as e:
             msg = str(e)
     if "truncated" in msg:
-        raise RunLogError(f"truncated file (the end of the run log is missing): {msg}",
-                          path=path)
+        raise RunLogError(f"truncated file (the end of the run log is missing): {msg}"
+                          + _extend_hint(path, msg), path=path)
     if "not already open for SWMR writing" in msg:
         raise RunLogError("its writer stopped before logging began (the file was never "
                           "switched to SWMR mode), so nothing of the run was logged",
                           path=path)
     raise RunLogError(f"corrupted run log, HDF5 cannot open it: {msg}", path=path)
+
+
+def _extend_hint(path: str, msg: str) -> str:
+    """How to read a log whose writer's last writes were refused: HDF5 counted their space
+    as the file's end, the file system never held them; the committed part is whole."""
+    m = re.search(r"stored_eof = (\d+)", msg)
+    if not m:
+        return ""
+    return (f". If its writer's last writes were refused (a full disk, a file-size limit), "
+            f"extending the file to the {int(m.group(1)):,} bytes HDF5 expects (`truncate -s "
+            f"{m.group(1)} {path}`; the hole takes no space) makes it readable to its last "
+            "commit")
 
 
 def _open_plain(path: str) -> Any:

@@ -258,7 +258,7 @@ class JournalWriter:
         if self._hold:      # the read half of a combined command follows: one write
             self._result = record
         else:
-            os.write(self._fd, record)
+            self._write(record)
             self._result = b""
 
     def hold_next_batch(self, hold: bool) -> None:
@@ -269,11 +269,21 @@ class JournalWriter:
     def read_sent(self, seq: int, step: int, purpose: int, wire_seq: int, count: int,
                   address_bytes: bytes) -> None:
         """A ReadSent record (with the previous command's result, or a held batch)."""
-        os.write(self._fd, b"".join((self._result,
-                                     _READ.pack(3, seq, step, purpose, wire_seq, count),
-                                     address_bytes)))
+        self._write(b"".join((self._result, _READ.pack(3, seq, step, purpose, wire_seq, count),
+                              address_bytes)))
         self._result = b""
         self.read_in_flight = seq
+
+    def _write(self, data: bytes) -> None:
+        """All of `data`, or RunLogError: a command whose write-ahead did not reach the
+        journal whole must not be sent (a record cut short is read as never journaled)."""
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as e:
+            raise RunLogError(f"cannot write the write-ahead journal ({e.strerror}); the "
+                              "command was not sent", path=self.path) from None
 
     def batch_acked(self, batch_id: int) -> None:
         """A BatchAcked record, for the next write. (A result is always the first one

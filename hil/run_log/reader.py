@@ -16,7 +16,7 @@ import numpy as np
 from drivers.pulse import PulseKind
 from hil.run_log.h5file import open_file
 from hil.run_log.journal import JOURNAL_SUFFIX, JournalTail, read_journal
-from hil.run_log.records import LogPosition, PulseBatch, RunEvent, RunStatus
+from hil.run_log.records import LogHeader, LogPosition, PulseBatch, RunEvent, RunStatus
 from hil.run_log.schema import (BATCH_STATUS, COMMIT_FIELDS, EVENT_COLUMNS, EVENT_TABLES,
                                 FORMAT, MATVEC_BATCH_COLUMNS, MATVEC_EVENT_COLUMNS,
                                 PULSE_BATCH_COLUMNS, PULSE_EVENT_COLUMNS, READ_BATCH_COLUMNS,
@@ -123,10 +123,7 @@ class RunLog:
                         self.path, ver, SCHEMA_VERSION, SCHEMA_MAJOR, SCHEMA_MINOR)
         self.schema_version = str(ver)
         if "commit" not in f:
-            final = f.attrs.get("final_status")
-            raise RunLogError("the run never started (begin() never completed"
-                              + (f"; final status {final}: {f.attrs.get('final_reason')}"
-                                 if final is not None else "") + ")", path=self.path)
+            raise RunLogError(_not_begun(f), path=self.path)
         required = list(REQUIRED)
         for group, cols in (("reads/batches", READ_BATCH_COLUMNS),
                             ("reads/events", READ_EVENT_COLUMNS),
@@ -825,6 +822,45 @@ def _lookup(lut: np.ndarray, addr: np.ndarray) -> np.ndarray:
     return pos
 
 
+def _not_begun(f: Any) -> str:
+    """Why a log without tables holds nothing of its run."""
+    final = f.attrs.get("final_status")
+    if final is not None:
+        return (f"the run never started: it ended before its first command (final status "
+                f"{_attr_str(final)}: {_attr_str(f.attrs.get('final_reason', ''))})")
+    return ("nothing of the run is logged yet: it has not begun (it is starting up, or it "
+            "was killed before its first command; `pcm-hil train --resume` starts it again "
+            "from step 0)")
+
+
+def read_header(path: str | os.PathLike) -> LogHeader:
+    """The config and provenance of any run log, begun or not (RunLog refuses a log whose
+    run never began; resume needs to know what such a run was)."""
+    import yaml
+    p = os.fspath(path)
+    f = open_file(p)
+    try:
+        fmt = _attr_str(f.attrs.get("format", ""))
+        if fmt != FORMAT:
+            raise RunLogError(f"not a pcm-hil run log (HDF5 file without format tag "
+                              f"{FORMAT!r}; found {fmt!r})", path=p)
+        meta = f.get("meta")
+        if meta is None or "config_yaml" not in meta:
+            raise RunLogError("corrupted run log: /meta/config_yaml is missing", path=p)
+        config = yaml.safe_load(_attr_str(meta["config_yaml"][()])) or {}
+        prov = (json.loads(_attr_str(meta["provenance_json"][()]))
+                if "provenance_json" in meta else {})
+        final = f.attrs.get("final_status")
+        return LogHeader(path=p, began="commit" in f, config=config, provenance=prov,
+                         final_status=None if final is None else _attr_str(final),
+                         final_reason=(None if final is None
+                                       else _attr_str(f.attrs.get("final_reason", ""))))
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise RunLogError(f"corrupted run log: {e}", path=p) from None
+    finally:
+        f.close()
+
+
 def _attr_str(v: Any) -> str:
     if isinstance(v, bytes):
         return v.decode("utf-8")
@@ -833,4 +869,4 @@ def _attr_str(v: Any) -> str:
     return str(v)
 
 
-__all__ = ["RunLog"]
+__all__ = ["RunLog", "read_header"]

@@ -81,4 +81,26 @@ class LogPosition:
         return cls(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
-__all__ = ["LogPosition", "PulseBatch", "RunEvent", "RunStatus"]
+@dataclass(frozen=True)
+class LogHeader:
+    """What any run log says about its run, whether or not the run began logging: a log
+    whose run ended (or was killed) before its first command holds only this.
+
+    began: the run began (the log has its tables; RunLog reads the rest).
+    config: the experiment config as logged (a mapping, as in /meta/config_yaml).
+    provenance: the provenance known when the file was written (for a log that never began:
+        what was known before the run started - the station, the chip-state file, earlier
+        segments).
+    final_status, final_reason: how a run that never began ended (None: it was killed, or
+        it is starting).
+    """
+
+    path: str
+    began: bool
+    config: Dict[str, Any]
+    provenance: Dict[str, Any]
+    final_status: Optional[str] = None
+    final_reason: Optional[str] = None
+
+
+__all__ = ["LogHeader", "LogPosition", "PulseBatch", "RunEvent", "RunStatus"]

@@ -26,6 +26,7 @@ import datetime as _dt
 import json
 import logging
 import os
+import re
 import time
 import zlib
 from array import array
@@ -66,7 +67,9 @@ _P_STATUS = _PULSE_FIELDS.index("status")
 class RunLogWriter(Recorder):
     """Writes one run to one HDF5 file (a Recorder; see hil.recorder).
 
-    The file is created at construction, so a bad path fails before the chip is touched.
+    A header file (config, the provenance known so far) is created at construction, so a
+    bad path fails before the chip is touched and a run that dies before begin() leaves a
+    log that says what it was; begin() puts the full file in its place.
     Events are buffered and committed every `cfg.log.flush_every_steps` steps, after every
     snapshot and epoch, and at finish; a killed process loses at most the uncommitted steps.
     """
@@ -75,7 +78,7 @@ class RunLogWriter(Recorder):
     _swmr = True
 
     def __init__(self, path: str | os.PathLike, cfg: Any, *, overwrite: bool = False,
-                 journal: bool = True) -> None:
+                 journal: bool = True, provenance: Optional[Mapping[str, Any]] = None) -> None:
         self.path = os.fspath(path)
         self.cfg = cfg
         every = int(getattr(getattr(cfg, "log", None), "flush_every_steps", 2000))
@@ -85,28 +88,16 @@ class RunLogWriter(Recorder):
         self.flush_every_steps = every
         self.snapshot_every_steps = int(getattr(getattr(cfg, "log", None),
                                                 "snapshot_every_steps", 0) or 0)
-        parent = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(parent):
-            raise RunLogError(f"folder {parent} does not exist", path=self.path)
-        if os.path.exists(self.path) and not overwrite:
-            raise RunLogError("file exists; refusing to overwrite a run log (choose another "
-                              "--run path or delete the old log)", path=self.path)
-        self._f = create_file(self.path)
-        f = self._f
-        f.attrs["format"] = FORMAT
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["created_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(
-            timespec="seconds")
-        try:
-            from hil import __version__ as hil_version
-        except ImportError:  # pragma: no cover
-            hil_version = "unknown"
-        f.attrs["writer"] = f"pcm-hil {hil_version}"
-        name = getattr(cfg, "name", None)
-        f.attrs["run_name"] = str(name) if name is not None else ""
-        self._meta = f.create_group("meta")
+        self.check_path(self.path, overwrite=overwrite)
         cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
-        self._write_text(self._meta, "config_yaml", _yaml_text(cfg_dict))
+        self._config_text = _yaml_text(cfg_dict)
+        #: What the run's provenance holds before begin() (the station, the chip-state
+        #: file, earlier segments): in the header file, so a run that never began can be
+        #: started again as it was asked for.
+        self._early_provenance = dict(provenance or {})
+        self._f: Any = None
+        self._broken = False
+        self._write_header()
         self._state = "created"
         self._seq = 0
         self._last_step: Optional[int] = None
@@ -126,6 +117,28 @@ class RunLogWriter(Recorder):
         self.commit_hooks: List[Callable[[int], None]] = []
         self._keep_journal = False
 
+    @staticmethod
+    def check_path(path: str, *, overwrite: bool = False) -> None:
+        """Raise the RunLogError a writer at `path` would raise for its path (no folder, a
+        log already there, a folder that cannot be written), without creating anything:
+        a run checks its log's path before it opens the chip, and creates the log only
+        once the chip has accepted it."""
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            raise RunLogError(f"folder {parent} does not exist", path=path)
+        if os.path.isdir(path):
+            raise RunLogError("is a folder; give a file name for the run log", path=path)
+        if os.path.exists(path) and not overwrite:
+            raise RunLogError("file exists; refusing to overwrite a run log (choose another "
+                              "--run path or delete the old log)", path=path)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise RunLogError(f"folder {parent} cannot be written", path=path)
+
+    @property
+    def began(self) -> bool:
+        """Whether begin() ran: the log holds the run's tables (else only its header)."""
+        return self._commits > 0   # begin() ends with the first commit
+
     @property
     def commits(self) -> int:
         """Commits so far (the `commits` field of /commit)."""
@@ -137,6 +150,54 @@ class RunLogWriter(Recorder):
         return self._complete_step
 
     # --- helpers -------------------------------------------------------------------------
+    def _create(self, path: str) -> Any:
+        """A new HDF5 file with the root attributes and the config: everything a log holds
+        before its run begins."""
+        f = create_file(path)
+        try:
+            f.attrs["format"] = FORMAT
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["created_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(
+                timespec="seconds")
+            try:
+                from hil import __version__ as hil_version
+            except ImportError:  # pragma: no cover
+                hil_version = "unknown"
+            f.attrs["writer"] = f"pcm-hil {hil_version}"
+            name = getattr(self.cfg, "name", None)
+            f.attrs["run_name"] = str(name) if name is not None else ""
+            self._meta = f.create_group("meta")
+            self._write_text(self._meta, "config_yaml", self._config_text)
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    def _write_header(self, final_status: Optional[str] = None,
+                      final_reason: Optional[str] = None) -> None:
+        """The log before its run begins: a small, closed HDF5 file (root attributes,
+        config, the provenance known so far, and the final status of a run that ended
+        before begin()), written under a temporary name and renamed into place, so the path
+        holds either nothing or a whole file that opens, however the writer dies."""
+        tmp = self.path + _PART_SUFFIX
+        try:
+            f = self._create(tmp)
+            try:
+                self._write_text(self._meta, "provenance_json",
+                                 _dumps(self._early_provenance))
+                if final_status is not None:
+                    f.attrs["final_status"] = str(final_status)
+                    f.attrs["final_reason"] = str(final_reason or "")
+            finally:
+                f.close()
+            os.replace(tmp, self.path)
+        except OSError as e:
+            _remove_quietly(tmp)
+            raise RunLogError(f"cannot write the run log: {e}", path=self.path) from None
+        except BaseException:
+            _remove_quietly(tmp)
+            raise
+
     @staticmethod
     def _write_text(group: Any, name: str, text: str) -> None:
         import h5py
@@ -185,9 +246,9 @@ class RunLogWriter(Recorder):
               layout: Mapping[str, np.ndarray],
               state_layout: Optional[StateLayout] = None) -> None:
         """Write config, provenance and layout, create every table (a dataset per field of
-        the trainer's `state_layout` among them), switch to SWMR."""
+        the trainer's `state_layout` among them), switch to SWMR, and put the file in place
+        of the header file."""
         self._require("created", "begin")
-        f = self._f
         # Layout: one dataset per key, in the order given (the snapshot order). Validated
         # before anything is written, so a bad layout leaves the file as it was.
         if not layout:
@@ -205,11 +266,14 @@ class RunLogWriter(Recorder):
         dup = srt[1:][srt[1:] == srt[:-1]]
         if dup.size:
             raise RunLogError(f"layout names device {int(dup[0])} twice", path=self.path)
-        prov = dict(provenance or {})
+        prov = {**self._early_provenance, **dict(provenance or {})}
         prov.setdefault("environment", environment_provenance())
         prov["arithmetic"] = ARITHMETIC   # what a re-run must compute with to reproduce it
         if config:
-            self._write_text(self._meta, "config_yaml", _yaml_text(dict(config)))
+            self._config_text = _yaml_text(dict(config))
+        # The whole file is built under a temporary name and renamed over the header file
+        # once it is in SWMR mode: at every instant the path holds a file that opens.
+        f = self._f = self._create(self.path + _PART_SUFFIX)
         self._write_text(self._meta, "provenance_json", _dumps(prov))
         lay = f.create_group("layout")
         for k, a in zip(keys, arrays):
@@ -270,6 +334,7 @@ class RunLogWriter(Recorder):
         f.flush()
         if self._swmr:
             f.swmr_mode = True
+        os.replace(self.path + _PART_SUFFIX, self.path)
         self._state = "running"
         if self._journal_on:
             self._journal = JournalWriter(self.journal_path)
@@ -448,6 +513,7 @@ class RunLogWriter(Recorder):
             parts.append(c)
         s = self._check_step(step, "on_snapshot")
         chi_flat = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+        self._check_space(g.nbytes + chi_flat.nbytes)
         t = self._snapshots
         row = t.total
         rd, pl, mv = self._reads, self._pulses, self._matvec
@@ -456,12 +522,15 @@ class RunLogWriter(Recorder):
                           mv.batch_rows + len(mv.pending), mv.event_total,
                           self._step_metrics.total, self._epoch_metrics.total,
                           int(state is not None)])
-        self._snap_g.resize((row + 1, g.size))
-        self._snap_g[row, :] = g
-        self._snap_chi.resize((row + 1, chi_flat.size))
-        if chi_flat.size:
-            self._snap_chi[row, :] = chi_flat
-        self._state_table.write(row, state)
+        try:
+            self._snap_g.resize((row + 1, g.size))
+            self._snap_g[row, :] = g
+            self._snap_chi.resize((row + 1, chi_flat.size))
+            if chi_flat.size:
+                self._snap_chi[row, :] = chi_flat
+            self._state_table.write(row, state)
+        except (OSError, RuntimeError) as e:
+            raise self._fail(e) from None
         self._commit()
 
     def on_step_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
@@ -495,7 +564,10 @@ class RunLogWriter(Recorder):
                               f"mapping, got {type(detail).__name__}", path=self.path)
         s = self._check_step(step, "on_event")
         code = self._event_kinds.code(kind)
-        self._events.add([s, time.time(), code], _dumps(dict(detail)).encode("utf-8"))
+        try:
+            self._events.add([s, time.time(), code], _dumps(dict(detail)).encode("utf-8"))
+        except (OSError, RuntimeError) as e:
+            raise self._fail(e) from None
         self._commit()
 
     def flush(self) -> None:
@@ -507,14 +579,24 @@ class RunLogWriter(Recorder):
                summary: Optional[Dict[str, Any]] = None) -> None:
         """Record the final status and close the file. A status the run cannot end in (not
         a RunState, or `running`) is recorded as failed, naming it in the reason."""
+        if self._broken:
+            return   # the log's file system refused a write: it stays at its last commit
         if self._state == "finished":
             log.warning("finish(%s) after the run log was finished; ignored", status)
             return
         if self._state == "created":
-            # begin() never ran (the run failed before touching the chip): still say why.
-            self._f.attrs["final_status"] = str(status)
-            self._f.attrs["final_reason"] = str(reason or "")
-            self._close()
+            # begin() never ran, or failed half way (the run ended before touching the
+            # chip): drop what begin() built, and still say why in the header file.
+            if self._f is not None:
+                try:
+                    self._f.close()
+                except Exception:  # noqa: BLE001 - the reason below matters more
+                    pass
+                self._f = None
+                _remove_quietly(self.path + _PART_SUFFIX)
+            shown = status.value if isinstance(status, RunState) else str(status)
+            self._state = "finished"
+            self._write_header(shown, reason)
             return
         final = RunState.parse(status)
         if final is None or not can_transition(RunState.RUNNING, final):
@@ -530,7 +612,7 @@ class RunLogWriter(Recorder):
         jw = self._journal
         self._keep_journal = final is not RunState.COMPLETED and (
             self._pending is not None or (jw is not None and jw.read_in_flight is not None))
-        self._commit()
+        self._commit(final=True)
         self._close()
 
     def close(self) -> None:
@@ -562,13 +644,29 @@ class RunLogWriter(Recorder):
     def _append_status(self, status: RunState, reason: Optional[str],
                        summary: Optional[Mapping[str, Any]], step: int) -> None:
         doc = _dumps({"status": status.value, "reason": reason, "summary": summary})
-        self._status.add([STATUS_CODE[status.value], step, time.time()], doc.encode("utf-8"))
+        try:
+            self._status.add([STATUS_CODE[status.value], step, time.time()], doc.encode("utf-8"))
+        except (OSError, RuntimeError) as e:
+            raise self._fail(e) from None
 
-    def _commit(self) -> None:
+    def _commit(self, final: bool = False) -> None:
         """Write buffers, flush, then publish the new row counts and flush again.
 
         The second flush is what makes the commit atomic: /commit only ever names rows that
-        were already on disk when it was written."""
+        were already on disk when it was written. The final commit (`final`) may use the
+        free space every other commit leaves (DISK_MARGIN)."""
+        if not final:
+            self._check_space()
+        try:
+            self._write_commit()
+        except (OSError, RuntimeError) as e:
+            raise self._fail(e) from None
+        if self._journal is not None and not self._keep_journal:
+            self._journal.restart(self._commits)   # everything journaled is now in the log
+        for hook in self.commit_hooks:
+            hook(self._seq)
+
+    def _write_commit(self) -> None:
         for t in (self._reads, self._pulses, self._matvec, self._snapshots, self._status,
                   self._events):
             t.write()
@@ -605,19 +703,95 @@ class RunLogWriter(Recorder):
         overwrite(self._commit_ds.id, np.array([counts[k] for k in COMMIT_FIELDS],
                                                dtype="<i8"))
         self._f.flush()
-        if self._journal is not None and not self._keep_journal:
-            self._journal.restart(self._commits)   # everything journaled is now in the log
-        for hook in self.commit_hooks:
-            hook(self._seq)
+
+    def _check_space(self, extra_bytes: int = 0) -> None:
+        """Stop the run, with its log whole, before a commit the disk may not hold: HDF5 has
+        no way back from a write the file system refuses (see _fail)."""
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        # ~8 bytes per buffered event (its two per-device columns, before compression; the
+        # columns it shares with its batch compress to almost nothing), a batch row ~128.
+        pending = extra_bytes + sum(8 * t.n + 128 * len(t.pending)
+                                    for t in (self._reads, self._pulses, self._matvec))
+        need = DISK_MARGIN + 2 * pending
+        if free < need:
+            raise RunLogError(f"the disk holding the run log has {free / 2**20:.1f} MiB free, "
+                              f"less than the {need / 2**20:.1f} MiB its next commit may need: "
+                              f"the run stops here, its log {self._committed_through()}",
+                              path=self.path)
+
+    def _committed_through(self) -> str:
+        s = self._complete_step
+        return f"complete through step {s}" if s >= 0 else "holding no complete step yet"
+
+    def _fail(self, error: BaseException) -> RunLogError:
+        """A write the file system refused (a full disk, a file-size limit): stop writing.
+
+        HDF5 cannot close a file whose writes fail - it retries at every flush and at exit,
+        where it crashes the process - so the file's descriptor is pointed at /dev/null and
+        the file closed through it. SWMR kept the file on disk readable, to its last commit;
+        the journal stays (it holds the commands sent since, for --resume)."""
+        m = re.search(r"error message = '([^']+)'", str(error))
+        reason = m.group(1) if m else (getattr(error, "strerror", None) or str(error))
+        self._broken = True
+        self._keep_journal = True
+        readable = f"readable to its last commit ({self._committed_through()})"
+        try:
+            fd = self._f.id.get_vfd_handle()
+            expected = int(self._f.id.get_filesize())
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, fd)
+            os.close(null)
+            self._f.close()
+            # HDF5 had already counted the space of the refused writes as the file's end;
+            # a file shorter than that reads as truncated. Extending it with a hole (which
+            # takes no disk space) makes it open, to its last commit.
+            if os.path.getsize(self.path) < expected:
+                try:
+                    os.truncate(self.path, expected)
+                except OSError as e:
+                    readable = (f"cut short ({e.strerror}); `truncate -s {expected} "
+                                f"{self.path}` makes it {readable}")
+        except Exception as e:  # noqa: BLE001 - nothing more can be done for the file
+            log.warning("closing the run log after a failed write: %s", e)
+        self._state = "finished"
+        if self._journal is not None:
+            self._journal.close(keep=True)
+            self._journal = None
+        return RunLogError(f"cannot write the run log ({reason}): the run stops; the log is "
+                           f"{readable}", path=self.path)
 
     def _close(self) -> None:
+        begun = self._state != "created"
         try:
-            self._f.close()
+            if self._f is not None:
+                self._f.close()
+                if not begun:   # begin() failed half way: its file never took the path
+                    _remove_quietly(self.path + _PART_SUFFIX)
         finally:
             self._state = "finished"
             if self._journal is not None:
                 self._journal.close(keep=self._keep_journal)
                 self._journal = None
+
+
+#: Free space a commit leaves on the log's file system, at the least (beyond twice what
+#: it writes): HDF5 rewrites the last chunk of every column, and the final status must fit.
+DISK_MARGIN = 4 << 20
+
+#: Suffix of the file a writer builds before renaming it into place (never left behind by
+#: a writer that ends normally; a killed one may leave it, and nothing reads it).
+_PART_SUFFIX = ".part"
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def _layer_of(key: str) -> str:
