@@ -11,7 +11,8 @@ from drivers.errors import ConfigError
 from drivers.geometry import Geometry
 from hil.backend_url import open_backend
 from hil.recorder import Recorder
-from hil.training import MixedPrecisionTrainer, TrainingDiverged, run_experiment
+from hil.mixed_precision import TrainingDiverged
+from hil.training import MixedPrecisionTrainer, run_experiment
 from sim_backend import PcmModel, SimChipSpec, SimulatedChip
 
 from conftest import small_config
@@ -133,7 +134,7 @@ def test_chip_matvec_drives_read_voltages_and_matches_the_host(small_data):
         err = np.abs(got - want).max(axis=1)
         assert (err[:3] <= 1e-3 * np.abs(want[:3]).max(axis=1)).all(), err
         assert not got[3].any()   # an all-zero input stays all zero
-    v, scale = on_chip.line_voltages(x.T)
+    v, scale = on_chip.matvec.line_voltages(x.T)
     assert v.dtype == np.float32 and float(np.abs(v).max()) <= 0.3
     assert np.allclose(np.abs(v).max(axis=0)[:3], 0.3) and np.allclose(scale[:3] * 0.3,
                                                                         [1.0, 0.01, 3.0])
