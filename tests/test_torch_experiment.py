@@ -150,3 +150,18 @@ def test_killed_through_the_emulator_and_resumed_equals_uninterrupted(tmp_path, 
     with RunLog(str(tmp_path / "run-2.h5")) as a, RunLog(str(tmp_path / "ref.h5")) as b:
         assert a.status.status == b.status.status == "completed"
         assert a.digest() == b.digest()
+
+
+def test_the_docs_example_loop_runs_and_its_log_reads(tmp_path):
+    """docs/torch.md's runnable example: a user's own loop, logged and summarised."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    log = str(tmp_path / "my.h5")
+    r = subprocess.run([sys.executable, os.path.join(root, "docs", "examples",
+                                                     "torch_on_chip.py"),
+                        "--examples", "64", "--run", log],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "test accuracy" in r.stdout and "SET pulses for 18,898 weights" in r.stdout
+    with RunLog(log) as lg:
+        assert lg.status.status == "completed" and lg.complete_step == 4
+        assert list(lg.layout)[:2] == ["1.plus", "1.minus"]

@@ -14,7 +14,7 @@ weight_hh with bias_ih and bias_hh, and LSTM's projection weight_hr).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -41,17 +41,14 @@ class BlockBinding:
     bias_name: Optional[str]
     bias: Optional[nn.Parameter]
 
-    @property
-    def out(self) -> int:
-        return int(self.weight.shape[0])
+    out: int = field(init=False)      # outputs: the block's columns
+    fan_in: int = field(init=False)   # inputs per output: the block's rows before the bias
+    shape: Tuple[int, int] = field(init=False)
 
-    @property
-    def fan_in(self) -> int:
-        return int(self.weight[0].numel())
-
-    @property
-    def shape(self) -> Tuple[int, int]:
-        return (self.fan_in + (self.bias is not None), self.out)
+    def __post_init__(self) -> None:
+        self.out = int(self.weight.shape[0])
+        self.fan_in = int(self.weight[0].numel())
+        self.shape = (self.fan_in + (self.bias is not None), self.out)
 
     @property
     def parameters(self) -> List[Tuple[str, nn.Parameter]]:
@@ -90,13 +87,13 @@ class BlockBinding:
         gb = self.bias.grad if self.bias is not None else None
         if gw is None and gb is None:
             return None
+        fan = self.fan_in
         partial = gw is None or (self.bias is not None and gb is None)
         u = np.zeros(self.shape, F32) if partial else np.empty(self.shape, F32)
-        if gw is not None:
-            u[:self.fan_in] = gw.detach().reshape(self.out, -1).T.numpy()
+        if gw is not None:   # the gradient has the weight's strides: .T is the block layout
+            np.multiply(gw.detach().numpy().reshape(self.out, fan).T, scale, out=u[:fan])
         if gb is not None:
-            u[self.fan_in] = gb.detach().numpy()
-        u *= scale
+            np.multiply(gb.detach().numpy(), scale, out=u[fan])
         # Rows whose inputs were all zero (an MLP's blank pixels) get no update and are left
         # out, as the MLP trainer leaves them: the pulse rule looks at the weights it updates.
         rows = np.flatnonzero(u.any(axis=1))
