@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 class SequencedBackend(Protocol):
     """Sends every command under a wire sequence number the firmware remembers.
 
-    Implemented by drivers.fpga.FpgaChip and the resume layer (hil.resume.ResumeBackend).
+    Implemented by drivers.fpga.FpgaChip and the resume layer (hil.replay.resume.ResumeBackend).
     The run log journals each command with `next_wire_seq()`; resume re-sends a command a
     kill left uncertain under that number with `use_seq()`, and the firmware answers it from
     memory if it had executed it, so nothing is applied twice.
@@ -46,7 +46,7 @@ class SequencedBackend(Protocol):
 
     def next_wire_seq(self) -> int:
         """The sequence number the next command goes out under; -1 when it goes out without
-        one, -2 (hil.resume.NOT_SENT) when it is served without reaching a chip."""
+        one, -2 (hil.replay.resume.NOT_SENT) when it is served without reaching a chip."""
 
     def use_seq(self, seq: int) -> None:
         """Send the next command under `seq`, and count on from it."""
@@ -74,7 +74,7 @@ class StatefulBackend(ClockedBackend, Protocol):
     """A chip whose whole state is saved to and restored from a file (Capability.STATE_FILE).
 
     Implemented by sim_backend.SimulatedChip (in-process `sim://`): its state dies with the
-    process, so hil.resume.ChipStateKeeper saves it at every commit of the run log. A saved
+    process, so hil.chip_state.ChipStateKeeper saves it at every commit of the run log. A saved
     state is placed in the log by its clock and by the commands the chip had executed.
     """
 

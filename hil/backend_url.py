@@ -62,7 +62,7 @@ def _lazy(target: str) -> Callable[[str, Optional["SimChipSpec"]], ChipBackend]:
 
 _SCHEMES: Dict[str, Callable[[str, Optional["SimChipSpec"]], ChipBackend]] = {
     "sim": _open_sim,
-    "replay": _lazy("hil.replay_backend:open_replay"),
+    "replay": _lazy("hil.replay.backend:open_replay"),
     "serial": _lazy("drivers.fpga:open_fpga"),
 }
 

@@ -37,6 +37,7 @@ from drivers.backend import ChipBackend
 from drivers.errors import ConfigError, HilError
 from drivers.geometry import ADDRESS_DTYPE
 from drivers.pulse import PulseSpec
+from hil.run_state import RunState
 
 log = logging.getLogger("pcm_hil.characterize")
 
@@ -242,7 +243,7 @@ def characterize(backend: ChipBackend, config: CharacterizeConfig, path: str | o
     try:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["status"] = "running"
+        f.attrs["status"] = str(RunState.RUNNING)
         f.attrs["status_reason"] = ""
         f.attrs["created_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(
             timespec="seconds")
@@ -321,16 +322,16 @@ def characterize(backend: ChipBackend, config: CharacterizeConfig, path: str | o
             drift_t[i] = clock.now()
             tick("drift reads")
             f.flush()
-        f.attrs["status"] = "completed"
+        f.attrs["status"] = str(RunState.COMPLETED)
         f.attrs["commands"] = runner.commands
         mean_after = np.asarray(set_g[...]).mean(axis=1)
     except KeyboardInterrupt:
-        f.attrs["status"] = "aborted"
+        f.attrs["status"] = str(RunState.ABORTED)
         f.attrs["status_reason"] = "interrupted by the operator"
         _safe(backend)
         raise
     except BaseException as e:
-        f.attrs["status"] = "failed"
+        f.attrs["status"] = str(RunState.FAILED)
         f.attrs["status_reason"] = f"{type(e).__name__}: {e}"
         _safe(backend)
         raise
@@ -401,7 +402,7 @@ def load_characterization(path: str | os.PathLike,
             raise ConfigError(f"format version {ver} is not supported (this pcm-hil reads "
                               f"version {FORMAT_VERSION})", key="format_version", source=src)
         status = str(f.attrs.get("status", ""))
-        if status != "completed" and not allow_incomplete:
+        if status != RunState.COMPLETED and not allow_incomplete:
             reason = str(f.attrs.get("status_reason", ""))
             raise ConfigError(f"characterisation status is {status!r}"
                               f"{' (' + reason + ')' if reason else ''}; a fit needs a "

@@ -75,7 +75,7 @@ class ChipIO:
 
         The recorder sees the same two commands as from program() and read(), but both
         write-aheads come first, under the one wire sequence number the combined command goes
-        out with, so resume can re-send it whole (hil.resume)."""
+        out with, so resume can re-send it whole (hil.replay.resume)."""
         self.recorder.before_program_read(self.step, addresses, n_pulses, pulse, purpose,
                                           read_purpose, **self._seq_kw())
         values = self.backend.program_read(addresses, n_pulses, pulse)
@@ -87,7 +87,7 @@ class ChipIO:
 
     def matvec(self, block: np.ndarray, x: np.ndarray) -> np.ndarray:
         """An on-chip weighted sum. Not journaled: it changes no conductance, and a run
-        that uses it cannot be resumed (hil.resume refuses), only replayed and verified."""
+        that uses it cannot be resumed (hil.replay.resume refuses), only replayed and verified."""
         values = self.backend.matvec(block, x)
         self.recorder.on_matvec(self.step, block, x, values)
         return values

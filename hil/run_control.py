@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, Iterator, Optional
 
 from drivers.backend import ChipBackend
 from hil.recorder import Recorder
+from hil.run_state import RunState
 
 log = logging.getLogger("pcm_hil.run_control")
 
@@ -72,7 +73,7 @@ class RunEnd:
     """How a run ended, as its recorder is told: the body of `recorded_run` sets `summary`
     as its last act; status and reason follow from how the body exits."""
 
-    status: str = "failed"
+    status: RunState = RunState.FAILED
     reason: Optional[str] = None
     summary: Optional[Dict[str, Any]] = None
 
@@ -86,12 +87,12 @@ def recorded_run(recorder: Recorder, backend: ChipBackend,
     end = RunEnd()
     try:
         yield end
-        end.status = "completed"
+        end.status = RunState.COMPLETED
     except RunAborted as e:
-        end.status, end.reason = "aborted", str(e)
+        end.status, end.reason = RunState.ABORTED, str(e)
         raise
     except KeyboardInterrupt:
-        end.status = "aborted"
+        end.status = RunState.ABORTED
         end.reason = f"interrupted at once by the operator at step {step()}"
         raise
     except BaseException as e:
@@ -99,7 +100,7 @@ def recorded_run(recorder: Recorder, backend: ChipBackend,
         raise
     finally:
         recorder.finish(end.status, end.reason,
-                        end.summary if end.status == "completed" else None)
+                        end.summary if end.status is RunState.COMPLETED else None)
         try:
             backend.safe_state()
         except Exception:  # noqa: BLE001 - the original error matters more

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
 
+import h5py
 import numpy as np
 
 from drivers.geometry import Geometry
@@ -190,3 +191,12 @@ def fake_log(folder: Any, **run: Any) -> Tuple[str, Capture]:
     cap = Capture()
     fake_run(Tee(RunLogWriter(path, small_cfg()), cap), **run)
     return path, cap
+
+
+def tamper_one_pulse(path: str, batch: int = 10, delta: int = 1) -> tuple:
+    """Change n_pulses of the first device of a logged batch; returns (step, seq, device)."""
+    with h5py.File(path, "r+") as f:
+        off = int(f["pulses/batches/offset"][batch])
+        f["pulses/events/n_pulses"][off] = int(f["pulses/events/n_pulses"][off]) + delta
+        return (int(f["pulses/batches/step"][batch]), int(f["pulses/batches/seq"][batch]),
+                int(f["pulses/events/address"][off]))

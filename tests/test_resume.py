@@ -13,7 +13,7 @@ import pytest
 
 from hil.backend_url import open_backend
 from hil.config import load_config, with_overrides
-from hil.resume import resume_source
+from hil.replay.resume import resume_source
 from hil.run_log import RunLog, RunLogWriter
 from hil.training import run_experiment
 
@@ -158,7 +158,7 @@ def test_journal_of_a_combined_command(tmp_path, monkeypatch):
     values ride together on the next write. Killed in flight, the two records are recognised
     as one uncertain command (to be re-sent whole), not as a damaged journal."""
     from drivers.pulse import DEFAULT_SET
-    from hil.resume import _halves
+    from hil.replay.resume import _halves
     from hil.run_log import read_journal
     from conftest import small_config
     w = RunLogWriter(str(tmp_path / "j.h5"), small_config(log={"flush_every_steps": 1000}))

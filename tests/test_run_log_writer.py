@@ -246,7 +246,7 @@ def test_sigkill_at_any_moment_leaves_a_readable_log(tmp_path):
                 assert (b.step, b.purpose, b.pulse) == (step, purpose, pulse)
                 assert np.array_equal(b.addresses, a) and np.array_equal(b.n_pulses, n_p)
             assert all(b.status == "acked" for b in tail.batches[:-1])
-            from hil.commands.replay import format_summary, summarize
+            from hil.replay.summary import format_summary, summarize
             text = format_summary(summarize(r))
             assert "running - not finished" in text
             assert ("journal" in text) == bool(tail.batches)

@@ -78,7 +78,7 @@ def bench_overhead(args: argparse.Namespace, folder: str, data) -> dict:
 
 def bench_epoch(args: argparse.Namespace, folder: str, data) -> dict:
     """One full logged epoch: file size; then --verify on it."""
-    from hil.replay_backend import verify_run
+    from hil.replay.verify import verify_run
     from hil.run_log import RunLog
 
     cfg = _config(args.epoch_examples)

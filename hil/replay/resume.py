@@ -18,9 +18,13 @@ What happened after the log's last commit is settled per backend:
   or lost, and the chip's read counters and clock stay exactly where an uninterrupted run
   would have them.
 * The in-process simulated chip (`sim://`) dies with its process. Its state is saved to a
-  chip-state file (`--chip-state FILE`) after every commit of the log, so the chip and the
-  log are restored to the same command; commands after the commit never happened to that
-  chip. Without a state file the run cannot be resumed (ResumeError says so).
+  chip-state file (`--chip-state FILE`, hil.chip_state) after every commit of the log, so the
+  chip and the log are restored to the same command; commands after the commit never
+  happened to that chip. Without a state file the run cannot be resumed (ResumeError says
+  so).
+
+`plan_resume` checks that a log can be resumed on a chip and says how (a ResumePlan);
+`ResumeBackend` is the layer that carries it out between the trainer and the live chip.
 
 The resumed run writes a new log (HDF5 refuses to reopen a killed SWMR writer's file for
 writing): it records the fast-forwarded part too, so it is a complete record of the whole
@@ -28,167 +32,134 @@ run, and its summary counts the whole run.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import numpy as np
 
 from drivers.abilities import SequencedBackend, StatefulBackend, find_ability
-from drivers.backend import ChipBackend, ChipInfo
+from drivers.backend import ChipBackend
 from drivers.errors import ChipFaultError, HilError, NotSupportedError
+from drivers.layers import BackendLayer
 from drivers.pulse import PulseKind, PulseSpec
 from hil.chip_io import wire_seq_of
-from hil.replay_backend import ReplayBackend, ReplayDivergence
+from hil.chip_state import ChipStateKeeper
+from hil.config import MatvecMode
+from hil.replay.backend import ReplayBackend
+from hil.replay.divergence import ReplayDivergence
 from hil.run_log import BATCH_ACKED, JournalCommand, RunLog
+from hil.run_state import RunState
 
 log = logging.getLogger("pcm_hil.resume")
 
 #: Wire sequence number journaled for a command served from the old log during a resume's
 #: fast-forward: it never reached the chip, so if a kill leaves it uncertain it is re-run.
 NOT_SENT = -2
-STATE_SIDECAR = ".json"
-SIDECAR_ENTRIES = 8
 
 
 class ResumeError(HilError):
     """A run that cannot be resumed, and why."""
 
 
-# --- the simulated chip's state file ------------------------------------------------------
-class ChipStateKeeper:
-    """Keeps an in-process chip's state file at the log's last commit.
+@dataclass(frozen=True)
+class ResendBatch:
+    """A committed pulse batch the old run failed inside (sent, never acknowledged): re-sent
+    live under its wire sequence number, so the firmware answers it from memory if it ran."""
 
-    After each commit (RunLogWriter.commit_hooks) the chip is saved when it has executed
-    exactly the commands the log now holds; a sidecar (FILE.json) maps the chip's clock to
-    that command count. The sidecar is written first: a kill between the two writes leaves a
-    state whose clock matches an older entry, still valid."""
-
-    def __init__(self, chip: StatefulBackend, path: str, base_commands: int = 0) -> None:
-        self.chip = chip
-        self.path = os.fspath(path)
-        self.base = int(base_commands) - chip.commands_executed
-        self.saves = 0
-
-    @property
-    def commands(self) -> int:
-        """Commands the chip has executed since it was new."""
-        return self.base + self.chip.commands_executed
-
-    def on_commit(self, n_commands: int) -> None:
-        if self.commands != int(n_commands):
-            return   # a command executed but not yet logged: keep the previous state
-        entries = _read_sidecar(self.path)
-        entries.append({"commands": int(n_commands), "clock_s": float(self.chip.clock_s)})
-        tmp = self.path + STATE_SIDECAR + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"format": "pcm-hil-chip-state-index",
-                       "entries": entries[-SIDECAR_ENTRIES:]}, f)
-        os.replace(tmp, self.path + STATE_SIDECAR)
-        self.chip.save_state(self.path)
-        self.saves += 1
-
-    @classmethod
-    def restore(cls, chip: StatefulBackend, path: str) -> "ChipStateKeeper":
-        """Load the state file into `chip`; the keeper knows how many commands it holds."""
-        path = os.fspath(path)
-        if not os.path.exists(path):
-            raise ResumeError(f"chip state file {path} does not exist")
-        chip.load_state(path)
-        clock = float(chip.clock_s)
-        match = [e for e in _read_sidecar(path) if float(e["clock_s"]) == clock]
-        if not match:
-            raise ResumeError(f"chip state file {path}: its chip clock {clock!r} s matches no "
-                              f"entry of {path}{STATE_SIDECAR}, so it cannot be placed in the "
-                              "run log (a state file of another run?)")
-        return cls(chip, path, int(match[-1]["commands"]))
+    batch_id: int
+    wire_seq: int
 
 
-def _read_sidecar(path: str) -> List[Dict[str, Any]]:
-    side = path + STATE_SIDECAR
-    if not os.path.exists(side):
-        return []
-    try:
-        with open(side, encoding="utf-8") as f:
-            doc = json.load(f)
-        return list(doc["entries"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ResumeError(f"{side}: unreadable chip-state index ({e})") from None
+@dataclass(frozen=True, eq=False)
+class ResumePlan:
+    """How a resumed run catches up with its log (plan_resume makes it, ResumeBackend
+    carries it out).
+
+    committed: commands (reads and programs) the old log committed, served from it.
+    journal: commands journaled after the last commit, served from the journal in order; the
+        last may be uncertain (no result): re-sent live under its wire sequence number.
+    acknowledged_late: committed batches logged as sent whose acknowledgement the journal
+        holds.
+    resend: the committed batch the old run failed inside, if any.
+    chip_state: the in-process chip restored from its state file (sim://), with chip_from
+        the command it was saved at: from there on, served commands are executed on it too.
+    """
+
+    log_path: str
+    committed: int
+    journal: Tuple[JournalCommand, ...] = ()
+    acknowledged_late: FrozenSet[int] = frozenset()
+    resend: Optional[ResendBatch] = None
+    chip_state: Optional[ChipStateKeeper] = None
+    chip_from: Optional[int] = None
 
 
 # --- the backend of a resumed run ----------------------------------------------------------
-class ResumeBackend(ReplayBackend):
-    """The old log, then its journal, then the live chip, as one backend.
+class ResumeBackend(BackendLayer):
+    """The old log, then its journal, then the live chip (the layer below), as one backend.
 
-    Phase 1 serves the committed commands of the old log (checked like a replay; with
-    `chip_from` set, commands from that index on are also executed on the live chip, whose
-    state file is older than the log, and its reads must equal the logged ones). Phase 2
-    serves the journaled commands; the last, uncertain one is re-sent live under its wire
-    sequence number. Phase 3 is the live chip.
+    Phase 1 serves the committed commands of the old log through a ReplayBackend (checked
+    like a replay; with `plan.chip_from` set, commands from that index on are also executed
+    on the restored chip, and its reads must equal the logged ones). Phase 2 serves the
+    journaled commands; the last, uncertain one is re-sent live under its wire sequence
+    number. Phase 3 is the live chip.
 
     It numbers the commands that pass through it (drivers.abilities.SequencedBackend): the
     new log journals NOT_SENT for a served one, and `use_seq` sets the live chip's number."""
 
-    def __init__(self, old: RunLog, live: ChipBackend,
-                 journal: Sequence[JournalCommand] = (),
-                 chip_from: Optional[int] = None, acked_rows: Sequence[int] = (),
-                 resend_batch: Optional[Tuple[int, int]] = None) -> None:
-        super().__init__(old)
-        self._pb = dict(self._pb)
-        self._pb["status"] = self._pb["status"].copy()   # settled below, not in the log
-        self.live = live
-        self.journal = list(journal)
-        self.chip_from = chip_from
-        self.acked_rows = frozenset(int(r) for r in acked_rows)
-        #: (batch_id, wire_seq) of a committed batch never acknowledged (the old run failed
-        #: inside it): re-sent live under its wire seq instead of being served.
-        self.resend_batch = resend_batch
-        self.committed = self.commands_logged
-        self.index = 0              # commands served so far
+    def __init__(self, plan: ResumePlan, old: RunLog, live: ChipBackend) -> None:
+        super().__init__(live)
+        self.plan = plan
+        self.replay = ReplayBackend(old, acknowledged_late=plan.acknowledged_late)
+        self.journal = list(plan.journal)
+        self.committed = self.replay.commands_logged
+        self.index = 0              # commands passed through so far
         self.resent = 0             # uncertain commands re-sent under their wire seq
         self.served_from_journal = 0
-        self._info_live = live.info()
 
     # --- where we are ----------------------------------------------------------------------
     @property
     def live_now(self) -> bool:
         return self.index >= self.committed + len(self.journal)
 
+    def _executes_restored(self) -> bool:
+        return self.plan.chip_from is not None and self.index >= self.plan.chip_from
+
+    def _at_resend(self) -> bool:
+        """Whether the next logged command is the batch the old run failed inside."""
+        r = self.plan.resend
+        nxt = self.replay.next_command() if r is not None else None
+        return nxt is not None and nxt.kind == "program" and nxt.batch_id == r.batch_id \
+            and nxt.index == self.index
+
     def next_wire_seq(self) -> int:
         """The wire seq the next command goes under (journaled by the new log's writer)."""
         if self.index < self.committed:
-            i = self._pi
-            if self.resend_batch is not None and i < self._n_pb and \
-                    int(self._pb["batch_id"][i]) == self.resend_batch[0] and \
-                    int(self._pb["seq"][i]) == self.index:
-                return self.resend_batch[1]
-            return NOT_SENT
+            return self.plan.resend.wire_seq if self._at_resend() else NOT_SENT
         j = self.index - self.committed
         if j < len(self.journal):
             cmd = self.journal[j]
             return NOT_SENT if cmd.done else cmd.wire_seq
-        return wire_seq_of(self.live)
+        return wire_seq_of(self.inner)
 
     def use_seq(self, seq: int) -> None:
         """Send the next command that reaches the live chip under `seq`."""
-        live = find_ability(self.live, SequencedBackend)
+        live = find_ability(self.inner, SequencedBackend)
         if live is None:
             raise NotSupportedError("the live chip has no wire sequence numbers",
                                     command="USE_SEQ")
         live.use_seq(seq)
 
     # --- contract ------------------------------------------------------------------------------
-    def info(self) -> ChipInfo:
-        return self._info_live
-
     def read(self, addresses: np.ndarray) -> np.ndarray:
         a = np.asarray(addresses).ravel()
         if self.index < self.committed:
-            values = super().read(a)
-            if self.chip_from is not None and self.index >= self.chip_from:
-                got = np.asarray(self.live.read(a), dtype=np.float32)
+            values = self.replay.read(a)
+            if self._executes_restored():
+                got = np.asarray(self.inner.read(a), dtype=np.float32)
                 if not np.array_equal(got, values):
                     j = int(np.flatnonzero(got != values)[0])
                     raise ResumeError(
@@ -199,32 +170,31 @@ class ResumeBackend(ReplayBackend):
             return values
         cmd = self._journal_next("read", a)
         if cmd is None:
-            return self.live.read(a)
+            return self.inner.read(a)
         if cmd.done:
             self.served_from_journal += 1
             return np.asarray(cmd.values, dtype=np.float32).copy()
-        values = self._resend(cmd, lambda: self.live.read(a))
-        return values
+        return self._resend(cmd, lambda: self.inner.read(a))
 
     def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec) -> None:
         a = np.asarray(addresses).ravel()
         if self.index < self.committed:
-            cmd = self._unacked_batch(a, n_pulses, pulse)
+            cmd = self._failed_batch(a, n_pulses, pulse)
             if cmd is not None:
-                self._resend(cmd, lambda: self.live.program(a, n_pulses, pulse))
+                self._resend(cmd, lambda: self.inner.program(a, n_pulses, pulse))
                 return
-            super().program(a, n_pulses, pulse)
-            if self.chip_from is not None and self.index >= self.chip_from:
-                self.live.program(a, n_pulses, pulse)
+            self.replay.program(a, n_pulses, pulse)
+            if self._executes_restored():
+                self.inner.program(a, n_pulses, pulse)
             self.index += 1
             return
         cmd = self._journal_next("program", a, n_pulses, pulse)
         if cmd is None:
-            self.live.program(a, n_pulses, pulse)
+            self.inner.program(a, n_pulses, pulse)
         elif cmd.done:
             self.served_from_journal += 1
         else:
-            self._resend(cmd, lambda: self.live.program(a, n_pulses, pulse))
+            self._resend(cmd, lambda: self.inner.program(a, n_pulses, pulse))
 
     def program_read(self, addresses: np.ndarray, n_pulses: np.ndarray,
                      pulse: PulseSpec) -> np.ndarray:
@@ -234,7 +204,7 @@ class ResumeBackend(ReplayBackend):
         j = self.index - self.committed
 
         def send() -> np.ndarray:
-            return self.live.program_read(a, n_pulses, pulse)
+            return self.inner.program_read(a, n_pulses, pulse)
 
         if j >= len(self.journal):
             self.index += 2
@@ -244,7 +214,7 @@ class ResumeBackend(ReplayBackend):
             self._read_half(a)
             return self._resend(cmd, send)
         if j < 0:
-            cmd = self._unacked_batch(a, n_pulses, pulse)
+            cmd = self._failed_batch(a, n_pulses, pulse)
             if cmd is not None:
                 self._read_half(a)
                 return self._resend(cmd, send)
@@ -259,25 +229,20 @@ class ResumeBackend(ReplayBackend):
         else:
             self.index += 1
 
-    def _unacked_batch(self, a: np.ndarray, n_pulses: np.ndarray,
-                       pulse: PulseSpec) -> Optional[JournalCommand]:
-        """At a committed batch: mark it acknowledged if the journal says so, and if it is the
-        batch the old run failed inside (never acknowledged), check it against the log and
-        return it as the command to re-send (None otherwise)."""
-        i = self._pi
-        if i < self._n_pb and int(self._pb["status"][i]) != BATCH_ACKED and \
-                int(self._pb["batch_id"][i]) in self.acked_rows:
-            self._pb["status"][i] = BATCH_ACKED   # acknowledged after its commit
-        if self.resend_batch is None or i >= self._n_pb or \
-                int(self._pb["batch_id"][i]) != self.resend_batch[0]:
+    def _failed_batch(self, a: np.ndarray, n_pulses: np.ndarray,
+                      pulse: PulseSpec) -> Optional[JournalCommand]:
+        """At the committed batch the old run failed inside (never acknowledged): check it
+        against the log and return it as the command to re-send (None at any other)."""
+        if not self._at_resend():
             return None
+        nxt = self.replay.next_command()
         try:
-            super().program(a, n_pulses, pulse)   # checked against the log
+            self.replay.program(a, n_pulses, pulse)   # checked against the log
         except ChipFaultError:
-            pass                                  # logged as never acknowledged
-        cmd = JournalCommand(kind="program", seq=self.index, step=int(self._pb["step"][i]),
-                             purpose=self.log.purpose_name(self._pb["purpose"][i]),
-                             wire_seq=self.resend_batch[1], addresses=a, done=False)
+            pass                                      # logged as never acknowledged
+        cmd = JournalCommand(kind="program", seq=self.index, step=nxt.step,
+                             purpose=nxt.purpose, wire_seq=self.plan.resend.wire_seq,
+                             addresses=a, done=False)
         self.index += 1
         return cmd
 
@@ -304,7 +269,7 @@ class ResumeBackend(ReplayBackend):
                 raise ReplayDivergence("the pulses differ from the journaled batch", **where)
         return cmd
 
-    def _resend(self, cmd: JournalCommand, send: Any) -> Any:
+    def _resend(self, cmd: JournalCommand, send: Callable[[], Any]) -> Any:
         """Re-send the command a kill left uncertain, under its original wire seq."""
         if cmd.wire_seq >= 0:
             self.use_seq(cmd.wire_seq)
@@ -317,15 +282,9 @@ class ResumeBackend(ReplayBackend):
         raise NotSupportedError("a resumed run cannot fast-forward MATVEC: sums sent after "
                                 "the last commit are not journaled", command="MATVEC")
 
-    def read_exact(self, addresses: np.ndarray) -> np.ndarray:
-        return self.live.read_exact(addresses)
-
-    def safe_state(self) -> None:
-        self.live.safe_state()
-
     def close(self) -> None:
         """The old log and the live chip belong to the caller."""
-        self._closed = True
+        self.replay.close()
 
 
 def _halves(p: JournalCommand, r: JournalCommand) -> bool:
@@ -351,15 +310,12 @@ def resumed_path(old_path: str, old: RunLog) -> str:
     return os.path.join(folder, f"{base}-{n}.h5")
 
 
-def plan(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Dict[str, Any]:
-    """Check the log can be resumed on `live`; returns what ResumeBackend needs.
-
-    One ResumeError naming what is missing when it cannot."""
-    st = old.status
-    if st.status == "completed":
+def plan_resume(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> ResumePlan:
+    """Check the log can be resumed on `live` and say how; one ResumeError naming what is
+    missing when it cannot."""
+    if old.status.status == RunState.COMPLETED:
         raise ResumeError(f"{old.path}: the run completed; there is nothing to resume")
     cfg = old.experiment_config()
-    from hil.config import MatvecMode
     if cfg.training.matvec is MatvecMode.CHIP:
         raise ResumeError(f"{old.path}: the run used training.matvec: chip, which cannot be "
                           "resumed: MATVECs are logged at commits but not journaled, so those "
@@ -373,8 +329,6 @@ def plan(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Dict[str,
                           f"{mine.geometry}")
     committed = int(old.counts["read_batches"] + old.counts["pulse_batches"])
     chip = find_ability(live, StatefulBackend)
-    out: Dict[str, Any] = {"committed": committed, "journal": (), "chip_from": None,
-                           "keeper": None, "acked_rows": (), "resend_batch": None}
     if chip is not None:
         path = chip_state or (old.provenance.get("chip_state") or None)
         if not path:
@@ -387,57 +341,55 @@ def plan(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Dict[str,
         if keeper.commands > committed:
             raise ResumeError(f"chip state file {path} holds {keeper.commands} commands, the "
                               f"log {old.path} only {committed}: the state is of a later run")
-        out.update(chip_from=keeper.commands, keeper=keeper)
-        return out
+        return ResumePlan(old.path, committed, chip_state=keeper, chip_from=keeper.commands)
     tail = old.journal()
-    cmds = list(tail.commands)
+    cmds: List[JournalCommand] = list(tail.commands)
     # The last command may be a combined PROGRAM_READ: two records, one wire command.
     last_n = 2 if len(cmds) >= 2 and _halves(cmds[-2], cmds[-1]) else 1
     for c in cmds[:-last_n]:
         if not c.done:
             raise ResumeError(f"{old.path}.journal: command #{c.seq} (step {c.step}) has no "
                               "result but is not the last one; the journal is damaged")
+    sequenced = find_ability(live, SequencedBackend) is not None
     if cmds and not cmds[-1].done:
         last = cmds[-last_n]
         if last.wire_seq == NOT_SENT:
             del cmds[-last_n:]   # served from a log during a resume's fast-forward: never sent
-        elif last.wire_seq < 0 or find_ability(live, SequencedBackend) is None:
+        elif last.wire_seq < 0 or not sequenced:
             raise ResumeError(
                 f"cannot resume {old.path}: the last command before the kill ({last.kind} of "
                 f"step {last.step}, command #{last.seq}) may or may not have reached the chip, "
                 "and the backend has no sequence numbers to ask the firmware")
     pb = old.pulse_batches()
-    acked = set(tail.acked_rows)
+    late = frozenset(int(b) for b in tail.acked_rows)
     unacked = [(int(b), int(q)) for b, q, s in zip(pb["batch_id"], pb["seq"], pb["status"])
-               if int(s) != BATCH_ACKED and int(b) not in acked]
+               if int(s) != BATCH_ACKED and int(b) not in late]
     resend = None
     if unacked:
         # Only the run's last command can be uncertain: a run that failed inside it kept its
         # journal, whose record of it has the wire sequence number to re-send it under.
         bid, seq = unacked[-1]
         last = tail.last
+        read_half: Tuple[JournalCommand, ...] = ()
         if last is not None and last.kind == "read" and len(cmds) == 1 and cmds[0] is last and \
                 last.seq == seq + 1 and not last.done:
             # The failed command was a combined PROGRAM_READ: its read half is journaled,
             # under the same wire sequence number.
+            read_half = (last,)
             last = JournalCommand(kind="program", seq=seq, step=last.step,
                                   purpose=last.purpose, wire_seq=last.wire_seq,
                                   addresses=last.addresses, done=False)
             cmds = []
-            read_half = (tail.last,)
-        else:
-            read_half = ()
         if len(unacked) > 1 or cmds or seq != committed - 1 or last is None or \
                 last.kind != "program" or last.seq != seq or last.wire_seq < 0 or \
-                find_ability(live, SequencedBackend) is None:
+                not sequenced:
             raise ResumeError(f"{old.path}: pulse batch {unacked[0][0]} was sent but never "
                               "acknowledged, and no journal record says under which wire "
                               "sequence number; whether the chip applied it is unknown, so "
                               "the run cannot be continued exactly")
-        resend = (bid, last.wire_seq)
+        resend = ResendBatch(bid, last.wire_seq)
         cmds = list(read_half)
-    out.update(journal=tuple(cmds), acked_rows=tuple(tail.acked_rows), resend_batch=resend)
-    return out
+    return ResumePlan(old.path, committed, tuple(cmds), late, resend)
 
 
 def reach(log_: RunLog) -> int:
@@ -469,18 +421,17 @@ def resume_source(path: str) -> str:
         path = older
 
 
-def resume_provenance(old_path: str, old: RunLog, plan_: Dict[str, Any]) -> Dict[str, Any]:
+def resume_provenance(old: RunLog, plan: ResumePlan) -> Dict[str, Any]:
     """What the resumed log's provenance says about the segments before it."""
     prev = dict(old.provenance.get("resume") or {})
     segments = list(prev.get("segments") or [])
-    segments.append({"log": os.path.basename(old_path), "status": old.status.status,
+    segments.append({"log": os.path.basename(old.path), "status": str(old.status.status),
                      "reason": old.status.reason, "complete_step": old.complete_step,
-                     "commands": plan_["committed"],
-                     "journal_commands": len(plan_["journal"])})
-    base = prev.get("base") or re.sub(r"\.h5$", "", os.path.basename(old_path))
+                     "commands": plan.committed, "journal_commands": len(plan.journal)})
+    base = prev.get("base") or re.sub(r"\.h5$", "", os.path.basename(old.path))
     return {"resume": {"segment": int(prev.get("segment", 1)) + 1, "base": base,
                        "segments": segments}}
 
 
-__all__ = ["ChipStateKeeper", "NOT_SENT", "ResumeBackend", "ResumeError", "plan", "reach",
-           "resume_provenance", "resume_source", "resumed_path"]
+__all__ = ["NOT_SENT", "ResendBatch", "ResumeBackend", "ResumeError", "ResumePlan",
+           "plan_resume", "reach", "resume_provenance", "resume_source", "resumed_path"]
