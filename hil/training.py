@@ -311,6 +311,12 @@ def run_experiment(cfg: AnyExperimentConfig, backend: ChipBackend,
     recorder is told the run was aborted and the chip is put in its safe state either way.
     """
     if isinstance(cfg, TorchExperimentConfig):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise ConfigError("a config with a model section trains a PyTorch network, and "
+                              "torch is not installed: pip install 'pcm-hil[torch]'",
+                              key="model") from None
         from hil.torch.experiment import torch_trainers
         trainer, baseline, data = torch_trainers(cfg, backend, recorder, data)
     else:

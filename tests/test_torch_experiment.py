@@ -18,7 +18,7 @@ from drivers.errors import ConfigError  # noqa: E402
 from drivers.fpga import FpgaChip  # noqa: E402
 from hil.backend_url import open_backend  # noqa: E402
 from hil.config import config_from_dict, load_config, with_overrides  # noqa: E402
-from hil.replay_backend import verify_run  # noqa: E402
+from hil.replay.verify import verify_run  # noqa: E402
 from hil.run_log import RunLog, RunLogWriter  # noqa: E402
 from hil.torch.experiment import TorchBaseline, TorchTrainer, torch_dataset  # noqa: E402
 from hil.training import run_experiment  # noqa: E402

@@ -267,3 +267,19 @@ def test_station_limits_refuse_before_sending(tmp_path):
     assert r.returncode == 1
     assert "safety.max_pulses_per_device" in r.stderr and "PROGRAM_SET" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_torch_config_without_torch_is_one_clear_error(tmp_path):
+    """A config with a model section needs the torch extra; without it, one line says so."""
+    cfg = tmp_path / "cnn.yaml"
+    cfg.write_text("model: {kind: lenet5}\ndata: {train_examples: 10, test_examples: 10}\n"
+                   "optimizer: {beta: [0.1, 0.1, 0.1, 0.1, 0.1]}\ntraining: {epochs: 1}\n")
+    code = ("import sys; sys.modules['torch'] = None\n"   # as if torch were not installed
+            "from hil.cli import main\n"
+            f"sys.exit(main(['train', '--config', {str(cfg)!r}, '--no-log', '--no-progress']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert "model: a config with a model section trains a PyTorch network, and torch is " \
+           "not installed: pip install 'pcm-hil[torch]'" in r.stderr
+    assert "Traceback" not in r.stderr
