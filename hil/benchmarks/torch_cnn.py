@@ -69,17 +69,21 @@ def chip_examples_per_s(cfg: TorchExperimentConfig, data: Dataset) -> Dict[str, 
 def fp32_examples_per_s(cfg: TorchExperimentConfig, data: Dataset) -> float:
     """The same CNN in plain torch fp32, torch.optim.SGD, same initial weights and order."""
     import torch
-    import torch.nn.functional as F
     from hil.torch.experiment import initial_model
     model = initial_model(cfg)
-    opt = torch.optim.SGD(model.parameters(), cfg.optimizer.learning_rate)
-    batches = _batches(cfg, data)
+    return _timed_epoch(model, torch.optim.SGD(model.parameters(), cfg.optimizer.learning_rate),
+                        _batches(cfg, data))
+
+
+def _timed_epoch(model: Any, opt: Any, batches: List[Tuple[Any, Any]]) -> float:
+    """Examples per second of plain torch training steps over `batches`."""
+    import torch.nn.functional as F
     t0 = time.perf_counter()
     for xb, yb in batches:
         opt.zero_grad()
         F.cross_entropy(model(xb), yb).backward()
         opt.step()
-    return data.train_x.shape[0] / (time.perf_counter() - t0)
+    return sum(int(yb.shape[0]) for _, yb in batches) / (time.perf_counter() - t0)
 
 
 def aihwkit_examples_per_s(cfg: TorchExperimentConfig,
@@ -89,7 +93,6 @@ def aihwkit_examples_per_s(cfg: TorchExperimentConfig,
     it was skipped)."""
     try:
         import torch
-        import torch.nn.functional as F
         from aihwkit.nn import AnalogConv2d, AnalogLinear, AnalogSequential
         from aihwkit.optim import AnalogSGD
     except ImportError:
@@ -112,13 +115,7 @@ def aihwkit_examples_per_s(cfg: TorchExperimentConfig,
         model = AnalogSequential(*mods)
         opt = AnalogSGD(model.parameters(), lr=cfg.optimizer.learning_rate)
         opt.regroup_param_groups(model)
-        batches = _batches(cfg, data)
-        t0 = time.perf_counter()
-        for xb, yb in batches:
-            opt.zero_grad()
-            F.cross_entropy(model(xb), yb).backward()
-            opt.step()
-        return data.train_x.shape[0] / (time.perf_counter() - t0), None
+        return _timed_epoch(model, opt, _batches(cfg, data)), None
     except Exception as e:  # noqa: BLE001 - an optional comparison must not sink the run
         return None, f"aihwkit is installed but its run failed: {type(e).__name__}: {e}"
 
