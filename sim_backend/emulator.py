@@ -6,10 +6,13 @@ The production FPGA driver runs unchanged against it. Two layers:
   validates every request (NACK with a typed code), enforces the chip's hard limits (the
   simulated chip raises SafetyLimitError; that becomes NACK SAFETY_LIMIT), remembers the
   replies of recent sequence numbers so a repeated request is answered from memory and never
-  executed twice, and can keep the chip state (and that memory) in a file across restarts.
-* `EmulatorServer` is the link: a TCP listener or a pty, a modelled link rate and latency, and
-  fault injection (corrupted bytes, dropped frames, random delays, disconnects, BUSY and chip
-  faults) drawn from a seeded RNG, with counters written as JSON.
+  executed twice, serves one client's session at a time (NACK IN_USE to any other), counts
+  its boot's history of state-changing commands (HISTORY), and can keep the chip state (and
+  that memory, boot and history) in a file across restarts.
+* `EmulatorServer` is the link: a TCP listener (each connection a link the firmware tells
+  apart) or a pty, a modelled link rate and latency, and fault injection (corrupted bytes,
+  dropped frames, random delays, disconnects, BUSY and chip faults) drawn from a seeded RNG,
+  with counters written as JSON.
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ from drivers.pulse import PulseKind, PulseSpec
 from firmware_interface.adc import ADC_BITS, adc_full_scale_us, adc_quantise
 from firmware_interface.frame import Decoded, Frame, FrameDecoder, FrameError, crc32
 from firmware_interface.messages import (MESSAGE_TYPES, AdvanceClockAck, AdvanceClockRequest,
-                                         ClockReply, ClockRequest, Hello, InfoReply,
+                                         ClockReply, ClockRequest, Hello, HistoryReply,
+                                         HistoryRequest, InfoReply,
                                          MatvecReply,
                                          MatvecRequest, Message, Nack, ProgramAck,
                                          ProgramReadReply, ProgramReadRequest,
@@ -44,16 +48,19 @@ from firmware_interface.messages import (MESSAGE_TYPES, AdvanceClockAck, Advance
                                          ReadReply, ReadRequest, SafeStateAck,
                                          SafeStateRequest, StatusReply, StatusRequest)
 from firmware_interface.protocol import (PROTOCOL_VERSION, REMEMBERED_OPCODES,
-                                         REQUEST_OPCODES, Capability, NackCode, Opcode,
-                                         PayloadError)
+                                         REQUEST_OPCODES, STATE_CHANGING_OPCODES, Capability,
+                                         NackCode, Opcode, PayloadError)
 from sim_backend.sim_chip import SimulatedChip
 
 log = logging.getLogger(__name__)
 
 #: Commands that change the chip's state (a read advances the clock and the read-noise
-#: counters); each is journaled before its reply leaves.
-STATE_CHANGING = frozenset({Opcode.READ, Opcode.PROGRAM, Opcode.PROGRAM_READ, Opcode.MATVEC,
-                            Opcode.ADVANCE_CLOCK})
+#: counters); each is journaled before its reply leaves, and counted in the boot's history.
+STATE_CHANGING = STATE_CHANGING_OPCODES
+
+#: The history's counters, in HISTORY_REPLY's order.
+HISTORY_KINDS = (Opcode.READ, Opcode.PROGRAM, Opcode.PROGRAM_READ, Opcode.MATVEC,
+                 Opcode.ADVANCE_CLOCK)
 
 #: Journal record: magic, seq, opcode, flags (bit 0: replay on load), reserved,
 #: CRC-32 of the request payload, chip clock before and after, request and reply lengths;
@@ -61,6 +68,39 @@ STATE_CHANGING = frozenset({Opcode.READ, Opcode.PROGRAM, Opcode.PROGRAM_READ, Op
 _JOURNAL_REC = struct.Struct("<4sIBBHIddII")
 _JOURNAL_MAGIC = b"PCMJ"
 _REPLAY = 0x1
+#: Journal head (once, at offset 0, written at every compaction): magic, the boot, the
+#: history's counters at the snapshot (HISTORY_KINDS), the last state-changing command's seq
+#: and opcode; then a CRC-32. Every replay-flagged record after it is one more command.
+_JOURNAL_HEAD = struct.Struct("<4sQ5QIB3x")
+_HEAD_MAGIC = b"PCMH"
+
+
+def _random_u64() -> int:
+    """A boot identity or a session number: random, nonzero (0 means none on the wire)."""
+    while True:
+        v = int.from_bytes(os.urandom(8), "little")
+        if v:
+            return v
+
+
+@dataclass
+class _BootRecord:
+    """Which boot a state file's chip is on and how far its history had gone at the
+    snapshot."""
+
+    boot_id: int
+    counts: Tuple[int, ...]
+    last_seq: int
+    last_opcode: int
+
+
+@dataclass
+class _Session:
+    """The one client the firmware serves: its number, its link, since when."""
+
+    token: int
+    link: object
+    since: float
 
 
 @dataclass
@@ -83,16 +123,24 @@ class _JournalRecord:
     reply: bytes
 
 
-def _read_journal(path: str) -> Tuple[List[_JournalRecord], int]:
-    """The intact records of a journal and the byte length they cover (a torn tail, from a
-    crash in the middle of an append, is ignored: its reply was never sent)."""
+def _read_journal(path: str) -> Tuple[Optional[_BootRecord], List[_JournalRecord], int]:
+    """The boot record, the intact records of a journal and the byte length they cover (a
+    torn tail, from a crash in the middle of an append, is ignored: its reply was never
+    sent). A journal of an emulator before boot records has none."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except FileNotFoundError:
-        return [], 0
+        return None, [], 0
     out: List[_JournalRecord] = []
     pos = 0
+    boot = None
+    n = _JOURNAL_HEAD.size
+    if data[:4] == _HEAD_MAGIC and len(data) >= n + 4 and \
+            crc32(data[:n]) == struct.unpack_from("<I", data, n)[0]:
+        _, boot_id, *counts, last_seq, last_op = _JOURNAL_HEAD.unpack_from(data)
+        boot = _BootRecord(boot_id, tuple(counts), last_seq, last_op)
+        pos = n + 4
     head = _JOURNAL_REC.size
     while pos + head <= len(data):
         magic, seq, op, flags, _, rcrc, c0, c1, nreq, nrep = _JOURNAL_REC.unpack_from(data, pos)
@@ -107,7 +155,7 @@ def _read_journal(path: str) -> Tuple[List[_JournalRecord], int]:
         pos = end
     if pos != len(data):
         log.warning("%s: ignoring %d bytes of a torn journal record", path, len(data) - pos)
-    return out, pos
+    return boot, out, pos
 
 
 class Firmware:
@@ -127,10 +175,22 @@ class Firmware:
     differs from the recorded one is an error), which also restores the sequence-number
     memory. A record whose effect the snapshot already holds (its clock_after is not past the
     snapshot's clock) is only remembered, not replayed. Every `compact_records` records (and
-    at a clean stop) the snapshot is rewritten and the journal restarted with the last
+    at a clean stop) the snapshot is rewritten and the journal restarted with a boot record
+    (the boot identity and the history's counters at the snapshot) and the last
     `persist_depth` remembered replies. A crash at any point leaves either a record intact
     (applied once, its retry answered from memory) or torn (not applied, its reply never sent:
     the retry executes it).
+
+    Boot: `boot_id` is drawn when the firmware starts without a state file (or with one that
+    has no boot record) - a power-cycled chip - and kept in the state file otherwise, since
+    the sequence-number memory and the history survive such a restart. `history` counts the
+    state-changing commands executed in this boot, by kind (HISTORY_KINDS).
+
+    Sessions (protocol 1.3): one client at a time. `handle(item, link)` names the link a
+    request came by (the server's TCP connection); a HELLO opens a session on its link when
+    none is active, and while one is, every request from another link is answered NACK
+    IN_USE, except a HELLO naming the session's number (its own host reconnecting, which
+    takes the session over). The server calls `link_closed` when a link goes.
     """
 
     def __init__(self, chip: SimulatedChip, *, memory_depth: int = 16,
@@ -145,19 +205,32 @@ class Firmware:
         self.memory_depth = int(memory_depth)
         self.persist_depth = max(1, min(int(persist_depth), self.memory_depth))
         self.max_payload = int(max_payload)
-        # The chip's own abilities, plus the firmware's: the combined PROGRAM_READ.
-        names = (chip.info().capabilities | {ContractCapability.PROGRAM_READ.value}
-                 if capabilities is None else capabilities)
+        self.version = tuple(protocol_version)
+        #: Sessions (one client at a time) and the boot's identity are protocol 1.3.
+        self.sessions = self.version >= (1, 3)
+        # The chip's own abilities, plus the firmware's: the combined PROGRAM_READ, and
+        # (1.3) its boot and history.
+        own = {ContractCapability.PROGRAM_READ.value}
+        if self.sessions:
+            own.add(ContractCapability.HISTORY.value)
+        names = chip.info().capabilities | own if capabilities is None else capabilities
         self.capabilities = capabilities_to_wire(names)
         self._program_read = bool(self.capabilities & Capability.PROGRAM_READ)
         self._pulses: Dict[Tuple[int, int, int], PulseSpec] = {}
-        self.version = tuple(protocol_version)
         self.firmware_version = firmware_version
         self.state_path = state_path
         self.full_scale_us = adc_full_scale_us(chip.model.g_max_us)
         self.memory: "OrderedDict[int, _Remembered]" = OrderedDict()
         self.last_seq: Optional[int] = None
         self.idle = True
+        self.boot_id = _random_u64()
+        #: State-changing commands executed in this boot, by kind, and the last one's
+        #: (seq, opcode); (0, 0) before the first.
+        self.history: Dict[Opcode, int] = {op: 0 for op in HISTORY_KINDS}
+        self.last_change: Tuple[int, int] = (0, 0)
+        self.session: Optional[_Session] = None
+        #: Whether the last handle() refused a client (NACK IN_USE): the server drops it.
+        self.refused_client = False
         self.counters: Dict[str, object] = {
             "commands_executed": 0, "repeats_answered": 0, "set_pulses": 0,
             "reset_pulses": 0, "devices_read": 0, "bad_frames": 0, "nacks_sent": 0,
@@ -211,6 +284,10 @@ class Firmware:
             self._journal = None
         tmp = f"{path}.tmp"
         with open(tmp, "wb") as f:
+            head = _JOURNAL_HEAD.pack(_HEAD_MAGIC, self.boot_id,
+                                      *(self.history[op] for op in HISTORY_KINDS),
+                                      *self.last_change)
+            f.write(head + struct.pack("<I", crc32(head)))
             for seq, e in list(self.memory.items())[-self.persist_depth:]:
                 f.write(self._record(seq, e.opcode, False, e.request_crc, e.clock_s, e.clock_s,
                                      b"", e.reply))
@@ -251,7 +328,14 @@ class Firmware:
         """Restore the snapshot, replay the journal after it, then compact."""
         assert self.state_path is not None and self.journal_path is not None
         self.chip.load_state(self.state_path)
-        records, _ = _read_journal(self.journal_path)
+        boot, records, _ = _read_journal(self.journal_path)
+        if boot is None:
+            log.warning("%s: no boot record (an older emulator's state): this start is a new "
+                        "boot, its history starts at 0", self.journal_path)
+        else:
+            self.boot_id = boot.boot_id
+            self.history = dict(zip(HISTORY_KINDS, boot.counts))
+            self.last_change = (boot.last_seq, boot.last_opcode)
         saved = (json.loads(json.dumps(self.counters)), dict(self.chip.counters))
         self.memory.clear()
         self.replayed = 0
@@ -259,6 +343,8 @@ class Firmware:
             for rec in records:
                 if rec.replay and rec.clock_after > self.chip.clock_s:
                     self._replay(rec)
+                if rec.replay:   # executed after the boot record's snapshot
+                    self._count(rec.seq, rec.opcode)
                 self._remember(rec.seq, rec.opcode, rec.request_crc, rec.reply,
                                rec.clock_after)
         finally:  # counters count what this power-up executed, not the replay
@@ -292,6 +378,44 @@ class Firmware:
                               "recorded: chip model or seed changed?", source=src)
         self.replayed += 1
 
+    def _count(self, seq: int, opcode: int) -> None:
+        """One more state-changing command in this boot's history."""
+        op = Opcode(opcode)
+        self.history[op] = self.history.get(op, 0) + 1
+        self.last_change = (seq, int(op))
+
+    # --- sessions -----------------------------------------------------------------------------
+    def link_closed(self, link: object) -> None:
+        """The link `link` is gone (closed, reset): its session, if it had the one, ends."""
+        if self.session is not None and self.session.link == link:
+            log.info("session of %s ended", link)
+            self.session = None
+
+    def _admit(self, frame: Frame, link: object) -> Optional[bytes]:
+        """None when the request from `link` may be served; else the NACK IN_USE frame."""
+        s = self.session
+        if not self.sessions or (s is not None and s.link == link):
+            return None
+        hello = None
+        if frame.opcode == Opcode.HELLO:
+            try:
+                hello = Hello.decode(frame.payload)
+            except PayloadError:
+                return None   # answered BAD_LENGTH / BAD_PAYLOAD as usual
+        if s is None:
+            if hello is not None:
+                self.session = _Session(hello.session or _random_u64(), link, time.time())
+            return None       # no session: served (a HELLO opens one)
+        if hello is not None and hello.session == s.token:
+            log.info("session taken over by its own host on %s (was %s)", link, s.link)
+            s.link = link
+            return None
+        self.refused_client = True
+        since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(s.since))
+        return self.nack(frame.seq, NackCode.IN_USE, frame.opcode,
+                         f"the chip is in use by another client since {since} (from "
+                         f"{s.link}); it serves one client at a time")
+
     def _remember(self, seq: int, opcode: int, request_crc: int, reply: bytes,
                   clock_s: float) -> None:
         self.memory.pop(seq, None)
@@ -310,9 +434,11 @@ class Firmware:
                    np.zeros(0) if devices is None else devices)
         return msg.frame(seq, version=self.version)  # type: ignore[arg-type]
 
-    def handle(self, item: Decoded) -> Optional[bytes]:
-        """The reply frame to one decoded item (None: nothing to answer)."""
+    def handle(self, item: Decoded, link: object = None) -> Optional[bytes]:
+        """The reply frame to one decoded item that came by `link` (None: nothing to
+        answer)."""
         self.executed_fresh = False
+        self.refused_client = False
         if isinstance(item, FrameError):
             self.counters["bad_frames"] += 1  # type: ignore[operator]
             what = ("frame CRC-32 mismatch" if item.code is NackCode.BAD_CRC else
@@ -326,6 +452,9 @@ class Firmware:
         if frame.opcode not in REQUEST_OPCODES:
             return self.nack(frame.seq, NackCode.UNKNOWN_OPCODE, frame.opcode,
                              f"unknown request opcode 0x{frame.opcode:02X}")
+        refusal = self._admit(frame, link)
+        if refusal is not None:
+            return refusal
         opcode = Opcode(frame.opcode)
         remembered = opcode in REMEMBERED_OPCODES
         request_crc = crc32(frame.payload) if remembered else 0
@@ -367,6 +496,8 @@ class Firmware:
             self.executed_fresh = True
             self.last_seq = frame.seq
             self._remember(frame.seq, frame.opcode, request_crc, data, self.chip.clock_s)
+            if opcode in STATE_CHANGING:
+                self._count(frame.seq, opcode)
             if opcode in STATE_CHANGING and self.state_path:
                 try:
                     self._append(frame.seq, frame.opcode, request_crc, clock_before,
@@ -378,9 +509,15 @@ class Firmware:
     def _execute(self, req: Message) -> Message:
         chip = self.chip
         if isinstance(req, Hello):
+            if req.session and not self.sessions:
+                raise PayloadError(NackCode.BAD_LENGTH, "HELLO payload must be 0 bytes, got 8")
             return self.info_reply()
         if isinstance(req, StatusRequest):
             return self.status_reply()
+        if isinstance(req, HistoryRequest):
+            if not self.capabilities & Capability.HISTORY:
+                raise NotSupportedError("this firmware reports no history", command="HISTORY")
+            return self.history_reply()
         if isinstance(req, ReadExactRequest):
             if not self.capabilities & Capability.EXACT_READ:
                 raise NotSupportedError("this chip has no exact read", command="READ_EXACT")
@@ -445,7 +582,15 @@ class Firmware:
                          info.g_min_us, info.g_max_us, self.full_scale_us, ADC_BITS,
                          self.memory_depth, int(self.capabilities), self.max_payload,
                          info.chip_id, self.firmware_version,
-                         tuple((k, float(v)) for k, v in info.hard_limits.items()))
+                         tuple((k, float(v)) for k, v in info.hard_limits.items()),
+                         *((self.boot_id if self.capabilities & Capability.HISTORY else 0,
+                            self.session.token if self.session else 0)
+                           if self.sessions else ()))
+
+    def history_reply(self) -> HistoryReply:
+        h = self.history
+        return HistoryReply(self.boot_id, *self.last_change, sum(h.values()),
+                            *(h[op] for op in HISTORY_KINDS))
 
     def status_reply(self) -> StatusReply:
         c = self.counters
@@ -511,9 +656,46 @@ class LinkModel:
         return t
 
 
+@dataclass
+class _Link:
+    """One way in: a TCP connection (named by its peer address) or the pty."""
+
+    name: str
+    decoder: FrameDecoder
+    sock: Optional[socket.socket] = None
+
+
+#: Most TCP connections held at once (the session's and those not yet refused): a client
+#: that opens more pushes out the oldest one without the session.
+MAX_LINKS = 8
+
+
+def _add_counters(total: Dict[str, int], more: Dict[str, int]) -> None:
+    """Add one decoder's counters to a total (high water: the largest)."""
+    for k, v in more.items():
+        total[k] = max(total.get(k, 0), v) if k == "high_water" else total.get(k, 0) + v
+
+
+def _keepalive(sock: socket.socket) -> None:
+    """Probe an idle connection so that one whose host died without closing it (power lost,
+    cable pulled) ends, with its session, within about 10 s."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for name, value in (("TCP_KEEPIDLE", 4), ("TCP_KEEPINTVL", 2), ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, name):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+            except OSError:
+                pass
+
+
 class EmulatorServer:
-    """Serves one Firmware over TCP (one client at a time; a new connection replaces the old
-    one, as reopening a serial port would) or over a pty (os.openpty; connect to `url`)."""
+    """Serves one Firmware over TCP or over a pty (os.openpty; connect to `url`).
+
+    Over TCP each connection is a link of its own: the firmware serves the session of one of
+    them (protocol 1.3) and refuses the others NACK IN_USE, after which the server closes
+    them; a session ends when its connection closes or fails. A firmware before 1.3 has no
+    sessions: a new connection replaces the old one, as reopening a serial port would. A pty
+    is one link: the firmware cannot tell hosts apart on it (the driver locks the port)."""
 
     def __init__(self, firmware: Firmware, *, listen: Optional[Tuple[str, int]] = None,
                  pty: bool = False, faults: Optional[FaultConfig] = None,
@@ -526,10 +708,11 @@ class EmulatorServer:
         self.link = link or LinkModel()
         self.stats_path = stats_path
         self._rng = np.random.default_rng(self.faults.seed)
-        self._decoder = FrameDecoder(firmware.max_payload)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._conn: Optional[socket.socket] = None
+        self._links: Dict[socket.socket, _Link] = {}   # TCP connections, oldest first
+        self._pty_link = _Link("pty", FrameDecoder(firmware.max_payload))
+        self._decoded: Dict[str, int] = {}   # decoder counters of the links gone
         self._listener: Optional[socket.socket] = None
         self._master: Optional[int] = None
         self._slave: Optional[int] = None
@@ -558,7 +741,7 @@ class EmulatorServer:
                               socket.SOCK_STREAM)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind((host, port))
-            s.listen(1)
+            s.listen(4)
             self._listener = s
             bound = s.getsockname()
             self.address = (bound[0], bound[1])
@@ -588,13 +771,14 @@ class EmulatorServer:
         if self._closed:
             return
         self._closed = True
-        for s in (self._conn, self._listener):
-            if s is not None:
-                try:
-                    s.close()
-                except OSError:
-                    pass
-        self._conn = self._listener = None
+        for link in list(self._links.values()):
+            self._drop_link(link)
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except OSError:
+                pass
+        self._listener = None
         for fd in (self._master, self._slave):
             if fd is not None:
                 try:
@@ -621,7 +805,7 @@ class EmulatorServer:
         out = json.loads(json.dumps(self.counters))
         out["firmware"] = json.loads(json.dumps(fw.counters))
         out["chip"] = dict(fw.chip.counters)
-        out["decoder"] = self._decoder.counters()
+        out["decoder"] = self._decoder_counters()
         out["pulses"] = {"set": fw.counters["set_pulses"], "reset": fw.counters["reset_pulses"]}
         out["commands_executed"] = fw.counters["commands_executed"]
         out["repeats_answered"] = fw.counters["repeats_answered"]
@@ -648,7 +832,14 @@ class EmulatorServer:
             if self._thread is None:  # run in the caller's thread: clean up here
                 self.close()
 
-    def _poll_hot(self, read: Callable[[], bytes]) -> bool:
+    def _decoder_counters(self) -> Dict[str, int]:
+        """The frame decoders' counters, summed over every link (high water: the largest)."""
+        out = dict(self._decoded)
+        for link in [self._pty_link, *self._links.values()]:
+            _add_counters(out, link.decoder.counters())
+        return out
+
+    def _poll_hot(self, link: _Link, read: Callable[[], bytes]) -> bool:
         """One non-blocking read while busy polling; True when it settled this poll."""
         if not self.busy_poll_s or time.perf_counter() >= self._hot_until:
             return False
@@ -659,40 +850,84 @@ class EmulatorServer:
         except OSError:
             return False   # let the blocking path deal with the error
         if data:
-            self._on_bytes(data)
+            self._on_bytes(link, data)
             return True
         return False
 
+    def _session_link(self) -> Optional[_Link]:
+        s = self.firmware.session
+        if s is None:
+            return None
+        return next((k for k in self._links.values() if k.name == s.link), None)
+
     def _poll_tcp(self) -> None:
         assert self._listener is not None
-        conn = self._conn
-        if conn is not None and self._poll_hot(lambda: conn.recv(1 << 16,
-                                                                 socket.MSG_DONTWAIT)):
-            return
-        watch = [self._listener] + ([self._conn] if self._conn is not None else [])
+        hot = self._session_link() or (next(iter(self._links.values()))
+                                       if len(self._links) == 1 else None)
+        if hot is not None and hot.sock is not None:
+            sock = hot.sock
+            if self._poll_hot(hot, lambda: sock.recv(1 << 16, socket.MSG_DONTWAIT)):
+                return
+        watch = [self._listener, *self._links]
         ready, _, _ = select.select(watch, [], [], 0.05)
-        if self._listener in ready:
-            conn, _ = self._listener.accept()
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._drop_connection()
-            self._conn = conn
-            self.counters["connections"] += 1  # type: ignore[operator]
-            return
-        if self._conn is not None and self._conn in ready:
+        # The session's link first, the listener last: a connection that closed is seen to
+        # be gone before the one that replaces it is heard.
+        first = hot.sock if hot is not None else None
+        for sock in sorted(ready, key=lambda r: (r is not first, r is self._listener)):
+            if sock is self._listener:
+                self._accept()
+                continue
+            link = self._links.get(sock)
+            if link is None:
+                continue   # dropped while serving another link this round
             try:
-                data = self._conn.recv(1 << 16)
+                data = sock.recv(1 << 16)
             except OSError:
                 data = b""
             if not data:
-                self._drop_connection()
-                return
-            self._on_bytes(data)
+                self._drop_link(link)
+                continue
+            self._on_bytes(link, data)
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        conn, peer = self._listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _keepalive(conn)
+        if not self.firmware.sessions:   # old firmware: the new connection replaces the old
+            for link in list(self._links.values()):
+                self._drop_link(link)
+        session = self._session_link()
+        others = [k for k in self._links.values() if k is not session]
+        while others and len(self._links) >= MAX_LINKS:
+            self._drop_link(others.pop(0))
+        name = f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}"
+        self._links[conn] = _Link(name, FrameDecoder(self.firmware.max_payload), conn)
+        self.counters["connections"] += 1  # type: ignore[operator]
+
+    def _session_gone(self) -> None:
+        """Before another link is heard: end the session if its connection has closed or
+        failed without the server having read so yet (a peek, nothing consumed)."""
+        link = self._session_link()
+        if link is None:
+            if self.firmware.session is not None and self._master is None:
+                self.firmware.link_closed(self.firmware.session.link)   # its link is gone
+            return
+        assert link.sock is not None
+        try:
+            data = link.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop_link(link)
 
     def _poll_pty(self) -> None:
         assert self._master is not None
         master = self._master
         if time.monotonic() >= self._outage_until and \
-                self._poll_hot(lambda: os.read(master, 1 << 16)):
+                self._poll_hot(self._pty_link, lambda: os.read(master, 1 << 16)):
             return
         ready, _, _ = select.select([self._master], [], [], 0.05)
         if not ready:
@@ -706,26 +941,32 @@ class EmulatorServer:
             return
         if time.monotonic() < self._outage_until:
             return
-        self._on_bytes(data)
+        self._on_bytes(self._pty_link, data)
 
-    def _drop_connection(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except OSError:
-                pass
-        self._conn = None
-        self._decoder.reset()
+    def _drop_link(self, link: _Link) -> None:
+        """Close a link; the firmware's session ends with it."""
+        if link.sock is None:
+            link.decoder.reset()
+            return
+        if self._links.pop(link.sock, None) is not None:
+            _add_counters(self._decoded, link.decoder.counters())
+        try:
+            link.sock.close()
+        except OSError:
+            pass
+        self.firmware.link_closed(link.name)
 
-    def _on_bytes(self, data: bytes) -> None:
+    def _on_bytes(self, link: _Link, data: bytes) -> None:
         if self.busy_poll_s:
             self._hot_until = time.perf_counter() + self.busy_poll_s
         self.counters["bytes_rx"] += len(data)  # type: ignore[operator]
-        for item in self._decoder.feed(data):
+        for item in link.decoder.feed(data):
+            if link.sock is not None and link.sock not in self._links:
+                return   # dropped by an earlier frame of this read
             if isinstance(item, FrameError):
-                self._send(self.firmware.handle(item), 0)
+                self._send(link, self.firmware.handle(item, link.name), 0)
             else:
-                self._on_request(item)
+                self._on_request(link, item)
 
     def _draw_fault(self, n: int) -> Tuple[Optional[str], float]:
         f = self.faults
@@ -745,7 +986,21 @@ class EmulatorServer:
         self.counters["faults"][kind] += 1  # type: ignore[index]
         log.info("fault injected: %s", kind)
 
-    def _on_request(self, frame: Frame) -> None:
+    def _handle(self, link: _Link, item: Decoded) -> Optional[bytes]:
+        """The firmware's answer to a request from `link`; the old link of a session its own
+        host took over is closed (a refused link is closed after its NACK is sent)."""
+        fw = self.firmware
+        if fw.sessions and link.sock is not None and fw.session is not None and \
+                fw.session.link != link.name:
+            self._session_gone()
+        before = self._session_link()
+        reply = fw.handle(item, link.name)
+        if before is not None and before is not link and fw.session is not None and \
+                fw.session.link == link.name:
+            self._drop_link(before)   # taken over by its own host, reconnected
+        return reply
+
+    def _on_request(self, link: _Link, frame: Frame) -> None:
         self._requests += 1
         self.counters["requests"] = self._requests
         fault, delay = self._draw_fault(self._requests)
@@ -760,17 +1015,21 @@ class EmulatorServer:
                 raw = bytearray(frame.encode())
                 raw[int(self._rng.integers(len(raw)))] ^= int(self._rng.integers(1, 256))
                 for item in FrameDecoder(self.firmware.max_payload).feed(bytes(raw)):
-                    reply = self.firmware.handle(item)
-                    self._send(reply, size)
+                    reply = self._handle(link, item)
+                    self._send(link, reply, size)
                 return
             if fault in ("busy", "chip_fault"):
                 self._count(fault)
                 code = NackCode.BUSY if fault == "busy" else NackCode.CHIP_FAULT
                 reply = self.firmware.nack(frame.seq, code, frame.opcode, f"injected {fault}")
-                self._send(reply, size)
+                self._send(link, reply, size)
                 return
-            reply = self.firmware.handle(frame)
+            reply = self._handle(link, frame)
             if reply is None:
+                return
+            if self.firmware.refused_client:
+                self._send(link, reply, size)
+                self._drop_link(link)
                 return
             if fault == "crash":
                 self._crash()
@@ -780,7 +1039,7 @@ class EmulatorServer:
             if fault == "disconnect" or (self.firmware.executed_fresh and every
                                          and self._fresh % every == 0):
                 self._count("disconnect")
-                self._disconnect()
+                self._disconnect(link)
                 return
             if fault == "drop_reply":
                 self._count(fault)
@@ -795,7 +1054,7 @@ class EmulatorServer:
             if delay > 0:
                 self._count("delay")
                 time.sleep(delay)
-            self._send(reply, size)
+            self._send(link, reply, size)
         finally:
             if self.on_request is not None:
                 self.on_request(frame, reply)
@@ -811,14 +1070,14 @@ class EmulatorServer:
                     self.firmware.last_seq or 0)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    def _disconnect(self) -> None:
+    def _disconnect(self, link: _Link) -> None:
         if self._master is not None:
             self._outage_until = time.monotonic() + self.faults.outage_s
-            self._decoder.reset()
+            link.decoder.reset()
         else:
-            self._drop_connection()
+            self._drop_link(link)
 
-    def _send(self, data: Optional[bytes], request_bytes: int) -> None:
+    def _send(self, link: _Link, data: Optional[bytes], request_bytes: int) -> None:
         if not data:
             return
         wait = self.link.delay_s(request_bytes + len(data))
@@ -827,13 +1086,13 @@ class EmulatorServer:
         try:
             if self._master is not None:
                 self._write_pty(data)
-            elif self._conn is not None:
-                self._conn.sendall(data)
+            elif link.sock is not None and link.sock in self._links:
+                link.sock.sendall(data)
             else:
                 return
         except OSError as e:
             log.info("reply lost: %s", e)
-            self._drop_connection()
+            self._drop_link(link)
             return
         self.counters["bytes_tx"] += len(data)  # type: ignore[operator]
 

@@ -23,6 +23,7 @@ from hil.config import ChiUpdate, MatvecMode, RefreshConfig
 from hil.device_pairs import WeightBlock, allocate_pairs
 from hil.mixed_precision import MixedPrecisionCore
 from hil.recorder import Recorder
+from hil.run_history import start_provenance
 from hil.torch.layers import BlockBinding, map_module
 
 F32 = np.float32
@@ -61,6 +62,7 @@ class ChipModel:
         from sim_backend.pcm_model import PcmModel
         self.module = model
         self.io = ChipIO(backend, recorder)
+        self.backend = backend
         self.chip_info = backend.info()
         self.bindings, self.host_parameter_names = map_module(model, layers, biases_on_chip)
         betas = _betas(self.bindings, beta)
@@ -92,7 +94,8 @@ class ChipModel:
             raise HilError("ChipModel.program() was already called: the chip holds the "
                            "model's weights")
         prov = {"chip": self.chip_info.to_dict(), "torch": torch.__version__,
-                "torch_threads": torch.get_num_threads(), **dict(provenance or {})}
+                "torch_threads": torch.get_num_threads(), **start_provenance(self.backend),
+                **dict(provenance or {})}
         self.io.recorder.begin(config=dict(config or {}), provenance=prov,
                                layout=self.pairs.layout())
         self.io.step = 0
