@@ -71,7 +71,12 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def learning_rate(cfg: ExperimentConfig, epoch: int) -> float:
-    return cfg.optimizer.learning_rate * cfg.optimizer.lr_decay ** epoch
+    """learning_rate · lr_decay^epoch, the power as repeated products: `**` calls the C
+    library's pow(), whose last bit differs between libraries."""
+    decay = 1.0
+    for _ in range(epoch):
+        decay *= cfg.optimizer.lr_decay
+    return cfg.optimizer.learning_rate * decay
 
 
 def initial_weights(cfg: ExperimentConfig) -> List[np.ndarray]:
@@ -235,7 +240,7 @@ class MixedPrecisionTrainer(EpochTrainer):
         self.extra_provenance: Dict[str, Any] = {}
         self.step = 0
         self.examples = 0
-        self._matmul: network.HostMatmul | None = None
+        self._matmul = network.HostMatmul(self.weights)   # one per run: it keeps its scratch
         if cfg.training.matvec is MatvecMode.CHIP:
             if not self.chip_info.supports(Capability.MATVEC):
                 raise ConfigError("the backend has no on-chip matvec", key="training.matvec")
@@ -278,7 +283,7 @@ class MixedPrecisionTrainer(EpochTrainer):
 
     @property
     def matvec_commands(self) -> int:
-        return 0 if self._matmul is None else self._matmul.matvec.commands
+        return self._matmul.matvec.commands if isinstance(self._matmul, ChipMatmul) else 0
 
 
 class BaselineTrainer:
@@ -287,6 +292,7 @@ class BaselineTrainer:
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
         self.weights = initial_weights(cfg)
+        self._matmul = network.HostMatmul(self.weights)
 
     def train_epoch(self, data: Dataset, epoch: int) -> float:
         lr = learning_rate(self.cfg, epoch)
@@ -295,7 +301,7 @@ class BaselineTrainer:
         for s in range(0, order.size, bs):
             idx = order[s:s + bs]
             _, _, grads = network.train_step(self.weights, data.train_x[idx],
-                                             data.train_y[idx], lr)
+                                             data.train_y[idx], lr, self._matmul)
             for w, g in zip(self.weights, grads):
                 network.apply_gradient(w, g)
         return network.accuracy(self.weights, data.test_x, data.test_y)

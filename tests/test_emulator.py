@@ -21,8 +21,8 @@ from firmware_interface.messages import (Hello, InfoReply, Nack, ProgramAck, Pro
                                          ProgramReadRequest, ProgramRequest, ReadRequest,
                                          StatusRequest, decode_message)
 from firmware_interface.protocol import Capability, NackCode, PulseCode
-from sim_backend.emulator import (EmulatorServer, FaultConfig, Firmware, LinkModel,
-                                  parse_listen)
+from sim_backend.emulator import EmulatorServer, FaultConfig, LinkModel, parse_listen
+from sim_backend.firmware import Firmware
 from sim_backend.pcm_model import PcmModel
 from sim_backend.sim_chip import SimulatedChip
 

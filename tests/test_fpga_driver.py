@@ -23,7 +23,8 @@ from firmware_interface.frame import Frame, encode_frame
 from firmware_interface.messages import (AdvanceClockRequest, MatvecRequest, Nack, ProgramRequest, ReadRequest,
                                          StatusReply, decode_message)
 from firmware_interface.protocol import PROTOCOL_VERSION, NackCode, Opcode, PulseCode
-from sim_backend.emulator import EmulatorServer, FaultConfig, Firmware
+from sim_backend.emulator import EmulatorServer, FaultConfig
+from sim_backend.firmware import Firmware
 from sim_backend.pcm_model import PcmModel
 from sim_backend.sim_chip import SimulatedChip
 

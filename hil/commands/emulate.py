@@ -103,8 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from drivers.errors import ConfigError
-    from sim_backend.emulator import (EmulatorServer, FaultConfig, Firmware, LinkModel,
-                                      parse_listen)
+    from sim_backend.emulator import EmulatorServer, FaultConfig, LinkModel, parse_listen
+    from sim_backend.firmware import Firmware
     from sim_backend.sim_chip import SimChipSpec
 
     try:
