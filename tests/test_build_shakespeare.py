@@ -28,7 +28,8 @@ def test_clean_text_cuts_the_boilerplate_and_normalises_whitespace():
 
 
 def test_clean_text_cuts_the_old_small_print_header():
-    raw = b"Small print, licence...\n*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*END*\n\nEnter.\n"
+    raw = (b"Small print, licence...\n"
+           b"*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*END*\n\nEnter.\n")
     assert build.clean_text(raw, "x.txt") == "Enter.\n"
 
 

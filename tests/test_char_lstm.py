@@ -1,4 +1,5 @@
 """The character-level LSTM reference: seeded weights, data order, truncated BPTT, determinism."""
+import hashlib
 import math
 
 import numpy as np
@@ -41,6 +42,17 @@ def test_initial_weights_are_a_function_of_the_seed_alone():
     assert torch.all(a["lstm.bias_ih_l0"][16:32] == 1.0)          # forget gate
     assert a["lstm.weight_ih_l0"].shape == (64, VOCAB_SIZE)       # one-hot input
     assert a["out.weight"].abs().max() <= 1 / math.sqrt(16)
+    assert a["out.bias"].abs().max() <= 1 / math.sqrt(VOCAB_SIZE)
+
+
+def test_default_initial_weights_are_the_ones_the_reference_results_came_from():
+    """A chip run copies these weights; if torch ever draws them differently, the fp32
+    reference figures in docs/reference-models.md no longer apply."""
+    h = hashlib.sha256()
+    for k, v in m.build_model(m.CharLstmConfig()).state_dict().items():
+        h.update(k.encode())
+        h.update(v.numpy().tobytes())
+    assert h.hexdigest() == "64b1441d96fee2e89985cbf1de8a736b13d417349346e29205be433a174a864a"
 
 
 def test_every_weight_is_an_lstm_gate_matrix_or_the_output_layer():

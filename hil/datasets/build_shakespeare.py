@@ -50,47 +50,53 @@ class Source:
     etext: str
 
 
+# The sdist's file names where they are not <slug>_gut.txt.
+_FILES = {"king_john": "john_gut.txt", "king_lear": "lear_gut.txt",
+          "titus_andronicus": "tragedy_of_titus_andronicus_gut.txt"}
+
 # The 37 plays, each in the sdist's modern-spelling edition (the First Folio copies lack
 # Pericles and Troilus and Cressida, and mixing spellings would make two languages of one).
-SOURCES: tuple[Source, ...] = tuple(Source(*row) for row in (
-    ("alls_well_that_ends_well", "All's Well That Ends Well", "alls_well_that_ends_well_gut.txt", "etext98/2ws3010"),
-    ("antony_and_cleopatra", "Antony and Cleopatra", "antony_and_cleopatra_gut.txt", "etext98/2ws3510"),
-    ("as_you_like_it", "As You Like It", "as_you_like_it_gut.txt", "etext98/2ws2510"),
-    ("comedy_of_errors", "The Comedy of Errors", "comedy_of_errors_gut.txt", "etext98/2ws0610"),
-    ("coriolanus", "Coriolanus", "coriolanus_gut.txt", "etext98/2ws3610"),
-    ("cymbeline", "Cymbeline", "cymbeline_gut.txt", "etext98/2ws3910"),
-    ("hamlet", "Hamlet", "hamlet_gut.txt", "etext98/2ws2610"),
-    ("henry_iv_part_1", "King Henry IV, Part 1", "henry_iv_part_1_gut.txt", "etext98/2ws1910"),
-    ("henry_iv_part_2", "King Henry IV, Part 2", "henry_iv_part_2_gut.txt", "etext98/2ws2110"),
-    ("henry_v", "King Henry V", "henry_v_gut.txt", "etext98/2ws2310"),
-    ("henry_vi_part_1", "King Henry VI, Part 1", "henry_vi_part_1_gut.txt", "etext98/2ws0110"),
-    ("henry_vi_part_2", "King Henry VI, Part 2", "henry_vi_part_2_gut.txt", "etext98/2ws0210"),
-    ("henry_vi_part_3", "King Henry VI, Part 3", "henry_vi_part_3_gut.txt", "etext98/2ws0310"),
-    ("henry_viii", "King Henry VIII", "henry_viii_gut.txt", "etext98/2ws4210"),
-    ("julius_caesar", "Julius Caesar", "julius_caesar_gut.txt", "etext98/2ws2410"),
-    ("king_john", "King John", "john_gut.txt", "etext98/2ws1410"),
-    ("king_lear", "King Lear", "lear_gut.txt", "etext98/2ws3310"),
-    ("loves_labours_lost", "Love's Labour's Lost", "loves_labours_lost_gut.txt", "etext98/2ws1210"),
-    ("macbeth", "Macbeth", "macbeth_gut.txt", "etext98/2ws3410"),
-    ("measure_for_measure", "Measure for Measure", "measure_for_measure_gut.txt", "etext98/2ws3110"),
-    ("merchant_of_venice", "The Merchant of Venice", "merchant_of_venice_gut.txt", "etext98/2ws1810"),
-    ("merry_wives_of_windsor", "The Merry Wives of Windsor", "merry_wives_of_windsor_gut.txt", "etext98/2ws2010"),
-    ("midsummer_nights_dream", "A Midsummer Night's Dream", "midsummer_nights_dream_gut.txt", "etext98/2ws1710"),
-    ("much_ado_about_nothing", "Much Ado About Nothing", "much_ado_about_nothing_gut.txt", "etext98/2ws2210"),
-    ("othello", "Othello", "othello_gut.txt", "etext98/2ws3210"),
-    ("pericles", "Pericles", "pericles_gut.txt", "etext98/2ws3810"),
-    ("richard_ii", "King Richard II", "richard_ii_gut.txt", "etext98/2ws1510"),
-    ("richard_iii", "King Richard III", "richard_iii_gut.txt", "etext98/2ws0410"),
-    ("romeo_and_juliet", "Romeo and Juliet", "romeo_and_juliet_gut.txt", "etext98/2ws1610"),
-    ("taming_of_the_shrew", "The Taming of the Shrew", "taming_of_the_shrew_gut.txt", "etext98/2ws1010"),
-    ("tempest", "The Tempest", "tempest_gut.txt", "etext98/2ws4110"),
-    ("timon_of_athens", "Timon of Athens", "timon_of_athens_gut.txt", "etext98/2ws3710"),
-    ("titus_andronicus", "Titus Andronicus", "tragedy_of_titus_andronicus_gut.txt", "etext98/2ws0910"),
-    ("troilus_and_cressida", "Troilus and Cressida", "troilus_and_cressida_gut.txt", "etext98/2ws2910"),
-    ("twelfth_night", "Twelfth Night", "twelfth_night_gut.txt", "etext98/2ws2810"),
-    ("two_gentlemen_of_verona", "The Two Gentlemen of Verona", "two_gentlemen_of_verona_gut.txt", "etext98/2ws1110"),
-    ("winters_tale", "The Winter's Tale", "winters_tale_gut.txt", "files/1539"),
-))
+SOURCES: tuple[Source, ...] = tuple(
+    Source(slug, title, _FILES.get(slug, f"{slug}_gut.txt"), etext)
+    for slug, title, etext in (
+        ("alls_well_that_ends_well", "All's Well That Ends Well", "etext98/2ws3010"),
+        ("antony_and_cleopatra", "Antony and Cleopatra", "etext98/2ws3510"),
+        ("as_you_like_it", "As You Like It", "etext98/2ws2510"),
+        ("comedy_of_errors", "The Comedy of Errors", "etext98/2ws0610"),
+        ("coriolanus", "Coriolanus", "etext98/2ws3610"),
+        ("cymbeline", "Cymbeline", "etext98/2ws3910"),
+        ("hamlet", "Hamlet", "etext98/2ws2610"),
+        ("henry_iv_part_1", "King Henry IV, Part 1", "etext98/2ws1910"),
+        ("henry_iv_part_2", "King Henry IV, Part 2", "etext98/2ws2110"),
+        ("henry_v", "King Henry V", "etext98/2ws2310"),
+        ("henry_vi_part_1", "King Henry VI, Part 1", "etext98/2ws0110"),
+        ("henry_vi_part_2", "King Henry VI, Part 2", "etext98/2ws0210"),
+        ("henry_vi_part_3", "King Henry VI, Part 3", "etext98/2ws0310"),
+        ("henry_viii", "King Henry VIII", "etext98/2ws4210"),
+        ("julius_caesar", "Julius Caesar", "etext98/2ws2410"),
+        ("king_john", "King John", "etext98/2ws1410"),
+        ("king_lear", "King Lear", "etext98/2ws3310"),
+        ("loves_labours_lost", "Love's Labour's Lost", "etext98/2ws1210"),
+        ("macbeth", "Macbeth", "etext98/2ws3410"),
+        ("measure_for_measure", "Measure for Measure", "etext98/2ws3110"),
+        ("merchant_of_venice", "The Merchant of Venice", "etext98/2ws1810"),
+        ("merry_wives_of_windsor", "The Merry Wives of Windsor", "etext98/2ws2010"),
+        ("midsummer_nights_dream", "A Midsummer Night's Dream", "etext98/2ws1710"),
+        ("much_ado_about_nothing", "Much Ado About Nothing", "etext98/2ws2210"),
+        ("othello", "Othello", "etext98/2ws3210"),
+        ("pericles", "Pericles", "etext98/2ws3810"),
+        ("richard_ii", "King Richard II", "etext98/2ws1510"),
+        ("richard_iii", "King Richard III", "etext98/2ws0410"),
+        ("romeo_and_juliet", "Romeo and Juliet", "etext98/2ws1610"),
+        ("taming_of_the_shrew", "The Taming of the Shrew", "etext98/2ws1010"),
+        ("tempest", "The Tempest", "etext98/2ws4110"),
+        ("timon_of_athens", "Timon of Athens", "etext98/2ws3710"),
+        ("titus_andronicus", "Titus Andronicus", "etext98/2ws0910"),
+        ("troilus_and_cressida", "Troilus and Cressida", "etext98/2ws2910"),
+        ("twelfth_night", "Twelfth Night", "etext98/2ws2810"),
+        ("two_gentlemen_of_verona", "The Two Gentlemen of Verona", "etext98/2ws1110"),
+        ("winters_tale", "The Winter's Tale", "files/1539"),
+    ))
 
 _START = re.compile(r"^\*\*\* ?START OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)
 _END = re.compile(r"^\*\*\* ?END OF (THE|THIS) PROJECT GUTENBERG.*$", re.M | re.I)

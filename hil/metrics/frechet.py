@@ -37,7 +37,8 @@ def _psd_eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"need a square matrix, got shape {a.shape}")
     w, v = np.linalg.eigh(0.5 * (a + a.T))
-    tol = max(a.shape[0], 1) * np.finfo(np.float64).eps * max(float(np.abs(w).max(initial=0)), 1e-300)
+    scale = max(float(np.abs(w).max(initial=0.0)), 1e-300)
+    tol = max(a.shape[0], 1) * np.finfo(np.float64).eps * scale
     if w.min(initial=0.0) < -1e3 * tol:
         raise ValueError(f"matrix is not positive semi-definite (eigenvalue {w.min():.3g})")
     return np.clip(w, 0.0, None), v

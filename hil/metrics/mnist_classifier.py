@@ -80,9 +80,9 @@ class MnistClassifier:
         try:
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
+            meta = json.loads(str(arrays.pop("meta"))) if "meta" in arrays else {}
         except (OSError, ValueError) as e:
             raise ConfigError(f"cannot read classifier weights: {e}", source=str(path)) from None
-        meta = json.loads(str(arrays.pop("meta"))) if "meta" in arrays else {}
         return cls(arrays, meta)
 
     def save_npz(self, path) -> None:

@@ -6,8 +6,10 @@ mappable to a chip) and a `torch.nn.Linear` read-out to the 79-symbol vocabulary
 hil.datasets.shakespeare.
 
 Everything a chip run must share with its fp32 reference is a function of the config:
-- initial weights: `CharLSTM.init_weights(init_seed)` draws every tensor from its own torch
-  generator in a fixed order (U(−1/√H, 1/√H), torch's default law; forget-gate bias 1);
+- initial weights: `CharLSTM.init_weights(init_seed)` draws every tensor, in parameter
+  order, from one seeded torch generator: the LSTM's tensors and the read-out weight
+  U(−1/√H, 1/√H) (torch's default law for both), the read-out bias U(−1/√79, 1/√79); then
+  the forget-gate bias is set to 1;
 - data order: epoch e concatenates the training plays in the order
   `default_rng([data_seed, e]).permutation`, cuts the text into `batch` equal streams and
   walks them `seq_len` characters at a time (truncated BPTT; the LSTM state is carried from
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from hil.datasets.shakespeare import VOCAB_SIZE, encode
+from hil.datasets.shakespeare import VOCAB_SIZE, decode, encode
 
 State = Tuple[torch.Tensor, torch.Tensor]
 SEPARATOR = encode("\n")
@@ -65,7 +67,8 @@ class CharLSTM(nn.Module):
         self.out = nn.Linear(hidden, vocab)
 
     def init_weights(self, seed: int) -> None:
-        """Seeded initial weights, independent of torch's global generator."""
+        """Seeded initial weights, independent of torch's global generator (the law is in
+        the module docstring; chip runs rely on it staying put)."""
         g = torch.Generator().manual_seed(int(seed))
         h = self.lstm.hidden_size
         with torch.no_grad():
@@ -225,7 +228,6 @@ def train(model: CharLSTM, cfg: CharLstmConfig, train_plays: Sequence[np.ndarray
 def sample(model: CharLSTM, length: int, seed: int, prime: str = "\n",
            temperature: float = 1.0) -> str:
     """`length` characters drawn from the model after `prime` (seeded, so repeatable)."""
-    from hil.datasets.shakespeare import decode
     g = torch.Generator().manual_seed(int(seed))
     was_training = model.training
     model.eval()

@@ -1,11 +1,12 @@
 """An MLP GAN on MNIST: the two players, their seeded weights, data and noise order, training.
 
-Sized for a chip: generator z(64) → 256 → 784 and discriminator 784 → 256 → 1 (LeakyReLU
-0.2 hidden, sigmoid images in [0, 1] like the MNIST loader's; 418,048 weights and 1,297
-biases, so both players fit one 1 M-device chip as pairs). Everything a chip run must share
-with its fp32 reference is a function of the config:
-- initial weights: `init_weights(module, seed)` draws each tensor from its own generator, in
-  parameter order (torch's default law for Linear);
+Sized for a chip: generator z(64) → 256 → 784 and discriminator 784 → 128 → 1 (LeakyReLU
+0.2 hidden, sigmoid images in [0, 1] like the MNIST loader's; 317,568 weights and 1,169
+biases, 637,474 devices as pairs, so both players fit one 1 M-device chip). Everything a
+chip run must share with its fp32 reference is a function of the config:
+- initial weights: `init_weights(module, seed)` draws every tensor of a player, in
+  parameter order, from one generator seeded `init_seed` (generator) or `init_seed + 1`
+  (discriminator), U(−1/√fan_in, 1/√fan_in) (torch's default law for Linear);
 - data order: epoch e visits the first 50,000 training digits in the order
   `default_rng([data_seed, e]).permutation` (the last 10,000 are the validation digits the
   hyperparameters are chosen on; the test digits are only scored against);
@@ -41,7 +42,7 @@ class GanConfig:
 
     latent: int = 64
     g_hidden: int = 256
-    d_hidden: int = 256
+    d_hidden: int = 128
     batch: int = 64
     optimizer: str = "adam"        # "adam" or "sgd"
     g_lr: float = 5e-4
