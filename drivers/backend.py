@@ -3,19 +3,27 @@
 The simulated chip, the FPGA driver and the replay backend all implement it, so experiment code
 never names a concrete backend. Every call is a batch of numpy arrays; there is no per-device
 call, because a per-device round trip over a serial link would make training take weeks.
+
+Beyond the contract, a backend may have optional abilities (sequence numbers, a saved state,
+a simulated clock, ...): each is a typed Protocol in drivers.abilities, found through any
+stack of layers (drivers.layers.BackendLayer: a safety guard, the resume layer, ...) with
+drivers.abilities.find_ability. A `Capability` is what a chip *says* about itself in
+ChipInfo.capabilities (over the wire: a bit of the INFO reply, WIRE_CAPABILITY_BITS); a
+Protocol is what a backend object *has*. docs/backends.md says which is which.
 """
 from __future__ import annotations
 
 import abc
 import enum
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Dict, FrozenSet, Optional, Tuple, Type
+from types import MappingProxyType, TracebackType
+from typing import Dict, FrozenSet, Iterable, Mapping, Optional, Tuple, Type
 
 import numpy as np
 
 from drivers.geometry import Geometry
 from drivers.pulse import PulseSpec
+from firmware_interface.protocol import Capability as WireCapability
 
 
 class Capability(str, enum.Enum):
@@ -26,6 +34,34 @@ class Capability(str, enum.Enum):
     STATE_FILE = "state_file"    # chip state can be saved and restored (simulators only)
     SIM_CLOCK = "sim_clock"      # simulated time: clock_s and advance_clock() (simulators only)
     PROGRAM_READ = "program_read"  # program_read() is one command: one round trip, one wire seq
+    HISTORY = "history"          # reports its boot identity and command history (firmware 1.3)
+
+
+#: The INFO reply's capability bit of each Capability: the one table both ends of the link
+#: (drivers.fpga reading a HELLO answer, sim_backend.emulator writing one) translate through.
+WIRE_CAPABILITY_BITS: Mapping[Capability, WireCapability] = MappingProxyType({
+    Capability.MATVEC: WireCapability.MATVEC,
+    Capability.EXACT_READ: WireCapability.EXACT_READ,
+    Capability.STATE_FILE: WireCapability.STATE_FILE,
+    Capability.SIM_CLOCK: WireCapability.SIM_CLOCK,
+    Capability.PROGRAM_READ: WireCapability.PROGRAM_READ,
+    Capability.HISTORY: WireCapability.HISTORY,
+})
+
+
+def capabilities_from_wire(bits: int) -> FrozenSet[str]:
+    """The Capability values (ChipInfo.capabilities) an INFO reply's bit field advertises;
+    bits this host does not know are ignored (a newer firmware may offer more)."""
+    return frozenset(cap.value for cap, bit in WIRE_CAPABILITY_BITS.items()
+                     if int(bits) & int(bit))
+
+
+def capabilities_to_wire(names: Iterable[str]) -> WireCapability:
+    """The INFO reply's bit field for Capability values; ValueError names an unknown one."""
+    bits = WireCapability(0)
+    for name in names:
+        bits |= WIRE_CAPABILITY_BITS[Capability(name)]
+    return bits
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,10 @@ Time: a backend that advertises Capability.SIM_CLOCK (the simulated chip, in-pro
 behind the firmware emulator) is timed by its own clock (`clock_s`), and waiting for drift
 moves that clock forward (`advance_clock(seconds)`); any other backend is timed by the host's
 monotonic clock and waiting sleeps.
+
+Station limits: a backend behind a station's guard (drivers.safety.LimitedBackend) has every
+command of the whole measurement checked against the guard before the first is sent, and
+batches split to the station's max_batch_devices; each command then passes the guard itself.
 """
 from __future__ import annotations
 
@@ -23,16 +27,17 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import h5py
 import numpy as np
 
-from drivers.backend import Capability, ChipBackend
+from drivers.abilities import AdcReadout, ClockedBackend, GuardedBackend, find_ability
+from drivers.backend import ChipBackend
 from drivers.errors import ConfigError, HilError
 from drivers.geometry import ADDRESS_DTYPE
 from drivers.pulse import PulseSpec
-from hil.station import SafetyLimits
+from hil.run_state import RunState
 
 log = logging.getLogger("pcm_hil.characterize")
 
@@ -102,7 +107,7 @@ class _ChipClock:
 
     kind = "chip"
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: ClockedBackend) -> None:
         self.backend = backend
 
     def now(self) -> float:
@@ -132,38 +137,44 @@ class _WallClock:
 
 
 def _clock_for(backend: ChipBackend) -> Any:
-    """The chip's simulated clock where the backend advertises one and exposes it.
-
-    Asked, not probed: over the wire `clock_s` is a round trip (and a real chip raises
-    NotSupportedError for it). A wrapper that forwards info() but not the clock methods is
-    timed by the wall clock."""
-    if (backend.info().supports(Capability.SIM_CLOCK)
-            and callable(getattr(backend, "advance_clock", None))):
-        return _ChipClock(backend)
-    return _WallClock()
+    """The chip's simulated clock where a layer of the stack has one (ClockedBackend: the
+    chip advertises SIM_CLOCK); else the wall clock."""
+    clocked = find_ability(backend, ClockedBackend)
+    return _WallClock() if clocked is None else _ChipClock(clocked)
 
 
 # --- the run -----------------------------------------------------------------------------------
 class _Runner:
     """Issues the batched commands (split only when a station's max batch size demands)."""
 
-    def __init__(self, backend: ChipBackend, safety: Optional[SafetyLimits]) -> None:
+    def __init__(self, backend: ChipBackend) -> None:
         self.backend = backend
-        self.safety = safety
-        self.max_batch = safety.max_batch_devices if safety else None
+        self.guard = find_ability(backend, GuardedBackend)
+        self.max_batch = self.guard.station_limits.max_batch_devices if self.guard else None
         self.commands = 0
 
     def _chunks(self, n: int):
         step = self.max_batch or n
         return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
-    def program(self, addr: np.ndarray, pulse: PulseSpec) -> None:
+    def preflight(self, addr: np.ndarray, pulses: Tuple[PulseSpec, ...]) -> None:
+        """Every command the measurement will send, checked by the station's guard before
+        the first is sent (SafetyLimitError names the limit); nothing without a guard."""
+        if self.guard is None:
+            return
         ones = np.ones(addr.size, dtype=np.uint16)
         parts = self._chunks(addr.size)
-        if self.safety:   # check every chunk before sending any of them
+        for pulse in pulses:
             for sl in parts:
-                self.safety.check_program(addr[sl], ones[sl], pulse)
+                self.guard.check_program(addr[sl], ones[sl], pulse)
+        # one pulse index over all devices is one step of this measurement
+        self.guard.station_limits.check_step(addr.size)
         for sl in parts:
+            self.guard.check_read(addr[sl])
+
+    def program(self, addr: np.ndarray, pulse: PulseSpec) -> None:
+        ones = np.ones(addr.size, dtype=np.uint16)
+        for sl in self._chunks(addr.size):
             self.backend.program(addr[sl], ones[sl], pulse)
             self.commands += 1
 
@@ -194,13 +205,14 @@ def _provenance(extra: Optional[Dict[str, Any]]) -> Dict[str, Any]:
 
 
 def characterize(backend: ChipBackend, config: CharacterizeConfig, path: str | os.PathLike,
-                 *, backend_url: str = "", safety: Optional[SafetyLimits] = None,
-                 provenance: Optional[Dict[str, Any]] = None, overwrite: bool = False,
+                 *, backend_url: str = "", provenance: Optional[Dict[str, Any]] = None,
+                 overwrite: bool = False,
                  progress: Optional[Callable[[str, int, int], None]] = None
                  ) -> CharacterizeSummary:
     """Run the characterisation on `backend` and write it to `path` (HDF5).
 
-    Safety limits, when given, are checked for every command before the first one is sent.
+    A station's limits apply when `backend` is behind its guard (LimitedBackend(chip,
+    station.safety)): every command is checked against it before the first one is sent.
     On an exception or Ctrl-C the file is kept (status "failed"/"aborted" with the reason) and
     the chip is left in its safe state.
     """
@@ -211,11 +223,9 @@ def characterize(backend: ChipBackend, config: CharacterizeConfig, path: str | o
     info = backend.info()
     addr = select_devices(info.geometry.n_devices, config.devices, config.seed)
     set_p, reset_p = config.set_pulse, config.reset_pulse
-    if safety:
-        safety.check_pulse(set_p)
-        safety.check_pulse(reset_p)
-        safety.check_step(addr.size)
-    runner = _Runner(backend, safety)
+    runner = _Runner(backend)
+    runner.preflight(addr, (set_p, reset_p))
+    safety = runner.guard.station_limits if runner.guard else None
     clock = _clock_for(backend)
     n, k = addr.size, config.pulses
     targets = config.drift_targets_s()
@@ -233,7 +243,7 @@ def characterize(backend: ChipBackend, config: CharacterizeConfig, path: str | o
     try:
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["status"] = "running"
+        f.attrs["status"] = str(RunState.RUNNING)
         f.attrs["status_reason"] = ""
         f.attrs["created_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(
             timespec="seconds")
@@ -241,9 +251,9 @@ def characterize(backend: ChipBackend, config: CharacterizeConfig, path: str | o
         f.attrs["clock"] = clock.kind
         f.attrs["config_json"] = json.dumps(asdict(config))
         f.attrs["chip_info_json"] = json.dumps(info.to_dict())
-        full_scale = getattr(backend, "adc_full_scale_us", None)
-        if isinstance(full_scale, (int, float)) and not isinstance(full_scale, bool):
-            f.attrs["adc_full_scale_us"] = float(full_scale)
+        adc = find_ability(backend, AdcReadout)
+        if adc is not None:
+            f.attrs["adc_full_scale_us"] = float(adc.adc_full_scale_us)
         f.attrs["safety_json"] = json.dumps(asdict(safety) if safety else None,
                                             default=str)
         f.attrs["provenance_json"] = json.dumps(_provenance(provenance), default=str)
@@ -312,16 +322,16 @@ def characterize(backend: ChipBackend, config: CharacterizeConfig, path: str | o
             drift_t[i] = clock.now()
             tick("drift reads")
             f.flush()
-        f.attrs["status"] = "completed"
+        f.attrs["status"] = str(RunState.COMPLETED)
         f.attrs["commands"] = runner.commands
         mean_after = np.asarray(set_g[...]).mean(axis=1)
     except KeyboardInterrupt:
-        f.attrs["status"] = "aborted"
+        f.attrs["status"] = str(RunState.ABORTED)
         f.attrs["status_reason"] = "interrupted by the operator"
         _safe(backend)
         raise
     except BaseException as e:
-        f.attrs["status"] = "failed"
+        f.attrs["status"] = str(RunState.FAILED)
         f.attrs["status_reason"] = f"{type(e).__name__}: {e}"
         _safe(backend)
         raise
@@ -392,7 +402,7 @@ def load_characterization(path: str | os.PathLike,
             raise ConfigError(f"format version {ver} is not supported (this pcm-hil reads "
                               f"version {FORMAT_VERSION})", key="format_version", source=src)
         status = str(f.attrs.get("status", ""))
-        if status != "completed" and not allow_incomplete:
+        if status != RunState.COMPLETED and not allow_incomplete:
             reason = str(f.attrs.get("status_reason", ""))
             raise ConfigError(f"characterisation status is {status!r}"
                               f"{' (' + reason + ')' if reason else ''}; a fit needs a "

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from drivers.abilities import SequencedBackend, find_ability
 from drivers.backend import ChipBackend
 from drivers.pulse import PulseKind, PulseSpec
 from hil.recorder import NullRecorder, Recorder
@@ -19,15 +20,8 @@ def wire_seq_of(backend: ChipBackend) -> int:
 
     Journaled with the command, so resume can re-send a command a kill cut off under the
     same number and the firmware answers from memory instead of executing it twice."""
-    be = backend
-    while be is not None:
-        peek = getattr(be, "next_wire_seq", None)
-        if callable(peek):
-            return int(peek())
-        if hasattr(be, "last_seq") and callable(getattr(be, "use_seq", None)):
-            return (int(be.last_seq) + 1) & 0xFFFFFFFF
-        be = getattr(be, "inner", None)
-    return -1
+    sequenced = find_ability(backend, SequencedBackend)
+    return -1 if sequenced is None else int(sequenced.next_wire_seq())
 
 
 @dataclass
@@ -81,7 +75,7 @@ class ChipIO:
 
         The recorder sees the same two commands as from program() and read(), but both
         write-aheads come first, under the one wire sequence number the combined command goes
-        out with, so resume can re-send it whole (hil.resume)."""
+        out with, so resume can re-send it whole (hil.replay.resume)."""
         self.recorder.before_program_read(self.step, addresses, n_pulses, pulse, purpose,
                                           read_purpose, **self._seq_kw())
         values = self.backend.program_read(addresses, n_pulses, pulse)
@@ -93,7 +87,7 @@ class ChipIO:
 
     def matvec(self, block: np.ndarray, x: np.ndarray) -> np.ndarray:
         """An on-chip weighted sum. Not journaled: it changes no conductance, and a run
-        that uses it cannot be resumed (hil.resume refuses), only replayed and verified."""
+        that uses it cannot be resumed (hil.replay.resume refuses), only replayed and verified."""
         values = self.backend.matvec(block, x)
         self.recorder.on_matvec(self.step, block, x, values)
         return values

@@ -8,10 +8,13 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional
 
 from drivers.errors import ConfigError
 from drivers.typed_yaml import dataclass_to_dict, load_dataclass, read_yaml
+
+if TYPE_CHECKING:
+    from sim_backend.sim_chip import SimChipSpec
 
 
 class MatvecMode(str, enum.Enum):
@@ -168,6 +171,14 @@ class ExperimentConfig:
     @property
     def chip_seed(self) -> int:
         return self.seed if self.chip.seed is None else self.chip.seed
+
+    def sim_chip_spec(self) -> "SimChipSpec":
+        """The simulated chip this experiment describes: what a bare `sim://` opens (its
+        query may override any field), the chip of a dry run, a benchmark's chip."""
+        from sim_backend.sim_chip import SimChipSpec
+        c = self.chip
+        return SimChipSpec(model=c.model, seed=self.chip_seed, arrays=c.arrays, rows=c.rows,
+                           cols=c.cols)
 
     def to_dict(self) -> dict:
         return dataclass_to_dict(self)

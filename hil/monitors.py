@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 from drivers.errors import ConfigError
-from drivers.instruments import InstrumentError, ScpiInstrument
+from drivers.instruments import BenchInstrument, InstrumentError
 from hil.station import MonitorAction, MonitorSpec, Station
 
 log = logging.getLogger("pcm_hil.monitors")
@@ -59,7 +59,7 @@ class Monitor:
     """Polls a station's monitors on its open instruments."""
 
     def __init__(self, specs: Sequence[MonitorSpec],
-                 instruments: Mapping[str, ScpiInstrument]) -> None:
+                 instruments: Mapping[str, BenchInstrument]) -> None:
         for i, spec in enumerate(specs):
             if spec.instrument not in instruments:
                 raise ConfigError(f"{spec.instrument!r} is not open (open: "
@@ -76,7 +76,7 @@ class Monitor:
 
     @classmethod
     def from_station(cls, station: Station,
-                     instruments: Mapping[str, ScpiInstrument]) -> "Monitor":
+                     instruments: Mapping[str, BenchInstrument]) -> "Monitor":
         return cls(station.monitors, instruments)
 
     def due(self, step: int) -> Tuple[MonitorSpec, ...]:

@@ -7,10 +7,11 @@ numbers as the dense product, a fifth of the work.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import List, Sequence, Tuple
 
 import numpy as np
+
+from hil.mixed_precision import BlockUpdate
 
 F32 = np.float32
 
@@ -34,12 +35,9 @@ def softmax(a: np.ndarray) -> np.ndarray:
     return e
 
 
-@dataclass
-class Gradient:
-    """Scaled update -lr·∂L/∂W for the rows `rows` of one layer (rows=None: all rows)."""
-
-    rows: np.ndarray | None
-    update: np.ndarray
+#: Scaled update -lr·∂L/∂W for the rows `rows` of one layer (rows=None: all rows): the
+#: mixed-precision core's BlockUpdate, which the trainer hands it as is.
+Gradient = BlockUpdate
 
 
 def active_rows(xb: np.ndarray) -> np.ndarray:

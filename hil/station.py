@@ -4,7 +4,9 @@ One YAML file describes a bench: the chip's backend URL, the VISA instruments ar
 safety limits every experiment on that bench obeys, and the monitors polled during training.
 It is loaded strictly (drivers.typed_yaml): an unknown key, a missing limit or a monitor that
 names an instrument the station does not have is one ConfigError naming the entry, before any
-hardware is touched. See docs/instruments.md for the format.
+hardware is touched. An instrument is driven by our generic SCPI driver of its kind, or by a
+PyMeasure class the station names (`pymeasure:`); both are checked here without opening
+anything. See docs/instruments.md for the format.
 """
 from __future__ import annotations
 
@@ -12,17 +14,20 @@ import enum
 import os
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Dict, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Type
 
 import numpy as np
 
 from drivers.errors import ConfigError
-from drivers.instruments import DRIVERS, InstrumentError, ScpiInstrument
+from drivers.instruments import DRIVERS, BenchInstrument, InstrumentError
+from drivers.instruments.pymeasure_link import (PyMeasureInstrument, connection_options,
+                                                pymeasure_class)
+from drivers.instruments.pymeasure_models import binding_for
 from drivers.safety import PulseLimits, SafetyLimits  # noqa: F401 - part of the station API
 from drivers.typed_yaml import dataclass_to_dict, load_dataclass, read_yaml
 
 STATION_FORMAT = "pcm-hil-station/1"
-SIM_LIBRARY = "@sim"   # visa_library shorthand: the pyvisa-sim file shipped for the driver kind
+SIM_LIBRARY = "@sim"   # visa_library shorthand: the pyvisa-sim file shipped for the driver
 
 
 class InstrumentKind(str, enum.Enum):
@@ -50,13 +55,37 @@ class ChipLink:
 
 
 @dataclass(frozen=True)
+class PyMeasureDriver:
+    """A PyMeasure class driving an instrument (needs the `pymeasure` extra).
+
+    class_name: the class's full name, e.g. pymeasure.instruments.keithley.Keithley2450.
+    options: keyword arguments of the class: its own, or settings of the VISA connection
+    (read_termination, baud_rate, parity: odd, ...). channel (a supply's output), input and
+    loop (a temperature controller's sensor input and control loop): where the model has
+    several, which one this instrument is.
+    """
+
+    class_name: str
+    options: Dict[str, Any] = field(default_factory=dict)
+    channel: Optional[int] = None
+    input: Optional[str] = None
+    loop: Optional[int] = None
+
+    @property
+    def selectors(self) -> Dict[str, Any]:
+        return {k: v for k, v in (("channel", self.channel), ("input", self.input),
+                                  ("loop", self.loop)) if v is not None}
+
+
+@dataclass(frozen=True)
 class InstrumentSpec:
     """One VISA instrument of the bench.
 
     visa_library: None = the system VISA; "@sim" = pyvisa-sim with the definition shipped for
-    this driver kind; "FILE.yaml@sim" = pyvisa-sim with that file (relative to the station
-    file); anything else ("@py", a VISA shared-library path) goes to pyvisa as is.
-    limits: per-parameter [low, high] that narrow the driver's own limits (null = keep).
+    this driver (sim_backend/instruments); "FILE.yaml@sim" = pyvisa-sim with that file
+    (relative to the station file); anything else ("@py", a VISA shared-library path) goes to
+    pyvisa as is. limits: per-parameter [low, high] that narrow the driver's own limits
+    (null = keep). pymeasure: drive it with a PyMeasure class instead of our generic driver.
     """
 
     name: str
@@ -66,6 +95,7 @@ class InstrumentSpec:
     timeout_ms: int = 2000
     check_errors: bool = True
     limits: Dict[str, List[Optional[float]]] = field(default_factory=dict)
+    pymeasure: Optional[PyMeasureDriver] = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -138,6 +168,9 @@ class Station:
         if lib is None:
             return None
         if lib == SIM_LIBRARY:
+            if spec.pymeasure is not None:
+                binding = binding_for(spec.pymeasure.class_name, spec.kind.value)
+                return f"{sim_definition(binding.SIM_FILE)}{SIM_LIBRARY}"
             return f"{sim_definition(spec.kind.value)}{SIM_LIBRARY}"
         if lib.endswith(SIM_LIBRARY):
             path = lib[: -len(SIM_LIBRARY)]
@@ -147,12 +180,42 @@ class Station:
         return lib
 
 
-def sim_definition(kind: str) -> str:
-    """Path of the pyvisa-sim YAML shipped (sim_backend/instruments) for a driver kind."""
-    ref = resources.files("sim_backend") / "instruments" / f"{kind}.yaml"
+def sim_definition(name: str) -> str:
+    """Path of a pyvisa-sim YAML shipped in sim_backend/instruments: `<kind>` for our generic
+    drivers, a model's file name (keithley_2450.yaml) for a PyMeasure binding."""
+    file = name if name.endswith(".yaml") else f"{name}.yaml"
+    ref = resources.files("sim_backend") / "instruments" / file
     if not ref.is_file():
-        raise ConfigError(f"no simulated instrument definition for kind {kind!r}")
+        raise ConfigError(f"no simulated instrument definition {file!r}")
     return str(ref)
+
+
+def driver_class(spec: InstrumentSpec) -> Type[BenchInstrument]:
+    """The class that drives an instrument: our generic driver of its kind, or the binding of
+    the PyMeasure class it names (ConfigError, no key, if that is not one pcm-hil drives)."""
+    if spec.pymeasure is None:
+        return DRIVERS[spec.kind.value]
+    return binding_for(spec.pymeasure.class_name, spec.kind.value)
+
+
+def _check_pymeasure(spec: InstrumentSpec, key: str,
+                     source: Optional[str]) -> Type[BenchInstrument]:
+    """The PyMeasure binding of an instrument, its selectors and options checked; every
+    problem one ConfigError naming the entry (no VISA resource is opened)."""
+    assert spec.pymeasure is not None
+    pkey = f"{key}.pymeasure"
+    try:
+        binding = binding_for(spec.pymeasure.class_name, spec.kind.value)
+    except ConfigError as e:
+        raise ConfigError(e.detail, key=f"{pkey}.class_name", source=source) from None
+    try:
+        binding.check_selectors(spec.pymeasure.selectors)
+        connection_options(pymeasure_class(spec.pymeasure.class_name), spec.resource,
+                           spec.pymeasure.options)
+    except ConfigError as e:
+        where = f"{key}.resource" if e.key == "resource" else f"{pkey}.{e.key}"
+        raise ConfigError(e.detail, key=where, source=source) from None
+    return binding
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -171,6 +234,7 @@ def validate_station(station: Station, source: Optional[str] = None) -> None:
         raise ConfigError(f"format {station.format!r} is not {STATION_FORMAT!r}", key="format",
                           source=source)
     seen: Dict[str, int] = {}
+    drivers_of: Dict[str, Type[BenchInstrument]] = {}
     for i, spec in enumerate(station.instruments):
         key = f"instruments[{i}]"
         if spec.name in seen:
@@ -178,14 +242,18 @@ def validate_station(station: Station, source: Optional[str] = None) -> None:
                               f"instruments[{seen[spec.name]}]", key=f"{key}.name",
                               source=source)
         seen[spec.name] = i
-        cls = DRIVERS[spec.kind.value]
+        cls = DRIVERS[spec.kind.value] if spec.pymeasure is None else \
+            _check_pymeasure(spec, key, source)
+        drivers_of[spec.name] = cls
         params = {p.name: p for p in cls.PARAMS}
         for pname, rng in spec.limits.items():
             lkey = f"{key}.limits.{pname}"
             p = params.get(pname)
             if p is None or not p.settable or p.kind is bool:
                 numeric = [q.name for q in cls.PARAMS if q.settable and q.kind is not bool]
-                raise ConfigError(f"{pname!r} is not a numeric setting of a {spec.kind.value} "
+                what = spec.kind.value if spec.pymeasure is None else \
+                    f"{spec.kind.value} driven by {spec.pymeasure.class_name}"
+                raise ConfigError(f"{pname!r} is not a numeric setting of a {what} "
                                   f"(settings: {', '.join(numeric)})", key=lkey, source=source)
             if len(rng) != 2:
                 raise ConfigError(f"expected [low, high], got {rng!r}", key=lkey, source=source)
@@ -210,7 +278,7 @@ def validate_station(station: Station, source: Optional[str] = None) -> None:
                               f"(instruments: {', '.join(seen) or 'none'})",
                               key=f"{key}.instrument", source=source)
         kind = station.instruments[seen[mon.instrument]].kind.value
-        quantities = DRIVERS[kind].QUANTITIES
+        quantities = drivers_of[mon.instrument].QUANTITIES
         if mon.quantity not in quantities:
             raise ConfigError(f"{mon.quantity!r} is not a quantity of a {kind} "
                               f"(quantities: {', '.join(quantities)})",
@@ -218,13 +286,13 @@ def validate_station(station: Station, source: Optional[str] = None) -> None:
 
 
 # --- opening the instruments -------------------------------------------------------------------
-class InstrumentSet(Mapping[str, ScpiInstrument]):
+class InstrumentSet(Mapping[str, BenchInstrument]):
     """The open instruments of a station, by name; closes them all together."""
 
-    def __init__(self, instruments: Dict[str, ScpiInstrument]) -> None:
+    def __init__(self, instruments: Dict[str, BenchInstrument]) -> None:
         self._inst = dict(instruments)
 
-    def __getitem__(self, name: str) -> ScpiInstrument:
+    def __getitem__(self, name: str) -> BenchInstrument:
         try:
             return self._inst[name]
         except KeyError:
@@ -264,11 +332,20 @@ class InstrumentSet(Mapping[str, ScpiInstrument]):
         self.close()
 
 
-def open_instrument(station: Station, spec: InstrumentSpec) -> ScpiInstrument:
+def open_instrument(station: Station, spec: InstrumentSpec) -> BenchInstrument:
     """Open one instrument, narrow its limits from the station, check its present settings."""
-    cls = DRIVERS[spec.kind.value]
-    inst = cls.open(spec.resource, name=spec.name, visa_library=station.visa_library(spec),
-                    timeout_ms=spec.timeout_ms, check_errors=spec.check_errors)
+    cls = driver_class(spec)
+    inst: BenchInstrument
+    if spec.pymeasure is None:
+        inst = DRIVERS[spec.kind.value].open(
+            spec.resource, name=spec.name, visa_library=station.visa_library(spec),
+            timeout_ms=spec.timeout_ms, check_errors=spec.check_errors)
+    else:
+        assert issubclass(cls, PyMeasureInstrument)
+        inst = cls.open(spec.pymeasure.class_name, spec.resource, name=spec.name,
+                        visa_library=station.visa_library(spec), timeout_ms=spec.timeout_ms,
+                        options=spec.pymeasure.options, selectors=spec.pymeasure.selectors,
+                        check_errors=spec.check_errors)
     try:
         idx = station.instruments.index(spec)
         for pname, (lo, hi) in spec.limits.items():
@@ -285,7 +362,7 @@ def open_instrument(station: Station, spec: InstrumentSpec) -> ScpiInstrument:
     return inst
 
 
-def check_settings(inst: ScpiInstrument) -> None:
+def check_settings(inst: BenchInstrument) -> None:
     """Refuse an instrument whose present settings already violate its (narrowed) limits."""
     for p in inst.parameters.values():
         if not (p.spec.settable and p.spec.gettable) or p.spec.kind is bool:
@@ -303,7 +380,7 @@ def check_settings(inst: ScpiInstrument) -> None:
 def open_instruments(station: Station, names: Optional[List[str]] = None) -> InstrumentSet:
     """Open the station's instruments (or only `names`); all or nothing."""
     specs = station.instruments if names is None else [station.instrument(n) for n in names]
-    opened: Dict[str, ScpiInstrument] = {}
+    opened: Dict[str, BenchInstrument] = {}
     try:
         for spec in specs:
             opened[spec.name] = open_instrument(station, spec)

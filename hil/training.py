@@ -1,10 +1,12 @@
 """Mixed-precision training of an MLP on a PCM chip (Nandakumar et al. 2020).
 
 The host does forward and backward passes in fp32 from the weights W = β(G+ - G-) it has
-read off the chip (or, in matvec=chip mode, has the chip compute the weighted sums), keeps
-the updates in χ, and sends one batched SET command per step for all the pulses χ calls for,
-followed by one read-back of exactly those devices. Refreshes, when due, add a RESET batch, a
-SET batch and a read-back. All chip I/O goes through ChipIO, so the run log sees everything.
+read off the chip (or, in matvec=chip mode, has the chip compute the weighted sums) and
+hands the updates to the mixed-precision core (hil.mixed_precision), which keeps them in χ
+and sends one batched SET command per step for all the pulses χ calls for, followed by one
+read-back of exactly those devices, plus refreshes when due. Each layer is one weight block
+(n_in + 1, n_out), bias row last. All chip I/O goes through ChipIO, so the run log sees
+everything.
 """
 from __future__ import annotations
 
@@ -17,18 +19,19 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from drivers.abilities import GuardedBackend, find_ability
 from drivers.backend import Capability, ChipBackend
-from drivers.errors import ConfigError, HilError
-from drivers.pulse import DEFAULT_RESET, DEFAULT_SET
-from drivers.safety import SafetyLimits
+from drivers.errors import ConfigError
 from hil import network
 from hil.chip_io import ChipIO
-from hil.config import ChiUpdate, ExperimentConfig, MatvecMode
-from hil.mapping import Mapping, load_bad_devices, map_layers
+from hil.config import ExperimentConfig, MatvecMode
+from hil.device_pairs import DevicePairMap, WeightBlock, allocate_pairs, load_bad_devices
+from hil.mixed_precision import MixedPrecisionCore, TrainingDiverged
 from hil.mnist import Mnist, load_mnist
-from hil.optimizer import MixedPrecisionOptimizer, pulses_for, refresh_candidates
 from hil.recorder import NullRecorder, Recorder
 from hil.run_control import RunAborted, RunControl
+from hil.run_history import start_provenance
+from hil.run_state import RunState
 
 if TYPE_CHECKING:
     from hil.monitors import Monitor
@@ -79,6 +82,14 @@ def initial_weights(cfg: ExperimentConfig) -> List[np.ndarray]:
                                 np.random.default_rng([cfg.seed, 0]))
 
 
+def weight_blocks(cfg: ExperimentConfig) -> List[WeightBlock]:
+    """The MLP's layers as weight blocks: layer l is (n_in + 1, n_out), bias row last."""
+    sizes = cfg.network.layers
+    return [WeightBlock(f"layer{i}", (n_in + 1, n_out), beta)
+            for i, (n_in, n_out, beta) in enumerate(zip(sizes[:-1], sizes[1:],
+                                                        cfg.optimizer.beta))]
+
+
 @dataclass
 class EpochResult:
     epoch: int
@@ -89,56 +100,6 @@ class EpochResult:
     refreshes: int
     seconds: float
     baseline_test_accuracy: Optional[float] = None
-
-
-@dataclass
-class _Layer:
-    """Host-side state of one layer: conductance cache, weights from it, addresses."""
-
-    beta: F32
-    plus: np.ndarray
-    minus: np.ndarray
-    gp: np.ndarray
-    gm: np.ndarray
-    w: np.ndarray
-
-    np_: np.ndarray = None  # SET pulses since RESET per G+ device (for chi_update=expected)
-    nm: np.ndarray = None
-
-    def __post_init__(self) -> None:
-        self.np_ = np.zeros(self.gp.shape, np.uint16)
-        self.nm = np.zeros(self.gp.shape, np.uint16)
-
-    def count_pulses(self, flat: np.ndarray, positive: np.ndarray, n: np.ndarray) -> None:
-        for arr, sel in ((self.np_.reshape(-1), positive), (self.nm.reshape(-1), ~positive)):
-            arr[flat[sel]] = np.minimum(arr[flat[sel]].astype(np.int64) + n[sel], 65535)
-
-    def reset_counts(self, flat: np.ndarray) -> None:
-        self.np_.reshape(-1)[flat] = 0
-        self.nm.reshape(-1)[flat] = 0
-
-    def addresses(self, flat: np.ndarray, positive: np.ndarray) -> np.ndarray:
-        """The device each weight's pulses go to: G+ where positive, else G-."""
-        return np.where(positive, self.plus.reshape(-1)[flat], self.minus.reshape(-1)[flat])
-
-    def update_cache(self, flat: np.ndarray, positive: np.ndarray,
-                     values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Store read-back values of the G+ (positive) or G- devices of weights `flat`
-        (unique) and recompute those weights; returns their weights before and after."""
-        gp, gm, w = self.gp.reshape(-1), self.gm.reshape(-1), self.w.reshape(-1)
-        gp_f = np.where(positive, values, gp[flat])
-        gm_f = np.where(positive, gm[flat], values)
-        gp[flat] = gp_f
-        gm[flat] = gm_f
-        w_before = w[flat]
-        w_after = gp_f - gm_f
-        w_after *= self.beta
-        w[flat] = w_after
-        return w_before, w_after
-
-
-class TrainingDiverged(HilError):
-    """The network's numbers left the finite range; nothing non-finite is sent to a chip."""
 
 
 class ChipMatmul(network.HostMatmul):
@@ -157,11 +118,8 @@ class ChipMatmul(network.HostMatmul):
         super().__init__(trainer.weights)
         self.trainer = trainer
         read_v = trainer.cfg.training.matvec_read_v
-        station, be = None, trainer.backend
-        while be is not None and station is None:   # the station's limits, through wrappers
-            limits = getattr(be, "limits", None)
-            station = limits.read_v_max if isinstance(limits, SafetyLimits) else None
-            be = getattr(be, "inner", None)
+        guard = find_ability(trainer.backend, GuardedBackend)   # the station's limits
+        station = None if guard is None else guard.station_limits.read_v_max
         for v_max, whose in ((trainer.chip_info.hard_limits.get("read_v_max"), "the chip's "),
                              (station, "the station's safety.")):
             if v_max is not None and read_v > v_max:   # refused before the chip is touched
@@ -194,17 +152,24 @@ class ChipMatmul(network.HostMatmul):
         return (beta * ((io.matvec(plus, v) - io.matvec(minus, v)) * scale)).astype(F32)
 
     def forward(self, layer: int, a_in: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
-        lay = self.trainer.layers[layer]
-        p, m = (lay.plus, lay.minus) if rows is None else (lay.plus[rows], lay.minus[rows])
-        return self._diff(p.T, m.T, a_in.T, lay.beta).T
+        pairs, beta = self._block(layer)
+        p, m = (pairs.plus, pairs.minus) if rows is None else (pairs.plus[rows],
+                                                               pairs.minus[rows])
+        return self._diff(p.T, m.T, a_in.T, beta).T
 
     def backward(self, layer: int, delta: np.ndarray) -> np.ndarray:
-        lay = self.trainer.layers[layer]
-        return self._diff(lay.plus[:-1], lay.minus[:-1], delta.T, lay.beta).T
+        pairs, beta = self._block(layer)
+        return self._diff(pairs.plus[:-1], pairs.minus[:-1], delta.T, beta).T
+
+    def _block(self, layer: int):
+        core = self.trainer.core
+        return core.pairs.blocks[layer], core.cache.blocks[layer].beta
 
 
 class MixedPrecisionTrainer:
-    """One training run on one chip. Use `run()`, or drive `initialize`/`train_epoch`."""
+    """One training run of the MLP on one chip, through the mixed-precision core.
+
+    Use `run()`, or drive `initialize`/`train_epoch`."""
 
     def __init__(self, cfg: ExperimentConfig, backend: ChipBackend,
                  recorder: Recorder | None = None) -> None:
@@ -214,24 +179,20 @@ class MixedPrecisionTrainer:
         self.io = ChipIO(backend, self.recorder)
         self.chip_info = backend.info()
         bad = load_bad_devices(cfg.mapping.bad_devices, cfg.mapping.bad_devices_file)
-        self.mapping: Mapping = map_layers(cfg.network.layers, self.chip_info.geometry,
-                                           cfg.mapping.start_address, bad)
-        opt = cfg.optimizer
-        shapes = [lm.shape for lm in self.mapping.layers]
-        self.optimizer = MixedPrecisionOptimizer(shapes, opt.beta, opt.epsilon_us,
-                                                 opt.max_pulses_per_update)
-        self.layers = [
-            _Layer(F32(b), lm.plus, lm.minus, np.zeros(lm.shape, F32), np.zeros(lm.shape, F32),
-                   np.zeros(lm.shape, F32))
-            for b, lm in zip(opt.beta, self.mapping.layers)]
+        self.mapping: DevicePairMap = allocate_pairs(weight_blocks(cfg),
+                                                     self.chip_info.geometry,
+                                                     cfg.mapping.start_address, bad)
         from sim_backend.pcm_model import PcmModel
-        self.model = PcmModel.load(cfg.chip.model)   # the host's knowledge of its devices
-        # Expected conductance after n SET pulses from RESET: the blind-programming table.
-        self.curve = self.model.mean_set_curve(20)
+        opt = cfg.optimizer
+        self.core = MixedPrecisionCore(
+            self.io, self.mapping, PcmModel.load(cfg.chip.model),   # the host's device model
+            epsilon_us=opt.epsilon_us, max_pulses=opt.max_pulses_per_update,
+            chi_update=opt.chi_update, refresh=opt.refresh)
+        #: the weights W = β(G+ - G-) from the conductance cache, one array per layer
+        self.weights: List[np.ndarray] = self.core.weights
         self.extra_provenance: Dict[str, Any] = {}
         self.step = 0
         self.examples = 0
-        self.refreshes = 0
         self.matvec_commands = 0
         self._matmul: network.HostMatmul | None = None
         if cfg.training.matvec is MatvecMode.CHIP:
@@ -241,154 +202,39 @@ class MixedPrecisionTrainer:
 
     # --- set-up ---------------------------------------------------------------------------
     def provenance(self) -> Dict[str, Any]:
+        """What the log records about the run's origin; asked before its first command, so
+        it holds where the chip's history stood when the run began (a resume checks the
+        chip against it, hil.run_history)."""
         return {"chip": self.chip_info.to_dict(), "seed": self.cfg.seed,
                 "chip_seed": self.cfg.chip_seed, "host": platform.node(),
                 "python": platform.python_version(), "numpy": np.__version__,
-                **self.extra_provenance}
+                **start_provenance(self.backend), **self.extra_provenance}
 
     def initialize(self) -> None:
         """RESET every mapped device, program the initial weights blind, read everything."""
         self.recorder.begin(config=self.cfg.to_dict(), provenance=self.provenance(),
                             layout=self.mapping.layout())
         self.io.step = 0
-        addr = self.mapping.addresses
-        self.io.program(addr, np.ones(addr.size, np.int64), DEFAULT_RESET, "init_reset")
-        w0 = initial_weights(self.cfg)
-        targets, counts = [], []
-        for layer, w in zip(self.layers, w0):
-            n = pulses_for(np.abs(w) / layer.beta, self.curve)
-            pos = w > 0
-            layer.np_[pos], layer.nm[~pos] = n[pos], n[~pos]
-            targets += [layer.plus[pos & (n > 0)], layer.minus[~pos & (n > 0)]]
-            counts += [n[pos & (n > 0)], n[~pos & (n > 0)]]
-        self.io.program(np.concatenate(targets), np.concatenate(counts), DEFAULT_SET, "init_set")
-        self.full_read("full_read")
-        self.recorder.on_snapshot(0, self.cache_vector(), self.chi_dict())
-
-    def full_read(self, purpose: str) -> None:
-        values = self.io.read(self.mapping.addresses, purpose)
-        pos = 0
-        for layer in self.layers:
-            n = layer.gp.size
-            layer.gp[...] = values[pos:pos + n].reshape(layer.gp.shape)
-            layer.gm[...] = values[pos + n:pos + 2 * n].reshape(layer.gm.shape)
-            np.multiply(layer.beta, layer.gp - layer.gm, out=layer.w)
-            pos += 2 * n
-
-    def cache_vector(self) -> np.ndarray:
-        return np.concatenate([a.ravel() for layer in self.layers for a in (layer.gp, layer.gm)])
-
-    def chi_dict(self) -> Dict[str, np.ndarray]:
-        return {f"layer{i}": c for i, c in enumerate(self.optimizer.chi)}
+        self.core.program_initial(initial_weights(self.cfg))
+        self.core.record_snapshot(0)
 
     @property
-    def weights(self) -> List[np.ndarray]:
-        return [layer.w for layer in self.layers]
+    def refreshes(self) -> int:
+        return self.core.refreshes
 
     # --- one step ---------------------------------------------------------------------------
     def train_step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> tuple:
         self.step += 1
         self.io.step = self.step
+        core = self.core
         loss, correct, grads = network.train_step(self.weights, xb, yb, lr, self._matmul)
-        plans = [self.optimizer.accumulate(i, g) for i, g in enumerate(grads)]
-        if self.cfg.optimizer.chi_update is ChiUpdate.EXPECTED:
-            self._expected_correction(plans)
-        # Layers without pulses (most steps leave one or both alone) cost no numpy calls.
-        pulsed = [(i, layer, plan) for i, (layer, plan) in enumerate(zip(self.layers, plans))
-                  if plan.flat.size]
-        pulses = 0
-        if pulsed:
-            if len(pulsed) == 1:
-                _, layer, plan = pulsed[0]
-                addr, n = layer.addresses(plan.flat, plan.positive), plan.n
-            else:
-                addr = np.concatenate([layer.addresses(plan.flat, plan.positive)
-                                       for _, layer, plan in pulsed])
-                n = np.concatenate([plan.n for _, _, plan in pulsed])
-            pulses = int(n.sum())
-            values = self.io.program_read(addr, n, DEFAULT_SET, "update", "readback")
-            measured = self.cfg.optimizer.chi_update is ChiUpdate.MEASURED
-            pos = 0
-            for i, layer, plan in pulsed:
-                k = plan.flat.size
-                w_before, w_after = layer.update_cache(plan.flat, plan.positive,
-                                                       values[pos:pos + k])
-                if measured:
-                    # χ already lost the nominal ±p·ε; trade it for the change the chip made.
-                    nominal = plan.nominal
-                    if nominal is None:
-                        eps = self.optimizer.eps_w[i]
-                        nominal = np.where(plan.positive, plan.n, -plan.n).astype(F32) * eps
-                    w_after -= w_before   # now the change the chip made
-                    self.optimizer.chi[i].reshape(-1)[plan.flat] += nominal - w_after
-                pos += k
-        refreshed = 0
-        period = self.cfg.optimizer.refresh.period_steps
-        if period and self.step % period == 0:
-            refreshed = self.refresh()
+        pulses = core.update(grads)
+        refreshed = core.refresh() if core.refresh_due(self.step) else 0
         fr = self.cfg.training.full_read_every_steps
         if fr and self.step % fr == 0:
-            self.full_read("full_read")
+            core.full_read()
         self.examples += xb.shape[0]
         return loss, correct, pulses, refreshed
-
-    def _expected_correction(self, plans: list) -> None:
-        """Trade the nominal ±p·ε in χ for the change the device model expects from p pulses
-        at the device's cached conductance and pulse count (blind: nothing is read for it)."""
-        for i, (layer, plan) in enumerate(zip(self.layers, plans)):
-            if not plan.flat.size:
-                continue
-            pos = plan.positive
-            g = np.where(pos, layer.gp.reshape(-1)[plan.flat], layer.gm.reshape(-1)[plan.flat])
-            n0 = np.where(pos, layer.np_.reshape(-1)[plan.flat],
-                          layer.nm.reshape(-1)[plan.flat]).astype(np.int64)
-            g_new = g.astype(np.float64)
-            for k in range(int(plan.n.max())):
-                live = plan.n > k
-                g_new = np.where(live, self.model.set_pulse(g_new, n0 + k + 1, 0.0), g_new)
-            dw = (layer.beta * (g_new - g)).astype(F32)
-            eps = self.optimizer.eps_w[i]
-            nominal = plan.n.astype(F32) * eps
-            self.optimizer.chi[i].reshape(-1)[plan.flat] += np.where(pos, nominal - dw,
-                                                                     dw - nominal)
-            layer.count_pulses(plan.flat, pos, plan.n)
-
-    def refresh(self) -> int:
-        """Refresh saturated pairs: RESET both, re-program |G+ - G-| on one, read back."""
-        cfg = self.cfg.optimizer.refresh
-        found = [refresh_candidates(layer.gp, layer.gm, cfg) for layer in self.layers]
-        total = sum(f.size for f in found)
-        if total == 0:
-            return 0
-        resets, sets, counts, w_old = [], [], [], []
-        for layer, flat in zip(self.layers, found):
-            p, m = layer.plus.reshape(-1)[flat], layer.minus.reshape(-1)[flat]
-            diff = layer.gp.reshape(-1)[flat] - layer.gm.reshape(-1)[flat]
-            n = pulses_for(np.abs(diff), self.curve)
-            resets += [p, m]
-            sets.append(np.where(diff > 0, p, m)[n > 0])
-            counts.append(n[n > 0])
-            w_old.append(layer.w.reshape(-1)[flat].copy())
-            layer.reset_counts(flat)
-            layer.count_pulses(flat, diff > 0, n)
-        pair_addresses = np.concatenate(resets)   # RESET both devices, later read both back
-        self.io.program(pair_addresses, np.ones(2 * total, np.int64), DEFAULT_RESET,
-                        "refresh_reset")
-        self.io.program(np.concatenate(sets), np.concatenate(counts), DEFAULT_SET,
-                        "refresh_set")
-        values = self.io.read(pair_addresses, "refresh_readback")
-        pos = 0
-        for i, (layer, flat) in enumerate(zip(self.layers, found)):
-            k = flat.size
-            ones = np.ones(k, bool)
-            layer.update_cache(flat, ones, values[pos:pos + k])
-            layer.update_cache(flat, ~ones, values[pos + k:pos + 2 * k])
-            pos += 2 * k
-            if cfg.compensate:
-                chi = self.optimizer.chi[i].reshape(-1)
-                chi[flat] += w_old[i] - layer.w.reshape(-1)[flat]
-        self.refreshes += total
-        return total
 
     # --- epochs ---------------------------------------------------------------------------
     def train_epoch(self, data: Dataset, epoch: int,
@@ -413,14 +259,14 @@ class MixedPrecisionTrainer:
                                             "examples": idx.size, "set_pulses": pulses,
                                             "refreshes": refreshed})
             if snap_every and self.step % snap_every == 0:
-                rec.on_snapshot(self.step, self.cache_vector(), self.chi_dict())
+                self.core.record_snapshot(self.step)
             if on_progress is not None and self.step % 100 == 0:
                 on_progress(min(s + bs, order.size))
             if monitor is not None:
                 self._poll(monitor, control)
             if control is not None:
                 control.check(self.step)
-        self.full_read("full_read")
+        self.core.full_read()
         test_acc = network.accuracy(self.weights, data.test_x, data.test_y)
         return EpochResult(epoch, correct_sum / order.size, loss_sum / order.size, test_acc,
                            self.io.counters.set_pulses - pulses0, self.refreshes - refresh0,
@@ -453,7 +299,7 @@ class MixedPrecisionTrainer:
         if self.chip_info.supports(Capability.EXACT_READ):
             g = self.backend.read_exact(addr)
         else:
-            g = self.cache_vector()
+            g = self.core.cache_vector()
         return hashlib.sha256(np.ascontiguousarray(g, dtype="<f4").tobytes()).hexdigest()
 
 
@@ -498,7 +344,7 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
     n_train = data.train_x.shape[0]
     epochs: List[EpochResult] = []
     train_seconds = 0.0
-    status, reason = "failed", None
+    status, reason = RunState.FAILED, None
     try:
         t0 = time.perf_counter()
         trainer.initialize()
@@ -524,20 +370,20 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
             recorder.on_epoch_metrics(epoch, metrics)
             if report:
                 report(res)
-        recorder.on_snapshot(trainer.step, trainer.cache_vector(), trainer.chi_dict())
-        status = "completed"
+        trainer.core.record_snapshot(trainer.step)
+        status = RunState.COMPLETED
     except RunAborted as e:
-        status, reason = "aborted", str(e)
+        status, reason = RunState.ABORTED, str(e)
         raise
     except KeyboardInterrupt:
-        status, reason = "aborted", f"interrupted at once by the operator at step {trainer.step}"
+        status, reason = RunState.ABORTED, f"interrupted at once by the operator at step {trainer.step}"
         raise
     except BaseException as e:
         reason = f"{type(e).__name__}: {e}"
         raise
     finally:
         summary = _summary(cfg, trainer, epochs, train_seconds, n_train) \
-            if status == "completed" else None
+            if status is RunState.COMPLETED else None
         recorder.finish(status, reason, summary)
         try:
             backend.safe_state()
@@ -556,7 +402,7 @@ def _progress_bar(enabled: bool, total: int, desc: str):
 def _summary(cfg: ExperimentConfig, trainer: MixedPrecisionTrainer, epochs: List[EpochResult],
              train_seconds: float, n_train: int) -> Dict[str, Any]:
     c = trainer.io.counters
-    n_weights = sum(layer.w.size for layer in trainer.layers)
+    n_weights = trainer.core.n_weights
     examples = trainer.examples
     last = epochs[-1]
     out: Dict[str, Any] = {

@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
 
 from drivers.backend import Capability, ChipBackend, ChipInfo, matvec_operands
-from drivers.errors import ChipError, ConfigError, SafetyLimitError
+from drivers.errors import ChipError, ConfigError
 from drivers.geometry import ADDRESS_DTYPE, Geometry, ascending_order
-from drivers.pulse import PulseKind, PulseSpec, check_pulse_counts
-from drivers.safety import check_line_voltages
+from drivers.pulse import PulseKind, PulseSpec
+from drivers.safety import HardLimits
 from firmware_interface.adc import ADC_BITS, adc_full_scale_us, adc_roundtrip
 from firmware_interface.protocol import PROTOCOL_VERSION
 from sim_backend import counter_rng as crng
@@ -52,7 +52,7 @@ class SimTiming:
 
 
 @dataclass(frozen=True)
-class SimLimits:
+class SimLimits(HardLimits):
     """The simulated chip's own hard limits (what a real chip's firmware would refuse)."""
 
     max_pulses_per_device: int = 255
@@ -61,8 +61,30 @@ class SimLimits:
     width_ns_max: float = 10_000.0
     read_v_max: float = 0.5      # MATVEC input lines: below a PCM cell's threshold voltage
 
-    def as_dict(self) -> Dict[str, float]:
-        return {k: float(v) for k, v in self.__dict__.items()}
+
+@dataclass(frozen=True)
+class SimChipSpec:
+    """A simulated chip as a value: device model, geometry and seed.
+
+    Every place that makes a simulated chip from a description (a `sim://` URL, an
+    experiment config's chip section, `pcm-hil emulate`'s options, a benchmark) builds it
+    with `build()`, so the same description is the same chip everywhere. `model` is a preset
+    name or the path of a model YAML file (PcmModel.load).
+    """
+
+    model: str = "jap"
+    seed: int = 0
+    arrays: int = 1
+    rows: int = 512
+    cols: int = 2048
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(self.arrays, self.rows, self.cols)
+
+    def build(self) -> "SimulatedChip":
+        """A new chip in its as-fabricated state."""
+        return SimulatedChip(PcmModel.load(self.model), self.geometry, seed=self.seed)
 
 
 def _state_index(addr: np.ndarray, increasing: bool) -> np.ndarray | slice:
@@ -79,7 +101,7 @@ class SimulatedChip(ChipBackend):
 
     def __init__(self, model: PcmModel | None = None, geometry: Geometry | None = None,
                  seed: int = 0, timing: SimTiming | None = None,
-                 limits: SimLimits | None = None, chip_id: str = "sim") -> None:
+                 limits: HardLimits | None = None, chip_id: str = "sim") -> None:
         self.model = model or PcmModel.preset("jap")
         self.geometry = geometry or Geometry()
         self.seed = int(seed)
@@ -131,8 +153,7 @@ class SimulatedChip(ChipBackend):
     def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec) -> None:
         cmd = "PROGRAM_" + pulse.kind.name
         addr = self._check(addresses, cmd)
-        n = check_pulse_counts(addr, n_pulses, self.limits.max_pulses_per_device, cmd)
-        self._check_pulse(pulse, cmd)
+        n = self.limits.check_program(addr, n_pulses, pulse, cmd)
         ascending_order(addr, command=cmd)   # refuses a device named twice
         if n.size and n.min() == 0:
             keep = n > 0
@@ -168,8 +189,7 @@ class SimulatedChip(ChipBackend):
         """
         cmd = "PROGRAM_" + pulse.kind.name
         addr = self._check(addresses, cmd)
-        n = check_pulse_counts(addr, n_pulses, self.limits.max_pulses_per_device, cmd)
-        self._check_pulse(pulse, cmd)
+        n = self.limits.check_program(addr, n_pulses, pulse, cmd)
         ascending_order(addr, command=cmd)   # refuses a device named twice
         if pulse.kind is not PulseKind.SET or np.count_nonzero(n) != addr.size or not addr.size:
             self.program(addr, n, pulse)   # RESET, zero counts, nothing: the general path
@@ -207,17 +227,24 @@ class SimulatedChip(ChipBackend):
 
     def matvec(self, addresses: np.ndarray, x: np.ndarray) -> np.ndarray:
         block, xv = matvec_operands(addresses, x)
-        check_line_voltages(xv, self.limits.read_v_max, "the chip's read_v_max")
+        self.limits.check_line_voltages(xv)
         flat = self._check(block.ravel(), "MATVEC")
         self._advance(self.timing.command_s + self.timing.read_s * flat.size)
         g = self._noisy_read(flat).reshape(block.shape)
         return (g @ xv).astype(np.float32)
 
-    def advance_clock(self, seconds: float) -> None:
-        """Let simulated time pass with the chip idle (drift characterisation waits)."""
+    def advance_clock(self, seconds: float) -> float:
+        """Let simulated time pass with the chip idle (drift characterisation waits);
+        returns the new clock."""
         if not seconds >= 0:
             raise ValueError(f"cannot advance the clock by {seconds} s")
         self.clock_s += float(seconds)
+        return self.clock_s
+
+    @property
+    def commands_executed(self) -> int:
+        """Commands executed since the chip was built (a saved state is placed by it)."""
+        return int(self.counters["commands"])
 
     def safe_state(self) -> None:
         """Nothing to idle in a simulator; kept for the contract."""
@@ -280,17 +307,6 @@ class SimulatedChip(ChipBackend):
                     addresses) < self.geometry.n_devices):
             return addresses   # the common, valid case without copies
         return self.geometry.check(addresses, command=command)
-
-    def _check_pulse(self, pulse: PulseSpec, cmd: str) -> None:
-        lim = self.limits
-        amax = lim.set_amplitude_v_max if pulse.kind is PulseKind.SET \
-            else lim.reset_amplitude_v_max
-        if pulse.amplitude_v > amax:
-            raise SafetyLimitError(f"amplitude {pulse.amplitude_v} V exceeds the chip's "
-                                   f"{amax} V", command=cmd)
-        if pulse.width_ns > lim.width_ns_max:
-            raise SafetyLimitError(f"width {pulse.width_ns} ns exceeds the chip's "
-                                   f"{lim.width_ns_max} ns", command=cmd)
 
     def _advance(self, seconds: float) -> None:
         self.counters["commands"] += 1

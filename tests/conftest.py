@@ -36,3 +36,25 @@ def small_config(**sections):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+TINY_CONFIG = """\
+name: tiny-e2e
+seed: 3
+data: {train_examples: 300, test_examples: 200}
+chip: {rows: 512, cols: 2048}
+training: {epochs: 1, baseline: false}
+log: {flush_every_steps: 100, snapshot_every_steps: 150}
+"""
+
+
+@pytest.fixture(scope="session")
+def tiny_trained_log(tmp_path_factory) -> str:
+    """The log of a tiny real run (`pcm-hil train`, 300 examples, 1 epoch): read-only."""
+    from hil.cli import main as cli_main
+    d = tmp_path_factory.mktemp("e2e")
+    cfg = d / "tiny.yaml"
+    cfg.write_text(TINY_CONFIG)
+    run = str(d / "tiny.h5")
+    assert cli_main(["train", "--config", str(cfg), "--run", run, "--no-progress"]) == 0
+    return run

@@ -1,4 +1,5 @@
-"""scripts/bench in its tiny mode: every figure the README table and --json promise is there.
+"""scripts/bench (hil.benchmarks) in its tiny mode: every figure the README table and --json
+promise is there.
 
 Timings are not checked (the machine may be loaded); only that each figure was measured.
 """
@@ -6,9 +7,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
-from hil import bench
+from hil.benchmarks import report, suite
 
 # Keys that are null only when an optional part is skipped.
 OPTIONAL = {"aihwkit_examples_per_s", "ratio_aihwkit"}
@@ -18,15 +18,18 @@ def _number(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def test_bench_tiny_writes_every_figure(tmp_path, capsys):
-    readme = os.path.join(bench.ROOT, "README.md")
-    before = open(readme, encoding="utf-8").read() if os.path.exists(readme) else None
+def test_bench_tiny_writes_every_figure_and_leaves_the_readme(tmp_path, capsys):
+    """A tiny run measures every figure; the README it is pointed at stays byte for byte
+    (only a full run may rewrite the table, whose caption says "full mode")."""
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n## Performance\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    before = readme.read_text()
     out = tmp_path / "b.json"
-    assert bench.main(["--tiny", "--no-readme", "--json", str(out)]) == 0
+    assert suite.main(["--tiny", "--readme", str(readme), "--json", str(out)]) == 0
     r = json.loads(out.read_text())
-    for key in bench.REQUIRED_KEYS:
+    for key in suite.REQUIRED_KEYS:
         assert key in r, key
-    for key in set(bench.REQUIRED_KEYS) - OPTIONAL - {"scaling_devices", "scaling_networks"}:
+    for key in set(suite.REQUIRED_KEYS) - OPTIONAL - {"scaling_devices", "scaling_networks"}:
         assert _number(r[key]), (key, r[key])
     if r["aihwkit_examples_per_s"] is None:
         assert r["ratio_aihwkit"] is None and "aihwkit" in r["aihwkit_skip_reason"]
@@ -41,9 +44,10 @@ def test_bench_tiny_writes_every_figure(tmp_path, capsys):
             for key in ("devices", "mapped_devices", "step_us", "chip_state_bytes",
                         "traced_bytes"):
                 assert _number(row[key]) and row[key] > 0, (table, key)
-    assert "| figure | value | target | command |" in capsys.readouterr().out
-    if before is not None:
-        assert open(readme, encoding="utf-8").read() == before   # --no-readme
+    captured = capsys.readouterr()
+    assert "| figure | value | target | command |" in captured.out
+    assert readme.read_text() == before
+    assert "only a full run rewrites its table" in captured.err
 
 
 def test_write_readme_markers(tmp_path):
@@ -51,10 +55,10 @@ def test_write_readme_markers(tmp_path):
     marked region; everything else stays byte for byte."""
     p = tmp_path / "README.md"
     p.write_text("# x\n\n## Performance\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n## Next\n\ntext\n")
-    bench.write_readme(str(p), ["| figure | value |", "|---|---|", "| f | 1 |"])
+    report.write_readme(str(p), ["| figure | value |", "|---|---|", "| f | 1 |"])
     first = p.read_text()
     assert "| 1 | 2 |" not in first and "| f | 1 |" in first
-    assert first.startswith("# x\n\n## Performance\n\n" + bench.MARK_START)
-    assert first.endswith(bench.MARK_END + "\n\n## Next\n\ntext\n")
-    bench.write_readme(str(p), ["| figure | value |", "|---|---|", "| f | 2 |"])
+    assert first.startswith("# x\n\n## Performance\n\n" + report.MARK_START)
+    assert first.endswith(report.MARK_END + "\n\n## Next\n\ntext\n")
+    report.write_readme(str(p), ["| figure | value |", "|---|---|", "| f | 2 |"])
     assert p.read_text() == first.replace("| f | 1 |", "| f | 2 |")

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from drivers.backend import ChipBackend
+from drivers.layers import BackendLayer
 from drivers.errors import ConfigError, SafetyLimitError
 from hil.backend_url import open_backend
 from hil.characterize import (FORMAT, FORMAT_VERSION, CharacterizeConfig, characterize,
                               load_characterization)
 from hil.cli import main
 from hil.fit_model import FitOptions, fit_model, write_model_yaml
+from drivers.safety import LimitedBackend
 from hil.station import PulseLimits, SafetyLimits
 from sim_backend.pcm_model import PcmModel
 
@@ -75,14 +77,21 @@ def test_existing_file_is_not_overwritten(tmp_path):
     assert out.read_bytes() == b"precious"
 
 
-def test_safety_limits_refuse_before_any_command(tmp_path):
+@pytest.mark.parametrize("limits, refused", [
+    (dict(set=PulseLimits(0.8, 1000)), "safety.set.amplitude_v_max"),
+    (dict(reset=PulseLimits(3.0, 40)), "safety.reset.width_ns_max"),   # RESET comes 2nd
+    (dict(max_pulses_per_step=399), "safety.max_pulses_per_step"),
+])
+def test_safety_limits_refuse_before_any_command(tmp_path, limits, refused):
+    """The station's guard checks the whole measurement before its first command."""
     chip = sim()
-    safety = SafetyLimits(set=PulseLimits(0.8, 1000), reset=PulseLimits(3.0, 100),
-                          max_pulses_per_device=4, max_pulses_per_step=10_000,
-                          max_batch_devices=10_000)
-    with pytest.raises(SafetyLimitError, match="safety.set.amplitude_v_max"):
-        characterize(chip, SMALL, tmp_path / "c.h5", safety=safety)
-    assert chip.counters["commands"] == 0
+    safety = SafetyLimits(**{**dict(set=PulseLimits(1.5, 1000), reset=PulseLimits(3.0, 100),
+                                    max_pulses_per_device=4, max_pulses_per_step=10_000,
+                                    max_batch_devices=10_000), **limits})
+    guard = LimitedBackend(chip, safety)
+    with pytest.raises(SafetyLimitError, match=refused):
+        characterize(guard, SMALL, tmp_path / "c.h5")
+    assert chip.commands_executed == 0 and guard.refused == 0   # nothing was sent
     assert not (tmp_path / "c.h5").exists()
 
 
@@ -91,21 +100,19 @@ def test_batches_are_split_to_the_station_limit(tmp_path):
     safety = SafetyLimits(set=PulseLimits(1.5, 1000), reset=PulseLimits(3.0, 100),
                           max_pulses_per_device=1, max_pulses_per_step=10_000,
                           max_batch_devices=150)
-    s = characterize(chip, SMALL, tmp_path / "c.h5", safety=safety)
+    s = characterize(LimitedBackend(chip, safety), SMALL, tmp_path / "c.h5")
     per_batch = 3                                    # 400 devices in batches of <= 150
     c = SMALL
     assert s.commands == per_batch * (2 + c.reset_reads + 2 * c.pulses + c.noise_reads
                                       + c.drift_reads)
 
 
-class _FailingChip(ChipBackend):
-    """Delegates to a simulated chip; the n-th read fails (a link dying mid-run)."""
+class _FailingChip(BackendLayer):
+    """A layer over a simulated chip whose n-th read fails (a link dying mid-run)."""
 
     def __init__(self, inner: ChipBackend, fail_at: int) -> None:
-        self.inner, self.fail_at, self.reads, self.safe_calls = inner, fail_at, 0, 0
-
-    def info(self):
-        return self.inner.info()
+        super().__init__(inner)
+        self.fail_at, self.reads, self.safe_calls = fail_at, 0, 0
 
     def read(self, addresses):
         self.reads += 1
@@ -113,14 +120,8 @@ class _FailingChip(ChipBackend):
             raise ConnectionError("link lost")
         return self.inner.read(addresses)
 
-    def program(self, addresses, n_pulses, pulse):
-        self.inner.program(addresses, n_pulses, pulse)
-
     def safe_state(self):
         self.safe_calls += 1
-
-    def close(self):
-        self.inner.close()
 
 
 def test_failure_mid_run_keeps_a_readable_file(tmp_path):
@@ -132,7 +133,7 @@ def test_failure_mid_run_keeps_a_readable_file(tmp_path):
     with h5py.File(out, "r") as f:
         assert f.attrs["status"] == "failed"
         assert "link lost" in f.attrs["status_reason"]
-        assert f.attrs["clock"] == "wall"             # no chip clock behind the wrapper
+        assert f.attrs["clock"] == "chip"             # the chip's clock, through the layer
     with pytest.raises(ConfigError, match="status is 'failed'"):
         load_characterization(out)
     d = load_characterization(out, allow_incomplete=True)

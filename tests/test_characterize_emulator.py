@@ -14,7 +14,8 @@ import pytest
 from drivers.fpga import FpgaChip
 from drivers.geometry import Geometry
 from hil.characterize import CharacterizeConfig, characterize, load_characterization
-from sim_backend.emulator import EmulatorServer, FaultConfig, Firmware
+from sim_backend.emulator import EmulatorServer, FaultConfig
+from sim_backend.firmware import Firmware
 from sim_backend.pcm_model import PcmModel
 from sim_backend.sim_chip import SimulatedChip
 
@@ -108,3 +109,23 @@ def test_cli_characterize_against_the_emulator_waits_in_simulated_time(tmp_path)
     d = load_characterization(out)
     assert d.clock == "chip"
     assert d.drift_t_s[-1] - d.drift_t_prog_s == pytest.approx(3860.0, abs=0.01)
+
+
+def test_a_chip_without_a_simulated_clock_is_timed_by_the_host(tmp_path):
+    """A firmware that does not list SIM_CLOCK (as a real chip's): the driver still has the
+    clock methods, but the measurement runs on the wall clock and never asks for CLOCK."""
+    server = EmulatorServer(Firmware(make_chip(), capabilities=frozenset({"matvec"})),
+                            listen=("127.0.0.1", 0)).start()
+    cfg = CharacterizeConfig(devices=200, pulses=3, reset_reads=2, noise_reads=2,
+                             drift_reads=0, seed=4)
+    try:
+        with FpgaChip(server.url, timeout_s=5.0) as chip:
+            summary = characterize(chip, cfg, tmp_path / "wall.h5", backend_url=server.url)
+            asked = set(chip.stats)
+    finally:
+        server.stop()
+    assert summary.clock == "wall"
+    assert not asked & {"CLOCK", "ADVANCE_CLOCK"}
+    with h5py.File(tmp_path / "wall.h5", "r") as f:
+        assert f.attrs["clock"] == "wall"
+        assert f.attrs["adc_full_scale_us"] == server.firmware.full_scale_us

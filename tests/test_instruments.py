@@ -10,8 +10,9 @@ pyvisa = pytest.importorskip("pyvisa")
 pytest.importorskip("pyvisa_sim")
 
 from drivers.errors import ConfigError, HilError  # noqa: E402
-from drivers.instruments import (DRIVERS, InstrumentError, ParameterLimitError,  # noqa: E402
-                                 PowerSupply, Smu, TemperatureController)
+from drivers.instruments import (DRIVERS, Direction, InstrumentError,  # noqa: E402
+                                 ParameterLimitError, PowerSupply, Smu, TemperatureController,
+                                 WireLog)
 
 SMU_RES = "GPIB0::24::INSTR"
 PSU_RES = "USB0::0x2A8D::0x1002::SIM00001::INSTR"
@@ -84,13 +85,39 @@ def test_smu_conductance_read_leaves_output_off(smu):
 
 def test_out_of_range_value_is_refused_before_anything_is_written(smu, caplog):
     caplog.set_level(logging.DEBUG, logger="pcm_hil.visa")
+    mark = smu.wire.count
     with pytest.raises(ParameterLimitError) as exc:
         smu.source_voltage_v.set(50)
     assert exc.value.parameter == "source_voltage_v" and exc.value.value == 50
     assert "source_voltage_v" in str(exc.value) and "50" in str(exc.value)
     assert "SMU voltage range" in str(exc.value)          # provenance of the limit
+    assert smu.wire.sent_since(mark) == []
     assert not [r for r in caplog.records if ">>" in r.getMessage()]
     assert smu.source_voltage_v.get() == pytest.approx(0.0)
+
+
+def test_wire_log_holds_every_message_in_order(psu):
+    mark = psu.wire.count
+    psu.voltage_setpoint_v.set(1.2)
+    assert psu.voltage_setpoint_v.get() == pytest.approx(1.2)
+    recs = psu.wire.records(mark)
+    assert [(r.direction, r.message) for r in recs] == [
+        (Direction.SENT, "VOLT 1.2"), (Direction.SENT, "SYST:ERR?"),
+        (Direction.RECEIVED, '+0,"No error"'), (Direction.SENT, "VOLT?"),
+        (Direction.RECEIVED, "+1.200000E+00"), (Direction.SENT, "SYST:ERR?"),
+        (Direction.RECEIVED, '+0,"No error"')]
+    assert [r.seq for r in recs] == list(range(mark, mark + 7))
+    assert psu.wire.last_sent == "SYST:ERR?"
+
+
+def test_wire_log_keeps_the_newest_and_counts_them_all():
+    wire = WireLog("x", maxlen=3)
+    for i in range(5):
+        wire.sent(f"CMD {i}")
+    wire.received(b"\xffok\r\n")
+    assert wire.count == 6
+    assert wire.sent_since(0) == ["CMD 3", "CMD 4"]       # the oldest fell out
+    assert wire.records(5)[0].message == "\\xffok"        # bytes: escaped, no terminator
 
 
 @pytest.mark.parametrize("bad", ["0.1", None, float("nan"), float("inf"), True])

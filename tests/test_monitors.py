@@ -12,6 +12,8 @@ from drivers.errors import ConfigError
 from hil.monitors import Monitor
 from hil.station import MonitorAction, MonitorSpec, load_station, open_instruments
 
+from lab_bench import lab_on_sims, needs_pymeasure
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -106,3 +108,23 @@ def test_monitor_refuses_unknown_instrument_or_quantity(bench):
     with pytest.raises(ConfigError, match=r"monitors\[1\]\.quantity.*'voltage_v'"):
         Monitor([MonitorSpec("vdd", "current_a", high=1.0),
                  MonitorSpec("socket", "voltage_v", high=1.0)], inst)
+
+
+@needs_pymeasure
+def test_lake_shore_temperature_out_of_band_aborts(tmp_path):
+    """The lab station's Lake Shore 331 (through PyMeasure) with its socket monitor set to
+    abort: the monitor reads CRDG? A as the 331's manual gives it."""
+    station = load_station(lab_on_sims(
+        tmp_path, mutate=lambda d: d["monitors"][1].update(action="abort")))
+    with open_instruments(station) as inst:
+        mon = Monitor.from_station(station, inst)
+        assert mon.poll(100).action is None
+        socket = inst["socket"]
+        socket.driver.write("SIM:CRDG A,31.5")          # the socket heats up
+        mark = socket.wire.count
+        r = mon.poll(100)
+        assert r.action is MonitorAction.ABORT
+        assert r.readings["socket.temperature_c"] == pytest.approx(31.5)
+        (v,) = [v for v in r.violations if v.label == "socket.temperature_c"]
+        assert v.describe() == "socket.temperature_c = 31.5 outside [23, 27] -> abort"
+        assert socket.wire.sent_since(mark) == ["CRDG? A", "*ESR?"]

@@ -1,6 +1,9 @@
 """Station files: strict loading with errors naming the bad entry; opening the bench."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -13,6 +16,8 @@ from drivers.instruments import InstrumentError, ParameterLimitError
 from drivers.pulse import PulseSpec
 from hil.station import (InstrumentKind, MonitorAction, check_settings, load_station,
                          open_instruments)
+
+from lab_bench import lab_data, lab_on_sims, needs_pymeasure
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM_STATION = ROOT / "configs" / "station_sim.yaml"
@@ -48,11 +53,22 @@ def test_shipped_stations_load():
                                                 InstrumentKind.TEMPERATURE]
     assert sim.monitors[0].action is MonitorAction.ABORT
     assert sim.visa_library(sim.instruments[0]).endswith("smu.yaml@sim")
+    assert all(i.pymeasure is None for i in sim.instruments)    # our generic drivers
+
+
+@needs_pymeasure
+def test_lab_station_names_pymeasure_classes():
     lab = load_station(LAB_STATION)
     assert lab.chip.url == "/dev/ttyUSB0"
+    assert [i.pymeasure.class_name for i in lab.instruments] == [
+        "pymeasure.instruments.keithley.Keithley2450",
+        "pymeasure.instruments.keysight.KeysightE36312A",
+        "pymeasure.instruments.lakeshore.LakeShore3xx"]
+    assert lab.instruments[1].pymeasure.selectors == {"channel": 1}
+    assert lab.instruments[2].pymeasure.selectors == {"input": "A", "loop": 1}
     assert lab.visa_library(lab.instruments[0]) is None          # system VISA
-    assert lab.visa_library(lab.instruments[2]) == "@py"
     assert lab.safety.supply_current_max_a == pytest.approx(0.3)
+    assert lab.to_dict()["instruments"][1]["pymeasure"]["channel"] == 1
 
 
 @pytest.mark.parametrize("mutate, key, text", [
@@ -95,7 +111,11 @@ def test_shipped_stations_load():
 def test_bad_station_names_the_bad_entry(tmp_path, mutate, key, text):
     data = base()
     mutate(data)
-    path = write(tmp_path, data)
+    assert_refused(write(tmp_path, data), key, text)
+
+
+def assert_refused(path: Path, key: str, text: str) -> None:
+    """Loading `path` is one ConfigError naming the file and `key`, saying `text`."""
     with pytest.raises(ConfigError) as exc:
         load_station(path)
     msg = str(exc.value)
@@ -185,3 +205,173 @@ def test_open_instruments_is_all_or_nothing(tmp_path):
     with pytest.warns(UserWarning):
         with pytest.raises(InstrumentError, match="ASRL9::INSTR"):
             open_instruments(station)
+
+
+# --- PyMeasure instruments ------------------------------------------------------------------------
+def _pm(i: int):
+    return lambda d: d["instruments"][i]["pymeasure"]
+
+
+@needs_pymeasure
+@pytest.mark.parametrize("mutate, key, text", [
+    (lambda d: _pm(0)(d).update(class_name="pymeasure.instruments.keithley.Keithley9999"),
+     "instruments[0].pymeasure.class_name", "has no class 'Keithley9999'"),
+    (lambda d: _pm(0)(d).update(class_name="Keithley2450"),
+     "instruments[0].pymeasure.class_name", "not a PyMeasure instrument class name"),
+    (lambda d: _pm(0)(d).update(class_name="pymeasure.instruments.keysight.KeysightE36312A"),
+     "instruments[0].pymeasure.class_name", "not a smu pcm-hil can drive"),
+    (lambda d: _pm(2)(d).update(class_name="pymeasure.instruments.keithley.Keithley2000"),
+     "instruments[2].pymeasure.class_name", "not a temperature pcm-hil can drive"),
+    (lambda d: _pm(0)(d).update(clas_name="x"), "instruments[0].pymeasure.clas_name",
+     "unknown key"),
+    (lambda d: _pm(0)(d).update(options={"bogus": 1}),
+     "instruments[0].pymeasure.options.bogus", "not an option of Keithley2450"),
+    (lambda d: _pm(0)(d).update(options={"timeout": 9}),
+     "instruments[0].pymeasure.options.timeout", "from the instrument's `timeout_ms` key"),
+    (lambda d: _pm(0)(d).update(options={"baud_rate": 9600}),
+     "instruments[0].pymeasure.options.baud_rate", "nor a setting of a GPIBInstrument"),
+    (lambda d: (d["instruments"][2].update(resource="ASRL/dev/ttyUSB1::INSTR"),
+                _pm(2)(d).update(options={"parity": "weird"})),
+     "instruments[2].pymeasure.options.parity", "'weird' is not one of: none, odd, even"),
+    (lambda d: d["instruments"][0].update(resource="nowhere"), "instruments[0].resource",
+     "not a VISA resource string"),
+    (lambda d: _pm(1)(d).pop("channel"), "instruments[1].pymeasure.channel",
+     "required for a Keysight E36312A: the output that feeds the rail (1, 2, 3)"),
+    (lambda d: _pm(1)(d).update(channel=4), "instruments[1].pymeasure.channel",
+     "4 is not one of: 1, 2, 3"),
+    (lambda d: _pm(0)(d).update(channel=1), "instruments[0].pymeasure.channel",
+     "a Keithley 2450 has no channel to choose"),
+    (lambda d: _pm(2)(d).update(input="C"), "instruments[2].pymeasure.input",
+     "'C' is not one of: A, B"),
+    (lambda d: d["instruments"][2]["limits"].update(output_on=[0, 1]),
+     "instruments[2].limits.output_on", "not a numeric setting of a temperature driven by "
+                                        "pymeasure.instruments.lakeshore.LakeShore3xx"),
+    (lambda d: d["monitors"][0].update(quantity="temperature_c"), "monitors[0].quantity",
+     "not a quantity of a power_supply"),
+])
+def test_bad_pymeasure_entry_names_the_key(tmp_path, mutate, key, text):
+    data = lab_data()
+    mutate(data)
+    assert_refused(write(tmp_path, data), key, text)
+
+
+def test_station_naming_pymeasure_without_it_installed_says_how_to_get_it():
+    code = ("import sys; sys.modules['pymeasure'] = None\n"
+            "from hil.station import load_station\n"
+            f"load_station({str(LAB_STATION)!r})")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120)
+    assert r.returncode != 0
+    assert ("instruments[0].pymeasure.class_name: PyMeasure is not installed "
+            "(pip install 'pcm-hil[pymeasure]')") in r.stderr
+
+
+@needs_pymeasure
+def test_lab_station_opens_its_models_with_station_limits_and_interlock(tmp_path):
+    station = load_station(lab_on_sims(tmp_path))
+    with open_instruments(station) as inst:
+        smu, vdd, socket = inst["smu"], inst["vdd"], inst["socket"]
+        v = smu.source_voltage_v
+        assert (v.low, v.high) == (-0.3, 0.3)
+        assert v.limits_source == "station instruments[0].limits.source_voltage_v"
+        cur = vdd.current_limit_a
+        assert (cur.high, cur.limits_source) == (0.3, "station safety.supply_current_max_a")
+        assert socket.setpoint_c.limits_source == "station instruments[2].limits.setpoint_c"
+        mark = vdd.wire.count
+        with pytest.raises(ParameterLimitError, match="safety.supply_current_max_a"):
+            cur.set(0.5)
+        with pytest.raises(ParameterLimitError, match="instruments.2..limits.setpoint_c"):
+            socket.setpoint_c.set(120)
+        assert vdd.wire.sent_since(mark) == []
+        snap = inst.snapshot()
+    assert snap["vdd"]["driver"] == "pymeasure.instruments.keysight.KeysightE36312A"
+    assert snap["vdd"]["selectors"] == {"channel": 1}
+    assert snap["vdd"]["parameters"]["current_limit_a"]["high"] == pytest.approx(0.3)
+    assert snap["smu"]["idn"].startswith("KEITHLEY INSTRUMENTS,MODEL 2450")
+    assert snap["socket"]["parameters"]["temperature_c"]["value"] == pytest.approx(25.0)
+
+
+@needs_pymeasure
+def test_lab_supply_already_above_the_interlock_is_refused_and_nothing_stays_open(tmp_path):
+    def supply_at_0_4_a(file, text):
+        return text.replace("default: 0.1", "default: 0.4", 1) \
+            if file == "keysight_e36312a.yaml" else text
+    station = load_station(lab_on_sims(tmp_path, edit_sim=supply_at_0_4_a))
+    with pytest.raises(InstrumentError, match=r"present current_limit_a = 0.4 A is outside "
+                                              r"its limits \[0.0, 0.3\]"):
+        open_instruments(station)
+
+
+def _train(tmp_path, station, *args):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("data: {train_examples: 300, test_examples: 100}\n"
+                   "training: {epochs: 1, baseline: false}\n")
+    return subprocess.run([sys.executable, "-m", "hil.cli", "train", "--config", str(cfg),
+                           "--no-progress", "--station", str(station), *args],
+                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+def _chip_safety(d):
+    """The lab file's chip limits are for its own chip: the simulated default network needs
+    the simulated bench's (batches of the whole network, 20 pulses per device at init)."""
+    d["safety"] = base()["safety"]
+
+
+@needs_pymeasure
+def test_dry_run_of_the_lab_station_opens_no_instrument(tmp_path):
+    def unreachable(d):
+        _chip_safety(d)
+        for inst in d["instruments"]:      # opening any of them would fail at once
+            inst["visa_library"] = str(tmp_path / "no-such-visa-library.so")
+    data = lab_data()
+    unreachable(data)
+    r = _train(tmp_path, write(tmp_path, data), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "would send:" in r.stdout and "within the limits" in r.stdout
+
+
+@needs_pymeasure
+def test_training_with_the_lab_station_logs_the_instruments_provenance(tmp_path):
+    from hil.run_log import RunLog
+    station = lab_on_sims(tmp_path, mutate=_chip_safety)
+    run = tmp_path / "run.h5"
+    r = _train(tmp_path, station, "--backend", "sim://", "--run", str(run))
+    assert r.returncode == 0, r.stderr
+    with RunLog(str(run)) as log:
+        prov = log.provenance
+        readings = log.monitor_readings()
+    snap = prov["instruments"]
+    assert sorted(snap) == ["smu", "socket", "vdd"]
+    smu = snap["smu"]
+    assert smu["driver"] == "pymeasure.instruments.keithley.Keithley2450"
+    assert smu["binding"] == "drivers.instruments.pymeasure_models.Keithley2450Smu"
+    assert smu["driver_version"].startswith("pymeasure 0.16")
+    assert smu["parameters"]["source_voltage_v"]["limits_source"] == \
+        "station instruments[0].limits.source_voltage_v"
+    assert snap["vdd"]["parameters"]["current_limit_a"]["limits_source"] == \
+        "station safety.supply_current_max_a"
+    assert snap["socket"]["idn"].startswith("LSCI,MODEL331")
+    assert snap["socket"]["parameters"]["setpoint_c"]["value"] == pytest.approx(25.0)
+    assert prov["station"]["instruments"][1]["pymeasure"]["channel"] == 1
+    json.dumps(prov)                       # plain data all the way down
+    # the monitors read the E36312A every 10 steps and the 331 every 100
+    assert list(readings["step"][:3]) == [10, 20, 30]
+    assert np.allclose(readings["vdd.current_a"], 0.05)
+    assert np.nanmax(readings["socket.temperature_c"]) == pytest.approx(25.0)
+
+
+@needs_pymeasure
+def test_out_of_band_socket_temperature_aborts_training(tmp_path):
+    def hot_socket(file, text):
+        return text.replace("default: 25.0\n        getter: {q: \"CRDG? A\"",
+                            "default: 40.0\n        getter: {q: \"CRDG? A\"") \
+            if file == "lakeshore_331.yaml" else text
+
+    def abort_on_socket(d):
+        _chip_safety(d)
+        d["monitors"][1].update(action="abort", every_n_steps=5)     # first poll: step 5
+    station = lab_on_sims(tmp_path, mutate=abort_on_socket, edit_sim=hot_socket)
+    r = _train(tmp_path, station, "--backend", "sim://", "--no-log")
+    assert r.returncode == 130, r.stderr
+    assert "monitor: socket.temperature_c = 40 outside [23, 27] -> abort; at step 5" \
+        in r.stderr

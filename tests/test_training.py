@@ -9,10 +9,10 @@ import pytest
 
 from drivers.errors import ConfigError
 from drivers.geometry import Geometry
-from hil.backend_url import SimDefaults, open_backend
+from hil.backend_url import open_backend
 from hil.recorder import Recorder
 from hil.training import MixedPrecisionTrainer, TrainingDiverged, run_experiment
-from sim_backend import PcmModel, SimulatedChip
+from sim_backend import PcmModel, SimChipSpec, SimulatedChip
 
 from conftest import small_config
 
@@ -36,7 +36,7 @@ class CommandLog(Recorder):
 
 
 def _chip(cfg):
-    return open_backend("sim://", SimDefaults(seed=cfg.chip_seed))
+    return open_backend("sim://", SimChipSpec(seed=cfg.chip_seed))
 
 
 def test_short_run_learns_and_batches_io(small_data):
@@ -102,9 +102,9 @@ def test_ideal_devices_lose_no_update(small_data):
             network.apply_gradient(e, g)
         t.train_step(xb, yb, 0.1)
     assert t.io.counters.set_pulses > 1000
-    for layer, chi, e in zip(t.layers, t.optimizer.chi, expect):
+    for w, chi, e in zip(t.weights, t.core.chi.chi, expect):
         # each read passes a 16-bit ADC: at most a few code steps of β·0.0004 µS per weight
-        assert np.abs(layer.w + chi - e).max() < 2e-3
+        assert np.abs(w + chi - e).max() < 2e-3
 
 
 def test_chip_matvec_drives_read_voltages_and_matches_the_host(small_data):

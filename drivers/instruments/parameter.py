@@ -1,10 +1,14 @@
 """Instrument parameters that own their limits (in the style of QCoDeS parameters).
 
-Every setting of an instrument is one small object: its SCPI commands, its unit, its limits and
-where those limits came from (the instrument's range, a station's safety section, ...). A value
-outside the limits is refused here, before anything is written to the instrument, with an error
-naming the parameter and the value. Limits can only be narrowed after construction, never
-widened, so a station file can make an instrument safer but not less safe than its driver.
+Every setting of an instrument is one small object: its unit, its limits and where those
+limits came from (the instrument's range, a station's safety section, ...). A value outside
+the limits is refused here, before anything is written to the instrument, with an error naming
+the parameter and the value. Limits can only be narrowed after construction, never widened,
+so a station file can make an instrument safer but not less safe than its driver.
+
+How a parameter reaches the instrument is its instrument's business: our SCPI drivers send
+the commands of a ScpiParam, the PyMeasure instruments use a PyMeasure driver's properties
+(DriverParam). The Parameter only validates, converts and remembers.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ from drivers.errors import ConfigError
 from drivers.instruments.errors import InstrumentError, ParameterLimitError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from drivers.instruments.scpi import ScpiInstrument
+    from drivers.instruments.instrument import BenchInstrument
 
 _UNSET = object()
 
@@ -26,16 +30,13 @@ _UNSET = object()
 class ParamSpec:
     """Declaration of one instrument parameter, shared by every instance of a driver.
 
-    `get_cmd` is a SCPI query; `set_cmd` a format string with one `{}` for the value. A
-    parameter without `set_cmd` is read-only (a measurement); without `get_cmd`, write-only.
     `kind` is float, int or bool. `low`/`high` are the instrument's own limits and
-    `limits_source` says where they come from.
+    `limits_source` says where they come from. Subclasses say how it is read and written
+    (`gettable`/`settable`); a parameter that cannot be set is a measurement.
     """
 
     name: str
     unit: str = ""
-    get_cmd: Optional[str] = None
-    set_cmd: Optional[str] = None
     kind: type = float
     low: Optional[float] = None
     high: Optional[float] = None
@@ -50,17 +51,17 @@ class ParamSpec:
 
     @property
     def gettable(self) -> bool:
-        return self.get_cmd is not None
+        raise NotImplementedError
 
     @property
     def settable(self) -> bool:
-        return self.set_cmd is not None
+        raise NotImplementedError
 
 
 class Parameter:
     """One setting or reading of one open instrument: validates, writes, reads, remembers."""
 
-    def __init__(self, instrument: "ScpiInstrument", spec: ParamSpec) -> None:
+    def __init__(self, instrument: "BenchInstrument", spec: ParamSpec) -> None:
         self.instrument = instrument
         self.spec = spec
         self.low: Optional[float] = spec.low
@@ -131,41 +132,52 @@ class Parameter:
 
     # --- I/O ------------------------------------------------------------------------------
     def set(self, value: Any) -> None:
-        """Validate, then write the value; the instrument's error queue is checked after."""
+        """Validate, then write the value; the instrument's errors are checked after."""
         if not self.spec.settable:
             raise InstrumentError(f"{self.name} is read-only", instrument=self.instrument.name)
         v = self.validate(value)
-        text = ("1" if v else "0") if self.spec.kind is bool else (
-            str(v) if self.spec.kind is int else f"{v:.9g}")
-        self.instrument.write(self.spec.set_cmd.format(text))
+        self.instrument._write_param(self.spec, v)
         self.last_value, self.last_time = v, time.time()
 
     def get(self) -> Any:
-        """Query the instrument for the current value (a measurement for read-only ones)."""
+        """Ask the instrument for the current value (a measurement for read-only ones)."""
         if not self.spec.gettable:
             raise InstrumentError(f"{self.name} cannot be read back",
                                   instrument=self.instrument.name)
-        reply = self.instrument.query(self.spec.get_cmd)
-        v = self._parse(reply)
+        v = self._convert(self.instrument._read_param(self.spec))
         self.last_value, self.last_time = v, time.time()
         return v
 
-    def _parse(self, reply: str) -> Any:
-        text = reply.strip()
+    def _convert(self, raw: Any) -> Any:
+        """The parameter's kind from what the instrument answered: a reply text (first field
+        of a comma list), or a number, flag or list of them from a PyMeasure property."""
+        if isinstance(raw, (list, tuple)) and len(raw) == 1:
+            raw = raw[0]
+        kind = self.spec.kind
         try:
-            if self.spec.kind is bool:
-                up = text.upper()
-                if up in ("1", "ON", "+1"):
-                    return True
-                if up in ("0", "OFF", "+0"):
-                    return False
-                raise ValueError(text)
-            f = float(text.split(",")[0])
-            return int(f) if self.spec.kind is int else f
+            if isinstance(raw, str):
+                text = raw.strip()
+                if kind is bool:
+                    up = text.upper()
+                    if up in ("1", "ON", "+1"):
+                        return True
+                    if up in ("0", "OFF", "+0"):
+                        return False
+                    raise ValueError(text)
+                f = float(text.split(",")[0])
+            elif kind is bool:
+                if isinstance(raw, (bool, int, float)) and raw in (0, 1):
+                    return bool(raw)
+                raise ValueError(raw)
+            elif isinstance(raw, (int, float)) and not isinstance(raw, bool):
+                f = float(raw)
+            else:
+                raise ValueError(raw)
+            return int(f) if kind is int else f
         except ValueError:
-            raise InstrumentError(f"cannot parse reply {reply!r} as {self.spec.kind.__name__}",
-                                  instrument=self.instrument.name,
-                                  command=self.spec.get_cmd) from None
+            raise InstrumentError(f"{self.name}: cannot read reply {raw!r} as "
+                                  f"{kind.__name__}", instrument=self.instrument.name,
+                                  command=self.instrument.wire.last_sent) from None
 
     def __call__(self, value: Any = _UNSET) -> Any:
         """QCoDeS style: `p()` reads, `p(v)` sets."""

@@ -1,19 +1,21 @@
 """The SCPI instrument base class: every command logged, every command's errors checked.
 
-Drivers talk to the bench only through `write` and `query`. Both log the command and the reply
-on the "pcm_hil.visa" logger (DEBUG) and then drain the instrument's SCPI error queue
-(SYST:ERR?), so a command the instrument rejected raises InstrumentError at the line that sent
-it instead of surfacing, much later, as a wrong measurement.
+Drivers talk to the bench only through `write` and `query`. Both record the command and the
+reply in the instrument's wire log (and on the "pcm_hil.visa" logger at DEBUG) and then drain
+the instrument's SCPI error queue (SYST:ERR?), so a command the instrument rejected raises
+InstrumentError at the line that sent it instead of surfacing, much later, as a wrong
+measurement.
 """
 from __future__ import annotations
 
 import logging
 import re
-from types import TracebackType
-from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type
+from dataclasses import dataclass
+from typing import Any, ClassVar, List, Optional, Tuple
 
 from drivers.instruments.errors import InstrumentError
-from drivers.instruments.parameter import ParamSpec, Parameter
+from drivers.instruments.instrument import BenchInstrument
+from drivers.instruments.parameter import ParamSpec
 
 log = logging.getLogger("pcm_hil.visa")
 
@@ -48,30 +50,37 @@ def open_visa_resource(resource: str, visa_library: Optional[str] = None, *,
     return res, rm
 
 
-class ScpiInstrument:
-    """Base of the SCPI drivers. Subclasses declare PARAMS and QUANTITIES.
+@dataclass(frozen=True)
+class ScpiParam(ParamSpec):
+    """A parameter of a SCPI driver: `get_cmd` is a query; `set_cmd` a format string with one
+    `{}` for the value. Without `set_cmd` it is read-only (a measurement); without `get_cmd`,
+    write-only. The commands are data: another dialect is another PARAMS table."""
 
-    PARAMS: the ParamSpecs of the driver; each becomes `self.parameters[name]` (and an
-    attribute of the same name). QUANTITIES: the parameters a monitor may poll.
-    """
+    get_cmd: Optional[str] = None
+    set_cmd: Optional[str] = None
+
+    @property
+    def gettable(self) -> bool:
+        return self.get_cmd is not None
+
+    @property
+    def settable(self) -> bool:
+        return self.set_cmd is not None
+
+
+class ScpiInstrument(BenchInstrument):
+    """Base of our SCPI drivers: PARAMS are ScpiParams, errors come from SYST:ERR?."""
 
     kind: ClassVar[str] = "scpi"
-    PARAMS: ClassVar[Tuple[ParamSpec, ...]] = ()
-    QUANTITIES: ClassVar[Tuple[str, ...]] = ()
+    PARAMS: ClassVar[Tuple[ScpiParam, ...]] = ()
     ERROR_QUERY: ClassVar[str] = "SYST:ERR?"
 
     def __init__(self, resource: Any, name: Optional[str] = None, *,
                  check_errors: bool = True, resource_manager: Any = None) -> None:
+        super().__init__(name, str(getattr(resource, "resource_name", resource)))
         self.resource = resource
-        self.resource_name = str(getattr(resource, "resource_name", resource))
-        self.name = name or self.kind
         self.check_errors = check_errors
         self._rm = resource_manager
-        self._closed = False
-        self.idn_string: Optional[str] = None
-        self.parameters: Dict[str, Parameter] = {}
-        for spec in self.PARAMS:
-            self.parameters[spec.name] = Parameter(self, spec)
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -95,16 +104,6 @@ class ScpiInstrument:
                                   instrument=inst.name) from None
         return inst
 
-    @classmethod
-    def param_names(cls) -> Tuple[str, ...]:
-        return tuple(p.name for p in cls.PARAMS)
-
-    def __getattr__(self, item: str) -> Parameter:
-        params = self.__dict__.get("parameters")
-        if params is not None and item in params:
-            return params[item]
-        raise AttributeError(f"{type(self).__name__} has no attribute {item!r}")
-
     # --- the two doors --------------------------------------------------------------------
     def write(self, command: str) -> None:
         """Send one command, log it, then raise InstrumentError if the instrument objected."""
@@ -127,23 +126,33 @@ class ScpiInstrument:
             raise InstrumentError(f"cannot parse reply {reply!r} as a number",
                                   instrument=self.name, command=command) from None
 
+    def _read_param(self, spec: ScpiParam) -> str:  # type: ignore[override]
+        assert spec.get_cmd is not None
+        return self.query(spec.get_cmd)
+
+    def _write_param(self, spec: ScpiParam, value: Any) -> None:  # type: ignore[override]
+        assert spec.set_cmd is not None
+        text = ("1" if value else "0") if spec.kind is bool else (
+            str(value) if spec.kind is int else f"{value:.9g}")
+        self.write(spec.set_cmd.format(text))
+
     def _raw_write(self, command: str) -> None:
         self._check_open(command)
-        log.debug("%s >> %s", self.name, command)
+        self.wire.sent(command)
         try:
             self.resource.write(command)
         except Exception as e:  # pyvisa raises VisaIOError and OS-level errors
-            log.debug("%s !! %s", self.name, e)
+            self.wire.failed(e)
             raise InstrumentError(f"write failed: {e}", instrument=self.name,
                                   command=command) from None
 
     def _raw_query(self, command: str) -> str:
         self._check_open(command)
-        log.debug("%s >> %s", self.name, command)
+        self.wire.sent(command)
         try:
             reply = self.resource.query(command)
         except Exception as e:
-            log.debug("%s !! %s", self.name, e)
+            self.wire.failed(e)
             # A query the instrument did not understand usually times out; its error queue
             # says why.
             queued: List[Tuple[int, str]] = []
@@ -155,13 +164,8 @@ class ScpiInstrument:
             raise InstrumentError(f"no valid reply ({e})", instrument=self.name,
                                   command=command, scpi_errors=queued) from None
         reply = reply.strip()
-        log.debug("%s << %s", self.name, reply)
+        self.wire.received(reply)
         return reply
-
-    def _check_open(self, command: str) -> None:
-        if self._closed:
-            raise InstrumentError("instrument is closed", instrument=self.name,
-                                  command=command)
 
     # --- error queue ----------------------------------------------------------------------
     def error_queue(self) -> List[Tuple[int, str]]:
@@ -206,56 +210,11 @@ class ScpiInstrument:
         for p in self.parameters.values():
             p.last_value = None
 
-    def read_quantity(self, quantity: str) -> float:
-        """Read one of QUANTITIES (what monitors poll)."""
-        if quantity not in self.QUANTITIES:
-            raise InstrumentError(f"unknown quantity {quantity!r}; this {self.kind} offers "
-                                  f"{', '.join(self.QUANTITIES)}", instrument=self.name)
-        return float(self.parameters[quantity].get())
-
-    def snapshot(self, update: bool = True) -> Dict[str, Any]:
-        """Settings and readings for run provenance; `update` re-reads everything gettable.
-
-        A parameter that fails to read is recorded with its error instead of raising, so a
-        provenance snapshot never aborts a run.
-        """
-        out: Dict[str, Any] = {"name": self.name, "kind": self.kind,
-                               "resource": self.resource_name}
-        try:
-            out["idn"] = self.idn() if update else None
-        except InstrumentError as e:
-            out["idn"] = None
-            out["idn_error"] = str(e)
-        params: Dict[str, Any] = {}
-        for pname, p in self.parameters.items():
-            if update and p.spec.gettable:
-                try:
-                    p.get()
-                except InstrumentError as e:
-                    params[pname] = dict(p.snapshot(), error=str(e))
-                    continue
-            params[pname] = p.snapshot()
-        out["parameters"] = params
-        return out
-
     # --- lifetime -------------------------------------------------------------------------
-    def close(self) -> None:
+    def _close(self) -> None:
         """Close the VISA session (and the resource manager, if this driver opened it)."""
-        if self._closed:
-            return
-        self._closed = True
         try:
             self.resource.close()
         finally:
             if self._rm is not None:
                 self._rm.close()
-
-    def __enter__(self) -> "ScpiInstrument":
-        return self
-
-    def __exit__(self, exc_type: Optional[Type[BaseException]],
-                 exc: Optional[BaseException], tb: Optional[TracebackType]) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name} at {self.resource_name}>"

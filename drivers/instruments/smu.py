@@ -1,7 +1,9 @@
 """Source-measure unit: the precise single-device read that calibrates the chip's ADC.
 
-Generic SCPI dialect (Keithley 24xx-like): source a voltage, measure the current, report the
-conductance. A lab whose SMU speaks another dialect subclasses and overrides PARAMS.
+`SmuRole` is what every SMU offers pcm-hil, whichever driver speaks to it; `Smu` is our
+generic SCPI driver (Keithley 24xx-like): source a voltage, measure the current, report the
+conductance. A lab whose SMU speaks another dialect subclasses and overrides PARAMS, or names
+a PyMeasure driver in its station file (drivers.instruments.pymeasure_models).
 """
 from __future__ import annotations
 
@@ -10,24 +12,17 @@ from typing import ClassVar, Tuple
 import numpy as np
 
 from drivers.instruments.errors import InstrumentError
-from drivers.instruments.parameter import ParamSpec
-from drivers.instruments.scpi import ScpiInstrument
+from drivers.instruments.instrument import BenchInstrument
+from drivers.instruments.scpi import ScpiInstrument, ScpiParam
 
 
-class Smu(ScpiInstrument):
-    """A source-measure unit wired to one device of the chip (or a reference resistor)."""
+class SmuRole(BenchInstrument):
+    """A source-measure unit wired to one device of the chip (or a reference resistor).
+
+    Its drivers offer the parameters source_voltage_v, current_compliance_a, nplc, output_on
+    and current_a (measured)."""
 
     kind: ClassVar[str] = "smu"
-    PARAMS: ClassVar[Tuple[ParamSpec, ...]] = (
-        ParamSpec("source_voltage_v", "V", "SOUR:VOLT?", "SOUR:VOLT {}", float, -21.0, 21.0,
-                  "SMU voltage range", "sourced voltage"),
-        ParamSpec("current_compliance_a", "A", "SENS:CURR:PROT?", "SENS:CURR:PROT {}", float,
-                  1e-9, 0.105, "SMU current range", "current compliance"),
-        ParamSpec("nplc", "PLC", "SENS:CURR:NPLC?", "SENS:CURR:NPLC {}", float, 0.01, 10.0,
-                  "SMU integration range", "integration time in power-line cycles"),
-        ParamSpec("output_on", "", "OUTP?", "OUTP {}", bool, doc="source output on/off"),
-        ParamSpec("current_a", "A", "MEAS:CURR?", None, float, doc="measured current"),
-    )
     QUANTITIES: ClassVar[Tuple[str, ...]] = ("current_a", "source_voltage_v")
 
     def measure_conductance_us(self, read_voltage_v: float = 0.2, n_avg: int = 1) -> float:
@@ -48,3 +43,20 @@ class Smu(ScpiInstrument):
         finally:
             self.output_on.set(False)
         return float(currents.mean() / read_voltage_v * 1e6)
+
+
+class Smu(SmuRole, ScpiInstrument):
+    """Our generic SCPI SMU (the simulated bench's default)."""
+
+    PARAMS: ClassVar[Tuple[ScpiParam, ...]] = (
+        ScpiParam("source_voltage_v", "V", float, -21.0, 21.0, "SMU voltage range",
+                  "sourced voltage", "SOUR:VOLT?", "SOUR:VOLT {}"),
+        ScpiParam("current_compliance_a", "A", float, 1e-9, 0.105, "SMU current range",
+                  "current compliance", "SENS:CURR:PROT?", "SENS:CURR:PROT {}"),
+        ScpiParam("nplc", "PLC", float, 0.01, 10.0, "SMU integration range",
+                  "integration time in power-line cycles", "SENS:CURR:NPLC?",
+                  "SENS:CURR:NPLC {}"),
+        ScpiParam("output_on", "", bool, doc="source output on/off", get_cmd="OUTP?",
+                  set_cmd="OUTP {}"),
+        ScpiParam("current_a", "A", doc="measured current", get_cmd="MEAS:CURR?"),
+    )

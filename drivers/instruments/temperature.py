@@ -2,24 +2,35 @@
 
 PCM drift and read noise depend on temperature, so characterisation and training runs record
 it (snapshot) and monitors can pause a run when the socket leaves its band.
+`TemperatureRole` is what every controller offers pcm-hil; `TemperatureController` is our
+generic SCPI driver.
 """
 from __future__ import annotations
 
 from typing import ClassVar, Tuple
 
-from drivers.instruments.parameter import ParamSpec
-from drivers.instruments.scpi import ScpiInstrument
+from drivers.instruments.instrument import BenchInstrument
+from drivers.instruments.scpi import ScpiInstrument, ScpiParam
 
 
-class TemperatureController(ScpiInstrument):
-    """A generic SCPI temperature controller (one loop)."""
+class TemperatureRole(BenchInstrument):
+    """One control loop and the sensor that watches the socket, in °C.
+
+    Its drivers offer the parameters setpoint_c and temperature_c (measured); ours also
+    output_on."""
 
     kind: ClassVar[str] = "temperature"
-    PARAMS: ClassVar[Tuple[ParamSpec, ...]] = (
-        ParamSpec("setpoint_c", "degC", "SOUR:TEMP?", "SOUR:TEMP {}", float, -40.0, 150.0,
-                  "controller range", "control-loop setpoint"),
-        ParamSpec("output_on", "", "OUTP?", "OUTP {}", bool, doc="heater/cooler loop on/off"),
-        ParamSpec("temperature_c", "degC", "MEAS:TEMP?", None, float,
-                  doc="measured socket temperature"),
-    )
     QUANTITIES: ClassVar[Tuple[str, ...]] = ("temperature_c", "setpoint_c")
+
+
+class TemperatureController(TemperatureRole, ScpiInstrument):
+    """Our generic SCPI temperature controller (one loop; the simulated bench's default)."""
+
+    PARAMS: ClassVar[Tuple[ScpiParam, ...]] = (
+        ScpiParam("setpoint_c", "degC", float, -40.0, 150.0, "controller range",
+                  "control-loop setpoint", "SOUR:TEMP?", "SOUR:TEMP {}"),
+        ScpiParam("output_on", "", bool, doc="heater/cooler loop on/off", get_cmd="OUTP?",
+                  set_cmd="OUTP {}"),
+        ScpiParam("temperature_c", "degC", doc="measured socket temperature",
+                  get_cmd="MEAS:TEMP?"),
+    )

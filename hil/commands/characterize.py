@@ -102,6 +102,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from drivers.safety import LimitedBackend
     from hil.backend_url import open_backend
     from hil.characterize import CharacterizeConfig, characterize
     from hil.station import InstrumentSet, load_station, open_instruments
@@ -142,8 +143,10 @@ def run(args: argparse.Namespace) -> int:
                 bar.total = total
                 bar.set_description(phase)
                 bar.update(done - bar.n)
-        with open_backend(url) as backend:
-            summary = characterize(backend, cfg, args.out, backend_url=url, safety=safety,
+        with open_backend(url) as chip:
+            # every command through the station's guard, as in training
+            backend = chip if safety is None else LimitedBackend(chip, safety)
+            summary = characterize(backend, cfg, args.out, backend_url=url,
                                    provenance=provenance, overwrite=args.force,
                                    progress=progress)
         if instruments is not None:

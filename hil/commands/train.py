@@ -2,21 +2,18 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-import time
 from typing import Optional
 
 from drivers.errors import ConfigError
-from drivers.safety import LimitedBackend
-from hil.backend_url import SimDefaults, open_backend
 from hil.commands.arguments import non_negative_int
-from hil.config import ExperimentConfig, load_config, with_overrides
-from hil.monitors import Monitor
+from hil.commands.watch import add_server_arguments, check_server_arguments, live_view
+from hil.config import load_config, with_overrides
 from hil.run_control import RunAborted, RunControl
-from hil.station import load_station, open_instruments
+from hil.run_stack import RunRequest, default_log_path, open_run_stack
+from hil.station import Station, load_station
 from hil.training import EpochResult, run_experiment
 
 DEFAULT_CONFIG = "configs/mnist_mlp.yaml"
@@ -36,6 +33,7 @@ examples:
   pcm-hil train --config configs/quick.yaml --seed 3 --epochs 1 --summary-json out.json
   pcm-hil train --config configs/quick.yaml --run runs/q.h5 --chip-state runs/q.chip
   pcm-hil train --resume runs/q.h5        # after Ctrl-C or a crash: continues into runs/q-2.h5
+  pcm-hil train --config configs/quick.yaml --watch   # follow it in the browser
 """
 
 
@@ -72,26 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="walk the whole experiment against the simulated chip under the "
                         "station's limits and report what would be sent; the configured chip "
                         "and the instruments are not touched, nothing is logged")
+    add_server_arguments(p, for_train=True)
     p.set_defaults(func=run)
-
-
-def sim_defaults(cfg: ExperimentConfig) -> SimDefaults:
-    c = cfg.chip
-    return SimDefaults(model=c.model, seed=cfg.chip_seed, arrays=c.arrays, rows=c.rows,
-                       cols=c.cols)
-
-
-def _open_recorder(args: argparse.Namespace, cfg: ExperimentConfig):
-    if args.no_log:
-        return None, None
-    try:
-        from hil.run_log import RunLogWriter
-    except ImportError:
-        return None, None
-    path = args.run or os.path.join(
-        "runs", f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}.h5")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    return RunLogWriter(path, cfg), path
 
 
 def _print_epoch(total: int) -> callable:
@@ -115,77 +95,49 @@ def _check_resume_args(args: argparse.Namespace) -> None:
                               "logged config; the log it writes is the run's record)", key=opt)
 
 
+def _request(args: argparse.Namespace, station: Optional[Station]) -> RunRequest:
+    """The run the command line asks for."""
+    if args.resume:
+        _check_resume_args(args)
+        return RunRequest.resume(args.resume, log_to=args.run, backend_url=args.backend,
+                                 station=station, chip_state=args.chip_state, note=_say)
+    url = args.backend or (station.chip.url if station else None)
+    cfg = with_overrides(load_config(args.config or DEFAULT_CONFIG), seed=args.seed,
+                         epochs=args.epochs, backend=url,
+                         baseline=False if args.no_baseline else None)
+    log_path = None if args.no_log or args.dry_run else (args.run or default_log_path(cfg))
+    return RunRequest(cfg, backend_url=url, station=station, log_path=log_path,
+                      chip_state=args.chip_state, dry_run=args.dry_run)
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.epochs == 0:
         raise ConfigError("must be >= 1", key="--epochs")
+    check_server_arguments(args)
     station = load_station(args.station) if args.station else None
-    url = args.backend or (station.chip.url if station else None)
-    old = None
-    if args.resume:
-        _check_resume_args(args)
-        from hil.resume import resume_source
-        from hil.run_log import RunLog
-        src = resume_source(args.resume)
-        if src != args.resume:
-            print(f"{args.resume} was killed before its fast-forward finished; resuming "
-                  f"{src}, which holds more of the run", flush=True)
-            args.resume = src
-        old = RunLog(args.resume)
-        cfg = old.experiment_config()
-        if args.run is None:
-            from hil.resume import resumed_path
-            args.run = resumed_path(args.resume, old)
-    else:
-        cfg = with_overrides(load_config(args.config or DEFAULT_CONFIG), seed=args.seed,
-                             epochs=args.epochs, backend=url,
-                             baseline=False if args.no_baseline else None)
-    try:
-        return _run(args, cfg, station, url, old)
-    finally:
-        if old is not None:
-            old.close()
-
-
-def _run(args: argparse.Namespace, cfg: ExperimentConfig, station, url: Optional[str],
-         old) -> int:
-    if args.dry_run:
-        return _dry_run(cfg, station, args)
-    if args.chip_state and args.no_log:
-        raise ConfigError("needs a run log (the state is kept in step with its commits)",
-                          key="--chip-state")
-    if args.chip_state and old is None and os.path.exists(args.chip_state):
-        raise ConfigError(f"{args.chip_state} exists; a new run starts a new chip (choose "
-                          "another file, or --resume the run it belongs to)", key="--chip-state")
-    recorder, path = (None, None) if old is not None else _open_recorder(args, cfg)
-    if path:
-        print(f"run log: {path}")
+    request = _request(args, station)
+    if request.dry_run:
+        return _dry_run(request, args)
+    cfg = request.config
     control = RunControl()
+    path = None
     try:
-        with contextlib.ExitStack() as stack:
-            backend = stack.enter_context(open_backend(url or cfg.chip.backend,
-                                                       sim_defaults(cfg)))
-            monitor, provenance, resumed = None, {}, None
-            if old is not None:
-                # Checked against the chip before the new log exists: a run that cannot
-                # be resumed leaves no file behind.
-                backend, more, recorder, path = _resume_backend(args, cfg, old, backend)
-                resumed = backend
-                provenance.update(more)
-            elif args.chip_state:
-                provenance.update(_keep_chip_state(args.chip_state, backend, recorder))
-            if station is not None:
-                backend = LimitedBackend(backend, station.safety)
-                instruments = stack.enter_context(open_instruments(station))
-                monitor = Monitor.from_station(station, instruments)
-                provenance.update({"station": station.to_dict(),
-                                   "instruments": instruments.snapshot()})
-            stack.enter_context(control.sigint_handler())
-            print(f"training {cfg.name}: {cfg.data.train_examples:,} examples x "
-                  f"{cfg.training.epochs} epochs on {url or cfg.chip.backend} (Ctrl-C stops "
-                  "after the current step)", flush=True)
-            summary = run_experiment(cfg, backend, recorder, progress=not args.no_progress,
+        with open_run_stack(request, note=_say) as stack, control.sigint_handler(), \
+                live_view(args, stack.log_path, control):
+            path = stack.log_path
+            _say(f"training {cfg.name}: {cfg.data.train_examples:,} examples x "
+                 f"{cfg.training.epochs} epochs on {request.url} (Ctrl-C stops after the "
+                 "current step)")
+            summary = run_experiment(cfg, stack.backend, stack.recorder,
+                                     progress=not args.no_progress,
                                      report=_print_epoch(cfg.training.epochs),
-                                     control=control, monitor=monitor, provenance=provenance)
+                                     control=control, monitor=stack.monitor,
+                                     provenance=stack.provenance)
+            resumed = stack.resumed
     except (RunAborted, KeyboardInterrupt) as e:
         print(f"aborted: {e or 'stopped at once'}; the chip is in its safe state"
               + (f"; run log {path} is marked aborted" if path else ""), file=sys.stderr)
@@ -199,40 +151,6 @@ def _run(args: argparse.Namespace, cfg: ExperimentConfig, station, url: Optional
     return 0
 
 
-def _keep_chip_state(path: str, backend, recorder) -> dict:
-    """A new sim:// run that saves its chip at every log commit (resumable)."""
-    from hil.resume import ChipStateKeeper, state_chip
-    chip = state_chip(backend)
-    if chip is None:
-        raise ConfigError("only the in-process simulated chip (sim://) needs a state file; a "
-                          "chip behind firmware keeps its own state", key="--chip-state")
-    keeper = ChipStateKeeper(chip, path, 0)
-    recorder.commit_hooks.append(keeper.on_commit)
-    return {"chip_state": os.path.abspath(path)}
-
-
-def _resume_backend(args: argparse.Namespace, cfg: ExperimentConfig, old, live):
-    """The backend of a resumed run (old log → journal → live chip), its provenance, and
-    the new log."""
-    from hil.resume import ResumeBackend, plan, resume_provenance
-    p = plan(old, live, args.chip_state)
-    recorder, path = _open_recorder(args, cfg)
-    print(f"run log: {path} (resuming {args.resume})", flush=True)
-    backend = ResumeBackend(old, live, p["journal"], p["chip_from"], p["acked_rows"],
-                            p["resend_batch"])
-    prov = resume_provenance(args.resume, old, p)
-    keeper = p["keeper"]
-    if keeper is not None:
-        recorder.commit_hooks.append(keeper.on_commit)
-        prov["chip_state"] = os.path.abspath(keeper.path)
-    print(f"resuming {args.resume}: status {old.status.status}, complete through step "
-          f"{old.complete_step}; fast-forwarding {p['committed']:,} logged and "
-          f"{len(p['journal'])} journaled commands"
-          + (f" (chip restored from {keeper.path} at command {keeper.commands:,})"
-             if keeper is not None else ""), flush=True)
-    return backend, prov, recorder, path
-
-
 def _write_summary(path: Optional[str], summary: dict) -> None:
     if path:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -240,16 +158,15 @@ def _write_summary(path: Optional[str], summary: dict) -> None:
             json.dump(summary, f, indent=2)
 
 
-def _dry_run(cfg: ExperimentConfig, station, args: argparse.Namespace) -> int:
+def _dry_run(request: RunRequest, args: argparse.Namespace) -> int:
     """The whole experiment on a simulated stand-in of the chip, under the station's limits."""
-    backend = open_backend("sim://", sim_defaults(cfg))
-    limits = station.safety if station else None
-    guarded = LimitedBackend(backend, limits) if limits else backend
+    cfg, station = request.config, request.station
     print(f"dry run of {cfg.name} against a simulated chip"
-          + (f" under the limits of {args.station}" if limits else " (no station: only the "
+          + (f" under the limits of {args.station}" if station else " (no station: only the "
              "chip's own hard limits apply)"), flush=True)
-    summary = run_experiment(cfg, guarded, None, progress=not args.no_progress,
-                             report=_print_epoch(cfg.training.epochs))
+    with open_run_stack(request) as stack:
+        summary = run_experiment(cfg, stack.backend, None, progress=not args.no_progress,
+                                 report=_print_epoch(cfg.training.epochs))
     c = summary["io"]
     print(f"would send: {summary['program_commands']:,} program commands "
           f"({summary['set_pulses']:,} SET and {summary['reset_pulses']:,} RESET pulses), "

@@ -1,0 +1,337 @@
+"""The mixed-precision core (Nandakumar et al. 2020), for weight blocks of any shape.
+
+The digital unit keeps χ += -lr·∂L/∂W in fp32 per weight; wherever |χ| ≥ ε_w = β·ε_G,
+p = floor(|χ|/ε_w) SET pulses go to G+ (χ > 0) or G- (χ < 0) and the nominal p·ε_w leaves χ
+(programming is blind; `chi_update` may trade it for the change read back or expected).
+Pairs whose devices have drifted up are refreshed: both RESET, |G+ - G-| re-programmed blind
+on the device of its sign, the programming error folded back into χ.
+
+`MixedPrecisionCore` applies this to the blocks of a DevicePairMap through one ChipIO. It
+knows nothing of the network that produces the updates: the MLP trainer (hil.training) and
+hil.torch both hand it one update per block per step. Whatever the number of blocks, a step
+costs one PROGRAM_READ command (all its pulses, then a read-back of exactly those devices),
+and a refresh one RESET batch, one SET batch and one read-back.
+
+Command purposes (the run log's tags): init_reset, init_set, full_read, update, readback,
+refresh_reset, refresh_set, refresh_readback.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from drivers.errors import HilError
+from drivers.pulse import DEFAULT_RESET, DEFAULT_SET
+from hil.chip_io import ChipIO
+from hil.conductance_cache import ConductanceCache
+from hil.config import ChiUpdate, RefreshConfig, RefreshCriterion
+from hil.device_pairs import DevicePairMap
+
+F32 = np.float32
+#: Length of the blind-programming table: expected conductance after 0..20 SET pulses.
+PROGRAMMING_TABLE_PULSES = 20
+
+
+class TrainingDiverged(HilError):
+    """The network's numbers left the finite range; nothing non-finite is sent to a chip."""
+
+
+@dataclass
+class BlockUpdate:
+    """-lr·∂L/∂W for one block: `update` holds the rows `rows` of the block's first axis
+    (an MLP's active inputs), or the whole block when rows is None (a dense update)."""
+
+    rows: np.ndarray | None
+    update: np.ndarray
+
+
+@dataclass
+class PulsePlan:
+    """SET pulses for one block: weight flat indices, pulse counts, and which device."""
+
+    flat: np.ndarray        # int64 flat weight indices (row-major in the block)
+    n: np.ndarray           # int64 pulse counts, >= 1
+    positive: np.ndarray    # bool: True → G+, False → G-
+    #: float32 ±n·ε_w, what was taken out of χ (None: compute it from n and positive)
+    nominal: np.ndarray | None = None
+
+
+_NO_PULSES = PulsePlan(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, bool),
+                       np.empty(0, F32))
+
+
+class ChiAccumulator:
+    """χ per block and the pulse rule: pure arithmetic, no I/O."""
+
+    def __init__(self, shapes: Sequence[tuple], beta: Sequence[float], epsilon_us: float,
+                 max_pulses: int) -> None:
+        self.chi = [np.zeros(s, dtype=F32) for s in shapes]
+        self.eps_w = [F32(b * epsilon_us) for b in beta]
+        self.max_pulses = int(max_pulses)
+        # weights per row of the first axis: flat index = row * row_size + position in row
+        self._row_size = [int(np.prod(s[1:], dtype=np.int64)) for s in shapes]
+
+    def accumulate(self, block: int, upd: BlockUpdate | None) -> PulsePlan:
+        """Add the update to χ and take out the pulses it now calls for (None: no update).
+
+        Most steps pulse a handful of weights or none, so after the pass over the block
+        (add, |χ|, compare) the rest works on the hits only, in as few numpy calls as the
+        arithmetic allows."""
+        if upd is None:
+            return _NO_PULSES
+        chi = self.chi[block]
+        eps = self.eps_w[block]
+        rows = upd.rows
+        if rows is None:
+            chi += upd.update
+            part = chi
+        else:
+            part = chi.take(rows, axis=0)   # faster than fancy indexing
+            part += upd.update
+        flat_part = part.reshape(-1)
+        mag = np.abs(flat_part)
+        hit = (mag >= eps).nonzero()[0]
+        if hit.size == 0:
+            if rows is not None:
+                chi[rows] = part
+            return PulsePlan(hit, np.empty(0, np.int64), np.empty(0, bool), np.empty(0, F32))
+        v = flat_part[hit]
+        p = mag[hit]
+        p /= eps
+        np.floor(p, out=p)
+        np.minimum(p, F32(self.max_pulses), out=p)
+        positive = v > 0
+        # ±p·ε. With ε > 0, |v| >= ε: v is never ±0, and copysign is where(v > 0, p, -p).
+        nominal = np.copysign(p, v) if eps > 0 else np.where(positive, p, -p)
+        nominal *= eps
+        flat_part[hit] = v - nominal
+        if rows is None:
+            flat = hit
+        else:
+            chi[rows] = part
+            q, r = np.divmod(hit, self._row_size[block])
+            flat = np.multiply(rows[q], self._row_size[block], dtype=np.int64)
+            flat += r
+        return PulsePlan(flat.astype(np.int64, copy=False), p.astype(np.int64), positive,
+                         nominal)
+
+
+def refresh_candidates(gp: np.ndarray, gm: np.ndarray, cfg: RefreshConfig) -> np.ndarray:
+    """Flat indices of the pairs that need a refresh, by the configured criterion."""
+    hi = np.maximum(gp, gm)
+    if cfg.criterion is RefreshCriterion.BOTH:
+        need = (hi > cfg.high_us) & (np.minimum(gp, gm) > cfg.low_us)
+    else:
+        need = hi > cfg.high_us
+    return np.flatnonzero(need.reshape(-1))
+
+
+def pulses_for(target_us: np.ndarray, curve: np.ndarray) -> np.ndarray:
+    """Blind programming from RESET: the pulse count whose expected conductance is nearest.
+
+    `curve[n]` is the expected conductance after n SET pulses from RESET (increasing).
+    """
+    t = np.asarray(target_us, dtype=np.float64)
+    i = np.clip(np.searchsorted(curve, t), 1, len(curve) - 1)
+    lower_closer = (t - curve[i - 1]) < (curve[i] - t)
+    return np.where(lower_closer, i - 1, i).astype(np.int64)
+
+
+class MixedPrecisionCore:
+    """χ, the pulse rule, refresh and the conductance cache of a set of weight blocks.
+
+    The caller sets `io.step` before each step (every command is logged under it), calls
+    `update()` with one BlockUpdate (or None) per block, and `refresh()` when `refresh_due()`
+    says so. `weights` are the arrays W = β(G+ - G-) from the cache, updated in place.
+
+    `model` is the host's model of its devices (a PcmModel): its mean SET curve is the
+    blind-programming table, and `chi_update: expected` asks it for the change p pulses
+    should make. `check_finite` refuses NaN/inf updates with TrainingDiverged naming the
+    block (one pass over each update; off for callers that check their own numbers).
+    """
+
+    def __init__(self, io: ChipIO, pairs: DevicePairMap, model, *, epsilon_us: float,
+                 max_pulses: int, chi_update: ChiUpdate = ChiUpdate.MEASURED,
+                 refresh: RefreshConfig = RefreshConfig(), check_finite: bool = False) -> None:
+        self.io = io
+        self.pairs = pairs
+        self.model = model
+        self.curve = model.mean_set_curve(PROGRAMMING_TABLE_PULSES)
+        self.cache = ConductanceCache(pairs)
+        self.chi = ChiAccumulator([b.shape for b in pairs.blocks],
+                                  [b.beta for b in pairs.blocks], epsilon_us, max_pulses)
+        self.chi_update = ChiUpdate(chi_update)
+        self.refresh_config = refresh
+        self.check_finite = check_finite
+        self.refreshes = 0                   # pairs refreshed so far
+        self.weights: List[np.ndarray] = self.cache.weights
+
+    # --- programming and reading whole blocks -----------------------------------------------
+    def program_initial(self, targets: Sequence[np.ndarray]) -> None:
+        """RESET every mapped device, program the target weights blind (each on the device of
+        its sign, the pulse count from the programming table), then read everything."""
+        self._check_targets(targets)
+        addr = self.pairs.addresses
+        self.io.program(addr, np.ones(addr.size, np.int64), DEFAULT_RESET, "init_reset")
+        devices, counts = [], []
+        for pairs, cache, w in zip(self.pairs.blocks, self.cache.blocks, targets):
+            n = pulses_for(np.abs(w) / cache.beta, self.curve)
+            pos = w > 0
+            cache.pulses_plus[pos], cache.pulses_minus[~pos] = n[pos], n[~pos]
+            devices += [pairs.plus[pos & (n > 0)], pairs.minus[~pos & (n > 0)]]
+            counts += [n[pos & (n > 0)], n[~pos & (n > 0)]]
+        self.io.program(np.concatenate(devices), np.concatenate(counts), DEFAULT_SET,
+                        "init_set")
+        self.full_read()
+
+    def _check_targets(self, targets: Sequence[np.ndarray]) -> None:
+        if len(targets) != len(self.pairs.blocks):
+            raise ValueError(f"{len(targets)} initial weight arrays for "
+                             f"{len(self.pairs.blocks)} blocks")
+        for b, w in zip(self.pairs.blocks, targets):
+            if np.shape(w) != b.shape:
+                raise ValueError(f"block {b.name!r}: initial weights of shape {np.shape(w)}, "
+                                 f"the block is {b.shape}")
+            if not np.isfinite(w).all():
+                raise ValueError(f"block {b.name!r}: initial weights are NaN or infinite")
+
+    def full_read(self, purpose: str = "full_read") -> None:
+        """Read every mapped device into the cache (one command)."""
+        self.cache.load(self.io.read(self.pairs.addresses, purpose))
+
+    # --- one step ---------------------------------------------------------------------------
+    def update(self, updates: Sequence[BlockUpdate | None]) -> int:
+        """Add one update per block to χ, send every pulse χ now calls for in one
+        PROGRAM_READ and store what it reads back; returns the SET pulses sent."""
+        if len(updates) != len(self.pairs.blocks):
+            raise ValueError(f"{len(updates)} updates for {len(self.pairs.blocks)} blocks")
+        if self.check_finite:
+            self._check_updates(updates)
+        plans = [self.chi.accumulate(i, u) for i, u in enumerate(updates)]
+        if self.chi_update is ChiUpdate.EXPECTED:
+            self._expected_correction(plans)
+        # Blocks without pulses (most steps leave most blocks alone) cost no numpy calls.
+        pulsed = [(i, plan) for i, plan in enumerate(plans) if plan.flat.size]
+        if not pulsed:
+            return 0
+        blocks = self.pairs.blocks
+        if len(pulsed) == 1:
+            i, plan = pulsed[0]
+            addr, n = blocks[i].devices(plan.flat, plan.positive), plan.n
+        else:
+            addr = np.concatenate([blocks[i].devices(plan.flat, plan.positive)
+                                   for i, plan in pulsed])
+            n = np.concatenate([plan.n for _, plan in pulsed])
+        values = self.io.program_read(addr, n, DEFAULT_SET, "update", "readback")
+        measured = self.chi_update is ChiUpdate.MEASURED
+        pos = 0
+        for i, plan in pulsed:
+            k = plan.flat.size
+            w_before, w_after = self.cache.blocks[i].store(plan.flat, plan.positive,
+                                                           values[pos:pos + k])
+            if measured:
+                # χ already lost the nominal ±p·ε; trade it for the change the chip made.
+                nominal = plan.nominal
+                if nominal is None:
+                    eps = self.chi.eps_w[i]
+                    nominal = np.where(plan.positive, plan.n, -plan.n).astype(F32) * eps
+                w_after -= w_before   # now the change the chip made
+                self.chi.chi[i].reshape(-1)[plan.flat] += nominal - w_after
+            pos += k
+        return int(n.sum())
+
+    def _check_updates(self, updates: Sequence[BlockUpdate | None]) -> None:
+        for b, u in zip(self.pairs.blocks, updates):
+            if u is not None and not np.isfinite(u.update).all():
+                raise TrainingDiverged(f"block {b.name!r}: its update is NaN or infinite: "
+                                       f"training diverged; nothing was sent to the chip "
+                                       f"this step; try a smaller learning rate")
+
+    def _expected_correction(self, plans: List[PulsePlan]) -> None:
+        """Trade the nominal ±p·ε in χ for the change the device model expects from p pulses
+        at the device's cached conductance and pulse count (blind: nothing is read for it)."""
+        for i, (cache, plan) in enumerate(zip(self.cache.blocks, plans)):
+            if not plan.flat.size:
+                continue
+            pos = plan.positive
+            g = cache.conductance(plan.flat, pos)
+            n0 = cache.pulse_counts(plan.flat, pos)
+            g_new = g.astype(np.float64)
+            for k in range(int(plan.n.max())):
+                live = plan.n > k
+                g_new = np.where(live, self.model.set_pulse(g_new, n0 + k + 1, 0.0), g_new)
+            dw = (cache.beta * (g_new - g)).astype(F32)
+            nominal = plan.n.astype(F32) * self.chi.eps_w[i]
+            self.chi.chi[i].reshape(-1)[plan.flat] += np.where(pos, nominal - dw,
+                                                               dw - nominal)
+            cache.count_pulses(plan.flat, pos, plan.n)
+
+    # --- refresh ----------------------------------------------------------------------------
+    def refresh_due(self, step: int) -> bool:
+        """Whether the refresh criterion is checked after `step` (every period_steps)."""
+        period = self.refresh_config.period_steps
+        return bool(period) and step % period == 0
+
+    def refresh(self) -> int:
+        """Refresh saturated pairs: RESET both, re-program |G+ - G-| on one, read back;
+        returns the number of pairs refreshed."""
+        cfg = self.refresh_config
+        found = [refresh_candidates(c.gp, c.gm, cfg) for c in self.cache.blocks]
+        total = sum(f.size for f in found)
+        if total == 0:
+            return 0
+        resets, sets, counts, w_old = [], [], [], []
+        for pairs, cache, flat in zip(self.pairs.blocks, self.cache.blocks, found):
+            p, m = pairs.plus.reshape(-1)[flat], pairs.minus.reshape(-1)[flat]
+            diff = cache.gp.reshape(-1)[flat] - cache.gm.reshape(-1)[flat]
+            n = pulses_for(np.abs(diff), self.curve)
+            resets += [p, m]
+            sets.append(np.where(diff > 0, p, m)[n > 0])
+            counts.append(n[n > 0])
+            w_old.append(cache.w.reshape(-1)[flat].copy())
+            cache.reset_counts(flat)
+            cache.count_pulses(flat, diff > 0, n)
+        pair_addresses = np.concatenate(resets)   # RESET both devices, later read both back
+        self.io.program(pair_addresses, np.ones(2 * total, np.int64), DEFAULT_RESET,
+                        "refresh_reset")
+        self.io.program(np.concatenate(sets), np.concatenate(counts), DEFAULT_SET,
+                        "refresh_set")
+        values = self.io.read(pair_addresses, "refresh_readback")
+        pos = 0
+        for i, (cache, flat) in enumerate(zip(self.cache.blocks, found)):
+            k = flat.size
+            ones = np.ones(k, bool)
+            cache.store(flat, ones, values[pos:pos + k])
+            cache.store(flat, ~ones, values[pos + k:pos + 2 * k])
+            pos += 2 * k
+            if cfg.compensate:
+                chi = self.chi.chi[i].reshape(-1)
+                chi[flat] += w_old[i] - cache.w.reshape(-1)[flat]
+        self.refreshes += total
+        return total
+
+    # --- what the run log stores ------------------------------------------------------------
+    def cache_vector(self) -> np.ndarray:
+        """Every cached conductance in layout order (the snapshot's g_us)."""
+        return self.cache.vector()
+
+    def chi_dict(self) -> Dict[str, np.ndarray]:
+        """χ per block, by block name (the snapshot's χ)."""
+        return {b.name: c for b, c in zip(self.pairs.blocks, self.chi.chi)}
+
+    def record_snapshot(self, step: int) -> None:
+        """Hand the recorder the full host state: every cached conductance and χ."""
+        self.io.recorder.on_snapshot(step, self.cache_vector(), self.chi_dict())
+
+    def block_index(self, name: str) -> int:
+        names = self.pairs.names
+        if name not in names:
+            raise KeyError(f"no weight block {name!r} (blocks: {', '.join(names)})")
+        return names.index(name)
+
+    @property
+    def n_weights(self) -> int:
+        return sum(b.size for b in self.pairs.blocks)
+
