@@ -8,7 +8,7 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Union
 
 from drivers.errors import ConfigError
 from drivers.typed_yaml import dataclass_to_dict, load_dataclass, read_yaml
@@ -150,23 +150,11 @@ class LogConfig:
     metrics_every_steps: int = 1
 
 
-@dataclass(frozen=True)
-class ExperimentConfig:
-    name: str = "mnist-mlp"
-    seed: int = 0
-    data: DataConfig = field(default_factory=DataConfig)
-    network: NetworkConfig = field(default_factory=NetworkConfig)
-    chip: ChipConfig = field(default_factory=ChipConfig)
-    mapping: MappingConfig = field(default_factory=MappingConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    log: LogConfig = field(default_factory=LogConfig)
+class _RunConfig:
+    """What every experiment config has besides its sections (name, seed, chip, ...)."""
 
-    def __post_init__(self) -> None:
-        n_layers = len(self.network.layers) - 1
-        if len(self.optimizer.beta) != n_layers:
-            raise ConfigError(f"needs one value per layer ({n_layers}), got "
-                              f"{len(self.optimizer.beta)}", key="optimizer.beta")
+    seed: int
+    chip: ChipConfig
 
     @property
     def chip_seed(self) -> int:
@@ -184,18 +172,135 @@ class ExperimentConfig:
         return dataclass_to_dict(self)
 
 
-def config_from_dict(data: Mapping[str, Any], source: Optional[str] = None) -> ExperimentConfig:
+@dataclass(frozen=True)
+class ExperimentConfig(_RunConfig):
+    """The MLP experiment (the `network` section)."""
+
+    name: str = "mnist-mlp"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    chip: ChipConfig = field(default_factory=ChipConfig)
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        n_layers = len(self.network.layers) - 1
+        if len(self.optimizer.beta) != n_layers:
+            raise ConfigError(f"needs one value per layer ({n_layers}), got "
+                              f"{len(self.optimizer.beta)}", key="optimizer.beta")
+
+
+class ModelKind(str, enum.Enum):
+    LENET5 = "lenet5"   # two convolutions with pooling, then fully connected layers
+
+
+class Activation(str, enum.Enum):
+    TANH = "tanh"
+    RELU = "relu"
+
+
+class Pool(str, enum.Enum):
+    MAX = "max"
+    AVG = "avg"
+
+
+class Holdout(str, enum.Enum):
+    TEST = "test"              # the 10k test digits
+    VALIDATION = "validation"  # the last 10k of the 60k training digits (for tuning)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A PyTorch network trained through hil.torch; every weight and bias on the chip."""
+
+    kind: ModelKind = ModelKind.LENET5
+    channels: List[int] = field(default_factory=lambda: [6, 16])   # the two convolutions
+    hidden: List[int] = field(default_factory=lambda: [120, 84])   # fully connected layers
+    activation: Activation = Activation.TANH
+    pool: Pool = Pool.MAX
+    biases_on_chip: bool = True      # false: biases stay fp32 on the host (plain SGD)
+
+    def __post_init__(self) -> None:
+        if len(self.channels) != 2 or any(c < 1 for c in self.channels):
+            raise ValueError(f"channels must be two positive counts, got {self.channels}")
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden sizes must be positive, got {self.hidden}")
+
+    @property
+    def n_layers(self) -> int:
+        """Weight layers: two convolutions, the hidden layers and the output layer."""
+        return len(self.channels) + len(self.hidden) + 1
+
+
+@dataclass(frozen=True)
+class TorchDataConfig(DataConfig):
+    """MNIST for a torch model, with a held-out split to tune on."""
+
+    holdout: Holdout = Holdout.TEST
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.holdout is Holdout.VALIDATION and self.train_examples > 50000:
+            raise ValueError("with holdout: validation the last 10,000 training digits are "
+                             f"held out: train_examples must be <= 50000, got "
+                             f"{self.train_examples}")
+
+
+def _cnn_optimizer() -> OptimizerConfig:
+    """The CNN experiment's optimizer (configs/mnist_cnn.yaml; chosen on the validation split,
+    docs/torch.md): β per weight layer conv1, conv2, fc1, fc2, fc3."""
+    return OptimizerConfig(learning_rate=0.1, lr_decay=0.9, batch_size=32,
+                           beta=[0.05, 0.02, 0.0125, 0.023, 0.027])
+
+
+@dataclass(frozen=True)
+class TorchExperimentConfig(_RunConfig):
+    """A PyTorch network (the `model` section) trained on the chip through hil.torch; the
+    other sections mean what they mean for the MLP, `optimizer.beta` has one value per
+    weight layer of the model."""
+
+    name: str = "mnist-cnn"
+    seed: int = 0
+    data: TorchDataConfig = field(default_factory=TorchDataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    chip: ChipConfig = field(default_factory=ChipConfig)
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    optimizer: OptimizerConfig = field(default_factory=_cnn_optimizer)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        n_layers = self.model.n_layers
+        if len(self.optimizer.beta) != n_layers:
+            raise ConfigError(f"needs one value per weight layer of the model ({n_layers}), "
+                              f"got {len(self.optimizer.beta)}", key="optimizer.beta")
+
+
+
+#: Either kind of experiment: the sections every run shares (name, seed, data, chip, mapping,
+#: optimizer, training, log) mean the same in both.
+AnyExperimentConfig = Union[ExperimentConfig, TorchExperimentConfig]
+
+
+def config_from_dict(data: Mapping[str, Any],
+                     source: Optional[str] = None) -> AnyExperimentConfig:
+    """An experiment config: a `model` section makes it a torch model's, else the MLP's."""
+    if isinstance(data, Mapping) and "model" in data:
+        return load_dataclass(TorchExperimentConfig, data, source=source)
     return load_dataclass(ExperimentConfig, data, source=source)
 
 
-def load_config(path: str | os.PathLike) -> ExperimentConfig:
+def load_config(path: str | os.PathLike) -> AnyExperimentConfig:
     """Load and validate an experiment YAML file."""
     return config_from_dict(read_yaml(path), source=str(path))
 
 
-def with_overrides(cfg: ExperimentConfig, *, seed: Optional[int] = None,
+def with_overrides(cfg: AnyExperimentConfig, *, seed: Optional[int] = None,
                    epochs: Optional[int] = None, backend: Optional[str] = None,
-                   baseline: Optional[bool] = None) -> ExperimentConfig:
+                   baseline: Optional[bool] = None) -> AnyExperimentConfig:
     """The config with command-line overrides applied (validated like the file)."""
     d = cfg.to_dict()
     if seed is not None:
@@ -209,7 +314,8 @@ def with_overrides(cfg: ExperimentConfig, *, seed: Optional[int] = None,
     return config_from_dict(d, source="command line")
 
 
-__all__ = ["ChipConfig", "DataConfig", "ExperimentConfig", "LogConfig", "MappingConfig",
-           "MatvecMode", "NetworkConfig", "OptimizerConfig", "RefreshConfig",
-           "RefreshCriterion", "TrainingConfig", "config_from_dict", "load_config", "replace",
-           "with_overrides"]
+__all__ = ["Activation", "AnyExperimentConfig", "ChipConfig", "DataConfig", "ExperimentConfig",
+           "Holdout", "LogConfig", "MappingConfig", "MatvecMode", "ModelConfig", "ModelKind",
+           "NetworkConfig", "OptimizerConfig", "Pool", "RefreshConfig", "RefreshCriterion",
+           "TorchDataConfig", "TorchExperimentConfig", "TrainingConfig", "config_from_dict",
+           "load_config", "replace", "with_overrides"]

@@ -17,11 +17,13 @@ refresh_reset, refresh_set, refresh_readback.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
 import numpy as np
 
+from drivers.backend import Capability
 from drivers.errors import HilError
 from drivers.pulse import DEFAULT_RESET, DEFAULT_SET
 from hil.chip_io import ChipIO
@@ -166,6 +168,7 @@ class MixedPrecisionCore:
         self.refresh_config = refresh
         self.check_finite = check_finite
         self.refreshes = 0                   # pairs refreshed so far
+        self._exact_read = io.backend.info().supports(Capability.EXACT_READ)
         self.weights: List[np.ndarray] = self.cache.weights
 
     # --- programming and reading whole blocks -----------------------------------------------
@@ -324,6 +327,15 @@ class MixedPrecisionCore:
     def record_snapshot(self, step: int) -> None:
         """Hand the recorder the full host state: every cached conductance and χ."""
         self.io.recorder.on_snapshot(step, self.cache_vector(), self.chi_dict())
+
+    def state_digest(self) -> str:
+        """SHA-256 of the conductance of every mapped device, layout order, float32
+        little-endian: read noise-free where the backend can (simulators), else the cache."""
+        if self._exact_read:
+            g = self.io.backend.read_exact(self.pairs.addresses)
+        else:
+            g = self.cache_vector()
+        return hashlib.sha256(np.ascontiguousarray(g, dtype="<f4").tobytes()).hexdigest()
 
     def block_index(self, name: str) -> int:
         names = self.pairs.names

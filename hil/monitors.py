@@ -2,22 +2,27 @@
 
 The training loop calls `Monitor.poll(step)` once per step. Each configured monitor reads its
 quantity every N steps; a reading outside its band (or a failed read: an instrument that
-cannot be read is not known to be safe) asks the loop to pause or abort. The loop decides what
-pausing means; this class only reads, compares and reports. The readings come back with the
-action so the loop can log them with the step.
+cannot be read is not known to be safe) asks the loop to pause or abort. The class only reads,
+compares and reports; the readings come back with the action so the loop can log them with
+the step. `poll_between_steps` is what every training loop does with them.
 """
 from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 from drivers.errors import ConfigError
 from drivers.instruments import BenchInstrument, InstrumentError
+from hil.recorder import Recorder
+from hil.run_control import RunAborted, RunControl
 from hil.station import MonitorAction, MonitorSpec, Station
 
 log = logging.getLogger("pcm_hil.monitors")
+#: While paused, every monitor is re-read this often until all are back in band.
+PAUSE_POLL_S = 5.0
 
 _SEVERITY = {None: 0, MonitorAction.PAUSE: 1, MonitorAction.ABORT: 2}
 
@@ -115,3 +120,26 @@ class Monitor:
         result = PollResult(step, readings, tuple(violations), action)
         self.last = result
         return result
+
+
+def poll_between_steps(monitor: Monitor, step: int, recorder: Recorder,
+                       control: Optional[RunControl]) -> None:
+    """Read the station's monitors that are due after `step` and log the readings; abort
+    (RunAborted) or pause on a reading out of band.
+
+    Pausing holds the chip idle and re-reads every `PAUSE_POLL_S` until everything is back
+    in band (Ctrl-C still stops the run)."""
+    result = monitor.poll(step)
+    while True:
+        if result.readings:
+            recorder.on_monitor(step, result.readings)
+        if result.action is None:
+            return
+        why = "; ".join(v.describe() for v in result.violations)
+        if result.action is MonitorAction.ABORT:
+            raise RunAborted(f"monitor: {why}; at step {step}")
+        log.warning("pausing at step %d: %s", step, why)
+        if control is not None:
+            control.check(step)
+        time.sleep(PAUSE_POLL_S)
+        result = monitor.poll_all(step)

@@ -10,34 +10,31 @@ everything.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import platform
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from drivers.abilities import GuardedBackend, find_ability
 from drivers.backend import Capability, ChipBackend
 from drivers.errors import ConfigError
 from hil import network
 from hil.chip_io import ChipIO
-from hil.config import ExperimentConfig, MatvecMode
+from hil.chip_matvec import ChipMatvec
+from hil.config import AnyExperimentConfig, ExperimentConfig, MatvecMode, TorchExperimentConfig
 from hil.device_pairs import DevicePairMap, WeightBlock, allocate_pairs, load_bad_devices
-from hil.mixed_precision import MixedPrecisionCore, TrainingDiverged
+from hil.mixed_precision import MixedPrecisionCore
 from hil.mnist import Mnist, load_mnist
 from hil.recorder import NullRecorder, Recorder
-from hil.run_control import RunAborted, RunControl
+from hil.run_control import RunControl, recorded_run
 from hil.run_history import start_provenance
-from hil.run_state import RunState
 
 if TYPE_CHECKING:
     from hil.monitors import Monitor
 
 log = logging.getLogger("pcm_hil.training")
-PAUSE_POLL_S = 5.0
 F32 = np.float32
 
 
@@ -101,55 +98,25 @@ class EpochResult:
     seconds: float
     baseline_test_accuracy: Optional[float] = None
 
+    def metrics(self) -> Dict[str, Any]:
+        """The epoch's metrics for the recorder (those that were measured)."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
 
 class ChipMatmul(network.HostMatmul):
-    """Weighted sums computed by the chip: one MATVEC per device block, W·x = β(I+ - I-).
-
-    Forward sums run along a layer's inputs, backward ones along its outputs (the crossbar
-    driven from the other side), as on a real array.
-
-    Inputs are activations and errors, not voltages: each input vector is scaled so that its
-    largest magnitude becomes the read voltage `training.matvec_read_v`, and the sums are
-    scaled back (abs-max input scaling, as analog accelerators do). A disturbing voltage can
-    therefore never reach the array, whatever the network computes.
-    """
+    """The MLP's weighted sums computed by the chip (hil.chip_matvec): forward sums run
+    along a layer's inputs, backward ones along its outputs (the crossbar driven from the
+    other side), as on a real array."""
 
     def __init__(self, trainer: "MixedPrecisionTrainer") -> None:
         super().__init__(trainer.weights)
         self.trainer = trainer
-        read_v = trainer.cfg.training.matvec_read_v
-        guard = find_ability(trainer.backend, GuardedBackend)   # the station's limits
-        station = None if guard is None else guard.station_limits.read_v_max
-        for v_max, whose in ((trainer.chip_info.hard_limits.get("read_v_max"), "the chip's "),
-                             (station, "the station's safety.")):
-            if v_max is not None and read_v > v_max:   # refused before the chip is touched
-                raise ConfigError(f"{read_v} V exceeds {whose}read_v_max of {v_max} V",
-                                  key="training.matvec_read_v")
-        self.read_v = float(read_v)
-        # The largest float32 not above read_v: the voltages sent are float32.
-        v32 = np.float32(read_v)
-        self._v32 = v32 if float(v32) <= read_v else np.nextafter(v32, F32(0))
-
-    def line_voltages(self, x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """x (n,) or (n, k) as float32 line voltages, each column peaking at the read voltage
-        (a zero column stays zero), and the per-column factor that turns currents back into
-        sums over x."""
-        x64 = np.asarray(x, dtype=np.float64)
-        if not np.isfinite(x64).all():
-            raise TrainingDiverged("a MATVEC input (an activation or an error) is NaN or "
-                                   "infinite: training diverged; try a smaller "
-                                   "optimizer.learning_rate")
-        peak = np.max(np.abs(x64), axis=0)
-        peak = np.where(peak > 0, peak, 1.0)
-        v = np.clip((x64 * (self.read_v / peak)).astype(F32), -self._v32, self._v32)
-        return v, peak / self.read_v
+        self.matvec = ChipMatvec(trainer.io, trainer.chip_info,
+                                 trainer.cfg.training.matvec_read_v)
 
     def _diff(self, plus: np.ndarray, minus: np.ndarray, x: np.ndarray,
               beta: F32) -> np.ndarray:
-        io = self.trainer.io
-        self.trainer.matvec_commands += 2
-        v, scale = self.line_voltages(x)
-        return (beta * ((io.matvec(plus, v) - io.matvec(minus, v)) * scale)).astype(F32)
+        return self.matvec.weighted_sums(plus, minus, x, beta)
 
     def forward(self, layer: int, a_in: np.ndarray, rows: np.ndarray | None) -> np.ndarray:
         pairs, beta = self._block(layer)
@@ -166,75 +133,31 @@ class ChipMatmul(network.HostMatmul):
         return core.pairs.blocks[layer], core.cache.blocks[layer].beta
 
 
-class MixedPrecisionTrainer:
-    """One training run of the MLP on one chip, through the mixed-precision core.
+class EpochTrainer:
+    """The training loop every experiment shares: epochs of steps in the seeded order, step
+    metrics, snapshots, progress, monitors and the stop flag between steps, a full read and
+    a test after each epoch. Subclasses give `train_step` and `test_accuracy`, and own
+    `cfg`, `recorder`, `io` (ChipIO), `core` (the mixed-precision core), `step` and
+    `examples`."""
 
-    Use `run()`, or drive `initialize`/`train_epoch`."""
+    cfg: Any
+    recorder: Recorder
+    io: ChipIO
+    core: MixedPrecisionCore
+    step: int
+    examples: int
 
-    def __init__(self, cfg: ExperimentConfig, backend: ChipBackend,
-                 recorder: Recorder | None = None) -> None:
-        self.cfg = cfg
-        self.backend = backend
-        self.recorder = recorder or NullRecorder()
-        self.io = ChipIO(backend, self.recorder)
-        self.chip_info = backend.info()
-        bad = load_bad_devices(cfg.mapping.bad_devices, cfg.mapping.bad_devices_file)
-        self.mapping: DevicePairMap = allocate_pairs(weight_blocks(cfg),
-                                                     self.chip_info.geometry,
-                                                     cfg.mapping.start_address, bad)
-        from sim_backend.pcm_model import PcmModel
-        opt = cfg.optimizer
-        self.core = MixedPrecisionCore(
-            self.io, self.mapping, PcmModel.load(cfg.chip.model),   # the host's device model
-            epsilon_us=opt.epsilon_us, max_pulses=opt.max_pulses_per_update,
-            chi_update=opt.chi_update, refresh=opt.refresh)
-        #: the weights W = β(G+ - G-) from the conductance cache, one array per layer
-        self.weights: List[np.ndarray] = self.core.weights
-        self.extra_provenance: Dict[str, Any] = {}
-        self.step = 0
-        self.examples = 0
-        self.matvec_commands = 0
-        self._matmul: network.HostMatmul | None = None
-        if cfg.training.matvec is MatvecMode.CHIP:
-            if not self.chip_info.supports(Capability.MATVEC):
-                raise ConfigError("the backend has no on-chip matvec", key="training.matvec")
-            self._matmul = ChipMatmul(self)
+    def train_step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> tuple:
+        """One weight update: (summed loss, correct predictions, SET pulses, refreshes)."""
+        raise NotImplementedError
 
-    # --- set-up ---------------------------------------------------------------------------
-    def provenance(self) -> Dict[str, Any]:
-        """What the log records about the run's origin; asked before its first command, so
-        it holds where the chip's history stood when the run began (a resume checks the
-        chip against it, hil.run_history)."""
-        return {"chip": self.chip_info.to_dict(), "seed": self.cfg.seed,
-                "chip_seed": self.cfg.chip_seed, "host": platform.node(),
-                "python": platform.python_version(), "numpy": np.__version__,
-                **start_provenance(self.backend), **self.extra_provenance}
-
-    def initialize(self) -> None:
-        """RESET every mapped device, program the initial weights blind, read everything."""
-        self.recorder.begin(config=self.cfg.to_dict(), provenance=self.provenance(),
-                            layout=self.mapping.layout())
-        self.io.step = 0
-        self.core.program_initial(initial_weights(self.cfg))
-        self.core.record_snapshot(0)
+    def test_accuracy(self, data: Dataset) -> float:
+        """Accuracy on the held-out examples from the weights in the conductance cache."""
+        raise NotImplementedError
 
     @property
     def refreshes(self) -> int:
         return self.core.refreshes
-
-    # --- one step ---------------------------------------------------------------------------
-    def train_step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> tuple:
-        self.step += 1
-        self.io.step = self.step
-        core = self.core
-        loss, correct, grads = network.train_step(self.weights, xb, yb, lr, self._matmul)
-        pulses = core.update(grads)
-        refreshed = core.refresh() if core.refresh_due(self.step) else 0
-        fr = self.cfg.training.full_read_every_steps
-        if fr and self.step % fr == 0:
-            core.full_read()
-        self.examples += xb.shape[0]
-        return loss, correct, pulses, refreshed
 
     # --- epochs ---------------------------------------------------------------------------
     def train_epoch(self, data: Dataset, epoch: int,
@@ -263,44 +186,99 @@ class MixedPrecisionTrainer:
             if on_progress is not None and self.step % 100 == 0:
                 on_progress(min(s + bs, order.size))
             if monitor is not None:
-                self._poll(monitor, control)
+                from hil.monitors import poll_between_steps
+                poll_between_steps(monitor, self.step, self.recorder, control)
             if control is not None:
                 control.check(self.step)
         self.core.full_read()
-        test_acc = network.accuracy(self.weights, data.test_x, data.test_y)
+        test_acc = self.test_accuracy(data)
         return EpochResult(epoch, correct_sum / order.size, loss_sum / order.size, test_acc,
                            self.io.counters.set_pulses - pulses0, self.refreshes - refresh0,
                            time.perf_counter() - t0)
 
-    def _poll(self, monitor: "Monitor", control: RunControl | None) -> None:
-        """Read the station's monitors that are due; pause or abort on a reading out of band.
+    def initialize(self) -> None:
+        """Start the log and program the initial weights (step 0)."""
+        raise NotImplementedError
 
-        Pausing holds the chip idle and re-reads every `PAUSE_POLL_S` until everything is back
-        in band (Ctrl-C still stops the run)."""
-        from hil.station import MonitorAction
-        result = monitor.poll(self.step)
-        while True:
-            if result.readings:
-                self.recorder.on_monitor(self.step, result.readings)
-            if result.action is None:
-                return
-            why = "; ".join(v.describe() for v in result.violations)
-            if result.action is MonitorAction.ABORT:
-                raise RunAborted(f"monitor: {why}; at step {self.step}")
-            log.warning("pausing at step %d: %s", self.step, why)
-            if control is not None:
-                control.check(self.step)
-            time.sleep(PAUSE_POLL_S)
-            result = monitor.poll_all(self.step)
+    @property
+    def matvec_commands(self) -> int:
+        return 0
 
     def state_digest(self) -> str:
-        """SHA-256 of the final conductance of every mapped device (noise-free if possible)."""
-        addr = self.mapping.addresses
-        if self.chip_info.supports(Capability.EXACT_READ):
-            g = self.backend.read_exact(addr)
-        else:
-            g = self.core.cache_vector()
-        return hashlib.sha256(np.ascontiguousarray(g, dtype="<f4").tobytes()).hexdigest()
+        return self.core.state_digest()
+
+
+class MixedPrecisionTrainer(EpochTrainer):
+    """One training run of the MLP on one chip, through the mixed-precision core.
+
+    Use `run()`, or drive `initialize`/`train_epoch`."""
+
+    def __init__(self, cfg: ExperimentConfig, backend: ChipBackend,
+                 recorder: Recorder | None = None) -> None:
+        self.cfg = cfg
+        self.backend = backend
+        self.recorder = recorder or NullRecorder()
+        self.io = ChipIO(backend, self.recorder)
+        self.chip_info = backend.info()
+        bad = load_bad_devices(cfg.mapping.bad_devices, cfg.mapping.bad_devices_file)
+        self.mapping: DevicePairMap = allocate_pairs(weight_blocks(cfg),
+                                                     self.chip_info.geometry,
+                                                     cfg.mapping.start_address, bad)
+        from sim_backend.pcm_model import PcmModel
+        opt = cfg.optimizer
+        self.core = MixedPrecisionCore(
+            self.io, self.mapping, PcmModel.load(cfg.chip.model),   # the host's device model
+            epsilon_us=opt.epsilon_us, max_pulses=opt.max_pulses_per_update,
+            chi_update=opt.chi_update, refresh=opt.refresh)
+        #: the weights W = β(G+ - G-) from the conductance cache, one array per layer
+        self.weights: List[np.ndarray] = self.core.weights
+        self.extra_provenance: Dict[str, Any] = {}
+        self.step = 0
+        self.examples = 0
+        self._matmul: network.HostMatmul | None = None
+        if cfg.training.matvec is MatvecMode.CHIP:
+            if not self.chip_info.supports(Capability.MATVEC):
+                raise ConfigError("the backend has no on-chip matvec", key="training.matvec")
+            self._matmul = ChipMatmul(self)
+
+    # --- set-up ---------------------------------------------------------------------------
+    def provenance(self) -> Dict[str, Any]:
+        """What the log records about the run's origin; asked before its first command, so
+        it holds where the chip's history stood when the run began (a resume checks the
+        chip against it, hil.run_history)."""
+        return {"chip": self.chip_info.to_dict(), "seed": self.cfg.seed,
+                "chip_seed": self.cfg.chip_seed, "host": platform.node(),
+                "python": platform.python_version(), "numpy": np.__version__,
+                **start_provenance(self.backend), **self.extra_provenance}
+
+    def initialize(self) -> None:
+        """RESET every mapped device, program the initial weights blind, read everything."""
+        self.recorder.begin(config=self.cfg.to_dict(), provenance=self.provenance(),
+                            layout=self.mapping.layout())
+        self.io.step = 0
+        self.core.program_initial(initial_weights(self.cfg))
+        self.core.record_snapshot(0)
+
+    # --- one step ---------------------------------------------------------------------------
+    def train_step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> tuple:
+        self.step += 1
+        self.io.step = self.step
+        core = self.core
+        loss, correct, grads = network.train_step(self.weights, xb, yb, lr, self._matmul)
+        pulses = core.update(grads)
+        refreshed = core.refresh() if core.refresh_due(self.step) else 0
+        fr = self.cfg.training.full_read_every_steps
+        if fr and self.step % fr == 0:
+            core.full_read()
+        self.examples += xb.shape[0]
+        return loss, correct, pulses, refreshed
+
+    def test_accuracy(self, data: Dataset) -> float:
+        return network.accuracy(self.weights, data.test_x, data.test_y)
+
+    @property
+    def matvec_commands(self) -> int:
+        return 0 if self._matmul is None else self._matmul.matvec.commands
 
 
 class BaselineTrainer:
@@ -323,84 +301,93 @@ class BaselineTrainer:
         return network.accuracy(self.weights, data.test_x, data.test_y)
 
 
-def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
+def run_experiment(cfg: AnyExperimentConfig, backend: ChipBackend,
                    recorder: Recorder | None = None, progress: bool = False,
                    data: Dataset | None = None,
                    report: Callable[[EpochResult], None] | None = None,
                    control: RunControl | None = None,
                    monitor: "Monitor | None" = None,
                    provenance: Dict[str, Any] | None = None) -> Dict[str, Any]:
-    """Train on `backend` as `cfg` says; returns the run summary (see docs/training.md).
+    """Train on `backend` as `cfg` says: the MLP, or a torch model (hil.torch) when the
+    config has a `model` section. Returns the run summary (see docs/training.md).
 
     Raises RunAborted when `control` asks to stop (after finishing the step in flight); the
     recorder is told the run was aborted and the chip is put in its safe state either way.
     """
-    recorder = recorder or NullRecorder()
-    data = load_dataset(cfg) if data is None else data.head(cfg.data.train_examples,
-                                                            cfg.data.test_examples)
-    trainer = MixedPrecisionTrainer(cfg, backend, recorder)
+    if isinstance(cfg, TorchExperimentConfig):
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            raise ConfigError("a config with a model section trains a PyTorch network, and "
+                              "torch is not installed: pip install 'pcm-hil[torch]'",
+                              key="model") from None
+        from hil.torch.experiment import torch_trainers
+        trainer, baseline, data = torch_trainers(cfg, backend, recorder, data)
+    else:
+        data = load_dataset(cfg) if data is None else data.head(cfg.data.train_examples,
+                                                                cfg.data.test_examples)
+        trainer = MixedPrecisionTrainer(cfg, backend, recorder)
+        baseline = BaselineTrainer(cfg) if cfg.training.baseline else None
     trainer.extra_provenance = dict(provenance or {})
-    baseline = BaselineTrainer(cfg) if cfg.training.baseline else None
+    return run_epochs(trainer, baseline, data, backend, progress, report, control, monitor)
+
+
+def run_epochs(trainer: EpochTrainer, baseline: Any, data: Dataset, backend: ChipBackend,
+               progress: bool = False, report: Callable[[EpochResult], None] | None = None,
+               control: RunControl | None = None,
+               monitor: "Monitor | None" = None) -> Dict[str, Any]:
+    """A whole run of `trainer` (and its fp32 `baseline`, or None, epoch by epoch): from
+    initial programming to the final snapshot and summary, ended by `recorded_run`."""
+    cfg, recorder = trainer.cfg, trainer.recorder
     n_train = data.train_x.shape[0]
     epochs: List[EpochResult] = []
     train_seconds = 0.0
-    status, reason = RunState.FAILED, None
-    try:
+    with recorded_run(recorder, backend, lambda: trainer.step) as end:
         t0 = time.perf_counter()
         trainer.initialize()
         train_seconds += time.perf_counter() - t0
         for epoch in range(cfg.training.epochs):
-            bar = _progress_bar(progress, n_train, f"epoch {epoch + 1}/{cfg.training.epochs}")
-            last = [0]
-
-            def on_progress(done: int) -> None:
-                bar.update(done - last[0])
-                last[0] = done
-
-            res = trainer.train_epoch(data, epoch, on_progress if bar else None, control,
-                                      monitor)
+            bar = progress_bar(progress, n_train, f"epoch {epoch + 1}/{cfg.training.epochs}")
+            res = trainer.train_epoch(data, epoch, bar.to if bar else None, control, monitor)
             train_seconds += res.seconds
             if bar:
-                bar.update(n_train - last[0])
                 bar.close()
             if baseline is not None:
                 res.baseline_test_accuracy = baseline.train_epoch(data, epoch)
             epochs.append(res)
-            metrics = {k: v for k, v in res.__dict__.items() if v is not None}
-            recorder.on_epoch_metrics(epoch, metrics)
+            recorder.on_epoch_metrics(epoch, res.metrics())
             if report:
                 report(res)
         trainer.core.record_snapshot(trainer.step)
-        status = RunState.COMPLETED
-    except RunAborted as e:
-        status, reason = RunState.ABORTED, str(e)
-        raise
-    except KeyboardInterrupt:
-        status, reason = RunState.ABORTED, f"interrupted at once by the operator at step {trainer.step}"
-        raise
-    except BaseException as e:
-        reason = f"{type(e).__name__}: {e}"
-        raise
-    finally:
-        summary = _summary(cfg, trainer, epochs, train_seconds, n_train) \
-            if status is RunState.COMPLETED else None
-        recorder.finish(status, reason, summary)
-        try:
-            backend.safe_state()
-        except Exception:  # noqa: BLE001 - the original error matters more
-            log.exception("safe_state failed after the run")
-    return summary  # type: ignore[return-value]
+        end.summary = run_summary(cfg, trainer, epochs, train_seconds)
+    return end.summary  # type: ignore[return-value]
 
 
-def _progress_bar(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="ex", mininterval=1.0, leave=False)
+class ProgressBar:
+    """An epoch's progress bar (tqdm): `to(done)` moves it to `done` examples."""
+
+    def __init__(self, total: int, desc: str) -> None:
+        from tqdm import tqdm
+        self.total = total
+        self.done = 0
+        self._bar = tqdm(total=total, desc=desc, unit="ex", mininterval=1.0, leave=False)
+
+    def to(self, done: int) -> None:
+        self._bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        self.to(self.total)
+        self._bar.close()
 
 
-def _summary(cfg: ExperimentConfig, trainer: MixedPrecisionTrainer, epochs: List[EpochResult],
-             train_seconds: float, n_train: int) -> Dict[str, Any]:
+def progress_bar(enabled: bool, total: int, desc: str) -> Optional[ProgressBar]:
+    return ProgressBar(total, desc) if enabled else None
+
+
+def run_summary(cfg: AnyExperimentConfig, trainer: EpochTrainer, epochs: List[EpochResult],
+                train_seconds: float) -> Dict[str, Any]:
+    """The run summary (docs/training.md lists its fields)."""
     c = trainer.io.counters
     n_weights = trainer.core.n_weights
     examples = trainer.examples
@@ -415,7 +402,7 @@ def _summary(cfg: ExperimentConfig, trainer: MixedPrecisionTrainer, epochs: List
         "examples": examples,
         "steps": trainer.step,
         "weights": n_weights,
-        "devices": trainer.mapping.n_devices,
+        "devices": trainer.core.pairs.n_devices,
         "set_pulses": c.set_pulses,
         "reset_pulses": c.reset_pulses,
         "update_set_pulses": int(sum(e.set_pulses for e in epochs)),

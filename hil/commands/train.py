@@ -21,7 +21,9 @@ DEFAULT_CONFIG = "configs/mnist_mlp.yaml"
 HELP = """\
 Train a multilayer perceptron on MNIST with the mixed-precision algorithm: the chip holds
 each weight as a G+/G- conductance pair, the host accumulates updates in fp32 (chi) and sends
-batched SET pulses whenever |chi| passes the device granularity.
+batched SET pulses whenever |chi| passes the device granularity. A config with a `model`
+section trains that PyTorch network instead, through hil.torch (docs/torch.md), e.g. the
+seed's CNN: configs/mnist_cnn.yaml.
 
 Every read and pulse batch goes to the run log (--run), so the run can be replayed with
 `pcm-hil replay`. Prints one line per epoch: train/test accuracy, the fp32 baseline's test
@@ -31,6 +33,7 @@ examples:
   pcm-hil train --config configs/quick.yaml
   pcm-hil train --config configs/mnist_mlp.yaml --backend socket://127.0.0.1:7700
   pcm-hil train --config configs/quick.yaml --seed 3 --epochs 1 --summary-json out.json
+  pcm-hil train --config configs/mnist_cnn.yaml
   pcm-hil train --config configs/quick.yaml --run runs/q.h5 --chip-state runs/q.chip
   pcm-hil train --resume runs/q.h5        # after Ctrl-C or a crash: continues into runs/q-2.h5
   pcm-hil train --config configs/quick.yaml --watch   # follow it in the browser
@@ -38,7 +41,7 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train an MLP on the chip (mixed precision)",
+    p = sub.add_parser("train", help="train an MLP or a CNN on the chip (mixed precision)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, metavar="FILE",
                    help=f"experiment YAML (default: {DEFAULT_CONFIG})")

@@ -1,0 +1,215 @@
+"""hil.torch's throughput: the seed's CNN trained on the in-process simulated chip at batch 1
+and 32, against the same CNN in plain torch fp32 and in IBM aihwkit's mixed-precision
+simulator; and the default MLP expressed through hil.torch against the numpy trainer.
+
+Every CNN figure times training steps only (forward, backward, update; the chip's one-off
+initial programming and any test evaluation excluded), on the same digits in the same order,
+from the same initial weights, with torch's default thread count.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from hil.benchmarks.common import bench_config
+from hil.benchmarks.throughput import AIHWKIT_SKIP, _aihwkit_rpu_config
+from hil.config import TorchExperimentConfig, config_from_dict
+from hil.mnist import Mnist
+from hil.recorder import Recorder
+from hil.training import Dataset, epoch_order
+
+#: The issue's figures for a LeNet-5 (tanh, max-pool) on 2 cores, examples/s by batch size:
+#: references, not measured here.
+REFERENCE = {"aihwkit": {1: 48.0, 32: 502.0}, "fp32": {1: 506.0, 32: 11445.0}}
+#: Training steps of the aihwkit runs.
+AIHWKIT_STEPS = 40
+TORCH_SKIP = ("torch is not installed, so the hil.torch figures are skipped; "
+              "pip install 'pcm-hil[torch]'")
+
+
+def cnn_config(examples: int, batch: int) -> TorchExperimentConfig:
+    """The CNN experiment's defaults (configs/mnist_cnn.yaml), one epoch, no baseline."""
+    d = TorchExperimentConfig().to_dict()
+    d["name"] = "bench-cnn"
+    d["data"].update(train_examples=examples, test_examples=100)
+    d["optimizer"]["batch_size"] = batch
+    d["training"].update(epochs=1, baseline=False)
+    return config_from_dict(d, source="bench")
+
+
+def _batches(cfg: TorchExperimentConfig, data: Dataset) -> List[Tuple[Any, Any]]:
+    import torch
+    order = epoch_order(cfg.seed, 0, data.train_x.shape[0])
+    bs = cfg.optimizer.batch_size
+    return [(torch.from_numpy(data.train_x[order[s:s + bs]]),
+             torch.from_numpy(data.train_y[order[s:s + bs]]))
+            for s in range(0, order.size, bs)]
+
+
+def chip_examples_per_s(cfg: TorchExperimentConfig, data: Dataset) -> Dict[str, Any]:
+    """hil.torch on an in-process simulated chip (MixedPrecisionSGD through the core)."""
+    from hil.torch.experiment import TorchTrainer
+    trainer = TorchTrainer(cfg, cfg.sim_chip_spec().build())
+    trainer.initialize()
+    lr = cfg.optimizer.learning_rate
+    x, y = data.train_x, data.train_y
+    order = epoch_order(cfg.seed, 0, x.shape[0])
+    bs = cfg.optimizer.batch_size
+    t0 = time.perf_counter()
+    for s in range(0, order.size, bs):
+        idx = order[s:s + bs]
+        trainer.train_step(x[idx], y[idx], lr)
+    dt = time.perf_counter() - t0
+    return {"examples_per_s": order.size / dt,
+            "set_pulses_per_example": trainer.io.counters.set_pulses / order.size}
+
+
+def fp32_examples_per_s(cfg: TorchExperimentConfig, data: Dataset) -> float:
+    """The same CNN in plain torch fp32, torch.optim.SGD, same initial weights and order."""
+    import torch
+    from hil.torch.experiment import initial_model
+    model = initial_model(cfg)
+    return _timed_epoch(model, torch.optim.SGD(model.parameters(), cfg.optimizer.learning_rate),
+                        _batches(cfg, data))
+
+
+def _timed_epoch(model: Any, opt: Any, batches: List[Tuple[Any, Any]]) -> float:
+    """Examples per second of plain torch training steps over `batches`."""
+    import torch.nn.functional as F
+    t0 = time.perf_counter()
+    for xb, yb in batches:
+        opt.zero_grad()
+        F.cross_entropy(model(xb), yb).backward()
+        opt.step()
+    return sum(int(yb.shape[0]) for _, yb in batches) / (time.perf_counter() - t0)
+
+
+def aihwkit_examples_per_s(cfg: TorchExperimentConfig,
+                           data: Dataset) -> Tuple[Optional[float], Optional[str]]:
+    """The same LeNet with aihwkit's AnalogConv2d/AnalogLinear over
+    MixedPrecisionCompound(PCMPresetUnitCell), AnalogSGD; (examples/s, None) or (None, why
+    it was skipped)."""
+    try:
+        import torch
+        from aihwkit.nn import AnalogConv2d, AnalogLinear, AnalogSequential
+        from aihwkit.optim import AnalogSGD
+    except ImportError:
+        return None, AIHWKIT_SKIP
+    try:
+        rpu = _aihwkit_rpu_config()
+        m = cfg.model
+        c1, c2 = m.channels
+        sizes = [c2 * 25, *m.hidden, 10]
+        act = torch.nn.Tanh if m.activation.value == "tanh" else torch.nn.ReLU
+        pool = torch.nn.MaxPool2d if m.pool.value == "max" else torch.nn.AvgPool2d
+        mods: List[Any] = [torch.nn.Unflatten(1, (1, 28, 28)),
+                           AnalogConv2d(1, c1, 5, padding=2, rpu_config=rpu), act(), pool(2),
+                           AnalogConv2d(c1, c2, 5, rpu_config=rpu), act(), pool(2),
+                           torch.nn.Flatten()]
+        for k, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            mods.append(AnalogLinear(n_in, n_out, bias=True, rpu_config=rpu))
+            if k < len(sizes) - 2:
+                mods.append(act())
+        model = AnalogSequential(*mods)
+        opt = AnalogSGD(model.parameters(), lr=cfg.optimizer.learning_rate)
+        opt.regroup_param_groups(model)
+        return _timed_epoch(model, opt, _batches(cfg, data)), None
+    except Exception as e:  # noqa: BLE001 - an optional comparison must not sink the run
+        return None, f"aihwkit is installed but its run failed: {type(e).__name__}: {e}"
+
+
+def cnn_figures(mnist: Mnist, examples: Dict[int, int]) -> Dict[str, Any]:
+    """Chip, fp32 and aihwkit throughput of the CNN per batch size ({batch: examples})."""
+    out: Dict[str, Any] = {}
+    for bs, n in examples.items():
+        cfg = cnn_config(n, bs)
+        data = Dataset(mnist.train_x[:n], mnist.train_y[:n].astype(np.int64),
+                       mnist.test_x[:1], mnist.test_y[:1].astype(np.int64))
+        chip = chip_examples_per_s(cfg, data)
+        fp32 = fp32_examples_per_s(cfg, data)
+        n_aihw = min(n, AIHWKIT_STEPS * bs)   # about 10x slower: fewer steps
+        aihw, why = aihwkit_examples_per_s(cnn_config(n_aihw, bs), data.head(n_aihw, 1))
+        ref = REFERENCE["aihwkit"][bs] if bs in REFERENCE["aihwkit"] else None
+        out[f"b{bs}"] = {
+            "batch": bs, "examples": n, "examples_per_s": chip["examples_per_s"],
+            "set_pulses_per_example": chip["set_pulses_per_example"],
+            "fp32_examples_per_s": fp32, "ratio_fp32": chip["examples_per_s"] / fp32,
+            "aihwkit_examples_per_s": aihw, "aihwkit_skip_reason": why,
+            "ratio_aihwkit": chip["examples_per_s"] / aihw if aihw else None,
+            "ratio_aihwkit_reference": chip["examples_per_s"] / ref if ref else None,
+            "fp32_reference_examples_per_s": REFERENCE["fp32"].get(bs),
+            "aihwkit_reference_examples_per_s": ref}
+    return out
+
+
+class _UpdatePulses(Recorder):
+    """Each training step's update batch: (step, addresses, pulse counts)."""
+
+    def __init__(self) -> None:
+        self.batches: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
+
+    def on_program(self, step, addresses, n_pulses, pulse, purpose):  # noqa: ANN001
+        if purpose == "update":
+            self.batches[step] = (addresses.copy(), np.asarray(n_pulses).copy())
+
+
+def mlp_agreement(mnist: Mnist, steps: int) -> Dict[str, Any]:
+    """The default MLP (784-250-10, sigmoid, batch 1) through hil.torch against the numpy
+    trainer: same initial weights, β, devices (the blocks map onto the same addresses),
+    chip seed and data order. Reports how many training steps send identical pulse batches,
+    the first that differs, and both throughputs."""
+    import torch
+    import torch.nn.functional as F
+    from hil.torch import ChipModel, MixedPrecisionSGD
+    from hil.training import Dataset as MlpData, MixedPrecisionTrainer, initial_weights
+
+    cfg = bench_config(steps, 100)
+    opt = cfg.optimizer
+    data = MlpData.from_mnist(mnist, steps, 100)
+    order = epoch_order(cfg.seed, 0, steps)
+    rec_np = _UpdatePulses()
+    t = MixedPrecisionTrainer(cfg, cfg.sim_chip_spec().build(), rec_np)
+    t.initialize()
+    t0 = time.perf_counter()
+    for i in order:
+        t.train_step(data.train_x[i:i + 1], data.train_y[i:i + 1], opt.learning_rate)
+    numpy_s = time.perf_counter() - t0
+
+    sizes = cfg.network.layers
+    net = torch.nn.Sequential(torch.nn.Linear(sizes[0], sizes[1]), torch.nn.Sigmoid(),
+                              torch.nn.Linear(sizes[1], sizes[2]))
+    with torch.no_grad():
+        for layer, w in zip((net[0], net[2]), initial_weights(cfg)):
+            layer.weight.copy_(torch.from_numpy(w[:-1].T.copy()))
+            layer.bias.copy_(torch.from_numpy(w[-1]))
+    rec_t = _UpdatePulses()
+    chip = ChipModel(net, cfg.sim_chip_spec().build(), rec_t, beta=list(opt.beta),
+                     epsilon_us=opt.epsilon_us, max_pulses=opt.max_pulses_per_update,
+                     chi_update=opt.chi_update, refresh=opt.refresh,
+                     device_model=cfg.chip.model)
+    assert np.array_equal(chip.pairs.addresses, t.mapping.addresses)   # the same devices
+    chip.program()
+    sgd = MixedPrecisionSGD(chip, opt.learning_rate)
+    x = torch.from_numpy(mnist.train_x[:steps])
+    y = torch.from_numpy(mnist.train_y[:steps].astype(np.int64))
+    t0 = time.perf_counter()
+    for i in order:
+        sgd.zero_grad()
+        F.cross_entropy(net(x[i:i + 1]), y[i:i + 1], reduction="sum").backward()
+        sgd.step()
+    torch_s = time.perf_counter() - t0
+    same, first = 0, None
+    for step in range(1, steps + 1):
+        a, b = rec_np.batches.get(step), rec_t.batches.get(step)
+        equal = (a is None and b is None) or (a is not None and b is not None and
+                                              np.array_equal(a[0], b[0]) and
+                                              np.array_equal(a[1], b[1]))
+        same += equal
+        if not equal and first is None:
+            first = step
+    return {"steps": steps, "identical_steps": same, "first_different_step": first,
+            "numpy_set_pulses": int(sum(n.sum() for _, n in rec_np.batches.values())),
+            "torch_set_pulses": int(sum(n.sum() for _, n in rec_t.batches.values())),
+            "numpy_examples_per_s": steps / numpy_s, "torch_examples_per_s": steps / torch_s}
