@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from hil.benchmarks import report, suite
 
 # Keys that are null only when an optional part is skipped.
@@ -53,6 +55,7 @@ def test_bench_tiny_writes_every_figure_and_leaves_the_readme(tmp_path, capsys):
         for row in r["cnn"].values():
             for key in ("examples_per_s", "fp32_examples_per_s", "ratio_fp32"):
                 assert _number(row[key]) and row[key] > 0, key
+            assert row["torch_threads"] == 1   # chip, fp32 and aihwkit alike
         m = r["mlp_torch"]
         assert m["identical_steps"] == m["steps"] and m["first_different_step"] is None
         assert m["numpy_set_pulses"] == m["torch_set_pulses"] > 0
@@ -60,6 +63,28 @@ def test_bench_tiny_writes_every_figure_and_leaves_the_readme(tmp_path, capsys):
     assert "| figure | value | target | command |" in captured.out
     assert readme.read_text() == before
     assert "only a full run rewrites its table" in captured.err
+
+
+def test_bench_only_torch_measures_the_hil_torch_figures_alone(tmp_path, capsys):
+    """--only torch: the CNN against plain torch (and aihwkit, or why not) and the MLP
+    through hil.torch, nothing else, and no README rewritten."""
+    pytest.importorskip("torch", reason="the hil.torch figures need the torch extra")
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n## Performance\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    before = readme.read_text()
+    out = tmp_path / "t.json"
+    assert suite.main(["--tiny", "--only", "torch", "--readme", str(readme),
+                       "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert not set(suite.REQUIRED_KEYS) & set(r)   # the MLP suite did not run
+    assert sorted(r["cnn"]) == ["b1", "b32"] and r["mlp_torch"]["steps"] == 100
+    for row in r["cnn"].values():
+        assert _number(row["examples_per_s"]) and _number(row["fp32_examples_per_s"])
+        assert _number(row["aihwkit_examples_per_s"]) or row["aihwkit_skip_reason"]
+    captured = capsys.readouterr()
+    assert "batch 32, 1 torch thread(s)" in captured.out
+    assert "`scripts/bench --only torch`" in captured.out
+    assert readme.read_text() == before
 
 
 def test_write_readme_markers(tmp_path):

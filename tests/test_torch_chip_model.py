@@ -142,6 +142,31 @@ def test_a_step_hands_minus_lr_times_the_gradient_to_chi_and_sends_one_command()
     assert [(s, purpose) for s, purpose, *_ in rec.seen] == [(1, "update"), (1, "readback")]
 
 
+def test_networks_trained_in_turns_pulse_only_the_part_whose_loss_was_backpropagated():
+    """A GAN's pattern (docs/torch.md): two nets in one ChipModel, one part stepped at a
+    time; the other part's blocks, their gradients None, send nothing and keep their χ."""
+    nets = nn.ModuleDict({"g": nn.Linear(6, 8), "d": nn.Linear(8, 1)})
+    rec = Commands()
+    _, cm = _chip(nets, rec, refresh=RefreshConfig(period_steps=0))
+    cm.program()
+    opt = MixedPrecisionSGD(cm, lr=2.0)
+    d_devices = {int(a) for name in ("d.weight", "d.bias") for half in cm.devices(name)
+                 for a in half.ravel()}
+    for _ in range(3):   # the generator's turn: the discriminator is only a fixed function
+        rec.seen.clear()
+        opt.zero_grad(set_to_none=True)
+        fake = nets["g"](torch.randn(16, 6))
+        out = F.linear(fake, nets["d"].weight.detach(), nets["d"].bias.detach())
+        (-out.mean()).backward()
+        assert nets["d"].weight.grad is None
+        opt.step()
+        pulsed = {int(a) for _, purpose, addresses, _ in rec.seen if purpose == "update"
+                  for a in addresses}
+        assert pulsed and not pulsed & d_devices
+    assert not cm.core.chi.chi[1].any()   # the discriminator's χ never moved
+    assert opt.last.pulses > 0
+
+
 def test_a_model_larger_than_the_chip_is_refused_naming_the_layer():
     with pytest.raises(ConfigError, match=r"model: 2 weight block\(s\) need 604 devices, the "
                                           r"chip has 512 usable .*block 'fc' \(49, 5\) is "

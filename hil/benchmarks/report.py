@@ -84,6 +84,17 @@ def table(r: Dict[str, Any]) -> List[str]:
     return lines
 
 
+def torch_table(r: Dict[str, Any]) -> List[str]:
+    """The hil.torch rows alone (`scripts/bench --only torch`), with the run's conditions."""
+    rows = _torch_rows(r, "`scripts/bench --only torch`")
+    lines = ["| figure | value | target | command |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
+    la = r.get("load_average_start") or [0.0]
+    lines += ["", f"Measured by `scripts/bench --only torch` ({r['mode']} mode, "
+                  f"{r.get('cpu_count')} cores, load average {la[0]:.2f} at the start)."]
+    return lines
+
+
 def _torch_rows(r: Dict[str, Any], cmd: str) -> List[tuple]:
     """The CNN through hil.torch against plain torch and aihwkit, and the MLP through
     hil.torch against the numpy trainer."""
@@ -96,7 +107,8 @@ def _torch_rows(r: Dict[str, Any], cmd: str) -> List[tuple]:
         b = row["batch"]
         t_fp32, t_aihw = targets.get(b, ("", ""))
         rows.append((f"CNN (LeNet-5, tanh, max-pool) training throughput through hil.torch, "
-                     f"in-process simulated chip, batch {b}",
+                     f"in-process simulated chip, batch {b}, "
+                     f"{row['torch_threads']} torch thread(s)",
                      f"{row['examples_per_s']:,.0f} examples/s", "", cmd))
         rows.append((f"… against the same CNN in plain torch fp32 "
                      f"({row['fp32_examples_per_s']:,.0f} examples/s, same batch)",

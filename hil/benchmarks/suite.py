@@ -7,6 +7,7 @@ What each figure means and how it is measured is in docs/benchmarks.md.
   scripts/bench                      # full run (about 2 minutes here), rewrites README's table
   scripts/bench --quick              # about 20 s: small N, no 4 M-device point; README untouched
   scripts/bench --json out.json      # also every figure under stable keys
+  scripts/bench --only torch         # the hil.torch figures alone (section g); README untouched
 
 Only a full run may rewrite a README's table, and only the one named by --readme
 (scripts/bench names the checkout's README.md): the table says "full mode", and quick figures
@@ -28,7 +29,7 @@ import numpy as np
 
 from hil.benchmarks import run_log_cost, torch_cnn, wire
 from hil.benchmarks.common import bench_config, epoch_examples_per_s, say
-from hil.benchmarks.report import table, write_readme
+from hil.benchmarks.report import table, torch_table, write_readme
 from hil.benchmarks.scaling import growth_exponent, scaling_tables
 from hil.benchmarks.throughput import (AIHWKIT_REFERENCE_EXAMPLES_PER_S,
                                        aihwkit_examples_per_s, fp32_opt_examples_per_s,
@@ -234,25 +235,40 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--readme", metavar="FILE",
                    help="rewrite the Performance table of this README (full mode only; "
                         "scripts/bench names the checkout's README.md)")
+    p.add_argument("--only", choices=["torch"],
+                   help="only the hil.torch figures (the CNN against plain torch and aihwkit, "
+                        "the MLP through hil.torch), at the mode's sizes; README untouched")
     p.add_argument("--no-readme", action="store_true",
                    help="do not rewrite the README even in full mode (overrides --readme)")
     args = p.parse_args(argv)
     plan = PLANS["tiny" if args.tiny else "quick" if args.quick else "full"]
     if args.examples:
         plan = replace(plan, examples=args.examples)
-    readme = None if args.no_readme else args.readme
+    readme = None if args.no_readme or args.only else args.readme
+    if args.only:
+        r = {"mode": plan.name, "cpu_count": os.cpu_count(),
+             "load_average_start": list(os.getloadavg())}
+        t0 = time.perf_counter()
+        r.update(torch_figures(plan))
+        r["load_average_end"] = list(os.getloadavg())
+        r["seconds"] = time.perf_counter() - t0
+        return _report(r, torch_table(r), args.json, None)
     if readme and (plan.name != "full" or args.examples):
         say(f"{plan.name} mode{' with --examples' if args.examples else ''}: "
             f"{os.path.relpath(readme)} is left as it is (only a full run rewrites its table)")
         readme = None
     r = run(plan)
-    lines = table(r)
+    return _report(r, table(r), args.json, readme)
+
+
+def _report(r: Dict[str, Any], lines: Sequence[str], json_path: Optional[str],
+            readme: Optional[str]) -> int:
     print("\n".join(lines))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
             json.dump(r, f, indent=2, default=_json_default)
     if readme:
-        write_readme(readme, lines)
+        write_readme(readme, list(lines))
         say(f"wrote the table into {os.path.relpath(readme)}")
     return 0
 

@@ -4,7 +4,9 @@ simulator; and the default MLP expressed through hil.torch against the numpy tra
 
 Every CNN figure times training steps only (forward, backward, update; the chip's one-off
 initial programming and any test evaluation excluded), on the same digits in the same order,
-from the same initial weights, with torch's default thread count.
+from the same initial weights, all at the same torch thread count (TORCH_THREADS unless
+told): on a shared machine torch's two-thread pool spins against the other load, and the
+same LeNet-5 trains 10-20x slower with two threads than with one.
 """
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ from hil.training import Dataset, epoch_order
 REFERENCE = {"aihwkit": {1: 48.0, 32: 502.0}, "fp32": {1: 506.0, 32: 11445.0}}
 #: Training steps of the aihwkit runs.
 AIHWKIT_STEPS = 40
+#: torch intra-op threads of every CNN figure (chip, fp32 and aihwkit alike).
+TORCH_THREADS = 1
 TORCH_SKIP = ("torch is not installed, so the hil.torch figures are skipped; "
               "pip install 'pcm-hil[torch]'")
 
@@ -120,8 +124,20 @@ def aihwkit_examples_per_s(cfg: TorchExperimentConfig,
         return None, f"aihwkit is installed but its run failed: {type(e).__name__}: {e}"
 
 
-def cnn_figures(mnist: Mnist, examples: Dict[int, int]) -> Dict[str, Any]:
-    """Chip, fp32 and aihwkit throughput of the CNN per batch size ({batch: examples})."""
+def cnn_figures(mnist: Mnist, examples: Dict[int, int],
+                threads: int = TORCH_THREADS) -> Dict[str, Any]:
+    """Chip, fp32 and aihwkit throughput of the CNN per batch size ({batch: examples}), all
+    at `threads` torch threads (restored afterwards)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _cnn_figures(mnist, examples, threads)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _cnn_figures(mnist: Mnist, examples: Dict[int, int], threads: int) -> Dict[str, Any]:
     out: Dict[str, Any] = {}
     for bs, n in examples.items():
         cfg = cnn_config(n, bs)
@@ -133,7 +149,8 @@ def cnn_figures(mnist: Mnist, examples: Dict[int, int]) -> Dict[str, Any]:
         aihw, why = aihwkit_examples_per_s(cnn_config(n_aihw, bs), data.head(n_aihw, 1))
         ref = REFERENCE["aihwkit"][bs] if bs in REFERENCE["aihwkit"] else None
         out[f"b{bs}"] = {
-            "batch": bs, "examples": n, "examples_per_s": chip["examples_per_s"],
+            "batch": bs, "examples": n, "torch_threads": threads,
+            "examples_per_s": chip["examples_per_s"],
             "set_pulses_per_example": chip["set_pulses_per_example"],
             "fp32_examples_per_s": fp32, "ratio_fp32": chip["examples_per_s"] / fp32,
             "aihwkit_examples_per_s": aihw, "aihwkit_skip_reason": why,

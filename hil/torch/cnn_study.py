@@ -8,7 +8,9 @@ in-process simulated chip, with its fp32 baseline (same initial weights, data or
 hyperparameters). `tune` holds out the last 10,000 of the 60,000 training digits and trains
 on the first 50,000, so the test set is never looked at while choosing. One line per epoch
 and a JSON summary per run go to --out (default runs/cnn/). These runs take hours on two
-cores; run them one at a time, niced (`nice -n 10 scripts/cnn_runs ...`).
+cores; run them niced (`nice -n 10 scripts/cnn_runs ...`), one torch thread each (the
+default --threads 1: on a shared machine torch's two-thread pool spins against the other load
+and trains 10-20x slower).
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import sys
 import time
 from typing import List, Optional
 
+import torch
 import yaml
 
 from drivers.typed_yaml import read_yaml
@@ -87,7 +90,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--baseline-only", action="store_true", help="tune: fp32 only (fast)")
     p.add_argument("--tag", default=None, help="file name stem of the summaries")
     p.add_argument("--out", default=os.path.join("runs", "cnn"))
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1)")
     a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
     if a.mode == "tune":
         cfg = study_config(a.config, a.set, "validation")
         tag = a.tag or ("tune-" + "-".join(s.replace("=", "") for s in a.set) or "tune")
