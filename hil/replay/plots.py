@@ -75,12 +75,18 @@ def make_plots(log: RunLog, folder: str, steps: List[int], n_devices: int = 6,
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(f"{log.name}: accuracy per epoch")
-    if ep.size:
+    if ax.get_lines():
         ax.legend()
+    elif ep.size:
+        ax.text(0.5, 0.5, "no accuracy logged", ha="center", transform=ax.transAxes)
     else:
         ax.text(0.5, 0.5, "no epoch finished", ha="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
     save(fig, "accuracy.png")
+
+    # Losses: per step (both players' for a GAN) and, for a language model, bits per
+    # character per epoch; FID and IS per epoch for a GAN.
+    _loss_plots(log, em, plt, save)
 
     # G+ / G- histograms at the chosen steps.
     plus = [k for k in log.layout if k.endswith(".plus")]
@@ -164,3 +170,72 @@ def make_plots(log: RunLog, folder: str, steps: List[int], n_devices: int = 6,
     ax.grid(alpha=0.3)
     save(fig, "traces.png")
     return written
+
+
+def _smooth(y: np.ndarray) -> tuple:
+    """A running mean over about 1/200 of the curve (the window, and the smoothed curve)."""
+    w = max(1, y.size // 200)
+    return w, (np.convolve(y, np.ones(w) / w, "valid") if w > 1 else y)
+
+
+def _loss_plots(log: RunLog, em: dict, plt: Any, save: Any) -> None:
+    sm = log.step_metrics()
+    players = [k for k in ("d_loss", "g_loss") if k in sm]
+    keys = players or [k for k in ("loss",) if k in sm]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    names = {"loss": "training loss", "d_loss": "discriminator", "g_loss": "generator"}
+    for key in keys:
+        ok = ~np.isnan(sm[key])
+        w, y = _smooth(sm[key][ok])
+        ax.plot(sm["step"][ok][w - 1:], y, lw=1.2,
+                label=names[key] + (f" (mean over {w} steps)" if w > 1 else ""))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per prediction)")
+    ax.set_title(f"{log.name}: training loss")
+    if ax.get_lines():
+        ax.legend()
+    ax.grid(alpha=0.3)
+    save(fig, "loss.png")
+    ep = em["epoch"] + 1
+    if "holdout_bpc" in em:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, label, style in (("train_bpc", "train (chip)", "o-"),
+                                  ("holdout_bpc", "holdout (chip)", "s-"),
+                                  ("baseline_holdout_bpc", "holdout (fp32)", "^--")):
+            if key in em:
+                ax.plot(ep, em[key], style, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("bits per character")
+        ax.set_title(f"{log.name}: bits per character per epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        save(fig, "bpc.png")
+    if "fid" in em:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+        for key, label, style in (("fid", "chip", "s-"), ("baseline_fid", "fp32", "^--")):
+            if key in em:
+                ax.plot(ep, em[key], style, label=label)
+        for key, label, style in (("inception_score", "chip", "s-"),
+                                  ("baseline_inception_score", "fp32", "^--")):
+            if key in em:
+                ax2.plot(ep, em[key], style, label=label)
+        ax.set_title("classifier-FID per epoch (lower is better)")
+        ax2.set_title("inception-style score per epoch")
+        for a in (ax, ax2):
+            a.set_xlabel("epoch")
+            a.legend()
+            a.grid(alpha=0.3)
+        save(fig, "fid.png")
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, label, style in (("d_loss", "discriminator (chip)", "o-"),
+                                  ("g_loss", "generator (chip)", "s-"),
+                                  ("baseline_d_loss", "discriminator (fp32)", "o--"),
+                                  ("baseline_g_loss", "generator (fp32)", "s--")):
+            if key in em:
+                ax.plot(ep, em[key], style, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("mean loss over the epoch")
+        ax.set_title(f"{log.name}: both players' losses per epoch")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        save(fig, "gan_losses.png")

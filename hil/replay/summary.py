@@ -53,7 +53,9 @@ def summarize(log: RunLog) -> Dict[str, Any]:
         "events": [{"step": e.step, "kind": e.kind, "detail": e.detail} for e in log.events()],
         "devices": log.n_devices,
     }
-    for key in ("test_accuracy", "train_accuracy", "baseline_test_accuracy"):
+    for key in ("test_accuracy", "train_accuracy", "baseline_test_accuracy",
+                "holdout_bpc", "baseline_holdout_bpc", "fid", "baseline_fid",
+                "inception_score", "baseline_inception_score"):
         if key in em and em[key].size and not np.isnan(em[key][-1]):
             out[key] = float(em[key][-1])
     tail = log.journal()
@@ -87,6 +89,14 @@ def format_summary(s: Dict[str, Any]) -> str:
             acc += f", train {100 * s['train_accuracy']:.2f}%"
         if "baseline_test_accuracy" in s:
             acc += f", fp32 baseline {100 * s['baseline_test_accuracy']:.2f}%"
+    elif "holdout_bpc" in s:          # a language model (docs/lstm-gan.md)
+        acc = f"holdout {s['holdout_bpc']:.4f} bits per character"
+        if "baseline_holdout_bpc" in s:
+            acc += f", fp32 {s['baseline_holdout_bpc']:.4f}"
+    elif "fid" in s:                  # a GAN: classifier-FID and inception-style score
+        acc = f"classifier-FID {s['fid']:.2f}, IS {s['inception_score']:.2f}"
+        if "baseline_fid" in s:
+            acc += f"; fp32 {s['baseline_fid']:.2f}, IS {s['baseline_inception_score']:.2f}"
     snaps = s["snapshots"]
     lines = [
         ("run log", f"{s['path']} ({_size(s['file_bytes'])}, schema {s['schema_version']})"),
@@ -96,7 +106,7 @@ def format_summary(s: Dict[str, Any]) -> str:
         ("status", status),
         ("epochs", f"{s['epochs_logged']} of {s['epochs_configured']}; steps up to "
                    f"{s['last_step']:,} (complete through {s['complete_step']:,})"),
-        ("accuracy", acc),
+        ("accuracy" if "test_accuracy" in s or acc == "not logged" else "score", acc),
         ("pulses", f"{s['set_pulses']:,} SET, {s['reset_pulses']:,} RESET in "
                    f"{s['pulse_batches']:,} batches"
                    + (f" ({s['unacknowledged_batches']} never acknowledged)"

@@ -1,0 +1,1 @@
+"""Datasets that ship with pcm-hil as package data, so no run ever downloads anything."""

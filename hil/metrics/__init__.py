@@ -1,0 +1,1 @@
+"""Quality measures for trained models that need no torch: numpy all the way down."""
