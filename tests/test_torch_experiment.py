@@ -165,3 +165,35 @@ def test_the_docs_example_loop_runs_and_its_log_reads(tmp_path):
     with RunLog(log) as lg:
         assert lg.status.status == "completed" and lg.complete_step == 4
         assert list(lg.layout)[:2] == ["1.plus", "1.minus"]
+
+
+def test_the_station_preflight_refuses_a_torch_run_before_its_first_command(tmp_path, mnist):
+    """The shared epoch loop's pre-flight holds for a torch model too: its initial
+    programming, checked command for command against a per-device pulse limit it exceeds,
+    is refused with nothing sent to the chip (not after the RESET of every device)."""
+    from drivers.errors import SafetyLimitError
+    from drivers.safety import LimitedBackend, PulseLimits, SafetyLimits
+    cfg = load_config(_config_file(tmp_path))
+    chip = open_backend("sim://", cfg.sim_chip_spec())
+    limits = SafetyLimits(set=PulseLimits(1.5, 1000.0), reset=PulseLimits(3.5, 200.0),
+                          max_pulses_per_device=4, max_pulses_per_step=500_000,
+                          max_batch_devices=1 << 20)
+    with pytest.raises(SafetyLimitError, match=r"\[PROGRAM_SET\] pulses per device "
+                                               r"\(safety\.max_pulses_per_device\) must be "
+                                               r"in 0\.\.4"):
+        run_experiment(cfg, LimitedBackend(chip, limits), data=mnist)
+    assert chip.commands_executed == 0
+
+
+def test_a_torch_log_verifies_serially_under_workers_saying_why(tmp_path, mnist):
+    """A torch trainer declares no trainer state record, so `--verify --workers` cannot
+    split its log: it re-runs it once, with the serial verdict and a note."""
+    from hil.replay.parallel import verify_parallel
+    cfg = load_config(_config_file(tmp_path))
+    path = str(tmp_path / "r.h5")
+    _in_process(cfg, mnist, path)
+    with RunLog(path) as log:
+        assert not log.has_state
+    report = verify_parallel(path, workers=2, data=mnist)
+    assert report.ok, report.message
+    assert report.note == "verified in one re-run: its trainer declared no state record"
