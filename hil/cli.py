@@ -11,7 +11,9 @@ import importlib
 import logging
 import os
 import pkgutil
+import signal
 import sys
+import threading
 from typing import List, Optional
 
 from drivers.errors import HilError
@@ -41,6 +43,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if threading.current_thread() is threading.main_thread():
+        # Ctrl-C (SIGINT) stops every command, also one a script started in the background,
+        # where the shell leaves SIGINT ignored and Python would install no handler.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         rc = int(args.func(args) or 0)
         sys.stdout.flush()   # a closed pipe shows here, not at interpreter exit

@@ -64,13 +64,21 @@ def test_a_closed_pipe_stops_replay_quietly(tiny_trained_log):
     assert r.stderr == "", r.stderr
 
 
-def test_ctrl_c_during_verify_is_one_line(tiny_trained_log):
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_ctrl_c_during_verify_is_one_line(tiny_trained_log, inherited):
+    """Also when started as a script's background job (`pcm-hil ... &`), which the shell
+    starts with SIGINT ignored."""
     import signal
     import subprocess
     import sys
+
+    def start() -> None:
+        if inherited == "ignored":
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
     p = subprocess.Popen([sys.executable, "-m", "hil.cli", "replay", tiny_trained_log,
                           "--verify", "--no-progress"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=start)
     while not p.stdout.readline().startswith("chip"):   # the summary's last line
         assert p.poll() is None
     p.send_signal(signal.SIGINT)                        # verifying now

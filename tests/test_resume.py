@@ -226,12 +226,9 @@ def test_journal_of_a_combined_command(tmp_path, monkeypatch):
     w.finish("aborted")
 
 
-def test_resume_on_sim_without_chip_state_refuses(tmp_path, small_data, capsys):
-    from hil.cli import main
+def _abort_at_step_30(cfg, run: str, data) -> None:
+    """A run on sim:// (no chip state kept) stopped by its control after step 30."""
     from hil.run_control import RunAborted, RunControl
-    cfg_path = _config(tmp_path, train=200)
-    cfg = load_config(cfg_path)
-    run = str(tmp_path / "run.h5")
 
     class StopAt(RunControl):
         def check(self, step):
@@ -240,7 +237,15 @@ def test_resume_on_sim_without_chip_state_refuses(tmp_path, small_data, capsys):
 
     with pytest.raises(RunAborted):
         run_experiment(cfg, open_backend("sim://", cfg.sim_chip_spec()), RunLogWriter(run, cfg),
-                       data=small_data, control=StopAt())
+                       data=data, control=StopAt())
+
+
+def test_resume_on_sim_without_chip_state_refuses(tmp_path, small_data, capsys):
+    from hil.cli import main
+    cfg_path = _config(tmp_path, train=200)
+    cfg = load_config(cfg_path)
+    run = str(tmp_path / "run.h5")
+    _abort_at_step_30(cfg, run, small_data)
     assert main(["train", "--resume", run, "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
@@ -256,20 +261,11 @@ def test_a_log_of_another_arithmetic_is_not_resumed(tmp_path, small_data, capsys
     before run logs recorded their arithmetic (machine-dependent rounding) is refused, with
     one error saying why, before a chip or a new log is touched."""
     from hil.cli import main
-    from hil.run_control import RunAborted, RunControl
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from run_log_fakes import set_arithmetic
     cfg = load_config(_config(tmp_path, train=200))
     run = str(tmp_path / "run.h5")
-
-    class StopAt(RunControl):
-        def check(self, step):
-            if step >= 30:
-                raise RunAborted(f"test stop at step {step}")
-
-    with pytest.raises(RunAborted):
-        run_experiment(cfg, open_backend("sim://", cfg.sim_chip_spec()), RunLogWriter(run, cfg),
-                       data=small_data, control=StopAt())
+    _abort_at_step_30(cfg, run, small_data)
     set_arithmetic(run, None)
     assert main(["train", "--resume", run, "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()

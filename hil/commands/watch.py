@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
 from typing import Optional
@@ -35,7 +36,7 @@ examples:
   pcm-hil watch runs/quick.h5 --listen 0.0.0.0      # for the bench's other machines
   pcm-hil train --config configs/quick.yaml --run runs/q.h5 --watch
 
-Needs the watch extra: pip install 'pcm-hil[watch]'. Ctrl-C stops the server.
+Needs the watch extra: pip install 'pcm-hil[watch]'. Ctrl-C or SIGTERM stops the server.
 exit status: 0 after Ctrl-C, 1 error, 2 bad command line.
 """
 
@@ -120,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"live view of {args.run}: {server.url}\n"
               + ("every request needs the token: open the URL as printed\n"
                  if args.listen is not None else "")
-              + "Ctrl-C stops the server (the log is only read)", file=say, flush=True)
+              + "Ctrl-C or SIGTERM stops the server (the log is only read)",
+              file=say, flush=True)
+    _stop_on_signals()
     try:
         server.run_forever()
     except KeyboardInterrupt:
@@ -129,6 +132,17 @@ def run(args: argparse.Namespace) -> int:
         follower.stop()
         server.stop()
     return 0
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM ends the server as Ctrl-C does (hil.cli makes sure Ctrl-C does)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame):  # noqa: ARG001 - signal API
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _stop_on_eof(server) -> None:
