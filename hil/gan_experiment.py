@@ -27,10 +27,10 @@ from hil.config import GanExperimentConfig, Holdout
 from hil.metrics.gan_quality import GanQuality, MnistGanScorer
 from hil.mnist import Mnist, load_mnist
 from hil.models import mnist_gan as ref
-from hil.recorder import NullRecorder, Recorder
+from hil.recorder import Recorder
 from hil.run_control import RunControl
-from hil.torch_run import ChipTraining, between_steps, chip_summary, drop_gradients
-from hil.training import EpochTrainer, learning_rate
+from hil.torch_run import TorchEpochTrainer, between_steps, chip_summary, drop_gradients
+from hil.training import learning_rate
 
 _bce = nn.functional.binary_cross_entropy_with_logits
 
@@ -126,31 +126,14 @@ def _g_loss(p: Players, fake: torch.Tensor) -> torch.Tensor:
     return _bce(p.discriminator(fake), torch.ones(fake.shape[0]))
 
 
-class ChipGanTrainer(EpochTrainer):
-    """One run of the GAN on one chip."""
+class ChipGanTrainer(TorchEpochTrainer):
+    """One run of the GAN on one chip; `examples` counts real digits seen."""
 
     def __init__(self, cfg: GanExperimentConfig, backend: ChipBackend,
                  recorder: Optional[Recorder] = None) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.recorder = recorder or NullRecorder()
-        self.players = initial_players(cfg)
-        self.training = ChipTraining(cfg, self.players, backend, self.recorder,
-                                     cfg.gan.biases_on_chip)
-        self.chip = self.training.chip
-        self.io, self.core = self.chip.io, self.chip.core
-        self.examples = 0          # real digits seen
-        self.extra_provenance: Dict[str, Any] = {}
-
-    @property
-    def step(self) -> int:
-        return self.chip.step
-
-    def initial_targets(self) -> List[np.ndarray]:
-        return self.training.initial_targets()
-
-    def initialize(self) -> None:
-        self.train_seconds += self.training.program(self.extra_provenance)
+        players = initial_players(cfg)
+        super().__init__(cfg, players, backend, recorder, cfg.gan.biases_on_chip)
+        self.players = players
 
     def progress_total(self, data: GanData) -> int:
         return (data.train_x.shape[0] // self.cfg.gan.batch) * self.cfg.gan.batch

@@ -20,11 +20,11 @@ from torch import nn
 from drivers.backend import ChipBackend
 from hil.config import AnyExperimentConfig
 from hil.device_pairs import load_bad_devices
-from hil.recorder import Recorder
+from hil.recorder import NullRecorder, Recorder
 from hil.run_control import RunControl
 from hil.torch.chip_model import ChipModel, StepReport
 from hil.torch.optimizer import MixedPrecisionSGD
-from hil.training import run_counters
+from hil.training import EpochTrainer, run_counters
 
 if TYPE_CHECKING:
     from hil.monitors import Monitor
@@ -79,6 +79,33 @@ class ChipTraining:
                 **extra_provenance}
         self.chip.program(config=cfg.to_dict(), provenance=prov)
         return time.perf_counter() - t0
+
+
+
+class TorchEpochTrainer(EpochTrainer):
+    """What every hil.torch experiment's trainer shares: one ChipTraining over its module, the
+    step count of its chip model, and its initial programming. Subclasses give the epoch."""
+
+    def __init__(self, cfg: AnyExperimentConfig, module: nn.Module, backend: ChipBackend,
+                 recorder: Optional[Recorder], biases_on_chip: bool) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.recorder = recorder or NullRecorder()
+        self.training = ChipTraining(cfg, module, backend, self.recorder, biases_on_chip)
+        self.chip = self.training.chip
+        self.io, self.core = self.chip.io, self.chip.core
+        self.examples = 0
+        self.extra_provenance: Dict[str, Any] = {}
+
+    @property
+    def step(self) -> int:
+        return self.chip.step
+
+    def initial_targets(self) -> List[np.ndarray]:
+        return self.training.initial_targets()
+
+    def initialize(self) -> None:
+        self.train_seconds += self.training.program(self.extra_provenance)
 
 
 def drop_gradients(params: Sequence[nn.Parameter]) -> None:
