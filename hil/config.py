@@ -8,7 +8,9 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Union
+
+import yaml
 
 from drivers.errors import ConfigError
 from drivers.typed_yaml import dataclass_to_dict, load_dataclass, read_yaml
@@ -482,6 +484,18 @@ def load_config(path: str | os.PathLike) -> AnyExperimentConfig:
                           "`name`; configs/quick.yaml is a small one to start from)",
                           source=str(path))
     return config_from_dict(data, source=str(path))
+
+
+def apply_settings(d: Dict[str, Any], settings: List[str]) -> None:
+    """Apply `KEY=VALUE` settings (dotted keys, YAML values) to a config mapping in place,
+    making the sections a key names; the study scripts' `--set`."""
+    for item in settings:
+        key, _, value = item.partition("=")
+        node = d
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
 
 
 def with_overrides(cfg: AnyExperimentConfig, *, seed: Optional[int] = None,

@@ -22,11 +22,10 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-import yaml
 
 from drivers.typed_yaml import read_yaml
 from hil.backend_url import open_backend
-from hil.config import AnyExperimentConfig, config_from_dict
+from hil.config import AnyExperimentConfig, apply_settings, config_from_dict
 from hil.training import run_epochs
 
 CONFIGS = {"lstm": os.path.join("configs", "shakespeare_lstm.yaml"),
@@ -40,13 +39,7 @@ def with_settings(path: str, settings: List[str], holdout: str,
                   seed: int) -> AnyExperimentConfig:
     """The config file with `KEY=VALUE` overrides (YAML values), holdout and seed."""
     d = read_yaml(path)
-    for item in settings:
-        key, _, value = item.partition("=")
-        node = d
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+    apply_settings(d, settings)
     d.setdefault("data", {})["holdout"] = holdout
     d["seed"] = seed
     return config_from_dict(d, source=f"{path} with {' '.join(settings) or 'no overrides'}")

@@ -23,11 +23,10 @@ import time
 from typing import List, Optional
 
 import torch
-import yaml
 
 from drivers.typed_yaml import read_yaml
 from hil.backend_url import open_backend
-from hil.config import TorchExperimentConfig, config_from_dict
+from hil.config import TorchExperimentConfig, apply_settings, config_from_dict
 from hil.mnist import load_mnist
 from hil.torch.experiment import TorchBaseline, torch_dataset
 from hil.training import run_experiment
@@ -37,13 +36,7 @@ def study_config(path: str, overrides: List[str], holdout: str,
                  seed: Optional[int] = None) -> TorchExperimentConfig:
     """The config file with `KEY=VALUE` overrides (YAML values), on the given holdout."""
     d = read_yaml(path)
-    for item in overrides:
-        key, _, value = item.partition("=")
-        node = d
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = yaml.safe_load(value)
+    apply_settings(d, overrides)
     d.setdefault("data", {})["holdout"] = holdout
     if holdout == "validation":
         d["data"]["train_examples"] = min(int(d["data"].get("train_examples", 60000)), 50000)
