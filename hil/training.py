@@ -22,17 +22,20 @@ import numpy as np
 from drivers.abilities import GuardedBackend, find_ability
 from drivers.backend import Capability, ChipBackend
 from drivers.errors import ConfigError
+from drivers.pulse import DEFAULT_RESET, DEFAULT_SET
 from hil import network
 from hil.chip_io import ChipIO
-from hil.config import ExperimentConfig, MatvecMode
+from hil.config import ExperimentConfig, InitProgramming, LrSchedule, MatvecMode
 from hil.device_pairs import DevicePairMap, WeightBlock, allocate_pairs, load_bad_devices
-from hil.mixed_precision import MixedPrecisionCore, TrainingDiverged
+from hil.mixed_precision import InitVerify, MixedPrecisionCore, TrainingDiverged
+from hil.pulse_stats import PulseDistribution, PulseTotals
 from hil.mnist import Mnist, load_mnist
 from hil.recorder import NullRecorder, Recorder
 from hil.run_control import RunAborted, RunControl
 from hil.run_state import RunState
 
 if TYPE_CHECKING:
+    from hil.energy import EnergyTable
     from hil.monitors import Monitor
 
 log = logging.getLogger("pcm_hil.training")
@@ -42,28 +45,56 @@ F32 = np.float32
 
 @dataclass
 class Dataset:
-    """Train and test arrays with the bias column added."""
+    """Train, validation and test arrays with the bias column added."""
 
     train_x: np.ndarray
     train_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
+    val_x: np.ndarray | None = None
+    val_y: np.ndarray | None = None
 
     @classmethod
-    def from_mnist(cls, m: Mnist, n_train: int, n_test: int) -> "Dataset":
-        return cls(network.add_bias(m.train_x[:n_train]), m.train_y[:n_train].astype(np.int64),
-                   network.add_bias(m.test_x[:n_test]), m.test_y[:n_test].astype(np.int64))
+    def from_mnist(cls, m: Mnist, n_train: int, n_test: int,
+                   n_validation: int = 0) -> "Dataset":
+        """Validation: the last `n_validation` of the training digits (the standard 50k/10k
+        split for 10,000); training: the first `n_train` of the rest."""
+        tr, va = split_indices(m.train_x.shape[0], n_train, n_validation)
+        return cls(network.add_bias(m.train_x[tr]), m.train_y[tr].astype(np.int64),
+                   network.add_bias(m.test_x[:n_test]), m.test_y[:n_test].astype(np.int64),
+                   network.add_bias(m.train_x[va]), m.train_y[va].astype(np.int64))
 
+    @property
+    def n_validation(self) -> int:
+        return 0 if self.val_x is None else int(self.val_x.shape[0])
 
-    def head(self, n_train: int, n_test: int) -> "Dataset":
-        """The first examples, as the config's data section asks."""
+    def head(self, n_train: int, n_test: int, n_validation: int = 0) -> "Dataset":
+        """The first examples of each set, as the config's data section asks."""
+        if n_validation > self.n_validation:
+            raise ConfigError(f"{n_validation:,} validation examples asked for, the data set "
+                              f"given holds {self.n_validation:,}",
+                              key="data.validation_examples")
+        val = (self.val_x[:n_validation], self.val_y[:n_validation]) if n_validation \
+            else (None, None)
         return Dataset(self.train_x[:n_train], self.train_y[:n_train], self.test_x[:n_test],
-                       self.test_y[:n_test])
+                       self.test_y[:n_test], *val)
+
+
+def split_indices(n_digits: int, n_train: int, n_validation: int
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+    """Indices into the training digits: the first n_train of those not held out, and the
+    held-out last n_validation."""
+    if n_train + n_validation > n_digits:
+        raise ConfigError(f"{n_train:,} training and {n_validation:,} validation examples "
+                          f"need {n_train + n_validation:,} digits, there are {n_digits:,}",
+                          key="data.train_examples")
+    return (np.arange(n_train, dtype=np.int64),
+            np.arange(n_digits - n_validation, n_digits, dtype=np.int64))
 
 
 def load_dataset(cfg: ExperimentConfig) -> Dataset:
     return Dataset.from_mnist(load_mnist(cfg.data.source), cfg.data.train_examples,
-                              cfg.data.test_examples)
+                              cfg.data.test_examples, cfg.data.validation_examples)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -73,7 +104,11 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def learning_rate(cfg: ExperimentConfig, epoch: int) -> float:
-    return cfg.optimizer.learning_rate * cfg.optimizer.lr_decay ** epoch
+    """η of an epoch (counted from 0): exponential η0·decay^epoch, or inverse η0/(1+epoch)."""
+    opt = cfg.optimizer
+    if opt.lr_schedule is LrSchedule.INVERSE:
+        return opt.learning_rate / (1 + epoch)
+    return opt.learning_rate * opt.lr_decay ** epoch
 
 
 def initial_weights(cfg: ExperimentConfig) -> List[np.ndarray]:
@@ -91,14 +126,32 @@ def weight_blocks(cfg: ExperimentConfig) -> List[WeightBlock]:
 
 @dataclass
 class EpochResult:
+    """One epoch's figures; those that are None are not reported (the fields after
+    `baseline_test_accuracy` exist from config format 2 on)."""
+
     epoch: int
     train_accuracy: float
     train_loss: float
     test_accuracy: float
-    set_pulses: int
+    set_pulses: int          # every SET pulse of the epoch (updates and refreshes)
     refreshes: int
     seconds: float
     baseline_test_accuracy: Optional[float] = None
+    validation_accuracy: Optional[float] = None
+    baseline_validation_accuracy: Optional[float] = None
+    update_set_pulses: Optional[int] = None
+    refresh_set_pulses: Optional[int] = None
+    reset_pulses: Optional[int] = None
+    pairs_refreshed: Optional[int] = None
+    max_pair_refreshes: Optional[int] = None
+    top100_pulse_share: Optional[float] = None
+    max_weight_pulses: Optional[int] = None
+    active_inputs: Optional[int] = None          # non-zero inputs of the epoch's examples
+    mean_conductance_us: Optional[float] = None  # of the mapped devices, at the epoch's end
+
+    def metrics(self) -> Dict[str, float]:
+        """The epoch metrics the run log stores."""
+        return {k: v for k, v in self.__dict__.items() if v is not None}
 
 
 class ChipMatmul(network.HostMatmul):
@@ -190,6 +243,8 @@ class MixedPrecisionTrainer:
         #: the weights W = β(G+ - G-) from the conductance cache, one array per layer
         self.weights: List[np.ndarray] = self.core.weights
         self.extra_provenance: Dict[str, Any] = {}
+        self.init_error: List[Dict[str, float]] = []
+        self.active_inputs = 0      # non-zero inputs of every example trained on
         self.step = 0
         self.examples = 0
         self.matvec_commands = 0
@@ -207,11 +262,18 @@ class MixedPrecisionTrainer:
                 **self.extra_provenance}
 
     def initialize(self) -> None:
-        """RESET every mapped device, program the initial weights blind, read everything."""
+        """RESET every mapped device, program the initial weights (blind or verified), read
+        everything, and note how far the chip's weights are from the targets."""
         self.recorder.begin(config=self.cfg.to_dict(), provenance=self.provenance(),
                             layout=self.mapping.layout())
         self.io.step = 0
-        self.core.program_initial(initial_weights(self.cfg))
+        net = self.cfg.network
+        verify = InitVerify(net.init_tolerance_us, net.init_max_rounds) \
+            if net.init_programming is InitProgramming.VERIFY else None
+        targets = initial_weights(self.cfg)
+        self.core.program_initial(targets, verify)
+        self.init_error = initial_error(targets, self.weights,
+                                        [b.beta for b in self.core.pairs.blocks])
         self.core.record_snapshot(0)
 
     @property
@@ -224,6 +286,7 @@ class MixedPrecisionTrainer:
         self.io.step = self.step
         core = self.core
         loss, correct, grads = network.train_step(self.weights, xb, yb, lr, self._matmul)
+        self.active_inputs += int(np.count_nonzero(xb)) - xb.shape[0]   # bias column left out
         pulses = core.update(grads)
         refreshed = core.refresh() if core.refresh_due(self.step) else 0
         fr = self.cfg.training.full_read_every_steps
@@ -243,6 +306,7 @@ class MixedPrecisionTrainer:
         bs = self.cfg.optimizer.batch_size
         loss_sum, correct_sum, pulses0, refresh0 = 0.0, 0, self.io.counters.set_pulses, \
             self.refreshes
+        totals0, active0 = self.core.totals.copy(), self.active_inputs
         rec = self.recorder
         snap_every = self.cfg.log.snapshot_every_steps
         for s in range(0, order.size, bs):
@@ -264,9 +328,16 @@ class MixedPrecisionTrainer:
                 control.check(self.step)
         self.core.full_read()
         test_acc = network.accuracy(self.weights, data.test_x, data.test_y)
-        return EpochResult(epoch, correct_sum / order.size, loss_sum / order.size, test_acc,
-                           self.io.counters.set_pulses - pulses0, self.refreshes - refresh0,
-                           time.perf_counter() - t0)
+        res = EpochResult(epoch, correct_sum / order.size, loss_sum / order.size, test_acc,
+                          self.io.counters.set_pulses - pulses0, self.refreshes - refresh0,
+                          time.perf_counter() - t0)
+        spread = self.core.counter.take_epoch()
+        if self.cfg.config_version >= 2:   # format-1 logs hold none of these metrics
+            done = self.core.totals.minus(totals0)
+            _add_format2_figures(res, done, spread, self.weights, data)
+            res.active_inputs = self.active_inputs - active0
+            res.mean_conductance_us = float(np.mean(self.core.cache_vector(), dtype=np.float64))
+        return res
 
     def _poll(self, monitor: "Monitor", control: RunControl | None) -> None:
         """Read the station's monitors that are due; pause or abort on a reading out of band.
@@ -299,14 +370,46 @@ class MixedPrecisionTrainer:
         return hashlib.sha256(np.ascontiguousarray(g, dtype="<f4").tobytes()).hexdigest()
 
 
+def _add_format2_figures(res: EpochResult, done: PulseTotals, spread: PulseDistribution,
+                         weights: List[np.ndarray], data: Dataset) -> None:
+    res.update_set_pulses = done.update_set
+    res.refresh_set_pulses = done.refresh_set
+    res.reset_pulses = done.reset_pulses
+    for k, v in spread.metrics().items():
+        setattr(res, k, v)
+    if data.n_validation:
+        res.validation_accuracy = network.accuracy(weights, data.val_x, data.val_y)
+
+
+def initial_error(targets: List[np.ndarray], weights: List[np.ndarray],
+                  beta: List[float]) -> List[Dict[str, float]]:
+    """Per layer: how far the weights read off the chip after initial programming are from
+    the targets (rms, in weight units and in µS), against the targets' own rms, and the
+    share of weights the chip holds as zero (|W| < β·0.05 µS) though the target is not."""
+    out = []
+    for t, w, b in zip(targets, weights, beta):
+        e = (w.astype(np.float64) - t)
+        rms_t = float(np.sqrt(np.mean(np.square(t, dtype=np.float64))))
+        rms_e = float(np.sqrt(np.mean(e * e)))
+        zero = (np.abs(w) < b * 0.05) & (np.abs(t) >= b * 0.05)
+        out.append({"rms_error": rms_e, "rms_error_us": rms_e / b, "rms_target": rms_t,
+                    "relative_error": rms_e / rms_t if rms_t else 0.0,
+                    "zero_fraction": float(np.mean(zero))})
+    return out
+
+
 class BaselineTrainer:
-    """The fp32 software baseline: same network, init, data order and learning rate."""
+    """The fp32 software baseline: same network, initial target weights, data order and
+    learning rate."""
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
         self.weights = initial_weights(cfg)
+        self.validation_accuracy: Optional[float] = None
 
     def train_epoch(self, data: Dataset, epoch: int) -> float:
+        """Train one epoch; returns the test accuracy (the validation accuracy, when the data
+        has a validation set, goes to `validation_accuracy`)."""
         lr = learning_rate(self.cfg, epoch)
         order = epoch_order(self.cfg.seed, epoch, data.train_x.shape[0])
         bs = self.cfg.optimizer.batch_size
@@ -316,6 +419,8 @@ class BaselineTrainer:
                                              data.train_y[idx], lr)
             for w, g in zip(self.weights, grads):
                 network.apply_gradient(w, g)
+        if data.n_validation:
+            self.validation_accuracy = network.accuracy(self.weights, data.val_x, data.val_y)
         return network.accuracy(self.weights, data.test_x, data.test_y)
 
 
@@ -325,15 +430,18 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
                    report: Callable[[EpochResult], None] | None = None,
                    control: RunControl | None = None,
                    monitor: "Monitor | None" = None,
-                   provenance: Dict[str, Any] | None = None) -> Dict[str, Any]:
+                   provenance: Dict[str, Any] | None = None,
+                   energy_table: "EnergyTable | None" = None) -> Dict[str, Any]:
     """Train on `backend` as `cfg` says; returns the run summary (see docs/training.md).
+    Its energy estimate (config format 2) uses `energy_table` (default: the packaged one).
 
     Raises RunAborted when `control` asks to stop (after finishing the step in flight); the
     recorder is told the run was aborted and the chip is put in its safe state either way.
     """
     recorder = recorder or NullRecorder()
     data = load_dataset(cfg) if data is None else data.head(cfg.data.train_examples,
-                                                            cfg.data.test_examples)
+                                                            cfg.data.test_examples,
+                                                            cfg.data.validation_examples)
     trainer = MixedPrecisionTrainer(cfg, backend, recorder)
     trainer.extra_provenance = dict(provenance or {})
     baseline = BaselineTrainer(cfg) if cfg.training.baseline else None
@@ -361,9 +469,10 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
                 bar.close()
             if baseline is not None:
                 res.baseline_test_accuracy = baseline.train_epoch(data, epoch)
+                if cfg.config_version >= 2:
+                    res.baseline_validation_accuracy = baseline.validation_accuracy
             epochs.append(res)
-            metrics = {k: v for k, v in res.__dict__.items() if v is not None}
-            recorder.on_epoch_metrics(epoch, metrics)
+            recorder.on_epoch_metrics(epoch, res.metrics())
             if report:
                 report(res)
         trainer.core.record_snapshot(trainer.step)
@@ -378,7 +487,7 @@ def run_experiment(cfg: ExperimentConfig, backend: ChipBackend,
         reason = f"{type(e).__name__}: {e}"
         raise
     finally:
-        summary = _summary(cfg, trainer, epochs, train_seconds, n_train) \
+        summary = _summary(cfg, trainer, epochs, train_seconds, n_train, energy_table) \
             if status is RunState.COMPLETED else None
         recorder.finish(status, reason, summary)
         try:
@@ -396,7 +505,8 @@ def _progress_bar(enabled: bool, total: int, desc: str):
 
 
 def _summary(cfg: ExperimentConfig, trainer: MixedPrecisionTrainer, epochs: List[EpochResult],
-             train_seconds: float, n_train: int) -> Dict[str, Any]:
+             train_seconds: float, n_train: int,
+             energy_table: "EnergyTable | None" = None) -> Dict[str, Any]:
     c = trainer.io.counters
     n_weights = trainer.core.n_weights
     examples = trainer.examples
@@ -431,4 +541,53 @@ def _summary(cfg: ExperimentConfig, trainer: MixedPrecisionTrainer, epochs: List
     if last.baseline_test_accuracy is not None:
         out["baseline_test_accuracy"] = last.baseline_test_accuracy
         out["accuracy_gap"] = last.baseline_test_accuracy - last.test_accuracy
+    if cfg.config_version >= 2:
+        out.update(_format2_summary(trainer, epochs))
+        from hil.energy import EnergyTable, counts_from_summary, estimate
+        counts = counts_from_summary(out, cfg)
+        out["energy"] = estimate(counts, energy_table or EnergyTable.load()).summary()
     return out
+
+
+def _format2_summary(trainer: MixedPrecisionTrainer, epochs: List[EpochResult]
+                     ) -> Dict[str, Any]:
+    """The summary keys added in config format 2: pulses by purpose, the reduction counting
+    every pulse, the refresh threshold in force, the initial programming error."""
+    t = trainer.core.totals
+    n_epochs = len(epochs)
+    last = epochs[-1]
+    out: Dict[str, Any] = {
+        "pulses": {"init_set": t.init_set, "init_reset": t.init_reset,
+                   "update_set": t.update_set, "refresh_set": t.refresh_set,
+                   "refresh_reset": t.refresh_reset},
+        "set_pulses_per_epoch": {"update": t.update_set / n_epochs,
+                                 "refresh": t.refresh_set / n_epochs,
+                                 "init": t.init_set / n_epochs},
+        # every pulse counted: initial programming, updates, refreshes, RESETs
+        "reduction_all_pulses": (trainer.core.n_weights * trainer.examples
+                                 / max(1, t.set_pulses + t.reset_pulses)),
+        "refresh_high_us": trainer.core.refresh_high_us,
+        "initial_weight_error": trainer.init_error,
+        "pulse_growth": pulse_growth([e.set_pulses for e in epochs]),
+        "active_inputs": trainer.active_inputs,
+        "mean_conductance_us": float(np.mean([e.mean_conductance_us for e in epochs])),
+        "pulse_shapes": [{"kind": int(p.kind), "amplitude_v": p.amplitude_v,
+                          "width_ns": p.width_ns, "pulses": n}
+                         for p, n in ((DEFAULT_SET, t.set_pulses),
+                                      (DEFAULT_RESET, t.reset_pulses))],
+    }
+    for key in ("validation_accuracy", "baseline_validation_accuracy"):
+        if getattr(last, key) is not None:
+            out[key] = getattr(last, key)
+    return out
+
+
+def pulse_growth(per_epoch: List[int]) -> Optional[float]:
+    """Mean SET pulses of the last third of the epochs over the first third's, epoch 1 left
+    out (it starts from fresh devices): above 1, the pulse count grows over training. None
+    for fewer than 4 epochs."""
+    rest = per_epoch[1:]
+    if len(rest) < 3:
+        return None
+    k = len(rest) // 3
+    return float(np.mean(rest[-k:]) / max(1.0, float(np.mean(rest[:k]))))

@@ -73,9 +73,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _print_epoch(total: int) -> callable:
     def report(r: EpochResult) -> None:
+        val = "" if r.validation_accuracy is None else \
+            f"  val {100 * r.validation_accuracy:6.2f}%"
         base = "" if r.baseline_test_accuracy is None else \
             f"  baseline {100 * r.baseline_test_accuracy:6.2f}%"
-        print(f"epoch {r.epoch + 1:>3}/{total}  train {100 * r.train_accuracy:6.2f}%  "
+        if r.baseline_validation_accuracy is not None:
+            base += f" (val {100 * r.baseline_validation_accuracy:6.2f}%)"
+        print(f"epoch {r.epoch + 1:>3}/{total}  train {100 * r.train_accuracy:6.2f}%{val}  "
               f"test {100 * r.test_accuracy:6.2f}%{base}  SET pulses {r.set_pulses:>9,}  "
               f"refreshes {r.refreshes:>7,}  {r.seconds:6.1f} s", flush=True)
     return report
@@ -177,10 +181,26 @@ def _final_line(s: dict) -> str:
     if "baseline_test_accuracy" in s:
         base = (f", fp32 baseline {100 * s['baseline_test_accuracy']:.2f}% "
                 f"(gap {100 * s['accuracy_gap']:+.2f} pts)")
-    return (f"done: test accuracy {100 * s['test_accuracy']:.2f}%{base}; "
-            f"{s['set_pulses']:,} SET pulses, {s['refreshes']:,} refreshes, "
-            f"{s['programming_reduction']:,.0f}x fewer pulses than programming every weight "
-            f"every example; {s['examples_per_s']:,.0f} examples/s")
+    val = f" (validation {100 * s['validation_accuracy']:.2f}%)" \
+        if "validation_accuracy" in s else ""
+    reduction = s.get("reduction_all_pulses", s["programming_reduction"])
+    energy = ""
+    if "energy" in s:
+        e = s["energy"]
+        energy = (f"; energy {_si(e['mixed_precision_j_per_image'])}J per image against "
+                  f"{_si(e['digital_fp32_j_per_image'])}J for a 32-bit digital design "
+                  f"({e['ratio']:,.0f}x)")
+    return (f"done: test accuracy {100 * s['test_accuracy']:.2f}%{val}{base}; "
+            f"{s['set_pulses']:,} SET and {s['reset_pulses']:,} RESET pulses, "
+            f"{s['refreshes']:,} refreshes, {reduction:,.0f}x fewer pulses than programming "
+            f"every weight every example{energy}; {s['examples_per_s']:,.0f} examples/s")
+
+
+def _si(v: float) -> str:
+    for scale, prefix in ((1e-3, "m"), (1e-6, "µ"), (1e-9, "n"), (1e-12, "p")):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g} {prefix}"
+    return f"{v / 1e-15:.3g} f"
 
 
 def main(argv: Optional[list] = None) -> int:  # pragma: no cover - convenience

@@ -22,8 +22,9 @@ from hil.replay.divergence import ReplayDivergence, first_difference
 from hil.run_log import RunLog, RunLogError, is_wall_clock
 from hil.run_state import RunState
 
-#: Summary keys that legitimately differ between a live run and its replay.
-SUMMARY_IGNORED = frozenset({"backend"})
+#: Summary keys that legitimately differ between a live run and its replay: the chip's URL,
+#: and the energy estimate (the run's counts priced by an energy table the lab may replace).
+SUMMARY_IGNORED = frozenset({"backend", "energy"})
 
 
 def _same(a: float, b: float) -> bool:
