@@ -273,7 +273,9 @@ class MixedPrecisionTrainer:
         targets = initial_weights(self.cfg)
         self.core.program_initial(targets, verify)
         self.init_error = initial_error(targets, self.weights,
-                                        [b.beta for b in self.core.pairs.blocks])
+                                        [b.beta for b in self.core.pairs.blocks],
+                                        [(c.pulses_plus == 0) & (c.pulses_minus == 0)
+                                         for c in self.core.cache.blocks])
         self.core.record_snapshot(0)
 
     @property
@@ -381,20 +383,20 @@ def _add_format2_figures(res: EpochResult, done: PulseTotals, spread: PulseDistr
         res.validation_accuracy = network.accuracy(weights, data.val_x, data.val_y)
 
 
-def initial_error(targets: List[np.ndarray], weights: List[np.ndarray],
-                  beta: List[float]) -> List[Dict[str, float]]:
+def initial_error(targets: List[np.ndarray], weights: List[np.ndarray], beta: List[float],
+                  unprogrammed: List[np.ndarray]) -> List[Dict[str, float]]:
     """Per layer: how far the weights read off the chip after initial programming are from
     the targets (rms, in weight units and in µS), against the targets' own rms, and the
-    share of weights the chip holds as zero (|W| < β·0.05 µS) though the target is not."""
+    share of weights left at zero (both devices at RESET, no SET pulse) though their target
+    is not zero."""
     out = []
-    for t, w, b in zip(targets, weights, beta):
+    for t, w, b, left in zip(targets, weights, beta, unprogrammed):
         e = (w.astype(np.float64) - t)
         rms_t = float(np.sqrt(np.mean(np.square(t, dtype=np.float64))))
         rms_e = float(np.sqrt(np.mean(e * e)))
-        zero = (np.abs(w) < b * 0.05) & (np.abs(t) >= b * 0.05)
         out.append({"rms_error": rms_e, "rms_error_us": rms_e / b, "rms_target": rms_t,
                     "relative_error": rms_e / rms_t if rms_t else 0.0,
-                    "zero_fraction": float(np.mean(zero))})
+                    "zero_fraction": float(np.mean(left & (t != 0)))})
     return out
 
 

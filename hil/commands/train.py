@@ -64,6 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sim:// only: save the in-process simulated chip's state to FILE at "
                         "every commit of the run log, which makes the run resumable (with "
                         "--resume: the state file to restore, default the one the run used)")
+    p.add_argument("--energy-table", metavar="FILE",
+                   help="per-operation energies with their sources for the summary's energy "
+                        "estimate (default: the packaged table; docs/energy.md)")
     p.add_argument("--dry-run", action="store_true",
                    help="walk the whole experiment against the simulated chip under the "
                         "station's limits and report what would be sent; the configured chip "
@@ -119,6 +122,8 @@ def run(args: argparse.Namespace) -> int:
     if args.epochs == 0:
         raise ConfigError("must be >= 1", key="--epochs")
     station = load_station(args.station) if args.station else None
+    from hil.energy import EnergyTable
+    energy_table = EnergyTable.load(args.energy_table) if args.energy_table else None
     request = _request(args, station)
     if request.dry_run:
         return _dry_run(request, args)
@@ -135,7 +140,8 @@ def run(args: argparse.Namespace) -> int:
                                      progress=not args.no_progress,
                                      report=_print_epoch(cfg.training.epochs),
                                      control=control, monitor=stack.monitor,
-                                     provenance=stack.provenance)
+                                     provenance=stack.provenance,
+                                     energy_table=energy_table)
             resumed = stack.resumed
     except (RunAborted, KeyboardInterrupt) as e:
         print(f"aborted: {e or 'stopped at once'}; the chip is in its safe state"
