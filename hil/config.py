@@ -57,6 +57,7 @@ LEGACY_VALUES: Dict[int, Dict[str, Any]] = {
     2: {"data.validation_examples": 0,
         "network.init_programming": "blind",
         "optimizer.lr_schedule": "exponential",
+        "optimizer.skip_saturated": False,
         "optimizer.refresh.check_thresholds": False,
         "optimizer.refresh.hold_until_updated": False,
         "optimizer.refresh.fresh_read": False},
@@ -166,6 +167,7 @@ class OptimizerConfig:
     beta: List[float] = field(default_factory=lambda: [0.1, 0.3])   # W = β (G+ - G-), per µS
     max_pulses_per_update: int = 8   # cap of p per device per update (the rest stays in χ)
     chi_update: ChiUpdate = ChiUpdate.MEASURED
+    skip_saturated: bool = True      # no SET pulse to a device above the table's top
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
 
     def __post_init__(self) -> None:

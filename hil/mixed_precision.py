@@ -8,6 +8,9 @@ pulsed devices are read back. What then leaves χ is `chi_update`'s choice:
   noisy or saturating device is corrected on later steps instead of keeping its error;
 - `nominal` (the paper's blind rule): p·ε_w, whatever the device did;
 - `expected`: the device model's mean change for p pulses from the cached conductance.
+With `skip_saturated`, a device read at or above the top of the programming table gets no
+pulse and its nominal p·ε_w leaves χ all the same: under the measured rule such a weight
+would otherwise ask for pulses every step that the device can no longer make.
 Pairs whose devices have climbed are refreshed: both RESET, |G+ - G-| re-programmed blind on
 the device of its sign, and (with `compensate`) the programming error folded back into χ.
 A refresh must not cause the next one (RefreshConfig): the thresholds are checked against
@@ -210,11 +213,15 @@ class MixedPrecisionCore:
     blind-programming table, and `chi_update: expected` asks it for the change p pulses
     should make. `check_finite` refuses NaN/inf updates with TrainingDiverged naming the
     block (one pass over each update; off for callers that check their own numbers).
+    `skip_saturated` sends no SET pulse to a device read at or above the table's top.
+    `totals` counts the pulses sent by purpose and `counter` where they went (per weight and
+    per pair, hil.pulse_stats), for the run summary and the epoch metrics.
     """
 
     def __init__(self, io: ChipIO, pairs: DevicePairMap, model, *, epsilon_us: float,
                  max_pulses: int, chi_update: ChiUpdate = ChiUpdate.MEASURED,
-                 refresh: RefreshConfig = RefreshConfig(), check_finite: bool = False) -> None:
+                 refresh: RefreshConfig = RefreshConfig(), check_finite: bool = False,
+                 skip_saturated: bool = True) -> None:
         self.io = io
         self.pairs = pairs
         self.model = model
@@ -238,6 +245,12 @@ class MixedPrecisionCore:
         self.held = [np.zeros(b.size, bool) for b in pairs.blocks]
         self.totals = PulseTotals()
         self.counter = PulseCounter([b.size for b in pairs.blocks])
+        #: no SET pulse goes to a device read at or above the top of the programming table:
+        #: in the JAP model a pulse there adds almost nothing on average and a lot of noise,
+        #: and under the measured χ rule a weight pushed there would take pulses every step
+        self.skip_saturated = skip_saturated
+        self.saturation_us = float(self.curve[-1])
+        self.skipped_saturated = 0           # SET pulses not sent for that reason
 
     # --- programming and reading whole blocks -----------------------------------------------
     def program_initial(self, targets: Sequence[np.ndarray],
@@ -340,6 +353,8 @@ class MixedPrecisionCore:
         if self.check_finite:
             self._check_updates(updates)
         plans = [self.chi.accumulate(i, u) for i, u in enumerate(updates)]
+        if self.skip_saturated:
+            plans = [self._unsaturated(i, p) for i, p in enumerate(plans)]
         if self.chi_update is ChiUpdate.EXPECTED:
             self._expected_correction(plans)
         # Blocks without pulses (most steps leave most blocks alone) cost no numpy calls.
@@ -377,6 +392,20 @@ class MixedPrecisionCore:
         total = int(n.sum())
         self.totals.update_set += total
         return total
+
+    def _unsaturated(self, block: int, plan: PulsePlan) -> PulsePlan:
+        """The plan without the devices read at or above `saturation_us`. χ keeps the nominal
+        p·ε it gave up for them, as under the blind rule: what the device cannot take is
+        dropped, so χ stays below ε and the weight answers at once when the gradient turns."""
+        if not plan.flat.size:
+            return plan
+        g = self.cache.blocks[block].conductance(plan.flat, plan.positive)
+        keep = g < self.saturation_us
+        if keep.all():
+            return plan
+        self.skipped_saturated += int(plan.n[~keep].sum())
+        return PulsePlan(plan.flat[keep], plan.n[keep], plan.positive[keep],
+                         None if plan.nominal is None else plan.nominal[keep])
 
     def _check_updates(self, updates: Sequence[BlockUpdate | None]) -> None:
         for b, u in zip(self.pairs.blocks, updates):

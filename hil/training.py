@@ -239,7 +239,7 @@ class MixedPrecisionTrainer:
         self.core = MixedPrecisionCore(
             self.io, self.mapping, PcmModel.load(cfg.chip.model),   # the host's device model
             epsilon_us=opt.epsilon_us, max_pulses=opt.max_pulses_per_update,
-            chi_update=opt.chi_update, refresh=opt.refresh)
+            chi_update=opt.chi_update, refresh=opt.refresh, skip_saturated=opt.skip_saturated)
         #: the weights W = β(G+ - G-) from the conductance cache, one array per layer
         self.weights: List[np.ndarray] = self.core.weights
         self.extra_provenance: Dict[str, Any] = {}
@@ -553,8 +553,9 @@ def _summary(cfg: ExperimentConfig, trainer: MixedPrecisionTrainer, epochs: List
 
 def _format2_summary(trainer: MixedPrecisionTrainer, epochs: List[EpochResult]
                      ) -> Dict[str, Any]:
-    """The summary keys added in config format 2: pulses by purpose, the reduction counting
-    every pulse, the refresh threshold in force, the initial programming error."""
+    """The summary keys added in config format 2: pulses by purpose and where they went, the
+    reduction counting every pulse, the refresh threshold in force, the initial programming
+    error."""
     t = trainer.core.totals
     n_epochs = len(epochs)
     last = epochs[-1]
@@ -569,6 +570,9 @@ def _format2_summary(trainer: MixedPrecisionTrainer, epochs: List[EpochResult]
         "reduction_all_pulses": (trainer.core.n_weights * trainer.examples
                                  / max(1, t.set_pulses + t.reset_pulses)),
         "refresh_high_us": trainer.core.refresh_high_us,
+        "pulses_skipped_saturated": trainer.core.skipped_saturated,
+        # where the training pulses went over the whole run (per epoch: the epoch metrics)
+        "pulse_distribution": trainer.core.counter.run_distribution().metrics(),
         "initial_weight_error": trainer.init_error,
         "pulse_growth": pulse_growth([e.set_pulses for e in epochs]),
         "active_inputs": trainer.active_inputs,

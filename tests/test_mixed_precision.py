@@ -150,7 +150,8 @@ def test_initial_programming_resets_all_programs_targets_blind_and_reads_all():
 
 
 def test_chi_and_pulses_match_a_direct_numpy_computation_in_one_command_per_step():
-    chip, rec, core = _core()
+    # the pulse rule alone: every device pulsed, saturated or not (see the saturation test)
+    chip, rec, core = _core(skip_saturated=False)
     core.program_initial(_targets())
     rec.take()
     rng = np.random.default_rng(5)
@@ -454,3 +455,32 @@ def test_verified_programming_lands_within_tolerance_in_one_command_per_step_of_
     blind.program_initial(targets)
     err = lambda cc: sum(float(np.sum((c.w - w) ** 2)) for c, w in zip(cc.cache.blocks, targets))
     assert err(core) < 0.5 * err(blind)
+
+
+def test_no_pulse_goes_to_a_device_above_the_tables_top():
+    """A weight pushed past what its device can hold: the saturated device gets no more SET
+    pulses and χ gives up what the device cannot take (it stays below ε), so a turn of the
+    gradient is answered at once; the other device of the pair still takes pulses."""
+    chip, rec, core = _pair_core(RefreshConfig(period_steps=0))
+    core.program_initial([np.zeros(2, F32)])
+    _climb(core, chip, (11.0, 13.0), None)
+    eps = core.chi.eps_w[0]
+    rec.take()
+    for step in range(1, 21):
+        core.io.step = step
+        assert core.update([BlockUpdate(None, np.array([0.4, 0.0], F32))]) == 0
+    assert rec.take() == []                        # nothing sent
+    chi = float(core.chi.chi[0][0])
+    # χ gave up every pulse the rule called for (p·ε each step) and kept the remainder
+    assert 0 < chi < eps and core.skipped_saturated == round((20 * 0.4 - chi) / eps) == 53
+    # the gradient turns: pulses go to G- at once
+    assert core.update([BlockUpdate(None, np.array([-0.4, 0.0], F32))]) == 2
+    (k, purpose, addr, n, _), _ = rec.take()
+    assert purpose == "update" and addr.tolist() == [core.pairs.blocks[0].minus[0]]
+    # without the guard (config format 1) the saturated device is pulsed every step
+    chip, rec, core = _pair_core(RefreshConfig(period_steps=0))
+    core.skip_saturated = False
+    core.program_initial([np.zeros(2, F32)])
+    _climb(core, chip, (11.0, 13.0), None)
+    sent = sum(core.update([BlockUpdate(None, np.array([0.4, 0.0], F32))]) for _ in range(20))
+    assert sent >= 20
