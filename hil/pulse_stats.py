@@ -76,15 +76,20 @@ def distribution(pulses: np.ndarray, refreshes: np.ndarray) -> PulseDistribution
 
 @dataclass
 class PulseCounter:
-    """SET pulses per weight and refreshes per pair since the last `take_epoch`, per block."""
+    """SET pulses per weight and refreshes per pair since the last `take_epoch`, per block,
+    and over every epoch taken so far (`run_distribution`)."""
 
     sizes: Sequence[int]
     pulses: List[np.ndarray] = field(init=False)
     refreshes: List[np.ndarray] = field(init=False)
+    run_pulses: np.ndarray = field(init=False)
+    run_refreshes: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.pulses = [np.zeros(n, np.int64) for n in self.sizes]
         self.refreshes = [np.zeros(n, np.int64) for n in self.sizes]
+        self.run_pulses = np.zeros(sum(self.sizes), np.int64)
+        self.run_refreshes = np.zeros(sum(self.sizes), np.int64)
 
     def add_pulses(self, block: int, flat: np.ndarray, n: np.ndarray) -> None:
         """n SET pulses on the weights `flat` (unique) of a block."""
@@ -95,10 +100,16 @@ class PulseCounter:
 
     def take_epoch(self) -> PulseDistribution:
         """The distribution since the last call; the counts start again from zero."""
-        out = distribution(np.concatenate(self.pulses), np.concatenate(self.refreshes))
+        pulses, refreshes = np.concatenate(self.pulses), np.concatenate(self.refreshes)
+        self.run_pulses += pulses
+        self.run_refreshes += refreshes
         for a in (*self.pulses, *self.refreshes):
             a[...] = 0
-        return out
+        return distribution(pulses, refreshes)
+
+    def run_distribution(self) -> PulseDistribution:
+        """The distribution over every epoch taken so far (the whole run at its end)."""
+        return distribution(self.run_pulses, self.run_refreshes)
 
 
 # --- the same figures from a run log ---------------------------------------------------------

@@ -51,6 +51,13 @@ def test_counter_and_distribution_by_hand():
     assert d.top_pulse_share == 113 / 165
     empty = c.take_epoch()      # the counts start again
     assert (empty.pairs_refreshed, empty.top_pulse_share, empty.max_weight_pulses) == (0, 0, 0)
+    c.add_pulses(0, np.array([2]), np.array([4]))
+    c.add_refreshes(1, np.array([7]))
+    c.take_epoch()
+    # over the run: weight 7 of block 1 refreshed 3 times in all, and took the most pulses
+    run = c.run_distribution()
+    assert (run.pairs_refreshed, run.max_pair_refreshes, run.max_weight_pulses) == (2, 3, 10)
+    assert run.top_pulse_share == 117 / 169
     assert distribution(np.zeros(0, np.int64), np.zeros(0, np.int64)).max_pair_refreshes == 0
 
 
@@ -108,9 +115,17 @@ def test_the_trainers_figures_equal_a_direct_count_from_its_log(busy_log):
             assert (d.max_pair_refreshes, d.pairs_refreshed, d.max_weight_pulses) == \
                 (max(refreshes.values()), len(refreshes), max(pulses.values()))
             assert d.top_pulse_share == pytest.approx(top / total, rel=1e-12)
+        whole = _direct_count(log, 1, log.last_step + 1)
         s = log.summary
     assert s["refreshes"] == int(np.sum(em["refreshes"]))
     assert s["pulses"]["refresh_reset"] == 2 * s["refreshes"]
+    # the summary's figures over the whole run
+    pulses, refreshes = whole
+    d = s["pulse_distribution"]
+    assert (d["max_pair_refreshes"], d["pairs_refreshed"], d["max_weight_pulses"]) == \
+        (max(refreshes.values()), len(refreshes), max(pulses.values()))
+    assert d["top100_pulse_share"] == pytest.approx(
+        sum(sorted(pulses.values(), reverse=True)[:100]) / sum(pulses.values()), rel=1e-12)
 
 
 def test_replay_plot_draws_the_distribution(busy_log, tmp_path, capsys):
@@ -118,3 +133,19 @@ def test_replay_plot_draws_the_distribution(busy_log, tmp_path, capsys):
     assert cli_main(["replay", busy_log, "--plot", str(figs)]) == 0
     assert (figs / "refresh_distribution.png").stat().st_size > 5000
     assert "refresh_distribution.png" in capsys.readouterr().out
+
+
+def test_replay_summary_names_validation_accuracy_and_the_worst_epochs_spread(busy_log,
+                                                                               capsys):
+    import json
+    assert cli_main(["replay", busy_log, "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    with RunLog(busy_log) as log:
+        em = log.epoch_metrics()
+    assert s["validation_accuracy"] == em["validation_accuracy"][-1]
+    assert s["worst_max_pair_refreshes"] == max(em["max_pair_refreshes"])
+    assert s["worst_top100_pulse_share"] == max(em["top100_pulse_share"])
+    assert cli_main(["replay", busy_log]) == 0
+    text = capsys.readouterr().out
+    assert f"validation {100 * s['validation_accuracy']:.2f}%" in text
+    assert f"most of one pair in an epoch {s['worst_max_pair_refreshes']:.0f}" in text
