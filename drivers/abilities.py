@@ -31,6 +31,7 @@ from drivers.layers import BackendLayer
 from drivers.pulse import PulseSpec
 
 if TYPE_CHECKING:
+    from drivers.chip_history import HistoryPosition
     from drivers.safety import SafetyLimits
 
 
@@ -46,7 +47,7 @@ class SequencedBackend(Protocol):
 
     def next_wire_seq(self) -> int:
         """The sequence number the next command goes out under; -1 when it goes out without
-        one, -2 (hil.replay.resume.NOT_SENT) when it is served without reaching a chip."""
+        one, -2 (hil.run_log.NOT_SENT) when it is served without reaching a chip."""
 
     def use_seq(self, seq: int) -> None:
         """Send the next command under `seq`, and count on from it."""
@@ -128,14 +129,34 @@ class AdcReadout(Protocol):
         """The conductance of the largest ADC code, µS."""
 
 
+@runtime_checkable
+class ChipHistory(Protocol):
+    """Says which boot the chip is on and how far its command history goes
+    (Capability.HISTORY: firmware of protocol 1.3 behind drivers.fpga.FpgaChip).
+
+    Whoever continues something on a chip checks it first (drivers.chip_history): resume
+    against the log it continues (hil.run_history), the driver against its own session after
+    every reconnect. A power-cycled chip is another boot; a chip another client, or a later
+    segment of a run, has used since is further than the record.
+    """
+
+    @property
+    def boot_id(self) -> str:
+        """This boot of the chip's firmware, 16 hex digits (from the HELLO answer)."""
+
+    def history(self) -> "HistoryPosition":
+        """The boot and the state-changing commands executed in it (one round trip)."""
+
+
 #: The abilities find_ability knows, in the order docs/backends.md lists them.
 ABILITIES: Tuple[type, ...] = (SequencedBackend, ClockedBackend, StatefulBackend,
-                               GuardedBackend, AdcReadout)
+                               GuardedBackend, AdcReadout, ChipHistory)
 
 #: The Capability a chip must advertise for an ability to count (the rest need none).
 ABILITY_CAPABILITY: Mapping[type, Capability] = MappingProxyType({
     ClockedBackend: Capability.SIM_CLOCK,
     StatefulBackend: Capability.STATE_FILE,
+    ChipHistory: Capability.HISTORY,
 })
 
 A = TypeVar("A")
@@ -191,5 +212,6 @@ def find_ability(backend: ChipBackend, ability: Type[A]) -> Optional[A]:
         layer = layer.inner
 
 
-__all__ = ["ABILITIES", "ABILITY_CAPABILITY", "AdcReadout", "ClockedBackend", "GuardedBackend",
-           "SequencedBackend", "StatefulBackend", "find_ability", "has_ability"]
+__all__ = ["ABILITIES", "ABILITY_CAPABILITY", "AdcReadout", "ChipHistory", "ClockedBackend",
+           "GuardedBackend", "SequencedBackend", "StatefulBackend", "find_ability",
+           "has_ability"]

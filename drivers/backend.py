@@ -34,6 +34,7 @@ class Capability(str, enum.Enum):
     STATE_FILE = "state_file"    # chip state can be saved and restored (simulators only)
     SIM_CLOCK = "sim_clock"      # simulated time: clock_s and advance_clock() (simulators only)
     PROGRAM_READ = "program_read"  # program_read() is one command: one round trip, one wire seq
+    HISTORY = "history"          # reports its boot identity and command history (firmware 1.3)
 
 
 #: The INFO reply's capability bit of each Capability: the one table both ends of the link
@@ -44,6 +45,7 @@ WIRE_CAPABILITY_BITS: Mapping[Capability, WireCapability] = MappingProxyType({
     Capability.STATE_FILE: WireCapability.STATE_FILE,
     Capability.SIM_CLOCK: WireCapability.SIM_CLOCK,
     Capability.PROGRAM_READ: WireCapability.PROGRAM_READ,
+    Capability.HISTORY: WireCapability.HISTORY,
 })
 
 

@@ -61,6 +61,25 @@ class NotSupportedError(ChipError):
     """The backend lacks the capability a command needs."""
 
 
+class ChipInUseError(ChipError):
+    """Another client's session holds the chip (NACK IN_USE): the firmware serves one client
+    at a time, and nothing was sent on this one's behalf."""
+
+
+class ChipHistoryError(ChipError):
+    """The chip is not where a record of the commands sent to it says it must be: another
+    boot (power-cycled), a history further or shorter than the record, or one that cannot be
+    reported. `mismatch` says which (drivers.chip_history.HistoryMismatch); `expected` and
+    `found` are the two positions compared, where known."""
+
+    def __init__(self, message: str, *, mismatch: object, expected: object = None,
+                 found: object = None, command: Optional[str] = None) -> None:
+        self.mismatch = mismatch
+        self.expected = expected
+        self.found = found
+        super().__init__(message, command=command)
+
+
 class ConfigError(HilError, ValueError):
     """A configuration file or value that cannot be used; names the bad key."""
 

@@ -11,9 +11,17 @@ Retries never repeat an effect: every attempt of one command reuses its sequence
 the firmware answers a repeated sequence number from its memory instead of executing it again.
 So a lost PROGRAM_ACK is retried safely, and a lost READ_REPLY is retried without a second
 read-noise draw (which keeps emulator runs bit-identical to in-process runs).
+
+A reconnect continues only on the same chip exactly where this session left it: the same
+chip id and geometry, the same boot (firmware 1.3: a power-cycled chip is refused), and - where
+the firmware reports its history - no command this session did not send (another client's).
+A refused chip gets nothing more, not even SAFE_STATE. The HELLO of a reconnect names this
+session, so the firmware, which serves one client at a time, lets it take over its own
+session even before it has seen the old link close.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import os
@@ -28,23 +36,27 @@ import serial
 
 from drivers.backend import (Capability, ChipBackend, ChipInfo, capabilities_from_wire,
                              matvec_operands)
-from drivers.errors import (AddressError, ChipError, ChipFaultError, LinkError,
-                            NotSupportedError, ProtocolError, SafetyLimitError)
+from drivers.chip_history import (HistoryMismatch, HistoryPosition, SessionHistory,
+                                  check_history)
+from drivers.errors import (AddressError, ChipError, ChipFaultError, ChipHistoryError,
+                            ChipInUseError, LinkError, NotSupportedError, ProtocolError,
+                            SafetyLimitError)
 from drivers.geometry import Geometry, ascending_order
 from drivers.pulse import PulseSpec
 from drivers.safety import HardLimits
 from firmware_interface import adc
 from firmware_interface.frame import OVERHEAD, Decoded, Frame, FrameDecoder, FrameError
 from firmware_interface.messages import (AdvanceClockAck, AdvanceClockRequest, ClockReply,
-                                         ClockRequest, Hello, InfoReply, MatvecReply,
+                                         ClockRequest, Hello, HistoryReply, HistoryRequest,
+                                         InfoReply, MatvecReply,
                                          MatvecRequest, Message,
                                          Nack, ProgramAck, ProgramReadReply,
                                          ProgramReadRequest, ProgramRequest,
                                          ReadExactRequest, ReadReply, ReadRequest,
                                          SafeStateRequest, StatusReply, StatusRequest,
                                          decode_message)
-from firmware_interface.protocol import (PROTOCOL_VERSION, NackCode, Opcode, PayloadError,
-                                         reply_opcode)
+from firmware_interface.protocol import (PROTOCOL_VERSION, STATE_CHANGING_OPCODES, NackCode,
+                                         Opcode, PayloadError, reply_opcode)
 
 WIRE_LOG = logging.getLogger("pcm_hil.wire")
 log = logging.getLogger(__name__)
@@ -65,6 +77,7 @@ NACK_ERRORS = {
     NackCode.VERSION_MISMATCH: ProtocolError,
     NackCode.TOO_LARGE: ProtocolError,
     NackCode.CHIP_FAULT: ChipFaultError,
+    NackCode.IN_USE: ChipInUseError,
 }
 
 _REPLY_OPCODES = frozenset(int(op) for op in Opcode if op.is_reply)
@@ -87,8 +100,9 @@ def nack_error(nack: Nack, command: str) -> ChipError:
     more = ""
     if nack.n_devices > nack.devices.size:
         more = f" ({nack.n_devices} devices at fault, first {nack.devices.size} listed)"
-    err = cls(f"chip refused: {nack.code.name}: {nack.message}{more}", command=command,
-              devices=nack.devices if nack.devices.size else None)
+    text = nack.message if nack.code is NackCode.IN_USE else \
+        f"chip refused: {nack.code.name}: {nack.message}{more}"   # IN_USE says it all
+    err = cls(text, command=command, devices=nack.devices if nack.devices.size else None)
     err.nack_code = nack.code  # type: ignore[attr-defined]
     return err
 
@@ -120,6 +134,14 @@ class FpgaChip(ChipBackend):
         self._info: Optional[ChipInfo] = None
         self._hard = HardLimits()
         self._closed = False
+        #: The session the firmware named in INFO (1.3), named again in a reconnect's HELLO.
+        self._session = 0
+        self._history = SessionHistory()
+        #: Why the chip answering now was refused (another boot, another client's history):
+        #: nothing more is sent.
+        self._refused: Optional[ChipHistoryError] = None
+        #: The number use_seq set: that command may have run before this session began.
+        self._resend_seq: Optional[int] = None
         self._lock = threading.RLock()
         self._rx_total = 0
         self.stats: Dict[str, Dict[str, int]] = {}
@@ -130,9 +152,12 @@ class FpgaChip(ChipBackend):
 
     # --- raw I/O (override for another transport) -------------------------------------------
     def _open_port(self) -> None:
+        # A serial port (or pty) is locked for this process: the firmware cannot tell two
+        # hosts on one line apart, so a second one must fail to open it.
+        exclusive = True if "://" not in self.url else None
         self._port = serial.serial_for_url(self.url, baudrate=self.baudrate,
                                            timeout=min(self.poll_s, self.timeout_s),
-                                           write_timeout=self.timeout_s)
+                                           write_timeout=self.timeout_s, exclusive=exclusive)
         # pyserial's socket:// leaves Nagle on; a request/reply protocol wants every frame
         # on the wire at once.
         sock = getattr(self._port, "_socket", None)
@@ -183,10 +208,18 @@ class FpgaChip(ChipBackend):
             try:
                 self._open_port()
             except (serial.SerialException, OSError, ValueError) as e:
+                if getattr(e, "errno", None) in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    raise ChipInUseError(f"cannot open {self.url!r}: another process holds "
+                                         "the port (the chip serves one client at a time)",
+                                         command="OPEN") from None
                 raise LinkError(f"cannot open {self.url!r}: {e}", command="OPEN") from None
             self._decoder.reset()
             try:
                 self._handshake(self.transaction(Hello(), command="HELLO"))
+            except ChipInUseError as e:
+                self._close_port()
+                raise ChipInUseError(f"cannot open {self.url!r}: {e.message}",
+                                     command="HELLO") from None
             except BaseException:
                 self._close_port()
                 raise
@@ -206,7 +239,16 @@ class FpgaChip(ChipBackend):
             raise ChipFaultError(f"a different chip ({reply.chip_id}, {reply.arrays}x"
                                  f"{reply.rows}x{reply.cols}) answered after reconnecting",
                                  command="HELLO")
+        if self._hello is not None and self._hello.boot_id and \
+                reply.boot_id != self._hello.boot_id:
+            raise ChipHistoryError(
+                f"after reconnecting to {self.url}, the chip is another boot (boot "
+                f"{self._hello.boot_id:016x}, now {reply.boot_id or 0:016x}): it was "
+                "power-cycled, or its firmware restarted without its state, so its devices "
+                "are not where this session left them; nothing more is sent to it",
+                mismatch=HistoryMismatch.BOOT, command="HELLO")
         self._hello = reply
+        self._session = reply.session or 0
         caps = capabilities_from_wire(reply.capabilities)
         self._hard = HardLimits.from_dict(dict(reply.hard_limits))
         self._info = ChipInfo(
@@ -227,12 +269,18 @@ class FpgaChip(ChipBackend):
             try:
                 self._open_port()
                 self._decoder.reset()
-                reply = self._exchange(Hello(), self._next_seq(), "HELLO", attempts=2,
-                                       reconnect=False)
+                reply = self._exchange(Hello(self._session), self._next_seq(), "HELLO",
+                                       attempts=2, reconnect=False)
                 self._handshake(reply)
+                self._check_history_after_reconnect()
                 log.info("link to %s re-established", self.url)
                 return
-            except (ProtocolError, ChipFaultError):
+            except ChipHistoryError as e:
+                self._refused = e
+                self._close_port()
+                raise
+            except (ProtocolError, ChipFaultError, ChipInUseError):
+                self._close_port()
                 raise
             except (serial.SerialException, OSError, ValueError, LinkError) as e:
                 last = e
@@ -241,6 +289,18 @@ class FpgaChip(ChipBackend):
                                 f"{self.reconnect_timeout_s} s ({last})", command=command)
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    def _check_history_after_reconnect(self) -> None:
+        """The chip must be exactly where this session left it, give or take the command in
+        flight (a ChipHistoryError otherwise); unchecked where the firmware reports no
+        history, or where more than one command's outcome is unknown."""
+        expected = self._history.expectation()
+        if expected is None or not self.info().supports(Capability.HISTORY):
+            return
+        reply = self._exchange(HistoryRequest(), self._next_seq(), "HISTORY", attempts=2,
+                               reconnect=False)
+        assert isinstance(reply, HistoryReply)
+        check_history(HistoryPosition.from_reply(reply), expected)
 
     # --- public wire layer ----------------------------------------------------------------
     def send_frame(self, data: bytes) -> None:
@@ -278,9 +338,27 @@ class FpgaChip(ChipBackend):
         with self._lock:
             if self._closed:
                 raise ChipError("chip is closed", command=command)
-            return self._exchange(message, self._next_seq(),
-                                  command or message.OPCODE.name, attempts=self.retries + 1,
-                                  reconnect=True, reply_bytes=reply_bytes)
+            if self._refused is not None:
+                raise ChipHistoryError(f"not sent: {self._refused.message}",
+                                       mismatch=self._refused.mismatch, command=command)
+            seq = self._next_seq()
+            pending = None
+            if message.OPCODE in STATE_CHANGING_OPCODES:
+                pending = (self._history.resending if seq == self._resend_seq
+                           else self._history.sending)(message.OPCODE, seq)
+            if seq == self._resend_seq:
+                self._resend_seq = None
+            try:
+                reply = self._exchange(message, seq, command or message.OPCODE.name,
+                                       attempts=self.retries + 1, reconnect=True,
+                                       reply_bytes=reply_bytes)
+            except ChipError as e:
+                if pending is not None and getattr(e, "refused_seq", None) == seq:
+                    self._history.settled(pending, executed=False)   # a NACK applies nothing
+                raise
+            if pending is not None:
+                self._history.settled(pending, executed=True)
+            return reply
 
     def _next_seq(self) -> int:
         self._seq = (self._seq + 1) & 0xFFFFFFFF
@@ -332,7 +410,9 @@ class FpgaChip(ChipBackend):
                         if reply.code is NackCode.BUSY:
                             time.sleep(self.busy_backoff_s * (attempt + 1))
                         continue
-                    raise nack_error(reply, command)
+                    err = nack_error(reply, command)
+                    err.refused_seq = seq  # type: ignore[attr-defined]  # this request's NACK
+                    raise err
                 if reply.OPCODE != reply_opcode(message.OPCODE):
                     raise ProtocolError(f"expected {reply_opcode(message.OPCODE).name}, got "
                                         f"{reply.OPCODE.name}", command=command)
@@ -485,6 +565,9 @@ class FpgaChip(ChipBackend):
         return reply.values.copy()
 
     def safe_state(self) -> None:
+        if self._refused is not None:
+            log.info("SAFE_STATE not sent: %s", self._refused.message)
+            return
         self.transaction(SafeStateRequest(), command="SAFE_STATE")
 
     # --- simulated time (emulators only: capability SIM_CLOCK) ------------------------------
@@ -516,6 +599,26 @@ class FpgaChip(ChipBackend):
         reply = self.transaction(StatusRequest(), command="STATUS")
         assert isinstance(reply, StatusReply)
         return reply
+
+    # --- boot and history (firmware 1.3: capability HISTORY) ---------------------------------
+    @property
+    def boot_id(self) -> str:
+        """This boot of the firmware (abilities.ChipHistory), from the HELLO answer."""
+        self._require(Capability.HISTORY, "HISTORY")
+        assert self._hello is not None
+        return f"{self._hello.boot_id or 0:016x}"
+
+    def history(self) -> HistoryPosition:
+        """The boot and the state-changing commands executed in it (abilities.ChipHistory):
+        one HISTORY round trip. Asked before this session's first state-changing command
+        (the trainer does, for the run's provenance), it is also where the session starts:
+        a reconnect then checks the chip is exactly where the session left it."""
+        self._require(Capability.HISTORY, "HISTORY")
+        reply = self.transaction(HistoryRequest(), command="HISTORY")
+        assert isinstance(reply, HistoryReply)
+        position = HistoryPosition.from_reply(reply)
+        self._history.observe(position)
+        return position
 
     def close(self) -> None:
         """Idle the chip where the link still works, then release the port. Idempotent."""
@@ -551,6 +654,7 @@ class FpgaChip(ChipBackend):
         original number: the firmware answers it from memory if it ran, executes it if not."""
         with self._lock:
             self._seq = (int(seq) - 1) & 0xFFFFFFFF
+            self._resend_seq = int(seq) & 0xFFFFFFFF
 
     # --- checks ---------------------------------------------------------------------------
     def _require_open(self, command: str) -> None:

@@ -99,14 +99,47 @@ class _Empty(Message):
 
 
 # --- HELLO / INFO ---------------------------------------------------------------------------
-@dataclass(frozen=True, eq=False, repr=False)
-class Hello(_Empty):
-    """HELLO (0x01), host -> chip: start of a session; the chip answers INFO.
+_U64 = struct.Struct("<Q")
 
-    Payload: empty. The host's protocol version is in the frame header.
+
+@dataclass(frozen=True, eq=False)
+class Hello(Message):
+    """HELLO (0x01), host -> chip: open a session, or take over one's own; the chip answers
+    INFO. The host's protocol version is in the frame header.
+
+    Payload: empty (open a new session), or, from protocol 1.3::
+
+        u64 session     the session a previous INFO named (nonzero): the same host,
+                        reconnecting, takes over its own session even while the firmware
+                        still holds the old link open; any other HELLO is refused NACK IN_USE
+                        while a session is active
+
+    A firmware before 1.3 answers a non-empty HELLO NACK BAD_LENGTH, so a host sends a session
+    only to a firmware whose INFO named one.
     """
 
     OPCODE: ClassVar[Opcode] = Opcode.HELLO
+
+    session: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= int(self.session) < 1 << 64:
+            raise ValueError(f"session {self.session} does not fit u64")
+        object.__setattr__(self, "session", int(self.session))
+
+    def encode(self) -> bytes:
+        return _U64.pack(self.session) if self.session else b""
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "Hello":
+        if not payload:
+            return cls()
+        _need(payload, _U64.size, "HELLO")
+        session = _U64.unpack(payload)[0]
+        if not session:
+            raise PayloadError(NackCode.BAD_PAYLOAD,
+                               "HELLO session 0 names no session (send an empty HELLO)")
+        return cls(session)
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,13 +152,17 @@ class InfoReply(Message):
         u32 arrays               u32 rows               u32 cols
         f64 g_min_us             f64 g_max_us           f64 adc_full_scale_us
         u8  adc_bits             u8 reserved (0)        u16 seq_memory (remembered replies)
-        u32 capabilities         bit0 MATVEC, bit1 EXACT_READ, bit2 STATE_FILE, bit3 SIM_CLOCK
+        u32 capabilities         bit0 MATVEC, bit1 EXACT_READ, bit2 STATE_FILE, bit3 SIM_CLOCK,
         u32 max_payload          largest request payload the firmware accepts, bytes
         u8 len + UTF-8           chip_id
         u8 len + UTF-8           firmware_version
         u8  n_limits, then n_limits × (u8 len + UTF-8 name, f64 value)   hard limits
+        u64 boot_id              (1.3) this boot of the firmware; 0: it has none (no HISTORY)
+        u64 session              (1.3) the session this HELLO opened or took over
 
-    A later minor version may append fields; hosts ignore trailing bytes.
+    capabilities bit4 PROGRAM_READ (1.2), bit5 HISTORY (1.3). `boot_id` and `session` are
+    None in the INFO of a firmware before 1.3. A later minor version may append fields;
+    hosts ignore trailing bytes.
     """
 
     OPCODE: ClassVar[Opcode] = Opcode.INFO
@@ -145,6 +182,8 @@ class InfoReply(Message):
     chip_id: str
     firmware_version: str
     hard_limits: Tuple[Tuple[str, float], ...] = ()
+    boot_id: Optional[int] = None
+    session: Optional[int] = None
 
     def encode(self) -> bytes:
         out = self.FIXED.pack(self.protocol_version[0], self.protocol_version[1], self.arrays,
@@ -155,6 +194,8 @@ class InfoReply(Message):
         out += struct.pack("<B", len(self.hard_limits))
         for name, value in self.hard_limits:
             out += _str8(name) + struct.pack("<d", float(value))
+        if self.boot_id is not None or self.session is not None:
+            out += struct.pack("<QQ", self.boot_id or 0, self.session or 0)
         return out
 
     @classmethod
@@ -174,8 +215,11 @@ class InfoReply(Message):
             _at_least(payload, off + 8, "INFO limit value")
             limits.append((name, struct.unpack_from("<d", payload, off)[0]))
             off += 8
+        boot_id = session = None
+        if len(payload) >= off + 16:   # 1.3: boot and session
+            boot_id, session = struct.unpack_from("<QQ", payload, off)
         return cls((maj, mnr), arrays, rows, cols, gmin, gmax, fs, bits, depth, caps, maxp,
-                   chip_id, fw, tuple(limits))
+                   chip_id, fw, tuple(limits), boot_id, session)
 
     @property
     def capability_flags(self) -> Capability:
@@ -241,6 +285,67 @@ class StatusReply(Message):
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+# --- HISTORY (protocol 1.3) -----------------------------------------------------------------
+@dataclass(frozen=True, eq=False, repr=False)
+class HistoryRequest(_Empty):
+    """HISTORY (0x03), host -> chip: which boot this is and how far its command history goes.
+
+    Capability HISTORY (protocol 1.3; else NACK UNSUPPORTED, or UNKNOWN_OPCODE before 1.3). A
+    pure query, not remembered. Payload: empty. Reply: HISTORY_REPLY.
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.HISTORY
+
+
+@dataclass(frozen=True, eq=False)
+class HistoryReply(Message):
+    """HISTORY_REPLY (0x83), chip -> host: the boot and the state-changing commands executed
+    in it, so a host can check the chip is exactly where its record of the commands it sent
+    left it (not power-cycled, not used by another client, not continued by a later run).
+
+    Payload::
+
+        u64 boot_id             this boot (INFO's boot_id)
+        u32 last_seq            seq of the last state-changing command executed in this boot
+        u8  last_opcode         its opcode; 0: none yet (last_seq is then 0)
+        u8  reserved[3]
+        u64 commands            state-changing commands executed in this boot, repeats excluded
+        u64 reads               of which READ
+        u64 programs            PROGRAM
+        u64 program_reads       PROGRAM_READ
+        u64 matvecs             MATVEC
+        u64 clock_advances      ADVANCE_CLOCK
+
+    State-changing: READ, PROGRAM, PROGRAM_READ, MATVEC, ADVANCE_CLOCK
+    (protocol.STATE_CHANGING_OPCODES). `commands` is at least the sum of the five (a later
+    version may count more kinds). A later minor version may append fields; hosts ignore
+    trailing bytes.
+    """
+
+    OPCODE: ClassVar[Opcode] = Opcode.HISTORY_REPLY
+    LAYOUT: ClassVar[struct.Struct] = struct.Struct("<QIB3x6Q")
+
+    boot_id: int
+    last_seq: int = 0
+    last_opcode: int = 0
+    commands: int = 0
+    reads: int = 0
+    programs: int = 0
+    program_reads: int = 0
+    matvecs: int = 0
+    clock_advances: int = 0
+
+    def encode(self) -> bytes:
+        return self.LAYOUT.pack(self.boot_id, self.last_seq, self.last_opcode, self.commands,
+                                self.reads, self.programs, self.program_reads, self.matvecs,
+                                self.clock_advances)
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "HistoryReply":
+        _at_least(payload, cls.LAYOUT.size, "HISTORY_REPLY")
+        return cls(*cls.LAYOUT.unpack_from(payload))
 
 
 # --- READ / READ_EXACT ----------------------------------------------------------------------
@@ -803,7 +908,8 @@ class Nack(Message):
 
 
 MESSAGE_TYPES: Dict[int, Type[Message]] = {
-    t.OPCODE: t for t in (Hello, InfoReply, StatusRequest, StatusReply, ReadRequest, ReadReply,
+    t.OPCODE: t for t in (Hello, InfoReply, StatusRequest, StatusReply, HistoryRequest,
+                          HistoryReply, ReadRequest, ReadReply,
                           ReadExactRequest, ReadExactReply, ProgramRequest, ProgramAck,
                           ProgramReadRequest, ProgramReadReply, MatvecRequest, MatvecReply, SafeStateRequest, SafeStateAck,
                           AdvanceClockRequest, AdvanceClockAck, ClockRequest, ClockReply, Nack)
@@ -818,7 +924,8 @@ def decode_message(frame: Frame) -> Message:
     return t.decode(frame.payload)
 
 
-__all__ = ["Hello", "InfoReply", "StatusRequest", "StatusReply", "ReadRequest", "ReadReply",
+__all__ = ["Hello", "InfoReply", "StatusRequest", "StatusReply", "HistoryRequest",
+           "HistoryReply", "ReadRequest", "ReadReply",
            "ReadExactRequest", "ReadExactReply", "ProgramRequest", "ProgramAck",
            "ProgramReadRequest", "ProgramReadReply", "MatvecRequest", "MatvecReply", "SafeStateRequest", "SafeStateAck",
            "AdvanceClockRequest", "AdvanceClockAck", "ClockRequest", "ClockReply", "Nack",

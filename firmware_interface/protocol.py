@@ -12,8 +12,10 @@ import numpy as np
 
 #: Protocol version spoken by this codec, (major, minor). A different major is incompatible;
 #: a higher minor only adds opcodes, capabilities or trailing fields. 1.1 added the simulator
-#: clock (ADVANCE_CLOCK, CLOCK, capability SIM_CLOCK); 1.2 the combined PROGRAM_READ.
-PROTOCOL_VERSION: Tuple[int, int] = (1, 2)
+#: clock (ADVANCE_CLOCK, CLOCK, capability SIM_CLOCK); 1.2 the combined PROGRAM_READ; 1.3 the
+#: chip's boot identity and command history (HISTORY, capability HISTORY, INFO's boot_id) and
+#: one client at a time (INFO's session, HELLO's optional session, NACK IN_USE).
+PROTOCOL_VERSION: Tuple[int, int] = (1, 3)
 
 
 class Opcode(enum.IntEnum):
@@ -21,6 +23,7 @@ class Opcode(enum.IntEnum):
 
     HELLO = 0x01
     STATUS = 0x02
+    HISTORY = 0x03
     READ = 0x10
     READ_EXACT = 0x11
     PROGRAM = 0x20
@@ -32,6 +35,7 @@ class Opcode(enum.IntEnum):
 
     INFO = 0x81
     STATUS_REPLY = 0x82
+    HISTORY_REPLY = 0x83
     READ_REPLY = 0x90
     READ_EXACT_REPLY = 0x91
     PROGRAM_ACK = 0xA0
@@ -54,11 +58,18 @@ REPLY_BIT = 0x80
 REQUEST_OPCODES = frozenset(op for op in Opcode if not op.is_reply)
 
 #: Requests whose replies the firmware remembers by sequence number (a repeat is answered from
-#: memory, never executed again). HELLO, STATUS and CLOCK are pure queries, answered afresh.
+#: memory, never executed again). HELLO, STATUS, HISTORY and CLOCK are pure queries, answered
+#: afresh.
 #: ADVANCE_CLOCK moves the chip's time, so a retried one must not move it twice.
 REMEMBERED_OPCODES = frozenset({Opcode.READ, Opcode.READ_EXACT, Opcode.PROGRAM,
                                 Opcode.PROGRAM_READ, Opcode.MATVEC, Opcode.SAFE_STATE,
                                 Opcode.ADVANCE_CLOCK})
+
+#: Commands that change what a later read returns (a read moves the clock and the read-noise
+#: counters too). The firmware counts them in its history (HISTORY_REPLY) and the emulator
+#: journals each before its reply leaves; a host knows from its log how many it sent.
+STATE_CHANGING_OPCODES = frozenset({Opcode.READ, Opcode.PROGRAM, Opcode.PROGRAM_READ,
+                                    Opcode.MATVEC, Opcode.ADVANCE_CLOCK})
 
 
 def reply_opcode(request: Opcode) -> Opcode:
@@ -81,6 +92,7 @@ class NackCode(enum.IntEnum):
     VERSION_MISMATCH = 0x000A      # request's protocol major differs from the firmware's
     TOO_LARGE = 0x000B             # payload length above the firmware's max_payload
     CHIP_FAULT = 0x000C            # the chip failed while executing the command
+    IN_USE = 0x000D                # another client's session is active (protocol 1.3)
 
     @property
     def retryable(self) -> bool:
@@ -96,6 +108,7 @@ class Capability(enum.IntFlag):
     STATE_FILE = 0x4
     SIM_CLOCK = 0x8     # simulated time: ADVANCE_CLOCK and CLOCK (protocol 1.1)
     PROGRAM_READ = 0x10  # PROGRAM_READ: program, then read the same devices (protocol 1.2)
+    HISTORY = 0x20       # boot identity and command history: HISTORY (protocol 1.3)
 
 
 class PulseCode(enum.IntEnum):

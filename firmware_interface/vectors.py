@@ -21,7 +21,8 @@ from firmware_interface.adc import adc_full_scale_us
 from firmware_interface.addresses import AddressMode
 from firmware_interface.frame import HEADER, HEADER_LEN, TRAILER_LEN
 from firmware_interface.messages import (AdvanceClockAck, AdvanceClockRequest, ClockReply,
-                                         ClockRequest, Hello, InfoReply, MatvecReply, MatvecRequest, Message,
+                                         ClockRequest, Hello, HistoryReply, HistoryRequest,
+                                         InfoReply, MatvecReply, MatvecRequest, Message,
                                          Nack, ProgramAck, ProgramReadReply,
                                          ProgramReadRequest, ProgramRequest, ReadExactReply,
                                          ReadExactRequest, ReadReply, ReadRequest, SafeStateAck,
@@ -50,10 +51,11 @@ def _msg(name: str, description: str, seq: int, message: Message) -> Vector:
 def _sample_info() -> InfoReply:
     return InfoReply(PROTOCOL_VERSION, 1, 512, 2048, 0.1, 20.0, adc_full_scale_us(20.0), 16, 16,
                      int(Capability.MATVEC | Capability.EXACT_READ | Capability.STATE_FILE
-                         | Capability.SIM_CLOCK | Capability.PROGRAM_READ),
+                         | Capability.SIM_CLOCK | Capability.PROGRAM_READ | Capability.HISTORY),
                      1 << 24, "sim", "emu-1",
                      (("max_pulses_per_device", 255.0), ("set_amplitude_v_max", 2.0),
-                      ("reset_amplitude_v_max", 4.0), ("width_ns_max", 10000.0)))
+                      ("reset_amplitude_v_max", 4.0), ("width_ns_max", 10000.0)),
+                     boot_id=0x0123456789ABCDEF, session=0x5E55104F00000001)
 
 
 def golden_vectors() -> List[Vector]:
@@ -63,12 +65,20 @@ def golden_vectors() -> List[Vector]:
     v: List[Vector] = [
         _msg("hello", "HELLO from a host speaking protocol {}.{}".format(*PROTOCOL_VERSION),
              0x01020304, Hello()),
+        _msg("hello_session", "HELLO taking over session 0x5E55104F00000001 (a host "
+             "reconnecting, protocol 1.3)", 0x01020305, Hello(0x5E55104F00000001)),
         _msg("info_reply", "INFO: 1 x 512 x 2048 simulated chip, 16-bit ADC, full scale 25 uS, "
-             "capabilities MATVEC | EXACT_READ | STATE_FILE | SIM_CLOCK | PROGRAM_READ",
+             "capabilities MATVEC | EXACT_READ | STATE_FILE | SIM_CLOCK | PROGRAM_READ | "
+             "HISTORY, boot 0x0123456789ABCDEF, session 0x5E55104F00000001",
              0x01020304, _sample_info()),
         _msg("status_request", "STATUS", 7, StatusRequest()),
         _msg("status_reply", "STATUS_REPLY: last executed seq 6, lines idle", 7,
              StatusReply(6, True, True, 6, 1, 1200, 64, 4096, 2, 1)),
+        _msg("history_request", "HISTORY (protocol 1.3)", 8, HistoryRequest()),
+        _msg("history_reply", "HISTORY_REPLY: boot 0x0123456789ABCDEF; the last state-changing "
+             "command was PROGRAM_READ seq 41; 57 executed: 2 READ, 3 PROGRAM, 50 PROGRAM_READ, "
+             "2 MATVEC, 0 ADVANCE_CLOCK", 8,
+             HistoryReply(0x0123456789ABCDEF, 41, int(Opcode.PROGRAM_READ), 57, 2, 3, 50, 2, 0)),
         _msg("read_request_raw", "READ of 3 devices, RAW address set", 8,
              ReadRequest(np.array([3, 70000, 1048575], np.uint32), AddressMode.RAW)),
         _msg("read_request_delta", f"READ of {addr.tolist()}, DELTA (varint gap) address set",

@@ -66,6 +66,12 @@ class Recorder:
     def on_epoch_metrics(self, epoch: int, metrics: Mapping[str, float]) -> None:
         """Per-epoch metrics (train/test accuracy, baseline accuracy...)."""
 
+    def on_event(self, step: int, kind: str, detail: Mapping[str, Any]) -> None:
+        """Something that happened to the run rather than in it: a monitor pausing or
+        resuming it ("run_paused", "run_resumed"), a command the safety layer refused
+        ("command_refused": refused, so never sent), a resumed segment starting
+        ("segment_started"). `detail` is JSON-able; replay neither serves nor compares it."""
+
     def flush(self) -> None:
         """Make everything recorded so far durable."""
 

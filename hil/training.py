@@ -32,6 +32,7 @@ from hil.pulse_stats import PulseDistribution, PulseTotals
 from hil.mnist import Mnist, load_mnist
 from hil.recorder import NullRecorder, Recorder
 from hil.run_control import RunAborted, RunControl
+from hil.run_history import start_provenance
 from hil.run_state import RunState
 
 if TYPE_CHECKING:
@@ -256,10 +257,13 @@ class MixedPrecisionTrainer:
 
     # --- set-up ---------------------------------------------------------------------------
     def provenance(self) -> Dict[str, Any]:
+        """What the log records about the run's origin; asked before its first command, so
+        it holds where the chip's history stood when the run began (a resume checks the
+        chip against it, hil.run_history)."""
         return {"chip": self.chip_info.to_dict(), "seed": self.cfg.seed,
                 "chip_seed": self.cfg.chip_seed, "host": platform.node(),
                 "python": platform.python_version(), "numpy": np.__version__,
-                **self.extra_provenance}
+                **start_provenance(self.backend), **self.extra_provenance}
 
     def initialize(self) -> None:
         """RESET every mapped device, program the initial weights (blind or verified), read

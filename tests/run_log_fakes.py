@@ -185,6 +185,19 @@ def host_view(cap: Capture, step: int, n: int) -> np.ndarray:
     return g
 
 
+def as_schema_1_0(f: Any) -> None:
+    """Edit an open (r+) h5py file into what a schema 1.0 writer made: no /matvec, a
+    /commit of the 18 fields before `matvec_batches`."""
+    del f["matvec"]
+    f.attrs["schema_version"] = "1.0"
+    fields = [n.decode() if isinstance(n, bytes) else str(n) for n in f["commit"].attrs["fields"]]
+    keep = fields.index("matvec_batches")
+    values = f["commit"][:keep]
+    del f["commit"]
+    f["commit"] = values
+    f["commit"].attrs["fields"] = np.array(fields[:keep], dtype=object)
+
+
 def fake_log(folder: Any, **run: Any) -> Tuple[str, Capture]:
     """A finished fake run logged in `folder`: (its path, a Capture of what it must hold)."""
     path = str(folder / "run.h5")

@@ -17,7 +17,8 @@ from drivers.geometry import Geometry
 from drivers.layers import BackendLayer
 from drivers.pulse import PulseSpec
 from drivers.safety import LimitedBackend, PulseLimits, SafetyLimits
-from sim_backend.emulator import EmulatorServer, Firmware
+from sim_backend.emulator import EmulatorServer
+from sim_backend.firmware import Firmware
 from sim_backend.sim_chip import SimulatedChip
 
 GEO = Geometry(1, 16, 16)

@@ -14,7 +14,8 @@ import pytest
 from drivers.fpga import FpgaChip
 from drivers.geometry import Geometry
 from hil.characterize import CharacterizeConfig, characterize, load_characterization
-from sim_backend.emulator import EmulatorServer, FaultConfig, Firmware
+from sim_backend.emulator import EmulatorServer, FaultConfig
+from sim_backend.firmware import Firmware
 from sim_backend.pcm_model import PcmModel
 from sim_backend.sim_chip import SimulatedChip
 

@@ -17,7 +17,8 @@ from drivers.pulse import PulseSpec
 from drivers.safety import LimitedBackend, PulseLimits, SafetyLimits
 from hil.chip_io import ChipIO, IoCounters, wire_seq_of
 from hil.recorder import Recorder
-from sim_backend.emulator import EmulatorServer, Firmware
+from sim_backend.emulator import EmulatorServer
+from sim_backend.firmware import Firmware
 from sim_backend.sim_chip import SimulatedChip
 
 GEO = Geometry(1, 32, 32)

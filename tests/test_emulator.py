@@ -20,9 +20,9 @@ from firmware_interface.frame import FrameDecoder, encode_frame
 from firmware_interface.messages import (Hello, InfoReply, Nack, ProgramAck, ProgramReadReply,
                                          ProgramReadRequest, ProgramRequest, ReadRequest,
                                          StatusRequest, decode_message)
-from firmware_interface.protocol import NackCode, PulseCode
-from sim_backend.emulator import (EmulatorServer, FaultConfig, Firmware, LinkModel,
-                                  parse_listen)
+from firmware_interface.protocol import Capability, NackCode, PulseCode
+from sim_backend.emulator import EmulatorServer, FaultConfig, LinkModel, parse_listen
+from sim_backend.firmware import Firmware
 from sim_backend.pcm_model import PcmModel
 from sim_backend.sim_chip import SimulatedChip
 
@@ -135,6 +135,120 @@ def test_hello_describes_the_chip():
     assert (info.arrays, info.rows, info.cols) == (1, 32, 32)
     assert info.seq_memory == 8 and info.max_payload == 4096 and info.adc_bits == 16
     assert dict(info.hard_limits)["max_pulses_per_device"] == 255
+
+
+# --- one client at a time; the boot and its history (protocol 1.3) ---------------------------
+def test_one_session_at_a_time_and_its_own_host_takes_it_over():
+    """While link a's session is active, link b is refused IN_USE (a HELLO as much as a
+    PROGRAM, which touches nothing) - unless its HELLO names a's session: the same host,
+    reconnecting, takes its session over. A session ends with its link."""
+    fw = Firmware(make_chip())
+    info = reply_of(fw.handle(frame_of(Hello(), 1), link="10.0.0.1:5000"))
+    assert isinstance(info, InfoReply) and info.session and info.boot_id == fw.boot_id
+    for msg in (Hello(), PROGRAM, Hello(info.session ^ 1)):
+        nack = reply_of(fw.handle(frame_of(msg, 2), link="10.0.0.2:6000"))
+        assert isinstance(nack, Nack) and nack.code is NackCode.IN_USE
+        assert "in use by another client since" in nack.message
+        assert "10.0.0.1:5000" in nack.message and f"{info.session:x}" not in nack.message
+    assert fw.chip.counters["commands"] == 0 and fw.refused_client
+    again = reply_of(fw.handle(frame_of(Hello(info.session), 3), link="10.0.0.1:5001"))
+    assert isinstance(again, InfoReply) and again.session == info.session
+    assert isinstance(reply_of(fw.handle(frame_of(PROGRAM, 4), link="10.0.0.1:5001")), ProgramAck)
+    assert reply_of(fw.handle(frame_of(PROGRAM, 5), link="10.0.0.1:5000")).code is NackCode.IN_USE
+    fw.link_closed("10.0.0.1:5001")
+    other = reply_of(fw.handle(frame_of(Hello(), 6), link="10.0.0.2:6000"))
+    assert isinstance(other, InfoReply) and other.session != info.session
+
+
+def history_of(fw: Firmware):
+    from firmware_interface.messages import HistoryReply, HistoryRequest
+    reply = reply_of(fw.handle(frame_of(HistoryRequest(), 0xFFFF)))
+    assert isinstance(reply, HistoryReply)
+    return reply
+
+
+def test_history_counts_each_state_changing_command_once():
+    """READ, PROGRAM, PROGRAM_READ, MATVEC and ADVANCE_CLOCK count; repeats answered from
+    memory, NACKs and queries do not. The boot is INFO's."""
+    from firmware_interface.messages import AdvanceClockRequest, MatvecRequest, SafeStateRequest
+    fw = Firmware(make_chip())
+    pr = ProgramReadRequest(PulseCode.SET, 1_000_000, 50_000, np.array([3, 9]), np.array([1, 2]))
+    bad = ProgramRequest(PulseCode.SET, 2_500_000, 50_000, np.array([1]), np.array([1]))
+    for seq, msg in enumerate([Hello(), PROGRAM, PROGRAM, ReadRequest(np.arange(8)), pr, bad,
+                               MatvecRequest(np.arange(64).reshape(2, 32), np.ones(32) * 0.1),
+                               AdvanceClockRequest(2.0), SafeStateRequest(), StatusRequest()],
+                              start=10):
+        fw.handle(frame_of(msg, seq if seq != 12 else 11))   # seq 11 twice: a retry
+    h = history_of(fw)
+    assert (h.reads, h.programs, h.program_reads, h.matvecs, h.clock_advances) == (1, 1, 1, 1, 1)
+    assert h.commands == 5 and (h.last_seq, h.last_opcode) == (17, 0x50)
+    assert h.boot_id == reply_of(fw.handle(frame_of(Hello(), 30))).boot_id == fw.boot_id
+    assert Firmware(make_chip()).boot_id != fw.boot_id   # another power-up
+
+
+def test_boot_and_history_survive_a_restart_with_the_state_file(tmp_path):
+    """The state file keeps the boot (its memory survives) and the history, through a crash,
+    a compaction and a crash between snapshot and journal restart; without it, a restart is a
+    power cycle: another boot, history from 0."""
+    path = str(tmp_path / "chip.npz")
+    fw = Firmware(make_chip(), state_path=path, compact_records=3)
+    for seq in range(1, 6):
+        fw.handle(frame_of(ReadRequest(np.arange(seq)), seq))
+    fw.handle(frame_of(PROGRAM, 6))
+    want, boot = history_of(fw), fw.boot_id
+    del fw   # crash
+    fw2 = Firmware(make_chip(), state_path=path)
+    assert fw2.boot_id == boot and history_of(fw2) == want
+    fw2.handle(frame_of(PROGRAM, 7))
+    old_journal = open(path + ".journal", "rb").read()
+    fw2.compact()
+    with open(path + ".journal", "wb") as f:   # "the journal restart never happened"
+        f.write(old_journal)
+    del fw2
+    fw3 = Firmware(make_chip(), state_path=path)
+    h = history_of(fw3)
+    assert fw3.boot_id == boot and (h.commands, h.programs, h.last_seq) == (7, 2, 7)
+    assert Firmware(make_chip()).boot_id != boot
+    assert history_of(Firmware(make_chip())).commands == 0
+
+
+def test_firmware_before_1_3_has_no_sessions_boot_or_history():
+    """An emulated 1.2 firmware, as a host finds one in the field: INFO without boot and
+    session, no HISTORY capability (HISTORY refused UNSUPPORTED), a HELLO naming a session
+    refused BAD_LENGTH, and a second client simply served."""
+    from firmware_interface.messages import HistoryRequest
+    fw = Firmware(make_chip(), protocol_version=(1, 2))
+    info = reply_of(fw.handle(frame_of(Hello(), 1), link="a"))
+    assert info.boot_id is None and info.session is None
+    assert not info.capability_flags & Capability.HISTORY
+    assert reply_of(fw.handle(frame_of(HistoryRequest(), 2), link="a")).code is \
+        NackCode.UNSUPPORTED
+    assert reply_of(fw.handle(frame_of(Hello(7), 3), link="a")).code is NackCode.BAD_LENGTH
+    assert isinstance(reply_of(fw.handle(frame_of(PROGRAM, 4), link="b")), ProgramAck)
+
+
+def test_server_refuses_a_second_client_and_frees_the_chip_when_the_first_goes():
+    """Over TCP: a second driver is refused with one clear error and its connection closed;
+    the first carries on untouched; once the first closes, a new client gets the chip."""
+    from drivers.errors import ChipInUseError
+    server = EmulatorServer(Firmware(make_chip()), listen=("127.0.0.1", 0)).start()
+    try:
+        ref = make_chip()
+        with FpgaChip(server.url, timeout_s=1.0) as first:
+            first.program(np.arange(50), np.full(50, 2), PulseSpec.set())
+            with pytest.raises(ChipInUseError) as e:
+                FpgaChip(server.url, timeout_s=1.0)
+            msg = str(e.value)
+            assert "the chip is in use by another client since" in msg and server.url in msg
+            ref.program(np.arange(50), np.full(50, 2), PulseSpec.set())
+            assert np.array_equal(bits(first.read(np.arange(64))), bits(ref.read(np.arange(64))))
+        with FpgaChip(server.url, timeout_s=1.0) as later:
+            assert np.array_equal(bits(later.read(np.arange(64))), bits(ref.read(np.arange(64))))
+        stats = server.stats()
+        assert stats["firmware"]["nacks"] == {"IN_USE": 1} and stats["connections"] == 3
+        assert stats["pulses"]["set"] == 100
+    finally:
+        server.stop()
 
 
 # --- state file ---------------------------------------------------------------------------------

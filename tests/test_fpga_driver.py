@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import serial
 
 from drivers.errors import (AddressError, ChipError, ChipFaultError, LinkError,
                             NotSupportedError, ProtocolError, SafetyLimitError)
@@ -22,7 +23,8 @@ from firmware_interface.frame import Frame, encode_frame
 from firmware_interface.messages import (AdvanceClockRequest, MatvecRequest, Nack, ProgramRequest, ReadRequest,
                                          StatusReply, decode_message)
 from firmware_interface.protocol import PROTOCOL_VERSION, NackCode, Opcode, PulseCode
-from sim_backend.emulator import EmulatorServer, FaultConfig, Firmware
+from sim_backend.emulator import EmulatorServer, FaultConfig
+from sim_backend.firmware import Firmware
 from sim_backend.pcm_model import PcmModel
 from sim_backend.sim_chip import SimulatedChip
 
@@ -543,6 +545,205 @@ def test_reconnect_after_the_emulator_drops_the_link():
             assert_same(workload(ref, steps=2), workload(chip, steps=2))
             assert chip.link_counters["reconnects"] >= 3
         assert server.stats()["connections"] >= 4
+    finally:
+        server.stop()
+
+
+# --- the chip's boot and history; one client at a time (protocol 1.3) --------------------------
+def test_chip_history_is_an_ability_of_1_3_firmware_only():
+    from drivers.abilities import ChipHistory, find_ability
+    from drivers.chip_history import chip_position
+    from drivers.errors import ChipHistoryError
+    server, old = serve(), serve(protocol_version=(1, 2))
+    try:
+        with FpgaChip(server.url, timeout_s=1.0) as chip:
+            assert find_ability(chip, ChipHistory) is chip
+            assert chip.boot_id == f"{server.firmware.boot_id:016x}"
+            start = chip.history()
+            chip.program_read(np.arange(9), np.ones(9, int), PulseSpec.set())
+            chip.read(np.arange(4))
+            h = chip.history()
+            assert h.boot_id == start.boot_id == chip.boot_id
+            assert (h.commands - start.commands, h.program_reads, h.reads) == (2, 1, 1)
+            assert h.last_command == "READ" and h.last_seq == chip.last_seq - 1
+        with FpgaChip(old.url, timeout_s=1.0) as chip:
+            assert find_ability(chip, ChipHistory) is None
+            with pytest.raises(NotSupportedError):
+                chip.history()
+            # a record of commands is never assumed to fit such a chip: refused, saying why
+            with pytest.raises(ChipHistoryError, match=r"protocol 1\.2\) cannot report its "
+                                                       r"boot and command history"):
+                chip_position(chip, "run log r.h5")
+    finally:
+        server.stop()
+        old.stop()
+
+
+@pytest.mark.parametrize("restart", ["power-cycled", "same-state"])
+def test_reconnect_checks_the_boot(tmp_path, restart):
+    """The emulator stops mid-session and another starts on its port: restarted from the
+    state file it is the same boot, and the session goes on exactly; a fresh one (a
+    power-cycled chip) is refused with one clear error, and nothing more is sent to it - not
+    the command, not SAFE_STATE on close."""
+    from drivers.chip_history import HistoryMismatch
+    from drivers.errors import ChipHistoryError
+    state = str(tmp_path / "chip.npz")
+    first = EmulatorServer(Firmware(make_chip(), state_path=state),
+                           listen=("127.0.0.1", 0)).start()
+    ref = make_chip()
+    chip = FpgaChip(first.url, timeout_s=0.5, retries=3, reconnect_timeout_s=5.0)
+    try:
+        chip.history()
+        for backend in (ref, chip):
+            backend.program(np.arange(100), np.full(100, 3), PulseSpec.set())
+        first.stop()
+        second = EmulatorServer(
+            Firmware(make_chip(), state_path=state if restart == "same-state" else None),
+            listen=first.address).start()
+        try:
+            if restart == "same-state":
+                assert_same([ref.read(np.arange(200))], [chip.read(np.arange(200))])
+                assert chip.link_counters["reconnects"] >= 1
+            else:
+                with pytest.raises(ChipHistoryError) as e:
+                    chip.read(np.arange(200))
+                assert e.value.mismatch is HistoryMismatch.BOOT
+                assert "another boot" in str(e.value) and "power-cycled" in str(e.value)
+                with pytest.raises(ChipHistoryError, match="not sent"):
+                    chip.read(np.arange(4))
+                chip.safe_state()
+                chip.close()
+                assert second.firmware.counters["by_opcode"] == {"HELLO": 1}
+        finally:
+            second.stop()
+    finally:
+        chip.close()
+
+
+class Interloper(FpgaChip):
+    """The production driver; when its link has dropped, another client uses the chip before
+    it reconnects (a subclass hook on the port: the reconnect itself is the real one)."""
+
+    def __init__(self, url: str, meanwhile, **kw) -> None:
+        self.meanwhile = meanwhile
+        super().__init__(url, **kw)
+
+    def _open_port(self) -> None:
+        if self._hello is not None and self.meanwhile is not None:   # reconnecting
+            self.meanwhile()
+            self.meanwhile = None
+        super()._open_port()
+
+
+def test_reconnect_refuses_a_chip_another_client_used_meanwhile():
+    """The emulator drops the link after executing a PROGRAM (request 4); before the driver is
+    back, another client reads: the reconnected chip is one READ further than this session's
+    commands (the PROGRAM in flight allowed for), and it is refused."""
+    from drivers.chip_history import HistoryMismatch
+    from drivers.errors import ChipHistoryError
+    server = serve(faults=FaultConfig(script={4: "disconnect"}))
+
+    def other_client() -> None:
+        with FpgaChip(server.url, timeout_s=1.0) as other:
+            other.read(np.arange(3))
+
+    try:
+        chip = Interloper(server.url, other_client, timeout_s=0.5, reconnect_timeout_s=3.0)
+        chip.history()
+        chip.read(np.arange(10))
+        with pytest.raises(ChipHistoryError) as e:
+            chip.program(np.arange(10), np.full(10, 1), PulseSpec.set())
+        assert e.value.mismatch is HistoryMismatch.FURTHER
+        assert "+1 read operations" in str(e.value) and "another client" in str(e.value)
+        chip.close()
+        assert server.firmware.counters["by_opcode"]["SAFE_STATE"] == 1   # the other's only
+    finally:
+        server.stop()
+
+
+def test_a_resent_command_answered_from_memory_keeps_the_session_exact():
+    """Resume re-sends a command an earlier session had executed (use_seq): the firmware
+    answers it from memory and the chip's history does not move, so the session starts again
+    after it; a later reconnect then finds the chip exactly where the session left it."""
+    faults = FaultConfig(script={})
+    server = serve(faults=faults)
+    try:
+        batch = (np.arange(20), np.full(20, 2), PulseSpec.set())
+        with FpgaChip(server.url, timeout_s=0.5) as earlier:
+            earlier.program(*batch)
+            wire_seq = earlier.last_seq
+        chip = FpgaChip(server.url, timeout_s=0.5, reconnect_timeout_s=3.0)
+        start = chip.history()
+        chip.use_seq(wire_seq)
+        chip.program(*batch)
+        assert server.stats()["repeats_answered"] == 1 and chip.history() == start
+        # the next request is executed and the link dropped with its reply: a reconnect
+        faults.script[server.stats()["requests"] + 1] = "disconnect"
+        chip.read(np.arange(5))
+        assert chip.link_counters["reconnects"] == 1
+        chip.close()
+    finally:
+        server.stop()
+
+
+class BrokenPath(FpgaChip):
+    """Its link fails on the host's side only, at frame `at`: the old connection is left open,
+    so the firmware still holds it as the session's (as when the network path breaks)."""
+
+    def __init__(self, url: str, at: int, **kw) -> None:
+        self.at, self.frames, self.kept = at, 0, []
+        super().__init__(url, **kw)
+
+    def _write(self, data: bytes) -> int:
+        self.frames += 1
+        if self.frames == self.at:
+            raise OSError("network path broke")
+        return super()._write(data)
+
+    def _close_port(self) -> None:
+        if self.frames == self.at and self._port is not None:
+            self.kept.append(self._port)   # never closed: the firmware sees it as alive
+            self._port = None
+            return
+        super()._close_port()
+
+
+def test_own_reconnect_takes_over_its_session_while_the_old_link_looks_open():
+    """The driver reconnects while the firmware still holds its old connection open: its
+    HELLO names its session, so it takes it over (the old connection is closed by the
+    firmware) and goes on exactly; a different client is refused all the while."""
+    from drivers.errors import ChipInUseError
+    server = serve()
+    ref = make_chip()
+    chip = BrokenPath(server.url, at=4, timeout_s=0.5, reconnect_timeout_s=3.0)
+    try:
+        assert_same(workload(ref, steps=2), workload(chip, steps=2))
+        assert chip.link_counters["reconnects"] == 1 and chip.kept
+        with pytest.raises(ChipInUseError, match="in use by another client"):
+            FpgaChip(server.url, timeout_s=0.5)
+        with pytest.raises(serial.SerialException, match="disconnected"):
+            chip.kept[0].read(1)   # the old connection: closed by the firmware at the takeover
+        stats = server.stats()
+        assert stats["connections"] == 3 and stats["firmware"]["nacks"] == {"IN_USE": 1}
+    finally:
+        chip.close()
+        for port in chip.kept:
+            port.close()
+        server.stop()
+
+
+def test_a_serial_port_is_locked_for_one_process():
+    """On a serial line (here a pty) the firmware cannot tell hosts apart; the driver holds
+    the port's lock, so a second one cannot open it."""
+    from drivers.errors import ChipInUseError
+    server = serve("pty")
+    try:
+        with FpgaChip(server.url, timeout_s=0.5) as chip:
+            with pytest.raises(ChipInUseError, match="another process holds the port"):
+                FpgaChip(server.url, timeout_s=0.5)
+            chip.read(np.arange(3))
+        with FpgaChip(server.url, timeout_s=0.5) as chip:
+            chip.read(np.arange(3))
     finally:
         server.stop()
 

@@ -36,7 +36,7 @@ from firmware_interface.frame import (HEADER_LEN, OVERHEAD, SYNC, Frame, FrameDe
 from firmware_interface.messages import Message, Nack, decode_message
 from firmware_interface.protocol import NackCode, Opcode, PayloadError
 from firmware_interface.vectors import golden_vectors
-from sim_backend.emulator import Firmware
+from sim_backend.firmware import Firmware
 from sim_backend.sim_chip import SimulatedChip
 
 VECTORS = [v for v in golden_vectors() if v.message is not None]

@@ -18,8 +18,8 @@ from firmware_interface.frame import (HEADER_LEN, OVERHEAD, SYNC, Frame, FrameDe
 from firmware_interface.messages import (MESSAGE_TYPES, Hello, MatvecReply, MatvecRequest, Nack,
                                          ProgramRequest, ReadReply, ReadRequest, StatusRequest,
                                          decode_message)
-from firmware_interface.protocol import (PROTOCOL_VERSION, NackCode, Opcode, PayloadError,
-                                         PulseCode)
+from firmware_interface.protocol import (PROTOCOL_VERSION, REMEMBERED_OPCODES, Capability,
+                                         NackCode, Opcode, PayloadError, PulseCode)
 from firmware_interface.vectors import (check_vectors, golden_vectors, parse_hex, read_vector,
                                         render_hex)
 
@@ -430,3 +430,54 @@ def test_affine_block_matches_its_definition(m, n, base, rs, cs, small):
         with pytest.raises(PayloadError) as e:
             decode_block_body(1, m, n, body)
         assert e.value.code is NackCode.ADDRESS_OUT_OF_RANGE and e.value.devices.size
+
+
+# --- protocol 1.3: boot identity, command history, one client at a time ---------------------
+def test_history_reply_bytes_are_its_documented_layout():
+    from firmware_interface.messages import HistoryReply, HistoryRequest
+
+    reply = HistoryReply(0x0123456789ABCDEF, 41, int(Opcode.PROGRAM_READ), 57, 2, 3, 50, 2, 0)
+    b = reply.encode()
+    assert len(b) == 64
+    assert b[0:8] == bytes.fromhex("efcdab8967452301")          # u64 boot_id
+    assert b[8:12] == bytes.fromhex("29000000") and b[12] == 0x21  # u32 last_seq, u8 opcode
+    assert b[13:16] == bytes(3)                                    # reserved
+    assert struct.unpack_from("<6Q", b, 16) == (57, 2, 3, 50, 2, 0)
+    # a later minor may append fields: a host ignores them; a short reply is refused
+    assert HistoryReply.decode(b + bytes(8)) == reply
+    assert _code(HistoryReply.decode, b[:63]) is NackCode.BAD_LENGTH
+    assert HistoryRequest().encode() == b"" and HistoryRequest.decode(b"") == HistoryRequest()
+    assert Opcode.HISTORY not in REMEMBERED_OPCODES and Opcode.HISTORY_REPLY == 0x83
+
+
+def test_hello_names_a_session_only_from_1_3():
+    assert Hello().encode() == b""
+    assert Hello(0x5E55104F00000001).encode() == bytes.fromhex("010000004f10555e")
+    assert Hello.decode(bytes.fromhex("010000004f10555e")).session == 0x5E55104F00000001
+    assert _code(Hello.decode, bytes(8)) is NackCode.BAD_PAYLOAD   # session 0 names none
+    assert _code(Hello.decode, bytes(4)) is NackCode.BAD_LENGTH
+
+
+def test_info_trailing_boot_and_session_are_optional():
+    """A 1.2 INFO (no trailing fields) decodes with boot_id and session None; a 1.3 one ends
+    with u64 boot_id, u64 session; bytes a later minor appends are ignored."""
+    from firmware_interface.messages import InfoReply
+
+    v13 = next(v.message for v in VECTORS if v.name == "info_reply")
+    b = v13.encode()
+    assert b[-16:] == struct.pack("<QQ", 0x0123456789ABCDEF, 0x5E55104F00000001)
+    old = InfoReply.decode(b[:-16])
+    assert old.boot_id is None and old.session is None and old.chip_id == v13.chip_id
+    assert old.encode() == b[:-16]
+    later = InfoReply.decode(b + b"\x07" * 12)
+    assert (later.boot_id, later.session) == (v13.boot_id, v13.session)
+    assert later.capability_flags & Capability.HISTORY
+
+
+def test_in_use_is_a_frozen_layout_nack():
+    n = Nack(NackCode.IN_USE, int(Opcode.HELLO), "the chip is in use by another client")
+    b = n.encode()
+    assert b[:2] == b"\x0d\x00" and b[2] == 0x01
+    assert decode_message(next(iter(FrameDecoder().feed(n.frame(5))))).message == \
+        "the chip is in use by another client"
+    assert not NackCode.IN_USE.retryable

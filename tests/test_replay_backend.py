@@ -9,23 +9,23 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run_log_fakes import fake_layout, fake_run, small_cfg, tamper_one_pulse  # noqa: E402
+from run_log_fakes import (fake_layout, fake_log, fake_run, small_cfg,  # noqa: E402
+                           tamper_one_pulse)
 
 from drivers.errors import ChipFaultError, HilError  # noqa: E402
+from drivers.geometry import Geometry  # noqa: E402
 from drivers.pulse import DEFAULT_RESET, DEFAULT_SET  # noqa: E402
 from hil.backend_url import open_backend  # noqa: E402
 from hil.recorder import NullRecorder  # noqa: E402
 from hil.replay import (LoggedCommand, ReplayBackend, ReplayDivergence,  # noqa: E402
                         VerifyRecorder)
 from hil.run_log import RunLog, RunLogError, RunLogWriter  # noqa: E402
+from sim_backend.sim_chip import SimulatedChip  # noqa: E402
 
 
 @pytest.fixture
 def logged(tmp_path):
-    path = str(tmp_path / "run.h5")
-    w = RunLogWriter(path, small_cfg())
-    fake_run(w, steps=90)
-    return path
+    return fake_log(tmp_path, steps=90)[0]
 
 
 def test_replay_serves_the_log_and_reproduces_the_run(logged):
@@ -85,15 +85,21 @@ def test_read_of_other_devices_and_end_of_log(logged):
             be.read(a[:2])
 
 
-def test_unacknowledged_batch_replays_as_a_chip_fault(tmp_path):
-    path = str(tmp_path / "wal.h5")
+def _log_failed_inside_a_batch(path: str) -> np.ndarray:
+    """A log whose run failed inside its first update batch (sent, never acknowledged);
+    returns the batch's devices."""
     w = RunLogWriter(path, small_cfg())
-    chip_info = __import__("sim_backend.sim_chip", fromlist=["x"]).SimulatedChip(
-        geometry=__import__("drivers.geometry", fromlist=["x"]).Geometry(1, 64, 64)).info()
+    chip_info = SimulatedChip(geometry=Geometry(1, 64, 64)).info()
     w.begin(config={}, provenance={"chip": chip_info.to_dict()}, layout=fake_layout())
     a = np.arange(4, dtype=np.uint32)
     w.before_program(1, a, np.ones(4, np.int64), DEFAULT_SET, "update")
     w.finish("failed", "LinkError: timeout")
+    return a
+
+
+def test_unacknowledged_batch_replays_as_a_chip_fault(tmp_path):
+    path = str(tmp_path / "wal.h5")
+    a = _log_failed_inside_a_batch(path)
     with ReplayBackend(path) as be:
         with pytest.raises(ChipFaultError, match="never got an acknowledgement"):
             be.program(a, np.ones(4, np.int64), DEFAULT_SET)
@@ -146,13 +152,7 @@ def test_a_batch_acknowledged_after_its_commit_is_served_as_acknowledged(tmp_pat
     """A batch logged as sent whose acknowledgement only the journal holds replays as a
     chip fault, unless the caller (a resume) passes it in acknowledged_late."""
     path = str(tmp_path / "late.h5")
-    w = RunLogWriter(path, small_cfg())
-    chip_info = __import__("sim_backend.sim_chip", fromlist=["x"]).SimulatedChip(
-        geometry=__import__("drivers.geometry", fromlist=["x"]).Geometry(1, 64, 64)).info()
-    w.begin(config={}, provenance={"chip": chip_info.to_dict()}, layout=fake_layout())
-    a = np.arange(4, dtype=np.uint32)
-    w.before_program(1, a, np.ones(4, np.int64), DEFAULT_SET, "update")
-    w.finish("failed", "LinkError: timeout")
+    a = _log_failed_inside_a_batch(path)
     with RunLog(path) as log:
         bid = int(log.pulse_batches()["batch_id"][0])
         assert not ReplayBackend(log).next_command().acknowledged

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
 
-from hil.cli import main as cli_main
-from hil.run_log import RunLog
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from run_log_fakes import fake_run, small_cfg  # noqa: E402
+
+from hil.cli import main as cli_main  # noqa: E402
+from hil.run_log import RunLog, RunLogWriter  # noqa: E402
 
 
 def test_summary_plots_and_bad_arguments(tiny_trained_log, tmp_path, capsys):
@@ -28,6 +32,8 @@ def test_summary_plots_and_bad_arguments(tiny_trained_log, tmp_path, capsys):
         assert s["reset_pulses"] == summary["reset_pulses"]
         assert s["refreshes"] == summary["refreshes"]
         assert s["test_accuracy"] == summary["test_accuracy"]
+        # the state digest the trainer reported when the run completed
+        assert s["state_digest"] == summary["state_digest"] and len(s["state_digest"]) == 64
         snaps = log.snapshots()["step"].tolist()
         assert snaps[0] == 0 and snaps[-1] == 300   # start and end (+ periodic, when taken)
         # the state reconstructed at the end equals the final snapshot
@@ -44,3 +50,26 @@ def test_summary_plots_and_bad_arguments(tiny_trained_log, tmp_path, capsys):
         cli_main(["replay", "--help"])
     assert e.value.code == 0
     assert "--verify" in capsys.readouterr().out
+
+
+def test_summary_of_a_failed_run_with_events(tmp_path, capsys):
+    """`pcm-hil replay --json` of a run that did not complete: its events are listed, and it
+    has no state digest (only a completed run's final status record carries one)."""
+    path = str(tmp_path / "failed.h5")
+    w = RunLogWriter(path, small_cfg())
+
+    def pause(step):
+        if step == 7:
+            w.on_event(step, "run_paused", {"monitor": "temp_c", "reading": 41.0})
+            w.on_event(step, "run_resumed", {})
+    fake_run(w, steps=12, per_step=pause, finish=False)
+    w.finish("failed", "LinkError: timeout", {"state_digest": "not from a completed run"})
+    assert cli_main(["replay", path, "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["status"] == "failed" and s["state_digest"] is None
+    assert s["events"] == [{"step": 7, "kind": "run_paused",
+                            "detail": {"monitor": "temp_c", "reading": 41.0}},
+                           {"step": 7, "kind": "run_resumed", "detail": {}}]
+    assert cli_main(["replay", path]) == 0
+    out = capsys.readouterr().out
+    assert "events      2 (run_paused, run_resumed)" in out and "digest" not in out

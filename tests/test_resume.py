@@ -22,7 +22,14 @@ KEYS = ("test_accuracy", "train_accuracy", "epochs", "examples", "steps", "set_p
         "devices_read", "state_digest")
 
 
-def _config(tmp_path, train=1500, epochs=1, flush=50, name="c.yaml"):
+#: A small network on a small chip, for tests of how runs end rather than what they compute;
+#: its emulator takes SMALL_CHIP as options.
+SMALL = ("network: {layers: [784, 16, 10], init_range: [0.2, 0.3]}\n"
+         "chip: {rows: 128, cols: 256}\n")
+SMALL_CHIP = ("--rows", "128", "--cols", "256")
+
+
+def _config(tmp_path, train=1500, epochs=1, flush=50, name="c.yaml", extra=""):
     path = tmp_path / name
     path.write_text(f"""name: rs
 seed: 7
@@ -30,7 +37,7 @@ data: {{train_examples: {train}, test_examples: 300}}
 training: {{epochs: {epochs}, baseline: false}}
 optimizer: {{refresh: {{period_steps: 40}}}}
 log: {{flush_every_steps: {flush}, snapshot_every_steps: 400}}
-""")
+""" + extra)
     return str(path)
 
 
@@ -354,3 +361,43 @@ def test_run_failed_inside_a_command_resumes_exactly(tmp_path, small_data, crash
 def test_sigkill_ten_times_through_emulator(tmp_path, small_data):
     kills, _ = _kill_and_resume(tmp_path, small_data, n_kills=10, train=2000, seed=12)
     assert kills == 10
+
+
+def test_resuming_a_log_the_chip_has_moved_on_from_is_refused(tmp_path):
+    """r.h5 killed, resumed to completion as r-2.h5; `--resume r.h5` again, through the same
+    emulator, would re-send r.h5's uncertain command and apply the rest of the run a second
+    time. The chip's history is further than r.h5 knows: refused before anything is sent,
+    with one error naming the log, and no new log."""
+    from drivers.fpga import FpgaChip
+    cfg = _config(tmp_path, train=500, flush=25, extra=SMALL)
+    emu, url, _, _ = _emulator(tmp_path, *SMALL_CHIP)
+    try:
+        run = str(tmp_path / "r.h5")
+        p = _train(tmp_path, "--config", cfg, "--backend", url, "--run", run)
+        _wait_step(p, run, 10)
+        p.send_signal(signal.SIGKILL)
+        p.communicate()
+        p = _train(tmp_path, "--resume", run, "--backend", url)
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        with FpgaChip(url, timeout_s=2.0) as chip:
+            before = chip.history()
+        again = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--no-progress",
+                                "--resume", run, "--backend", url], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=300)
+        assert again.returncode == 1
+        err = again.stderr.strip().splitlines()
+        assert len(err) == 1, again.stderr
+        assert "the chip's history is further than run log r.h5 knows" in err[0]
+        assert "a later segment of this run" in err[0]
+        print(err[0])
+        assert not os.path.exists(str(tmp_path / "r-3.h5"))
+        with FpgaChip(url, timeout_s=2.0) as chip:
+            assert chip.history() == before      # nothing was sent
+    finally:
+        _stop(emu)
+    with RunLog(str(tmp_path / "r-2.h5")) as lg:
+        rec = lg.provenance["chip_history"]
+        with RunLog(run) as first:
+            assert rec["start"] == first.provenance["chip_history"]["start"]
+        assert rec["resumed_from"] == "r.h5" and rec["boot_id"] == before.boot_id

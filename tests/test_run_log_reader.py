@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run_log_fakes import (GEOMETRY, N_DEVICES, SHAPES, fake_layout, fake_log,  # noqa: E402
-                           fake_run, host_view, small_cfg)
+from run_log_fakes import (GEOMETRY, N_DEVICES, SHAPES, as_schema_1_0,  # noqa: E402
+                           fake_layout, fake_log, fake_run, host_view, small_cfg)
 
-from hil.run_log import PURPOSES, RunLog, RunLogError, RunLogWriter  # noqa: E402
+from hil.run_log import (PURPOSES, SCHEMA_VERSION, RunLog, RunLogError,  # noqa: E402
+                         RunLogWriter)
 from hil.run_state import RunState  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def test_round_trip(logged):
     assert not os.path.exists(path + ".journal")   # removed when the log is closed
     with RunLog(path) as r:
         assert r.journal().batches == []
-        assert r.schema_version == "1.1"
+        assert r.schema_version == SCHEMA_VERSION == "1.2"
         assert r.status.status == "completed" and r.summary["steps"] == 120
         assert [s.status for s in r.status_history()] == ["running", "completed"]
         assert r.purposes[1:len(PURPOSES) + 1] == list(PURPOSES)
@@ -228,3 +229,71 @@ def test_a_schema_1_0_log_has_an_empty_matvec_table(tmp_path):
         assert not r.has_matvec and r.event_count("matvec") == 0
         got = r.event_rows("matvec", 0, 10)
         assert got["value"].size == 0 and got["value"].dtype == np.float32
+
+
+# --- logs of earlier schemas ---------------------------------------------------------------------
+#: A schema 1.1 log written by the 1.1 writer (fake_run(steps=40, snapshot_every=20) through
+#: RunLogWriter with small_cfg(flush_every=10, snapshot_every=20)), kept to prove that every
+#: later reader still reads it, and its digest, computed when it was written.
+FIXTURE_1_1 = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                           "run-log-1.1.h5")
+DIGEST_1_1 = "8c84fe3529f510de13eb5a73765e0ab8ff9fdc7561fa269e1e2cbb4e83c18a0e"
+
+
+def test_a_schema_1_1_log_reads_and_replays():
+    from hil.replay import ReplayBackend, VerifyRecorder
+    with RunLog(FIXTURE_1_1) as r:
+        assert r.schema_version == "1.1" and r.has_matvec and not r.has_events
+        assert r.digest() == DIGEST_1_1
+        assert r.status.status is RunState.COMPLETED and r.summary["steps"] == 40
+        assert r.events() == [] and r.event_kinds == [""]
+        assert np.array_equal(r.conductance(40), r.snapshot_g(-1))
+        with h5py.File(FIXTURE_1_1, "r") as f:
+            assert f["reads/events/address"].compression == "lzf"   # read as before
+        be, rec = ReplayBackend(r), VerifyRecorder(r)
+        fake_run(rec, steps=40, snapshot_every=20, backend=be)   # the same commands again
+        assert be.remaining() == 0 and rec.si == 40 and rec.ki == rec.n_snap == 4
+
+
+def test_a_schema_1_0_log_still_reads(tmp_path):
+    old = str(tmp_path / "old.h5")
+    with open(FIXTURE_1_1, "rb") as src, open(old, "wb") as dst:
+        dst.write(src.read())
+    with h5py.File(old, "r+") as f:
+        as_schema_1_0(f)
+    with RunLog(old) as r:
+        assert r.schema_version == "1.0" and not r.has_matvec and not r.has_events
+        assert r.digest() == DIGEST_1_1   # without MATVECs, the digest 1.0 defined
+        assert r.counts["matvec_batches"] == 0 and r.events() == []
+
+
+# --- run events (schema 1.2) -------------------------------------------------------------------
+def test_run_events_come_back_as_named_records(tmp_path):
+    path = str(tmp_path / "ev.h5")
+    w = RunLogWriter(path, small_cfg())
+    w.begin(config={}, provenance={}, layout=fake_layout())
+    w.on_event(3, "run_paused", {"monitor": "temp_c", "reading": np.float32(31.5)})
+    w.on_event(3, "command_refused", {"command": "PROGRAM_SET", "devices": np.arange(2),
+                                      "why": "amplitude 2.5 V > station limit 2.0 V"})
+    w.on_event(9, "run_resumed", {})
+    w.on_event(9, "calibration_done", {"ok": True})   # a kind of its own: next free code
+    with RunLog(path) as live:                         # committed at once
+        assert [e.kind for e in live.events()] == ["run_paused", "command_refused",
+                                                   "run_resumed", "calibration_done"]
+    with pytest.raises(RunLogError, match="detail must be a mapping"):
+        w.on_event(9, "run_paused", ["not", "a", "mapping"])
+    with pytest.raises(RunLogError, match="event kind '' is not a string"):
+        w.on_event(9, "", {})
+    with pytest.raises(RunLogError, match="goes back"):
+        w.on_event(2, "run_paused", {})
+    w.finish("completed")
+    with RunLog(path) as r:
+        ev = r.events()
+        assert [(e.step, e.kind) for e in ev] == [(3, "run_paused"), (3, "command_refused"),
+                                                  (9, "run_resumed"), (9, "calibration_done")]
+        assert ev[0].detail == {"monitor": "temp_c", "reading": 31.5}
+        assert ev[1].detail["devices"] == [0, 1] and ev[2].detail == {}
+        assert all(isinstance(e.time_unix, float) and e.time_unix > 0 for e in ev)
+        assert r.event_kinds[1:5] == ["run_paused", "run_resumed", "command_refused",
+                                      "segment_started"]
+        assert r.event_kinds[5] == "calibration_done"

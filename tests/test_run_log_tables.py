@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from hil.run_log import READ_BATCH_COLUMNS, READ_EVENT_COLUMNS, RunLogError
-from hil.run_log.tables import CommandTable, MetricsTable
+from hil.run_log import READ_BATCH_COLUMNS, READ_EVENT_COLUMNS, STATUS_COLUMNS, RunLogError
+from hil.run_log.tables import CodeTable, CommandTable, DocumentTable, MetricsTable
 
 
 def test_a_command_table_turns_buffered_commands_into_columns(tmp_path):
@@ -55,3 +55,38 @@ def test_a_metrics_table_grows_columns_and_fills_the_gaps_with_nan(tmp_path):
             m.add(4, {"x" * 65: 1.0}, "step")
         m.write()     # a refused row leaves nothing behind
         assert f["step/step"].shape == (3,) and f["step/names"].shape == (2,)
+
+
+def test_a_code_table_gives_known_names_fixed_codes_and_others_the_next_free_one(tmp_path):
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        ds = f.create_dataset("kinds", shape=(0,), maxshape=(None,), dtype="S8", chunks=(8,))
+        t = CodeTable(ds, ("paused", "resumed"), "event kind", "c.h5")
+        assert (t.code("resumed"), t.code("paused")) == (2, 1)
+        t.write()
+        assert [n for n in ds[:]] == [b"paused", b"resumed"]
+        assert t.code("refused") == 3 == t.code("refused")
+        for bad in ("", "x" * 9, 7):
+            with pytest.raises(RunLogError, match="event kind .* is not a string of 1..8"):
+                t.code(bad)
+        t.write()
+        assert ds[:].tolist() == [b"paused", b"resumed", b"refused"] and t.on_disk == 3
+        for i in range(252):
+            t.code(f"k{i}")
+        with pytest.raises(RunLogError, match="more than 255 distinct event kinds"):
+            t.code("one_more")
+
+
+def test_a_document_table_keeps_each_rows_document_back_to_back(tmp_path):
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        t = DocumentTable(f.create_group("status"), STATUS_COLUMNS, 64)
+        t.add([1, 0, 10.5], b'{"a": 1}')
+        t.add([2, 5, 11.5], b"")
+        t.add([4, 9, 12.5], '{"why": "µ"}'.encode())
+        t.write()
+        g = f["status"]
+        assert g["code"][:].tolist() == [1, 2, 4] and g["step"][:].tolist() == [0, 5, 9]
+        off, ln = g["doc_offset"][:].tolist(), g["doc_length"][:].tolist()
+        assert off == [0, 8, 8] and ln == [8, 0, 13] and t.doc_bytes == 21
+        doc = g["doc"][:].tobytes()
+        assert [doc[o:o + n] for o, n in zip(off, ln)] == \
+            [b'{"a": 1}', b"", '{"why": "µ"}'.encode()]

@@ -249,6 +249,7 @@ def test_sigkill_at_any_moment_leaves_a_readable_log(tmp_path):
             from hil.replay.summary import format_summary, summarize
             text = format_summary(summarize(r))
             assert "running - not finished" in text
+            assert summarize(r)["state_digest"] is None     # only a completed run has one
             assert ("journal" in text) == bool(tail.batches)
             results.append((last, len(tail.batches)))
         assert not os.path.exists(path + ".journal") or tail.commit >= 1

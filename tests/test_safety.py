@@ -15,7 +15,8 @@ from drivers.geometry import Geometry
 from drivers.pulse import PulseSpec
 from drivers.safety import (HardLimits, LimitedBackend, PulseLimits, SafetyLimits,
                             check_pulse_shape)
-from sim_backend.emulator import EmulatorServer, Firmware
+from sim_backend.emulator import EmulatorServer
+from sim_backend.firmware import Firmware
 from sim_backend.sim_chip import SimLimits, SimulatedChip
 
 GEO = Geometry(1, 16, 16)

@@ -229,3 +229,112 @@ def test_emulator_restart_mid_run_matches_in_process(small_data, in_process, tmp
     stats = json.loads(open(sup.stats).read())  # of the restarted emulator
     if how == "crash-after-execute":
         assert stats["repeats_answered"] == 1  # the lost ACK, resent from the journal
+
+
+# --- one client at a time; a power-cycled chip (issue cases 5 and 6) ---------------------------
+def _emulate(tmp_path, listen: str, *more):
+    """`pcm-hil emulate` of test_resume's SMALL chip as a subprocess on `listen`; (process,
+    url)."""
+    from test_resume import SMALL_CHIP
+    err = open(tmp_path / "emulator.log", "a")
+    proc = subprocess.Popen([sys.executable, "-m", "hil.cli", "emulate", "--listen", listen,
+                             "--seed", "7", *SMALL_CHIP, *more], stdout=subprocess.PIPE,
+                            stderr=err, text=True)
+    err.close()
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
+    url = proc.stdout.readline().strip() if ready else ""
+    assert url.startswith("socket://"), (tmp_path / "emulator.log").read_text()
+    return proc, url
+
+
+def _end(proc) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    proc.stdout.close()
+
+
+def test_a_second_trainer_is_refused_and_the_first_completes_exactly(tmp_path, small_data):
+    """Two `pcm-hil train` on one emulator: the second is refused with one clear error while
+    the first holds the chip (frozen with SIGSTOP, so its connection is open and idle), and
+    the first completes with the digest of a run that was alone on the chip."""
+    from test_resume import (KEYS as RUN_KEYS, SMALL, _config, _reference, _same_run, _train,
+                             _wait_step)
+    cfg = _config(tmp_path, train=500, flush=25, extra=SMALL)
+    stats = str(tmp_path / "stats.json")
+    emu, url = _emulate(tmp_path, "127.0.0.1:0", "--stats-json", stats)
+    first = None
+    try:
+        ref = _reference(cfg, str(tmp_path / "ref.h5"), small_data, backend=url)
+        run = str(tmp_path / "a.h5")
+        first = _train(tmp_path, "--config", cfg, "--backend", url, "--run", run,
+                       "--summary-json", str(tmp_path / "a.json"))
+        _wait_step(first, run, 5)
+        first.send_signal(signal.SIGSTOP)
+        try:
+            second = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--no-progress",
+                                     "--config", cfg, "--backend", url, "--no-log"],
+                                    cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        finally:
+            first.send_signal(signal.SIGCONT)
+        assert second.returncode == 1
+        err = second.stderr.strip().splitlines()
+        assert len(err) == 1, second.stderr
+        assert "the chip is in use by another client since" in err[0] and url in err[0]
+        print(err[0])
+        out, errs = first.communicate(timeout=300)
+        assert first.returncode == 0, errs
+    finally:
+        if first is not None and first.poll() is None:
+            first.kill()
+            first.communicate()
+        _end(emu)
+    summary = json.loads((tmp_path / "a.json").read_text())
+    for k in RUN_KEYS:
+        assert summary[k] == ref[k], k
+    _same_run(run, str(tmp_path / "ref.h5"))
+    doc = json.loads(open(stats).read())
+    assert doc["firmware"]["nacks"] == {"IN_USE": 1}
+    assert doc["pulses"] == {"set": ref["set_pulses"], "reset": ref["reset_pulses"]}
+
+
+def test_an_emulator_power_cycled_mid_run_stops_the_run(tmp_path):
+    """The emulator is killed mid-run and restarted without its state (a power-cycled chip)
+    on the same port: the trainer's driver reconnects to another boot, and the run stops
+    with one clear error, its log marked failed; the fresh chip gets nothing but the HELLO."""
+    from hil.run_log import RunLog
+    from test_resume import SMALL, _config, _train, _wait_step
+    cfg = _config(tmp_path, train=1500, flush=25, extra=SMALL)
+    emu, url = _emulate(tmp_path, "127.0.0.1:0")
+    run = str(tmp_path / "r.h5")
+    p = _train(tmp_path, "--config", cfg, "--backend", url, "--run", run)
+    stats = str(tmp_path / "stats-2.json")
+    fresh = None
+    try:
+        _wait_step(p, run, 5)
+        p.send_signal(signal.SIGSTOP)   # the power cycle happens between two of its commands
+        emu.kill()
+        _end(emu)
+        fresh, _ = _emulate(tmp_path, url.rsplit("/", 1)[1], "--stats-json", stats)
+        p.send_signal(signal.SIGCONT)
+        out, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+        if fresh is not None:
+            _end(fresh)
+    assert p.returncode == 1 and "Traceback" not in err
+    print(err)
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("pcm-hil train: error: [HELLO] after reconnecting to " + url)
+    assert "another boot" in last and "power-cycled" in last
+    with RunLog(run) as lg:
+        assert lg.status.status == "failed" and "another boot" in lg.status.reason
+    doc = json.loads(open(stats).read())
+    assert doc["firmware"]["by_opcode"] == {"HELLO": 1}
+    assert doc["pulses"] == {"set": 0, "reset": 0}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run_log_fakes import fake_run, small_cfg, tamper_one_pulse  # noqa: E402
+from run_log_fakes import as_schema_1_0, fake_log, fake_run, tamper_one_pulse  # noqa: E402
 
 from hil.backend_url import open_backend  # noqa: E402
 from hil.cli import main as cli_main  # noqa: E402
@@ -20,10 +20,7 @@ from hil.run_log import RunLog, RunLogError, RunLogWriter, is_wall_clock  # noqa
 
 @pytest.fixture
 def logged(tmp_path):
-    path = str(tmp_path / "run.h5")
-    w = RunLogWriter(path, small_cfg())
-    fake_run(w, steps=90)
-    return path
+    return fake_log(tmp_path, steps=90)[0]
 
 
 def test_verify_recorder_names_a_metric_difference(logged):
@@ -145,17 +142,7 @@ def test_on_chip_matvec_run_is_logged_replayed_and_verified(small_data, tmp_path
     assert isinstance(rep.divergence, ReplayDivergence) and rep.divergence.step == step_of[target]
     assert f"MATVEC #{target}: input CRC-32" in rep.message
 
-    def as_schema_1_0(f):   # what a 1.0 writer made: no /matvec, an 18-field /commit
-        del f["matvec"]
-        f.attrs["schema_version"] = "1.0"
-        fields = [n.decode() if isinstance(n, bytes) else str(n)
-                  for n in f["commit"].attrs["fields"]]
-        keep = fields.index("matvec_batches")
-        values = f["commit"][:keep]
-        del f["commit"]
-        f["commit"] = values
-        f["commit"].attrs["fields"] = np.array(fields[:keep], dtype=object)
-    old = tampered("schema10.h5", as_schema_1_0)
+    old = tampered("schema10.h5", as_schema_1_0)   # no /matvec, an 18-field /commit
     with RunLog(old) as log:
         assert not log.has_matvec and log.matvec_batches()["step"].size == 0
         assert log.counts["matvec_batches"] == 0 and log.pulse_batches()["seq"].size > 0

@@ -42,7 +42,8 @@ class ThreadEmulator:
     trip, but host and firmware share one interpreter lock)."""
 
     def __init__(self, cfg, baud: int) -> None:
-        from sim_backend.emulator import EmulatorServer, Firmware, LinkModel
+        from sim_backend.emulator import EmulatorServer, LinkModel
+        from sim_backend.firmware import Firmware
 
         chip = open_sim_chip(cfg)
         self.server = EmulatorServer(Firmware(chip), listen=("127.0.0.1", 0),

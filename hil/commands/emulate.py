@@ -13,8 +13,9 @@ from hil.commands.arguments import non_negative_float, non_negative_int, positiv
 
 EPILOG = """\
 The first line on stdout is the URL to connect to, e.g. socket://127.0.0.1:40123 or
-/dev/pts/7; pass it as the backend URL of any other command. Stop with Ctrl-C or SIGTERM:
-both write --stats-json and --state before exiting.
+/dev/pts/7; pass it as the backend URL of any other command. It serves one client at a
+time: over TCP a second connection is refused (NACK IN_USE) while one holds the chip. Stop
+with Ctrl-C or SIGTERM: both write --stats-json and --state before exiting.
 
 examples:
   pcm-hil emulate --listen 127.0.0.1:7700 --model jap --seed 1
@@ -61,9 +62,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     chip.add_argument("--state", metavar="FILE",
                       help="keep the chip in FILE (a snapshot, loaded if present) plus "
                            "FILE.journal (every state-changing command, written before its "
-                           "reply is sent), so an emulator restarted after a crash, even a "
-                           "SIGKILL, keeps its chip and neither re-applies a retried batch "
-                           "nor loses one")
+                           "reply is sent, and the boot and its history), so an emulator "
+                           "restarted after a crash, even a SIGKILL, keeps its chip, is the "
+                           "same boot, and neither re-applies a retried batch nor loses one. "
+                           "Without it every start is a new boot: a power-cycled chip")
     link = p.add_argument_group("link model")
     link.add_argument("--baud", type=non_negative_int, default=0,
                       help="model a serial link of N baud (10 bits per byte); 0 = unlimited")
@@ -101,8 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from drivers.errors import ConfigError
-    from sim_backend.emulator import (EmulatorServer, FaultConfig, Firmware, LinkModel,
-                                      parse_listen)
+    from sim_backend.emulator import EmulatorServer, FaultConfig, LinkModel, parse_listen
+    from sim_backend.firmware import Firmware
     from sim_backend.sim_chip import SimChipSpec
 
     try:

@@ -14,8 +14,11 @@ HELP = """\
 Open a run log (the HDF5 file `pcm-hil train --run RUN.h5` writes) and print its summary:
 status (and the reason when the run was aborted or failed), config name, epochs, accuracy
 (with the fp32 baseline when it was trained), pulse and read counts, refreshes, snapshots,
-chip and file size. A log cut short by a crash opens too: it shows everything up to the last
-flush, and the pulse batches its write-ahead journal (RUN.h5.journal) recorded after that.
+chip and file size, and the run's state digest (the SHA-256 of the final conductance of
+every mapped device that the trainer put in the summary of the final status record; with
+--json, `state_digest` is null unless the run completed). A log cut short by a crash opens
+too: it shows everything up to the last flush, and the pulse batches its write-ahead journal
+(RUN.h5.journal) recorded after that.
 
 --plot DIR writes PNG figures into DIR:
   accuracy.png          train/test accuracy per epoch, and the fp32 baseline when logged

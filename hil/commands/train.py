@@ -9,6 +9,7 @@ from typing import Optional
 
 from drivers.errors import ConfigError
 from hil.commands.arguments import non_negative_int
+from hil.commands.watch import add_server_arguments, check_server_arguments, live_view
 from hil.config import load_config, with_overrides
 from hil.run_control import RunAborted, RunControl
 from hil.run_stack import RunRequest, default_log_path, open_run_stack
@@ -32,6 +33,7 @@ examples:
   pcm-hil train --config configs/quick.yaml --seed 3 --epochs 1 --summary-json out.json
   pcm-hil train --config configs/quick.yaml --run runs/q.h5 --chip-state runs/q.chip
   pcm-hil train --resume runs/q.h5        # after Ctrl-C or a crash: continues into runs/q-2.h5
+  pcm-hil train --config configs/quick.yaml --watch   # follow it in the browser
 """
 
 
@@ -71,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="walk the whole experiment against the simulated chip under the "
                         "station's limits and report what would be sent; the configured chip "
                         "and the instruments are not touched, nothing is logged")
+    add_server_arguments(p, for_train=True)
     p.set_defaults(func=run)
 
 
@@ -121,6 +124,7 @@ def _say(msg: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.epochs == 0:
         raise ConfigError("must be >= 1", key="--epochs")
+    check_server_arguments(args)
     station = load_station(args.station) if args.station else None
     from hil.energy import EnergyTable
     energy_table = EnergyTable.load(args.energy_table) if args.energy_table else None
@@ -131,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     control = RunControl()
     path = None
     try:
-        with open_run_stack(request, note=_say) as stack, control.sigint_handler():
+        with open_run_stack(request, note=_say) as stack, control.sigint_handler(), \
+                live_view(args, stack.log_path, control):
             path = stack.log_path
             _say(f"training {cfg.name}: {cfg.data.train_examples:,} examples x "
                  f"{cfg.training.epochs} epochs on {request.url} (Ctrl-C stops after the "

@@ -89,7 +89,7 @@ class ReplayBackend(ChipBackend):
     #: Abilities a log cannot serve: they are not offered, so a re-run takes the same path
     #: it would on a chip without them.
     UNSERVED = frozenset({Capability.EXACT_READ.value, Capability.STATE_FILE.value,
-                          Capability.SIM_CLOCK.value})
+                          Capability.SIM_CLOCK.value, Capability.HISTORY.value})
     #: MATVEC currents are read from the file in windows of about this many values.
     MATVEC_WINDOW_VALUES = 1 << 20
 

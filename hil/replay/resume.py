@@ -42,6 +42,7 @@ import numpy as np
 
 from drivers.abilities import SequencedBackend, StatefulBackend, find_ability
 from drivers.backend import ChipBackend
+from drivers.chip_history import HistoryPosition
 from drivers.errors import ChipFaultError, HilError, NotSupportedError
 from drivers.layers import BackendLayer
 from drivers.pulse import PulseKind, PulseSpec
@@ -50,14 +51,12 @@ from hil.chip_state import ChipStateKeeper
 from hil.config import MatvecMode
 from hil.replay.backend import ReplayBackend
 from hil.replay.divergence import ReplayDivergence
-from hil.run_log import BATCH_ACKED, JournalCommand, RunLog
+from hil.run_log import BATCH_ACKED, NOT_SENT, JournalCommand, RunLog
+from hil.run_history import check_log_chip, resumed_provenance
 from hil.run_state import RunState
 
 log = logging.getLogger("pcm_hil.resume")
 
-#: Wire sequence number journaled for a command served from the old log during a resume's
-#: fast-forward: it never reached the chip, so if a kill leaves it uncertain it is re-run.
-NOT_SENT = -2
 
 
 class ResumeError(HilError):
@@ -86,6 +85,8 @@ class ResumePlan:
     resend: the committed batch the old run failed inside, if any.
     chip_state: the in-process chip restored from its state file (sim://), with chip_from
         the command it was saved at: from there on, served commands are executed on it too.
+    chip_history: where a chip behind firmware stood when the resume was planned (checked
+        against the log; the new log records it).
     """
 
     log_path: str
@@ -95,6 +96,7 @@ class ResumePlan:
     resend: Optional[ResendBatch] = None
     chip_state: Optional[ChipStateKeeper] = None
     chip_from: Optional[int] = None
+    chip_history: Optional[HistoryPosition] = None
 
 
 # --- the backend of a resumed run ----------------------------------------------------------
@@ -312,7 +314,8 @@ def resumed_path(old_path: str, old: RunLog) -> str:
 
 def plan_resume(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> ResumePlan:
     """Check the log can be resumed on `live` and say how; one ResumeError naming what is
-    missing when it cannot."""
+    missing when it cannot, a ChipHistoryError when a chip behind firmware is not where the
+    log left it (hil.run_history)."""
     if old.status.status == RunState.COMPLETED:
         raise ResumeError(f"{old.path}: the run completed; there is nothing to resume")
     cfg = old.experiment_config()
@@ -389,7 +392,9 @@ def plan_resume(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Re
                               "the run cannot be continued exactly")
         resend = ResendBatch(bid, last.wire_seq)
         cmds = list(read_half)
-    return ResumePlan(old.path, committed, tuple(cmds), late, resend)
+    # The chip must be where the log left it, before anything is sent (hil.run_history).
+    position = check_log_chip(old, live)[0]
+    return ResumePlan(old.path, committed, tuple(cmds), late, resend, chip_history=position)
 
 
 def reach(log_: RunLog) -> int:
@@ -429,8 +434,11 @@ def resume_provenance(old: RunLog, plan: ResumePlan) -> Dict[str, Any]:
                      "reason": old.status.reason, "complete_step": old.complete_step,
                      "commands": plan.committed, "journal_commands": len(plan.journal)})
     base = prev.get("base") or re.sub(r"\.h5$", "", os.path.basename(old.path))
-    return {"resume": {"segment": int(prev.get("segment", 1)) + 1, "base": base,
-                       "segments": segments}}
+    out: Dict[str, Any] = {"resume": {"segment": int(prev.get("segment", 1)) + 1,
+                                      "base": base, "segments": segments}}
+    if plan.chip_history is not None:
+        out.update(resumed_provenance(old, plan.chip_history))
+    return out
 
 
 __all__ = ["NOT_SENT", "ResendBatch", "ResumeBackend", "ResumeError", "ResumePlan",

@@ -32,6 +32,10 @@ def summarize(log: RunLog) -> Dict[str, Any]:
         "created_utc": log.created_utc,
         "status": str(st.status),
         "reason": st.reason,
+        # The trainer's digest of the final conductances, from the summary in the final
+        # status record: only a completed run has one (docs/run-log.md, "State digest").
+        "state_digest": ((st.summary or {}).get("state_digest")
+                         if st.status == RunState.COMPLETED else None),
         "epochs_logged": int(em["epoch"].size),
         "epochs_configured": (cfg.get("training") or {}).get("epochs"),
         "last_step": log.last_step,
@@ -45,6 +49,7 @@ def summarize(log: RunLog) -> Dict[str, Any]:
         "matvec_commands": int(log.counts["matvec_batches"]),
         "refreshes": refreshes,
         "snapshots": [int(s) for s in log.snapshots()["step"]],
+        "events": [{"step": e.step, "kind": e.kind, "detail": e.detail} for e in log.events()],
         "devices": log.n_devices,
     }
     for key in ("test_accuracy", "train_accuracy", "validation_accuracy",
@@ -111,6 +116,11 @@ def format_summary(s: Dict[str, Any]) -> str:
                                           if snaps else "")),
         ("devices", f"{s['devices']:,} mapped"),
     ]
+    if s["events"]:
+        kinds = sorted({e["kind"] for e in s["events"]})
+        lines.append(("events", f"{len(s['events'])} ({', '.join(kinds)})"))
+    if s.get("state_digest"):
+        lines.append(("state", f"digest {s['state_digest']}"))
     if "chip" in s:
         lines.append(("chip", s["chip"]))
     if s.get("journal_batches"):

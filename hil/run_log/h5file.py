@@ -15,13 +15,18 @@ from hil.run_log.schema import RunLogError
 #: A file HDF5 calls truncated that changed this recently is a live writer's, mid-commit.
 SETTLE_S = 0.25
 GIVE_UP_S = 5.0
+#: Library-version bounds of the file format: SWMR needs at least the 1.10 format
+#: (superblock version 3), and no newer one is allowed, so that every HDF5 1.10 or later
+#: tool reads the file. ("latest" would mean the bundled library's own format - HDF5 2.0's
+#: under h5py 3.16 - which 1.10 tools cannot read.)
+LIBVER = ("v110", "v110")
 
 
 def create_file(path: str) -> Any:
-    """A new, empty HDF5 file for writing, in the file format SWMR needs (HDF5 1.10+)."""
+    """A new, empty HDF5 file for writing, in the 1.10 file format (SWMR needs it)."""
     import h5py
     try:
-        return h5py.File(path, "w", libver="latest")
+        return h5py.File(path, "w", libver=LIBVER)
     except OSError as e:
         raise RunLogError(f"cannot create the run log: {e}", path=path) from None
 
@@ -91,4 +96,4 @@ def _open_plain(path: str) -> Any:
         time.sleep(0.01)
 
 
-__all__ = ["GIVE_UP_S", "SETTLE_S", "create_file", "open_file"]
+__all__ = ["GIVE_UP_S", "LIBVER", "SETTLE_S", "create_file", "open_file"]

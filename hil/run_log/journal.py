@@ -25,6 +25,9 @@ from hil.run_log.records import PulseBatch
 from hil.run_log.schema import RunLogError
 
 JOURNAL_SUFFIX = ".journal"
+#: Wire sequence number journaled for a command served from an old log during a resume's
+#: fast-forward: it never reached a chip, so if a kill leaves it uncertain it is re-run.
+NOT_SENT = -2
 JOURNAL_MAGIC = b"PHJ2"
 JOURNAL_MAGIC_V1 = b"PHJ1"                   # schema 1.0 writers before resume (still read)
 

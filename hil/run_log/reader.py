@@ -16,9 +16,9 @@ import numpy as np
 from drivers.pulse import PulseKind
 from hil.run_log.h5file import open_file
 from hil.run_log.journal import JOURNAL_SUFFIX, JournalTail, read_journal
-from hil.run_log.records import PulseBatch, RunStatus
-from hil.run_log.schema import (BATCH_STATUS, COMMIT_FIELDS, EVENT_TABLES, FORMAT,
-                                MATVEC_BATCH_COLUMNS, MATVEC_EVENT_COLUMNS,
+from hil.run_log.records import PulseBatch, RunEvent, RunStatus
+from hil.run_log.schema import (BATCH_STATUS, COMMIT_FIELDS, EVENT_COLUMNS, EVENT_TABLES,
+                                FORMAT, MATVEC_BATCH_COLUMNS, MATVEC_EVENT_COLUMNS,
                                 PULSE_BATCH_COLUMNS, PULSE_EVENT_COLUMNS, READ_BATCH_COLUMNS,
                                 READ_EVENT_COLUMNS, REQUIRED, SCHEMA_MAJOR, SCHEMA_MINOR,
                                 SCHEMA_VERSION, SNAPSHOT_COLUMNS, STATUS_COLUMNS, Column,
@@ -132,6 +132,11 @@ class RunLog:
         if self.has_matvec:
             required += [f"matvec/batches/{c.name}" for c in MATVEC_BATCH_COLUMNS]
             required += [f"matvec/events/{c.name}" for c in MATVEC_EVENT_COLUMNS]
+        #: /events exists from schema 1.2 on.
+        self.has_events = (major, minor) >= (1, 2)
+        if self.has_events:
+            required += [f"events/{c.name}" for c in EVENT_COLUMNS]
+            required += ["events/doc", "meta/event_kinds"]
         for name in required:
             if name not in f:
                 raise RunLogError(f"corrupted run log: /{name} is missing", path=self.path)
@@ -154,6 +159,9 @@ class RunLog:
         if self.has_matvec:
             checks += [("matvec/batches/step", "matvec_batches"),
                        ("matvec/events/value", "matvec_values")]
+        if self.has_events:
+            checks += [("events/step", "event_rows"), ("events/doc", "event_doc_bytes"),
+                       ("meta/event_kinds", "event_kinds")]
         for ds, key in checks:
             if ds not in f:
                 raise RunLogError(f"corrupted run log: /{ds} is missing", path=self.path)
@@ -173,6 +181,12 @@ class RunLog:
         self._chi_shapes = [tuple(s) for s in json.loads(_attr_str(chi.attrs["shapes"]))]
         self.purposes: List[str] = [""] + [p.decode("utf-8").rstrip("\0") for p in
                                            f["meta/purposes"][:c["purposes"]]]
+        if not self.has_events:   # before 1.2: no events, whatever /commit may hold
+            c["event_rows"] = c["event_doc_bytes"] = c["event_kinds"] = 0
+        #: Names of the event kind codes ("" for code 0, never used).
+        self.event_kinds: List[str] = [""] + ([k.decode("utf-8").rstrip("\0") for k in
+                                               f["meta/event_kinds"][:c["event_kinds"]]]
+                                              if self.has_events else [])
         # Small tables, loaded whole (one row per command, snapshot or status change).
         self._rb = self._table("reads/batches", READ_BATCH_COLUMNS, c["read_batches"])
         self._pb = self._table("pulses/batches", PULSE_BATCH_COLUMNS, c["pulse_batches"])
@@ -262,24 +276,42 @@ class RunLog:
     def file_size(self) -> int:
         return os.path.getsize(self.path)
 
-    def status_history(self) -> List[RunStatus]:
-        n = self.counts["status_rows"]
-        t = self._table("status", STATUS_COLUMNS, n)
-        doc = self._read(self._f["status/doc"], slice(0, self.counts["status_doc_bytes"]))
-        out = []
+    def _documents(self, group: str, columns: Sequence[Column], rows: str,
+                   doc_bytes: str) -> Tuple[Dict[str, np.ndarray], List[Dict[str, Any]]]:
+        """A document table's rows and each row's JSON document (status, events)."""
+        n = self.counts[rows]
+        t = self._table(group, columns, n)
+        doc = self._read(self._f[f"{group}/doc"], slice(0, self.counts[doc_bytes]))
+        docs = []
         for i in range(n):
             o, ln = int(t["doc_offset"][i]), int(t["doc_length"][i])
             try:
-                d = json.loads(doc[o:o + ln].tobytes().decode("utf-8"))
+                docs.append(json.loads(doc[o:o + ln].tobytes().decode("utf-8")))
             except (ValueError, UnicodeDecodeError) as e:
-                raise RunLogError(f"corrupted status record {i}: {e}", path=self.path) \
+                raise RunLogError(f"corrupted {group} record {i}: {e}", path=self.path) \
                     from None
+        return t, docs
+
+    def status_history(self) -> List[RunStatus]:
+        t, docs = self._documents("status", STATUS_COLUMNS, "status_rows", "status_doc_bytes")
+        out = []
+        for i, d in enumerate(docs):
             code = int(t["code"][i])
             states = list(RunState)
             state = states[code - 1] if 1 <= code <= len(states) else f"code {code}"
             out.append(RunStatus(state, d.get("reason"), d.get("summary"), int(t["step"][i]),
                                  float(t["time_unix"][i])))
         return out
+
+    def events(self) -> List[RunEvent]:
+        """Everything that happened to the run, in order (empty before schema 1.2)."""
+        if not self.has_events:
+            return []
+        t, docs = self._documents("events", EVENT_COLUMNS, "event_rows", "event_doc_bytes")
+        kinds = self.event_kinds
+        return [RunEvent(int(t["step"][i]), float(t["time_unix"][i]),
+                         kinds[c] if 0 < c < len(kinds) else f"kind#{c}", d)
+                for i, (c, d) in enumerate(zip(t["kind"].tolist(), docs))]
 
     @property
     def status(self) -> RunStatus:

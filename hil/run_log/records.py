@@ -1,4 +1,4 @@
-"""The named records a run log hands back: a status change, a pulse batch.
+"""The named records a run log hands back: a status change, a run event, a pulse batch.
 
 Shared by the reader (rows of the committed tables) and the journal (commands sent after
 the last commit), which both build them.
@@ -27,6 +27,17 @@ class RunStatus:
 
 
 @dataclass(frozen=True)
+class RunEvent:
+    """One row of /events: something that happened to the run at `step` (a pause, a
+    command the safety layer refused, a resumed segment starting), with its detail."""
+
+    step: int
+    time_unix: float
+    kind: str
+    detail: Dict[str, Any]
+
+
+@dataclass(frozen=True)
 class PulseBatch:
     """One logged program command."""
 
@@ -47,4 +58,4 @@ class PulseBatch:
         return PulseSpec(self.kind, self.amplitude_v, self.width_ns)
 
 
-__all__ = ["PulseBatch", "RunStatus"]
+__all__ = ["PulseBatch", "RunEvent", "RunStatus"]

@@ -11,9 +11,11 @@ from drivers.errors import HilError
 from hil.run_state import RunState
 
 FORMAT = "pcm-hil-run-log"
-SCHEMA_VERSION = "1.1"   # 1.1: /matvec (on-chip weighted sums); 1.0 files are still read
+#: 1.1: /matvec (on-chip weighted sums). 1.2: files any HDF5 >= 1.10 tool reads (format
+#: bounds of 1.10, deflate instead of LZF), /events. Files of 1.0 and 1.1 are still read.
+SCHEMA_VERSION = "1.2"
 SCHEMA_MAJOR = 1
-SCHEMA_MINOR = 1
+SCHEMA_MINOR = 2
 
 
 class RunLogError(HilError):
@@ -32,6 +34,10 @@ PURPOSES: Tuple[str, ...] = ("init_reset", "init_set", "update", "readback", "re
 #: Run statuses; /status/code is the position + 1.
 STATUSES: Tuple[str, ...] = tuple(s.value for s in RunState)
 STATUS_CODE: Dict[str, int] = {name: i + 1 for i, name in enumerate(STATUSES)}
+#: Well-known kinds of run event (/events) and their fixed codes; like purposes, another kind
+#: gets the next free code at first use and /meta/event_kinds names every code.
+EVENT_KINDS: Tuple[str, ...] = ("run_paused", "run_resumed", "command_refused",
+                                "segment_started")
 BATCH_SENT = 1     # written before the command went out (write-ahead)
 BATCH_ACKED = 2    # the chip acknowledged the batch
 BATCH_STATUS = {BATCH_SENT: "sent", BATCH_ACKED: "acked"}
@@ -41,10 +47,11 @@ COMMIT_FIELDS: Tuple[str, ...] = (
     "commits", "read_batches", "read_events", "pulse_batches", "pulse_events", "snapshots",
     "step_metrics", "step_metric_columns", "epoch_metrics", "epoch_metric_columns",
     "status_rows", "status_doc_bytes", "purposes", "last_step", "complete_step", "time_us",
-    "monitor_rows", "monitor_columns", "matvec_batches", "matvec_values")
+    "monitor_rows", "monitor_columns", "matvec_batches", "matvec_values",
+    "event_rows", "event_doc_bytes", "event_kinds")
 
 NAME_BYTES = 64          # metric names (fixed-length, SWMR cannot grow variable-length data)
-PURPOSE_BYTES = 32
+PURPOSE_BYTES = 32       # purpose tags and event kinds
 EVENT_CHUNK = 1 << 12    # rows per chunk of the event tables (a commit recompresses the
 BATCH_CHUNK = 1 << 10    # last, partial chunk of every column: small chunks keep that cheap)
 SNAPSHOT_CHUNK = 1 << 16  # devices per chunk of a snapshot row
@@ -55,9 +62,9 @@ SNAPSHOT_CHUNK = 1 << 16  # devices per chunk of a snapshot row
 class Column:
     """One column of an append-only table: dtype and the HDF5 filter it is stored with.
 
-    Filters: "gzip" = shuffle + deflate level 1 (portable, for columns that compress to almost
-    nothing: steps, codes); "lzf" = shuffle + LZF (h5py's fast codec, for addresses and
-    values, where deflate would cost ~2x the logging time for ~10 % less space)."""
+    Filters: "gzip" = shuffle + deflate level 1, which every HDF5 build has (schema 1.2 on,
+    every compressed column; 1.0 and 1.1 logs stored addresses and values with LZF, a codec
+    only h5py decodes, and are still read); None = stored as is."""
 
     name: str
     dtype: str
@@ -68,21 +75,21 @@ def filter_kwargs(name: Optional[str]) -> Dict[str, Any]:
     """h5py create_dataset arguments of a Column filter name."""
     if name == "gzip":
         return {"compression": "gzip", "compression_opts": 1, "shuffle": True}
-    if name == "lzf":
-        return {"compression": "lzf", "shuffle": True}
-    return {}
+    if name is None:
+        return {}
+    raise ValueError(f"unknown column filter {name!r}")
 
 
 READ_BATCH_COLUMNS = (Column("seq", "<i8"), Column("step", "<i8"), Column("purpose", "u1"),
                       Column("offset", "<i8"), Column("count", "<i8"))
-READ_EVENT_COLUMNS = (Column("step", "<i4"), Column("address", "<u4", "lzf"),
-                      Column("value", "<f4", "lzf"), Column("purpose", "u1"))
+READ_EVENT_COLUMNS = (Column("step", "<i4"), Column("address", "<u4"),
+                      Column("value", "<f4"), Column("purpose", "u1"))
 PULSE_BATCH_COLUMNS = (Column("batch_id", "<i8"), Column("seq", "<i8"), Column("step", "<i8"),
                        Column("kind", "u1"), Column("amplitude_v", "<f8"),
                        Column("width_ns", "<f8"), Column("purpose", "u1"),
                        Column("offset", "<i8"), Column("count", "<i8"),
                        Column("status", "u1"))
-PULSE_EVENT_COLUMNS = (Column("step", "<i4"), Column("address", "<u4", "lzf"),
+PULSE_EVENT_COLUMNS = (Column("step", "<i4"), Column("address", "<u4"),
                        Column("n_pulses", "<u2"), Column("kind", "u1"), Column("purpose", "u1"))
 #: One row per MATVEC: the block's shape and corner addresses and a CRC-32 of its inputs
 #: identify the command (so a replay that sends a different one is caught); its currents
@@ -91,11 +98,15 @@ MATVEC_BATCH_COLUMNS = (Column("step", "<i8"), Column("rows", "<i8"), Column("co
                         Column("k", "<i8"), Column("first_address", "<u4"),
                         Column("last_address", "<u4"), Column("x_crc32", "<u4"),
                         Column("offset", "<i8"), Column("count", "<i8"))
-MATVEC_EVENT_COLUMNS = (Column("value", "<f4", "lzf"),)
+MATVEC_EVENT_COLUMNS = (Column("value", "<f4"),)
 SNAPSHOT_COLUMNS = (Column("step", "<i8"), Column("seq", "<i8"), Column("read_row", "<i8"),
                     Column("pulse_row", "<i8"), Column("time_unix", "<f8"))
 STATUS_COLUMNS = (Column("code", "u1"), Column("step", "<i8"), Column("time_unix", "<f8"),
                   Column("doc_offset", "<i8"), Column("doc_length", "<i8"))
+#: /events (1.2): one row per thing that happened to the run (a pause, a refused command, a
+#: resumed segment starting), its detail a JSON document in /events/doc.
+EVENT_COLUMNS = (Column("step", "<i8"), Column("time_unix", "<f8"), Column("kind", "u1"),
+                 Column("doc_offset", "<i8"), Column("doc_length", "<i8"))
 
 
 @dataclass(frozen=True)
@@ -137,9 +148,9 @@ def is_wall_clock(name: str) -> bool:
 
 
 __all__ = ["BATCH_ACKED", "BATCH_SENT", "BATCH_STATUS", "COMMIT_FIELDS", "Column",
-           "EVENT_TABLES", "EventTable", "FORMAT", "MATVEC_BATCH_COLUMNS",
-           "MATVEC_EVENT_COLUMNS", "PULSE_BATCH_COLUMNS", "PULSE_EVENT_COLUMNS", "PURPOSES",
-           "READ_BATCH_COLUMNS", "READ_EVENT_COLUMNS", "REQUIRED", "RunLogError",
-           "SCHEMA_MAJOR", "SCHEMA_MINOR", "SCHEMA_VERSION", "SNAPSHOT_COLUMNS",
-           "STATUSES", "STATUS_CODE", "STATUS_COLUMNS", "filter_kwargs", "is_wall_clock",
-           "parse_version"]
+           "EVENT_COLUMNS", "EVENT_KINDS", "EVENT_TABLES", "EventTable", "FORMAT",
+           "MATVEC_BATCH_COLUMNS", "MATVEC_EVENT_COLUMNS", "PULSE_BATCH_COLUMNS",
+           "PULSE_EVENT_COLUMNS", "PURPOSES", "READ_BATCH_COLUMNS", "READ_EVENT_COLUMNS",
+           "REQUIRED", "RunLogError", "SCHEMA_MAJOR", "SCHEMA_MINOR", "SCHEMA_VERSION",
+           "SNAPSHOT_COLUMNS", "STATUSES", "STATUS_CODE", "STATUS_COLUMNS", "filter_kwargs",
+           "is_wall_clock", "parse_version"]

@@ -156,6 +156,66 @@ class RowTable:
         self.pending = []
 
 
+class DocumentTable(RowTable):
+    """A RowTable whose rows each own a JSON document, stored back to back in the byte
+    dataset `doc` of the same group; a row ends with the document's `doc_offset` and
+    `doc_length` (the run status, the run events). A byte dataset rather than variable-length
+    strings: SWMR cannot grow variable-length data."""
+
+    def __init__(self, group: Any, columns: Sequence[Column], chunk: int) -> None:
+        super().__init__(group, columns, chunk)
+        self.doc = group.create_dataset("doc", shape=(0,), maxshape=(None,), dtype="u1",
+                                        chunks=(4096,))
+        self.doc_bytes = 0
+
+    def add(self, row: list, doc: bytes) -> None:
+        """Append `row` (every column but the last two) with its document `doc`."""
+        off = self.doc_bytes
+        self.doc.resize((off + len(doc),))
+        self.doc_bytes = off + len(doc)
+        if doc:
+            self.doc[off:off + len(doc)] = np.frombuffer(doc, dtype=np.uint8)
+        self.pending.append(row + [off, len(doc)])
+
+
+class CodeTable:
+    """The names of a code column (purpose tags, event kinds): well-known names have fixed
+    codes, another name gets the next free code at first use (0 is never used); the
+    dataset (row i names code i + 1) grows at each write. Names are UTF-8, at most `width`
+    bytes; codes fit a uint8."""
+
+    def __init__(self, dataset: Any, known: Sequence[str], what: str, path: str) -> None:
+        self.dataset = dataset
+        self.width = int(dataset.dtype.itemsize)
+        #: name -> code; hooks look names up here first (one dict lookup in the usual case)
+        self.codes: Dict[str, int] = {name: i + 1 for i, name in enumerate(known)}
+        self.what = what
+        self.path = path
+        self.on_disk = 0
+
+    def code(self, name: str) -> int:
+        """The code of `name`, giving it the next free one at first use."""
+        code = self.codes.get(name)
+        if code is None:
+            if not isinstance(name, str) or not name or \
+                    len(name.encode("utf-8")) > self.width:
+                raise RunLogError(f"{self.what} {name!r} is not a string of 1..{self.width}"
+                                  " bytes", path=self.path)
+            code = len(self.codes) + 1
+            if code > 255:
+                raise RunLogError(f"more than 255 distinct {self.what}s", path=self.path)
+            self.codes[name] = code
+        return code
+
+    def write(self) -> None:
+        names = sorted(self.codes, key=self.codes.get)
+        if len(names) > self.on_disk:
+            self.dataset.resize((len(names),))
+            self.dataset[self.on_disk:] = np.array(
+                [n.encode("utf-8") for n in names[self.on_disk:]], dtype=f"S{self.width}")
+            self.on_disk = len(names)
+
+
 class MetricsTable:
     """Per-step or per-epoch metrics: a key column and a growable 2-D float64 value table.
 
@@ -270,4 +330,5 @@ def overwrite(dsid: Any, data: np.ndarray) -> None:
     dsid.write(h5s.ALL, h5s.ALL, data)
 
 
-__all__ = ["CommandTable", "MetricsTable", "RowTable", "extend", "overwrite"]
+__all__ = ["CodeTable", "CommandTable", "DocumentTable", "MetricsTable", "RowTable", "extend",
+           "overwrite"]

@@ -39,13 +39,14 @@ from hil.run_log.h5file import create_file
 from hil.run_log.journal import JOURNAL_SUFFIX, JournalWriter
 from hil.run_log.packing import F32, I64_FAST, SMALL, address_bytes, pulse_count_bytes
 from hil.run_log.provenance import environment_provenance
-from hil.run_log.schema import (BATCH_ACKED, BATCH_SENT, COMMIT_FIELDS, FORMAT,
-                                MATVEC_BATCH_COLUMNS, MATVEC_EVENT_COLUMNS,
+from hil.run_log.schema import (BATCH_ACKED, BATCH_SENT, COMMIT_FIELDS, EVENT_COLUMNS,
+                                EVENT_KINDS, FORMAT, MATVEC_BATCH_COLUMNS, MATVEC_EVENT_COLUMNS,
                                 PULSE_BATCH_COLUMNS, PULSE_EVENT_COLUMNS, PURPOSE_BYTES,
                                 PURPOSES, READ_BATCH_COLUMNS, READ_EVENT_COLUMNS,
                                 SCHEMA_VERSION, SNAPSHOT_CHUNK, SNAPSHOT_COLUMNS,
                                 STATUS_CODE, STATUS_COLUMNS, RunLogError, filter_kwargs)
-from hil.run_log.tables import CommandTable, MetricsTable, RowTable, overwrite
+from hil.run_log.tables import (CodeTable, CommandTable, DocumentTable, MetricsTable,
+                                RowTable, overwrite)
 from hil.run_state import RunState, can_transition
 
 log = logging.getLogger("pcm_hil.run_log")
@@ -111,8 +112,8 @@ class RunLogWriter(Recorder):
         #: The /pulses/batches row (as buffered) of the batch announced by before_program and
         #: not yet acknowledged.
         self._pending: Optional[list] = None
-        self._purpose_codes: Dict[str, int] = {p: i + 1 for i, p in enumerate(PURPOSES)}
-        self._purposes_on_disk = 0
+        #: purpose tag -> code (CodeTable.codes once begin() made the table)
+        self._purpose_codes: Dict[str, int] = {}
         self._commits = 0
         self._complete_step = -1
         self._journal_on = journal
@@ -175,17 +176,7 @@ class RunLogWriter(Recorder):
         return s
 
     def _purpose(self, purpose: str) -> int:
-        code = self._purpose_codes.get(purpose)
-        if code is None:
-            if not isinstance(purpose, str) or not purpose or \
-                    len(purpose.encode("utf-8")) > PURPOSE_BYTES:
-                raise RunLogError(f"purpose tag {purpose!r} is not a string of 1..{PURPOSE_BYTES}"
-                                  " bytes", path=self.path)
-            code = len(self._purpose_codes) + 1
-            if code > 255:
-                raise RunLogError("more than 255 distinct purpose tags", path=self.path)
-            self._purpose_codes[purpose] = code
-        return code
+        return self._purposes.code(purpose)
 
     # --- Recorder hooks ----------------------------------------------------------------------
     def begin(self, *, config: Mapping[str, Any], provenance: Mapping[str, Any],
@@ -258,13 +249,15 @@ class RunLogWriter(Recorder):
         self._step_metrics = MetricsTable(metrics.create_group("step"), "step", self.path)
         self._epoch_metrics = MetricsTable(metrics.create_group("epoch"), "epoch", self.path)
         self._monitor = MetricsTable(metrics.create_group("monitor"), "step", self.path)
-        st = f.create_group("status")
-        self._status = RowTable(st, STATUS_COLUMNS, 64)
-        self._status_doc = st.create_dataset("doc", shape=(0,), maxshape=(None,), dtype="u1",
-                                             chunks=(4096,))
-        self._status_doc_bytes = 0
-        self._purposes_ds = self._meta.create_dataset(
-            "purposes", shape=(0,), maxshape=(None,), dtype=f"S{PURPOSE_BYTES}", chunks=(64,))
+        self._status = DocumentTable(f.create_group("status"), STATUS_COLUMNS, 64)
+        self._events = DocumentTable(f.create_group("events"), EVENT_COLUMNS, 64)
+        self._purposes = CodeTable(self._meta.create_dataset(
+            "purposes", shape=(0,), maxshape=(None,), dtype=f"S{PURPOSE_BYTES}", chunks=(64,)),
+            PURPOSES, "purpose tag", self.path)
+        self._purpose_codes = self._purposes.codes
+        self._event_kinds = CodeTable(self._meta.create_dataset(
+            "event_kinds", shape=(0,), maxshape=(None,), dtype=f"S{PURPOSE_BYTES}",
+            chunks=(64,)), EVENT_KINDS, "event kind", self.path)
         self._commit_ds = f.create_dataset("commit", data=np.zeros(len(COMMIT_FIELDS),
                                                                    dtype="<i8"))
         self._commit_ds.attrs["fields"] = np.array(COMMIT_FIELDS, dtype=object)
@@ -464,6 +457,19 @@ class RunLogWriter(Recorder):
         self._epoch_metrics.add(int(epoch), metrics, "epoch")
         self._commit()
 
+    def on_event(self, step: int, kind: str, detail: Mapping[str, Any]) -> None:
+        """Something that happened to the run (a row of /events), committed at once: events
+        are rare, and a live reader should see a pause when it happens."""
+        if self._state != "running":
+            self._require("running", "on_event")
+        if not isinstance(detail, Mapping):
+            raise RunLogError(f"on_event {kind!r} at step {int(step)}: detail must be a "
+                              f"mapping, got {type(detail).__name__}", path=self.path)
+        s = self._check_step(step, "on_event")
+        code = self._event_kinds.code(kind)
+        self._events.add([s, time.time(), code], _dumps(dict(detail)).encode("utf-8"))
+        self._commit()
+
     def flush(self) -> None:
         """Commit everything recorded so far (durable against a killed process)."""
         if self._state == "running":
@@ -527,33 +533,22 @@ class RunLogWriter(Recorder):
     # --- internals -------------------------------------------------------------------------
     def _append_status(self, status: RunState, reason: Optional[str],
                        summary: Optional[Mapping[str, Any]], step: int) -> None:
-        doc = _dumps({"status": status.value, "reason": reason,
-                      "summary": summary}).encode("utf-8")
-        off = self._status_doc_bytes
-        self._status_doc.resize((off + len(doc),))
-        self._status_doc_bytes = off + len(doc)
-        if doc:
-            self._status_doc[off:off + len(doc)] = np.frombuffer(doc, dtype=np.uint8)
-        self._status.pending.append([STATUS_CODE[status.value], step, time.time(), off,
-                                     len(doc)])
+        doc = _dumps({"status": status.value, "reason": reason, "summary": summary})
+        self._status.add([STATUS_CODE[status.value], step, time.time()], doc.encode("utf-8"))
 
     def _commit(self) -> None:
         """Write buffers, flush, then publish the new row counts and flush again.
 
         The second flush is what makes the commit atomic: /commit only ever names rows that
         were already on disk when it was written."""
-        for t in (self._reads, self._pulses, self._matvec, self._snapshots, self._status):
+        for t in (self._reads, self._pulses, self._matvec, self._snapshots, self._status,
+                  self._events):
             t.write()
         self._step_metrics.write()
         self._epoch_metrics.write()
         self._monitor.write()
-        names = sorted(self._purpose_codes, key=self._purpose_codes.get)
-        if len(names) > self._purposes_on_disk:
-            self._purposes_ds.resize((len(names),))
-            self._purposes_ds[self._purposes_on_disk:] = np.array(
-                [n.encode("utf-8") for n in names[self._purposes_on_disk:]],
-                dtype=f"S{PURPOSE_BYTES}")
-            self._purposes_on_disk = len(names)
+        self._purposes.write()
+        self._event_kinds.write()
         self._f.flush()
         self._commits += 1
         if self._last_step is not None:
@@ -568,14 +563,16 @@ class RunLogWriter(Recorder):
             "step_metric_columns": len(self._step_metrics.names),
             "epoch_metrics": self._epoch_metrics.rows,
             "epoch_metric_columns": len(self._epoch_metrics.names),
-            "status_rows": self._status.rows, "status_doc_bytes": self._status_doc_bytes,
-            "purposes": self._purposes_on_disk,
+            "status_rows": self._status.rows, "status_doc_bytes": self._status.doc_bytes,
+            "purposes": self._purposes.on_disk,
             "last_step": self._last_step if self._last_step is not None else -1,
             "complete_step": self._complete_step,
             "time_us": int(time.time() * 1e6),
             "monitor_rows": self._monitor.rows,
             "monitor_columns": len(self._monitor.names),
             "matvec_batches": self._matvec.batch_rows, "matvec_values": self._matvec.event_rows,
+            "event_rows": self._events.rows, "event_doc_bytes": self._events.doc_bytes,
+            "event_kinds": self._event_kinds.on_disk,
         }
         overwrite(self._commit_ds.id, np.array([counts[k] for k in COMMIT_FIELDS],
                                                dtype="<i8"))
