@@ -200,7 +200,7 @@ def _final_line(s: dict) -> str:
         e = s["energy"]
         energy = (f"; energy {_si(e['mixed_precision_j_per_image'])}J per image against "
                   f"{_si(e['digital_fp32_j_per_image'])}J for a 32-bit digital design "
-                  f"({e['ratio']:,.0f}x)")
+                  f"({e['ratio']:,.1f}x)")
     return (f"done: test accuracy {100 * s['test_accuracy']:.2f}%{val}{base}; "
             f"{s['set_pulses']:,} SET and {s['reset_pulses']:,} RESET pulses, "
             f"{s['refreshes']:,} refreshes, {reduction:,.0f}x fewer pulses than programming "
