@@ -17,6 +17,7 @@ docs/energy.md lists every count.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -129,7 +130,9 @@ class EnergyTable:
 
     @property
     def adc(self) -> float:
-        return self["adc_walden_fom"] * 1e-15 * 2.0 ** self["adc_bits"]
+        bits = self["adc_bits"]   # 2^bits as a scaling of 1.0 (exact; no C pow())
+        steps = math.ldexp(1.0, int(bits)) if bits == int(bits) else 2.0 ** bits
+        return self["adc_walden_fom"] * 1e-15 * steps
 
     @property
     def dac(self) -> float:
@@ -231,7 +234,7 @@ def estimate(c: TrainingCounts, t: EnergyTable) -> EnergyEstimate:
     # --- mixed precision: weighted sums on the array ---------------------------------------
     g_s = c.mean_conductance_us * 1e-6
     t_read = t["pcm_read_time"] * 1e-9
-    per_device = c.read_voltage_v ** 2 * g_s * t_read    # V²·G·t, every line at the peak
+    per_device = c.read_voltage_v * c.read_voltage_v * g_s * t_read    # V²·G·t, every line at the peak
     est.mixed["array weighted sums (V²·G·t)"] = 2 * (fwd + bwd) * per_device
     dac = rows0 + n_ex * (sum(h + 1 for h in hidden) + sum(ls[2:]))
     adc = n_ex * (sum(ls[1:]) + sum(hidden))

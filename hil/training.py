@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import platform
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from drivers import portable_math as pm
 from drivers.abilities import GuardedBackend, find_ability
 from drivers.backend import Capability, ChipBackend
 from drivers.errors import ConfigError
@@ -105,11 +107,16 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def learning_rate(cfg: ExperimentConfig, epoch: int) -> float:
-    """η of an epoch (counted from 0): exponential η0·decay^epoch, or inverse η0/(1+epoch)."""
+    """η of an epoch (counted from 0): exponential learning_rate · lr_decay^epoch, the power
+    as repeated products (`**` calls the C library's pow(), whose last bit differs between
+    libraries), or inverse learning_rate / (1 + epoch) (one IEEE division)."""
     opt = cfg.optimizer
     if opt.lr_schedule is LrSchedule.INVERSE:
         return opt.learning_rate / (1 + epoch)
-    return opt.learning_rate * opt.lr_decay ** epoch
+    decay = 1.0
+    for _ in range(epoch):
+        decay *= opt.lr_decay
+    return opt.learning_rate * decay
 
 
 def initial_weights(cfg: ExperimentConfig) -> List[np.ndarray]:
@@ -249,7 +256,7 @@ class MixedPrecisionTrainer:
         self.step = 0
         self.examples = 0
         self.matvec_commands = 0
-        self._matmul: network.HostMatmul | None = None
+        self._matmul = network.HostMatmul(self.weights)   # one per run: it keeps its scratch
         if cfg.training.matvec is MatvecMode.CHIP:
             if not self.chip_info.supports(Capability.MATVEC):
                 raise ConfigError("the backend has no on-chip matvec", key="training.matvec")
@@ -342,7 +349,7 @@ class MixedPrecisionTrainer:
             done = self.core.totals.minus(totals0)
             _add_format2_figures(res, done, spread, self.weights, data)
             res.active_inputs = self.active_inputs - active0
-            res.mean_conductance_us = float(np.mean(self.core.cache_vector(), dtype=np.float64))
+            res.mean_conductance_us = _portable_mean(self.core.cache_vector())
         return res
 
     def _poll(self, monitor: "Monitor", control: RunControl | None) -> None:
@@ -395,13 +402,20 @@ def initial_error(targets: List[np.ndarray], weights: List[np.ndarray], beta: Li
     is not zero."""
     out = []
     for t, w, b, left in zip(targets, weights, beta, unprogrammed):
-        e = (w.astype(np.float64) - t)
-        rms_t = float(np.sqrt(np.mean(np.square(t, dtype=np.float64))))
-        rms_e = float(np.sqrt(np.mean(e * e)))
+        t64 = t.astype(np.float64).ravel()
+        e = w.astype(np.float64).ravel() - t64
+        rms_t = math.sqrt(_portable_mean(t64 * t64))
+        rms_e = math.sqrt(_portable_mean(e * e))
         out.append({"rms_error": rms_e, "rms_error_us": rms_e / b, "rms_target": rms_t,
                     "relative_error": rms_e / rms_t if rms_t else 0.0,
-                    "zero_fraction": float(np.mean(left & (t != 0)))})
+                    "zero_fraction": np.count_nonzero(left & (t != 0)) / t.size})
     return out
+
+
+def _portable_mean(x: np.ndarray) -> float:
+    """The mean of a float64 vector, summed in portable_math's fixed order: a figure of the
+    summary or the log must be the same bits on every machine."""
+    return float(pm.tree_sum(np.asarray(x, dtype=np.float64))) / x.size
 
 
 class BaselineTrainer:
@@ -412,6 +426,7 @@ class BaselineTrainer:
         self.cfg = cfg
         self.weights = initial_weights(cfg)
         self.validation_accuracy: Optional[float] = None
+        self._matmul = network.HostMatmul(self.weights)
 
     def train_epoch(self, data: Dataset, epoch: int) -> float:
         """Train one epoch; returns the test accuracy (the validation accuracy, when the data
@@ -422,7 +437,7 @@ class BaselineTrainer:
         for s in range(0, order.size, bs):
             idx = order[s:s + bs]
             _, _, grads = network.train_step(self.weights, data.train_x[idx],
-                                             data.train_y[idx], lr)
+                                             data.train_y[idx], lr, self._matmul)
             for w, g in zip(self.weights, grads):
                 network.apply_gradient(w, g)
         if data.n_validation:
@@ -580,7 +595,8 @@ def _format2_summary(trainer: MixedPrecisionTrainer, epochs: List[EpochResult]
         "initial_weight_error": trainer.init_error,
         "pulse_growth": pulse_growth([e.set_pulses for e in epochs]),
         "active_inputs": trainer.active_inputs,
-        "mean_conductance_us": float(np.mean([e.mean_conductance_us for e in epochs])),
+        "mean_conductance_us": _portable_mean(np.array([e.mean_conductance_us
+                                                         for e in epochs])),
         "pulse_shapes": [{"kind": int(p.kind), "amplitude_v": p.amplitude_v,
                           "width_ns": p.width_ns, "pulses": n}
                          for p, n in ((DEFAULT_SET, t.set_pulses),

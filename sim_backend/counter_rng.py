@@ -19,6 +19,8 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
+from drivers import portable_math
+
 _U64 = np.uint64
 _M1 = np.array(0xBF58476D1CE4E5B9, dtype=_U64)
 _M2 = np.array(0x94D049BB133111EB, dtype=_U64)
@@ -26,7 +28,6 @@ _GOLDEN = np.array(0x9E3779B97F4A7C15, dtype=_U64)
 _S30, _S27, _S31 = (np.array(s, dtype=_U64) for s in (30, 27, 31))
 _HALF = np.array(0.5)
 _MINUS_TWO = np.array(-2.0)
-_TWO_PI = np.array(2.0 * np.pi)
 _INV_2_32 = np.array(1.0 / 2.0**32)
 #: Row of the low 32-bit word when a uint64 array is viewed as (n, 2) uint32.
 _LO = 0 if sys.byteorder == "little" else 1
@@ -142,18 +143,16 @@ def uniform(h: np.ndarray) -> np.ndarray:
 def normal(h: np.ndarray) -> np.ndarray:
     """Standard normal from one 64-bit hash (Box-Muller on its two 32-bit halves), float64.
 
-    u1 comes from the high half, u2 from the low half; both halves are converted in one call
-    from a (2, n) view, then each row is contiguous for log and cos."""
+    u1 = (high half + 1/2)/2^32 gives the radius sqrt(-2 log u1), the low half the angle
+    2π(low + 1/2)/2^32; log and cos are drivers.portable_math's, so a draw has the same bits
+    on every machine (numpy's np.log/np.cos pick SIMD kernels by CPU feature)."""
     shape = np.shape(h)
-    h = np.ascontiguousarray(h, dtype=_U64)
-    u = h.reshape(-1).view(np.uint32).reshape(-1, 2).T.astype(np.float64, order="C")
-    u += _HALF
-    u *= _INV_2_32
-    u1, u2 = u[1 - _LO], u[_LO]
-    np.log(u1, out=u1)
-    u1 *= _MINUS_TWO
-    np.sqrt(u1, out=u1)
-    u2 *= _TWO_PI
-    np.cos(u2, out=u2)
-    u1 *= u2
-    return u1.reshape(shape) if shape else u1[0]
+    h = np.ascontiguousarray(h, dtype=_U64).reshape(-1)
+    halves = h.view(np.uint32).reshape(-1, 2)
+    u1 = np.add(halves[:, 1 - _LO], _HALF, dtype=np.float64)
+    u1 *= _INV_2_32
+    r = portable_math.log(u1, check=False)   # u1 in [2^-33, 1): positive and normal
+    r *= _MINUS_TWO
+    np.sqrt(r, out=r)
+    r *= portable_math.cos_2pi_u32(halves[:, _LO])
+    return r.reshape(shape) if shape else r[0]

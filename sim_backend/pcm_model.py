@@ -2,7 +2,8 @@
 
 Parameters live in YAML files (package data under sim_backend/presets, or a file a lab fitted
 to its own chip). Every function takes its standard-normal draws as an argument, so the caller
-(the simulated chip) decides where randomness comes from; the model itself is deterministic.
+(the simulated chip) decides where randomness comes from; the model itself is deterministic,
+and its exp and power are drivers.portable_math's, so it is the same on every machine.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import List
 
 import numpy as np
 
+from drivers import portable_math
 from drivers.errors import ConfigError
 from drivers.typed_yaml import dataclass_to_dict, load_dataclass, read_yaml
 
@@ -151,7 +153,7 @@ class PcmModel:
         k = self._set_constants
         p = np.negative(n, dtype=np.float64)
         p /= k.alpha
-        np.exp(p, out=p)                              # P = exp(-n/alpha)
+        p = portable_math.exp(p)                      # P = exp(-n/alpha)
         a1p = k.a1 * p
         p *= k.a2
         return self._set_pulse_terms(g64, a1p, p, z, mean_scale)
@@ -206,7 +208,7 @@ class PcmModel:
                              mean_scale: np.ndarray | float) -> np.ndarray:
         """set_pulse for operands of different shapes (broadcasting)."""
         s = self.set
-        p = np.exp(-np.asarray(n, dtype=np.float64) / s.alpha)
+        p = portable_math.exp(-np.asarray(n, dtype=np.float64) / s.alpha)
         mu = (s.m1 * g64 + s.c1 + s.a1 * p) * mean_scale
         sigma = np.maximum(s.m2 * g64 + s.c2 + s.a2 * p, 0.0)
         return np.clip(g64 + mu + sigma * z, self.g_min_us, self.g_max_us)
@@ -218,7 +220,7 @@ class PcmModel:
         k = self._set_constants
         p = np.negative(np.arange(_SET_TABLE_SIZE), dtype=np.float64)
         p /= k.alpha
-        np.exp(p, out=p)
+        p = portable_math.exp(p)
         return k.a1 * p, k.a2 * p
 
     @functools.cached_property
@@ -248,7 +250,7 @@ class PcmModel:
         ratio = np.maximum(np.asarray(dt_s, dtype=np.float64) / t0, 1.0)
         if np.isscalar(nu) and nu == 0.0:
             return np.ones_like(ratio)
-        return ratio ** (-np.asarray(nu, dtype=np.float64))
+        return portable_math.pow_positive(ratio, -np.asarray(nu, dtype=np.float64))
 
     def add_read_noise(self, g: np.ndarray, z: np.ndarray) -> np.ndarray:
         r = self.read_noise

@@ -21,6 +21,7 @@ from typing import List, Tuple
 
 import numpy as np
 
+from drivers import portable_math
 from drivers.backend import Capability, ChipBackend, ChipInfo, matvec_operands
 from drivers.errors import ChipError, ConfigError
 from drivers.geometry import ADDRESS_DTYPE, Geometry, ascending_order
@@ -231,7 +232,10 @@ class SimulatedChip(ChipBackend):
         flat = self._check(block.ravel(), "MATVEC")
         self._advance(self.timing.command_s + self.timing.read_s * flat.size)
         g = self._noisy_read(flat).reshape(block.shape)
-        return (g @ xv).astype(np.float32)
+        # The weighted sums in a fixed order (BLAS would pick one per CPU): the same bits on
+        # every machine, in process and behind the emulator.
+        sums = portable_math.matmul(g, xv.reshape(xv.shape[0], -1))
+        return sums.reshape(g.shape[:1] + xv.shape[1:]).astype(np.float32)
 
     def advance_clock(self, seconds: float) -> float:
         """Let simulated time pass with the chip idle (drift characterisation waits);

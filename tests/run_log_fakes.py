@@ -6,6 +6,7 @@ keeps in memory what a log of it must hold.
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, List, Optional, Tuple
 
 import h5py
@@ -213,3 +214,16 @@ def tamper_one_pulse(path: str, batch: int = 10, delta: int = 1) -> tuple:
         f["pulses/events/n_pulses"][off] = int(f["pulses/events/n_pulses"][off]) + delta
         return (int(f["pulses/batches/step"][batch]), int(f["pulses/batches/seq"][batch]),
                 int(f["pulses/events/address"][off]))
+
+
+def set_arithmetic(path: str, value: Optional[str]) -> None:
+    """Make a log claim another arithmetic in its provenance (None: none, as a log written
+    before the arithmetic was recorded)."""
+    with h5py.File(path, "r+") as f:
+        prov = json.loads(f["meta/provenance_json"][()].decode())
+        prov.pop("arithmetic", None)
+        if value is not None:
+            prov["arithmetic"] = value
+        del f["meta/provenance_json"]
+        f["meta"].create_dataset("provenance_json", data=json.dumps(prov),
+                                 dtype=h5py.string_dtype("utf-8"))

@@ -215,6 +215,34 @@ def test_resume_on_sim_without_chip_state_refuses(tmp_path, small_data, capsys):
     assert "--epochs" in capsys.readouterr().err
 
 
+def test_a_log_of_another_arithmetic_is_not_resumed(tmp_path, small_data, capsys):
+    """A resume re-runs the logged steps and must compute what the log holds: a log written
+    before run logs recorded their arithmetic (machine-dependent rounding) is refused, with
+    one error saying why, before a chip or a new log is touched."""
+    from hil.cli import main
+    from hil.run_control import RunAborted, RunControl
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from run_log_fakes import set_arithmetic
+    cfg = load_config(_config(tmp_path, train=200))
+    run = str(tmp_path / "run.h5")
+
+    class StopAt(RunControl):
+        def check(self, step):
+            if step >= 30:
+                raise RunAborted(f"test stop at step {step}")
+
+    with pytest.raises(RunAborted):
+        run_experiment(cfg, open_backend("sim://", cfg.sim_chip_spec()), RunLogWriter(run, cfg),
+                       data=small_data, control=StopAt())
+    set_arithmetic(run, None)
+    assert main(["train", "--resume", run, "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "run.h5" in err[0] and "before pcm-hil's arithmetic became portable" in err[0]
+    assert "cannot be resumed" in err[0]
+    assert not os.path.exists(str(tmp_path / "run-2.h5"))
+
+
 def _emulator(tmp_path, *more):
     state, stats = str(tmp_path / "emu.state"), str(tmp_path / "emu.json")
     err = tmp_path / "emu.err"

@@ -2,7 +2,9 @@
 bit; every metric, snapshot, MATVEC and the summary must match."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 
 import h5py
@@ -10,12 +12,14 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from run_log_fakes import as_schema_1_0, fake_log, fake_run, tamper_one_pulse  # noqa: E402
+from run_log_fakes import (as_schema_1_0, fake_log, fake_run, set_arithmetic,  # noqa: E402
+                           tamper_one_pulse)
 
 from hil.backend_url import open_backend  # noqa: E402
 from hil.cli import main as cli_main  # noqa: E402
-from hil.replay import ReplayBackend, ReplayDivergence, VerifyRecorder  # noqa: E402
-from hil.run_log import RunLog, RunLogError, RunLogWriter, is_wall_clock  # noqa: E402
+from hil.replay import ReplayBackend, ReplayDivergence, VerifyRecorder, verify_run  # noqa: E402
+from hil.run_log import (ARITHMETIC, RunLog, RunLogError, RunLogWriter,  # noqa: E402
+                         is_wall_clock)
 
 
 @pytest.fixture
@@ -149,3 +153,41 @@ def test_on_chip_matvec_run_is_logged_replayed_and_verified(small_data, tmp_path
         assert len(log.digest()) == 64
     with pytest.raises(RunLogError, match=r"schema 1\.0\) has no MATVEC results"):
         verify_run(old, data=small_data)
+
+
+# --- logs of another arithmetic --------------------------------------------------------------
+def test_a_log_records_the_arithmetic_it_was_computed_with(tiny_trained_log):
+    with RunLog(tiny_trained_log) as log:
+        assert log.arithmetic == ARITHMETIC == log.provenance["arithmetic"]
+
+
+@pytest.mark.parametrize("logged, says", [
+    (None, "recorded before pcm-hil's arithmetic became portable"),
+    ("portable-0", "recorded with arithmetic 'portable-0'"),
+])
+def test_a_log_of_another_arithmetic_cannot_verify_but_still_reads(tiny_trained_log, tmp_path,
+                                                                   capsys, logged, says):
+    """A log written before run logs recorded their arithmetic (numpy's and the BLAS
+    kernel's machine-dependent rounding), or with another version of it, cannot be
+    reproduced bit for bit: --verify says why in one error line instead of reporting a
+    divergence, and nothing else about the log is lost."""
+    old = str(tmp_path / "old.h5")
+    shutil.copyfile(tiny_trained_log, old)
+    set_arithmetic(old, logged)
+    capsys.readouterr()
+    assert cli_main(["replay", old, "--verify", "--no-progress"]) == 1
+    out, err = capsys.readouterr()
+    err = err.strip().splitlines()
+    assert len(err) == 1, err
+    assert says in err[0] and repr(ARITHMETIC) in err[0] and "cannot be verified" in err[0]
+    assert "diverged" not in out + err[0]
+    assert "status      completed" in out and "arithmetic" in out   # the summary still prints
+    assert cli_main(["replay", old, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    with RunLog(tiny_trained_log) as log:
+        assert summary["state_digest"] == log.summary["state_digest"]
+    assert summary["arithmetic"] == logged
+    with pytest.raises(RunLogError, match="cannot be verified"):
+        verify_run(old)
+    assert cli_main(["replay", old, "--plot", str(tmp_path / "figs")]) == 0
+    assert os.listdir(tmp_path / "figs")

@@ -51,7 +51,7 @@ from hil.chip_state import ChipStateKeeper
 from hil.config import MatvecMode
 from hil.replay.backend import ReplayBackend
 from hil.replay.divergence import ReplayDivergence
-from hil.run_log import BATCH_ACKED, NOT_SENT, JournalCommand, RunLog
+from hil.run_log import BATCH_ACKED, NOT_SENT, JournalCommand, RunLog, arithmetic_mismatch
 from hil.run_history import check_log_chip, resumed_provenance
 from hil.run_state import RunState
 
@@ -318,6 +318,9 @@ def plan_resume(old: RunLog, live: ChipBackend, chip_state: Optional[str]) -> Re
     log left it (hil.run_history)."""
     if old.status.status == RunState.COMPLETED:
         raise ResumeError(f"{old.path}: the run completed; there is nothing to resume")
+    why = arithmetic_mismatch(old.provenance, "resumed")
+    if why is not None:
+        raise ResumeError(f"{old.path}: {why}")
     cfg = old.experiment_config()
     if cfg.training.matvec is MatvecMode.CHIP:
         raise ResumeError(f"{old.path}: the run used training.matvec: chip, which cannot be "

@@ -28,6 +28,7 @@ def summarize(log: RunLog) -> Dict[str, Any]:
         "path": log.path,
         "file_bytes": log.file_size,
         "schema_version": log.schema_version,
+        "arithmetic": log.arithmetic,   # None: before portable arithmetic (can't --verify)
         "name": log.name or cfg.get("name"),
         "created_utc": log.created_utc,
         "status": str(st.status),
@@ -96,6 +97,8 @@ def format_summary(s: Dict[str, Any]) -> str:
     snaps = s["snapshots"]
     lines = [
         ("run log", f"{s['path']} ({_size(s['file_bytes'])}, schema {s['schema_version']})"),
+        ("arithmetic", s["arithmetic"] or "machine-dependent (recorded before portable "
+                                           "arithmetic: replays, cannot --verify)"),
         ("name", f"{s['name']} (created {s['created_utc']})"),
         ("status", status),
         ("epochs", f"{s['epochs_logged']} of {s['epochs_configured']}; steps up to "

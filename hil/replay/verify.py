@@ -19,7 +19,7 @@ from drivers.errors import HilError
 from hil.recorder import Recorder
 from hil.replay.backend import ReplayBackend
 from hil.replay.divergence import ReplayDivergence, first_difference
-from hil.run_log import RunLog, RunLogError, is_wall_clock
+from hil.run_log import RunLog, RunLogError, arithmetic_mismatch, is_wall_clock
 from hil.run_state import RunState
 
 #: Summary keys that legitimately differ between a live run and its replay: the chip's URL,
@@ -182,6 +182,9 @@ def verify_run(path: str, *, progress: bool = False, data: Any = None) -> Verify
 
     log = RunLog(path)
     try:
+        why = arithmetic_mismatch(log.provenance, "verified")
+        if why is not None:
+            raise RunLogError(why, path=log.path)
         cfg = log.experiment_config()
         if cfg.training.matvec is MatvecMode.CHIP and not log.has_matvec:
             raise RunLogError(f"the run used training.matvec: chip, and its log (schema "

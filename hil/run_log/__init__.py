@@ -17,7 +17,7 @@ from hil.run_log.journal import (JOURNAL_MAGIC, JOURNAL_MAGIC_V1, JOURNAL_SUFFIX
                                  BatchAcked,
                                  BatchSent, JournalCommand, JournalHeader, JournalTail,
                                  JournalWriter, ReadSent, ReadValues, read_journal)
-from hil.run_log.provenance import environment_provenance
+from hil.run_log.provenance import ARITHMETIC, arithmetic_mismatch, environment_provenance
 from hil.run_log.reader import RunLog
 from hil.run_log.records import PulseBatch, RunEvent, RunStatus
 from hil.run_log.schema import (BATCH_ACKED, BATCH_CHUNK, BATCH_SENT, BATCH_STATUS,
@@ -31,7 +31,7 @@ from hil.run_log.schema import (BATCH_ACKED, BATCH_CHUNK, BATCH_SENT, BATCH_STAT
                                 Column, EventTable, RunLogError, is_wall_clock)
 from hil.run_log.writer import RunLogWriter
 
-__all__ = ["BATCH_ACKED", "BATCH_CHUNK", "BATCH_SENT", "BATCH_STATUS", "BatchAcked",
+__all__ = ["ARITHMETIC", "BATCH_ACKED", "BATCH_CHUNK", "BATCH_SENT", "BATCH_STATUS", "BatchAcked",
            "BatchSent", "COMMIT_FIELDS", "Column", "EVENT_CHUNK", "EVENT_COLUMNS",
            "EVENT_KINDS", "EVENT_TABLES",
            "EventTable", "FORMAT", "JOURNAL_MAGIC", "JOURNAL_MAGIC_V1", "JOURNAL_SUFFIX",
@@ -41,5 +41,5 @@ __all__ = ["BATCH_ACKED", "BATCH_CHUNK", "BATCH_SENT", "BATCH_STATUS", "BatchAck
            "PulseBatch", "READ_BATCH_COLUMNS", "READ_EVENT_COLUMNS", "ReadSent", "ReadValues",
            "RunEvent", "RunLog", "RunLogError", "RunLogWriter", "RunStatus", "SCHEMA_MAJOR",
            "SCHEMA_MINOR", "SCHEMA_VERSION", "SNAPSHOT_CHUNK", "SNAPSHOT_COLUMNS",
-           "STATUSES", "STATUS_CODE", "STATUS_COLUMNS", "environment_provenance",
-           "is_wall_clock", "read_journal"]
+           "STATUSES", "STATUS_CODE", "STATUS_COLUMNS", "arithmetic_mismatch",
+           "environment_provenance", "is_wall_clock", "read_journal"]

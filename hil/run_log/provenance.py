@@ -12,7 +12,9 @@ import socket
 import subprocess
 import sys
 from importlib import metadata as _metadata
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
+
+from drivers.portable_math import ARITHMETIC
 
 #: Distributions whose versions are recorded (None when not installed).
 PACKAGES = ("pcm-hil", "numpy", "h5py", "PyYAML", "pyserial", "pyvisa", "pyvisa-sim",
@@ -64,4 +66,26 @@ def environment_provenance() -> Dict[str, Any]:
     }
 
 
-__all__ = ["PACKAGES", "environment_provenance", "git_info", "package_versions"]
+def arithmetic_mismatch(provenance: Mapping[str, Any], action: str) -> Optional[str]:
+    """Why a log whose provenance is `provenance` cannot be re-run bit for bit (`action`:
+    "verified", "resumed") by this pcm-hil, or None when it can.
+
+    A re-run reproduces a log only with the arithmetic that recorded it. Logs without the
+    `arithmetic` key were written before it existed, with numpy's and the BLAS library's
+    machine-dependent rounding, which no machine can be relied on to repeat."""
+    logged = provenance.get("arithmetic")
+    if logged == ARITHMETIC:
+        return None
+    if logged is None:
+        was = ("was recorded before pcm-hil's arithmetic became portable: its numbers came "
+               "from the recording machine's BLAS kernel and numpy build, which no run can be "
+               "relied on to repeat bit for bit")
+    else:
+        was = f"was recorded with arithmetic {logged!r}"
+    return (f"the log {was}; this pcm-hil computes with arithmetic {ARITHMETIC!r}, so the "
+            f"run cannot be {action} against it (the log is intact: replay, its summary and "
+            "plots still work; docs/portability.md)")
+
+
+__all__ = ["ARITHMETIC", "PACKAGES", "arithmetic_mismatch", "environment_provenance",
+           "git_info", "package_versions"]

@@ -229,6 +229,13 @@ class RunLog:
         return json.loads(_attr_str(self._f["meta/provenance_json"][()]))
 
     @property
+    def arithmetic(self) -> Optional[str]:
+        """The arithmetic version the run computed with (drivers.portable_math.ARITHMETIC),
+        None for a log written before it was recorded (machine-dependent arithmetic)."""
+        v = self.provenance.get("arithmetic")
+        return None if v is None else str(v)
+
+    @property
     def name(self) -> str:
         return _attr_str(self._f.attrs.get("run_name", ""))
 

@@ -38,7 +38,7 @@ from hil.recorder import Recorder
 from hil.run_log.h5file import create_file
 from hil.run_log.journal import JOURNAL_SUFFIX, JournalWriter
 from hil.run_log.packing import F32, I64_FAST, SMALL, address_bytes, pulse_count_bytes
-from hil.run_log.provenance import environment_provenance
+from hil.run_log.provenance import ARITHMETIC, environment_provenance
 from hil.run_log.schema import (BATCH_ACKED, BATCH_SENT, COMMIT_FIELDS, EVENT_COLUMNS,
                                 EVENT_KINDS, FORMAT, MATVEC_BATCH_COLUMNS, MATVEC_EVENT_COLUMNS,
                                 PULSE_BATCH_COLUMNS, PULSE_EVENT_COLUMNS, PURPOSE_BYTES,
@@ -203,6 +203,7 @@ class RunLogWriter(Recorder):
             raise RunLogError(f"layout names device {int(dup[0])} twice", path=self.path)
         prov = dict(provenance or {})
         prov.setdefault("environment", environment_provenance())
+        prov["arithmetic"] = ARITHMETIC   # what a re-run must compute with to reproduce it
         if config:
             self._write_text(self._meta, "config_yaml", _yaml_text(dict(config)))
         self._write_text(self._meta, "provenance_json", _dumps(prov))
