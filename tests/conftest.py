@@ -16,14 +16,16 @@ def mnist():
 
 @pytest.fixture(scope="session")
 def small_data(mnist) -> Dataset:
-    """3,000 training and 1,000 held-out test examples."""
-    return Dataset.from_mnist(mnist, 3000, 1000)
+    """3,000 training, 1,000 validation (the last of the training digits) and 1,000 test
+    examples."""
+    return Dataset.from_mnist(mnist, 3000, 1000, 1000)
 
 
 def small_config(**sections):
     """A small, fast experiment: 1 epoch, no baseline, overridable per section."""
     base = {"name": "test", "seed": 7,
-            "data": {"train_examples": 3000, "test_examples": 1000},
+            "data": {"train_examples": 3000, "validation_examples": 1000,
+                     "test_examples": 1000},
             "training": {"epochs": 1, "baseline": False}}
     for k, v in sections.items():
         if isinstance(v, dict):

@@ -4,21 +4,97 @@ from pathlib import Path
 import pytest
 
 from drivers import ConfigError
-from hil.config import ExperimentConfig, config_from_dict, load_config, with_overrides
+from hil.config import (CONFIG_VERSION, LEGACY_VALUES, ExperimentConfig, config_from_dict,
+                        load_config, logged_config, with_legacy_values, with_overrides)
 
 ROOT = Path(__file__).resolve().parents[1]
+V1_LOG = ROOT / "tests" / "data" / "mlp-config-v1.h5"
 
 
-@pytest.mark.parametrize("name", ["mnist_mlp.yaml", "quick.yaml"])
+@pytest.mark.parametrize("name", ["mnist_mlp.yaml", "mnist_mlp_nominal.yaml",
+                                  "mnist_mlp_inverse.yaml", "quick.yaml"])
 def test_shipped_configs_load(name):
     cfg = load_config(ROOT / "configs" / name)
     assert cfg.network.layers == [784, 250, 10]
+    assert cfg.config_version == CONFIG_VERSION
 
 
-def test_default_config_is_the_paper_experiment():
+def test_default_config_is_the_paper_experiment_with_a_validation_split():
     cfg = load_config(ROOT / "configs" / "mnist_mlp.yaml")
     assert cfg.optimizer.batch_size == 1 and cfg.training.baseline
-    assert cfg.data.train_examples == 60000 and cfg.data.test_examples == 10000
+    # the standard 50k/10k split of the 60,000 training digits; the 10,000 test digits
+    assert cfg.data.train_examples == 50000 and cfg.data.validation_examples == 10000
+    assert cfg.data.test_examples == 10000
+    with pytest.raises(ConfigError, match=r"train_examples must be in 1\.\.50000"):
+        config_from_dict({"data": {"train_examples": 60000}})
+    assert config_from_dict({"data": {"train_examples": 60000,
+                                      "validation_examples": 0}}).data.train_examples == 60000
+
+
+def test_the_variants_change_one_thing_each():
+    """The README's comparison: the paper's χ rule, and the paper-style schedule, each
+    against the default with everything else equal."""
+    main = load_config(ROOT / "configs" / "mnist_mlp.yaml").to_dict()
+    for name, section, key, value in (("nominal", "optimizer", "chi_update", "nominal"),
+                                      ("inverse", "optimizer", "lr_schedule", "inverse")):
+        v = load_config(ROOT / "configs" / f"mnist_mlp_{name}.yaml").to_dict()
+        assert v[section][key] == value != main[section][key]
+        differ = {f"{s}.{k}" for s in main if isinstance(main[s], dict)
+                  for k in main[s] if main[s][k] != v[s][k]}
+        # the variant's key, and only the hyperparameters tuned for it on validation
+        assert f"{section}.{key}" in differ
+        assert differ <= {f"{section}.{key}", "optimizer.learning_rate",
+                          "optimizer.epsilon_us", "optimizer.lr_decay", "training.epochs"}
+
+
+# --- config formats: an old log keeps the behaviour it ran with -------------------------------
+def test_keys_added_after_a_format_take_their_legacy_values():
+    d = {"config_version": 1, "data": {"train_examples": 100}, "optimizer": {"refresh": {}}}
+    out = with_legacy_values(d, 1)
+    for dotted, value in LEGACY_VALUES[2].items():
+        node = out
+        for part in dotted.split("."):
+            node = node[part]
+        assert node == value, dotted
+    assert out["data"]["train_examples"] == 100 and d == {
+        "config_version": 1, "data": {"train_examples": 100}, "optimizer": {"refresh": {}}}
+    # a key the config does have is kept
+    kept = with_legacy_values({"data": {"validation_examples": 5000}}, 1)
+    assert kept["data"]["validation_examples"] == 5000
+    # a config of the current format gets the defaults, not the legacy values
+    cfg = config_from_dict({})
+    assert cfg.config_version == CONFIG_VERSION and cfg.data.validation_examples == 10000
+    assert cfg.optimizer.refresh.hold_until_updated and cfg.optimizer.refresh.fresh_read
+    with pytest.raises(ConfigError, match="config_version: format 9 is not one"):
+        config_from_dict({"config_version": 9})
+
+
+def test_an_old_logs_config_keeps_its_behaviour_and_its_log_still_verifies():
+    """tests/data/mlp-config-v1.h5 was written before config format 2: its config has no
+    config_version and none of the keys added since. Read back, it is format 1 with the old
+    behaviour (no validation split, blind initial programming, the refresh rule without its
+    guards, which a current config refuses), and the log re-runs bit for bit."""
+    from hil.replay.verify import verify_run
+    from hil.run_log import RunLog
+    from hil.training import MixedPrecisionTrainer
+    from sim_backend import SimChipSpec
+
+    with RunLog(V1_LOG) as log:
+        raw = log.config
+        cfg = log.experiment_config()
+    assert "config_version" not in raw and "validation_examples" not in raw["data"]
+    assert cfg.config_version == 1 and cfg.data.validation_examples == 0
+    assert cfg.network.init_programming.value == "blind"
+    r = cfg.optimizer.refresh
+    assert (r.criterion.value, r.high_us) == ("either", 7.0)
+    assert not (r.check_thresholds or r.hold_until_updated or r.fresh_read)
+    assert logged_config(raw) == cfg
+    # the same keys as a config of today: refused, the refresh would feed back
+    with pytest.raises(ConfigError, match=r"optimizer\.refresh\.high_us: 7\.0 µS is below"):
+        MixedPrecisionTrainer(config_from_dict(raw), SimChipSpec().build())
+    report = verify_run(str(V1_LOG))
+    assert report.ok, report.message
+    assert report.batches_checked > 300 and report.epoch_metrics_checked == 2
 
 
 @pytest.mark.parametrize("text,match", [

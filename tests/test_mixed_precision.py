@@ -3,12 +3,13 @@ shape, on hand-computed cases and through a real SimulatedChip."""
 import numpy as np
 import pytest
 
+from drivers.errors import ConfigError
 from drivers.geometry import Geometry
-from drivers.pulse import PulseKind
+from drivers.pulse import DEFAULT_RESET as PulseSpecReset, DEFAULT_SET, PulseKind
 from hil.chip_io import ChipIO
 from hil.config import ChiUpdate, RefreshConfig, RefreshCriterion
 from hil.device_pairs import WeightBlock, allocate_pairs
-from hil.mixed_precision import (BlockUpdate, ChiAccumulator, MixedPrecisionCore,
+from hil.mixed_precision import (BlockUpdate, ChiAccumulator, InitVerify, MixedPrecisionCore,
                                  TrainingDiverged, pulses_for, refresh_candidates)
 from hil.recorder import Recorder
 from sim_backend import PcmModel, SimulatedChip
@@ -149,7 +150,8 @@ def test_initial_programming_resets_all_programs_targets_blind_and_reads_all():
 
 
 def test_chi_and_pulses_match_a_direct_numpy_computation_in_one_command_per_step():
-    chip, rec, core = _core()
+    # the pulse rule alone: every device pulsed, saturated or not (see the saturation test)
+    chip, rec, core = _core(skip_saturated=False)
     core.program_initial(_targets())
     rec.take()
     rng = np.random.default_rng(5)
@@ -239,8 +241,10 @@ def test_expected_chi_uses_the_device_model_and_counts_pulses():
 
 
 def test_refresh_resets_saturated_pairs_reprograms_the_difference_and_compensates_chi():
+    # the mechanics alone: no guards, a low threshold so that many pairs qualify
     refresh = RefreshConfig(period_steps=7, criterion=RefreshCriterion.EITHER, high_us=4.0,
-                            compensate=True)
+                            compensate=True, check_thresholds=False, hold_until_updated=False,
+                            fresh_read=False)
     _, rec, core = _core(refresh=refresh)
     core.program_initial(_targets())
     rec.take()
@@ -306,3 +310,177 @@ def test_bad_updates_are_refused_by_name_before_anything_is_sent():
     assert not core.chi.chi[0].any()   # nothing was accumulated either
     with pytest.raises(ValueError, match=r"block 'fc': initial weights of shape \(5, 9\)"):
         core.program_initial([t.T if t.ndim == 2 else t for t in _targets()])
+
+
+# --- refresh cannot feed back ---------------------------------------------------------------
+def _pair_core(refresh, seed=3):
+    """A real chip and a core with one weight block whose pair 0 we set up by hand."""
+    chip = SimulatedChip(PcmModel.preset("jap"), Geometry(1, 8, 8), seed=seed)
+    rec = Commands()
+    io = ChipIO(chip, rec)
+    pairs = allocate_pairs([WeightBlock("w", (2,), 0.1)], chip.geometry)
+    core = MixedPrecisionCore(io, pairs, PcmModel.preset("jap"), epsilon_us=EPS_US,
+                              max_pulses=8, chi_update=ChiUpdate.MEASURED, refresh=refresh)
+    return chip, rec, core
+
+
+def _climb(core, chip, plus, minus):
+    """Bring pair 0's devices into the windows `plus` and `minus` (lo, hi) µS, or leave one
+    at RESET (None): SET pulses one by one, RESET and again on an overshoot. Then read the
+    pair into the cache."""
+    pb = core.pairs.blocks[0]
+    for dev, window in ((pb.plus[0], plus), (pb.minus[0], minus)):
+        if window is None:
+            continue
+        lo, hi = window
+        a = np.array([dev])
+        for _ in range(2000):
+            g = chip.read_exact(a)[0]
+            if lo < g < hi:
+                break
+            chip.program(a, np.array([1]), DEFAULT_SET if g <= lo else PulseSpecReset)
+        else:
+            raise AssertionError(f"device {dev} never reached {window}")
+    core.full_read()
+
+
+def test_a_just_refreshed_pair_does_not_qualify_again():
+    """The default rule: a pair that met the criterion is refreshed once; right after, it
+    does not qualify, whatever its rewritten device reads, until an update pulses it."""
+    refresh = RefreshConfig(period_steps=1)           # criterion both, high = table top
+    chip, rec, core = _pair_core(refresh)
+    core.program_initial([np.zeros(2, F32)])
+    top = core.refresh_high_us
+    assert top == pytest.approx(core.curve[-1]) and top > 9.0
+    _climb(core, chip, (11.0, 13.0), (4.0, 5.0))   # G+ above the table's top
+    c = core.cache.blocks[0]
+    assert c.gp[0] > top and c.gm[0] > refresh.low_us
+    rec.take()
+    assert core.refresh() == 1
+    kinds = [(k, p) for k, p, *_ in rec.take()]
+    # the candidates re-read first, then RESET both, re-program the difference, read back
+    assert kinds == [("read", "refresh_check"), ("program", "refresh_reset"),
+                     ("program", "refresh_set"), ("read", "refresh_readback")]
+    for _ in range(5):              # the next checks: nothing to do, no command sent
+        assert core.refresh() == 0
+    assert rec.take() == []
+    # an update pulse on the pair releases it; it is checked again (and, with G- at
+    # RESET, does not qualify under criterion both)
+    upd = np.array([0.2, 0.0], F32)
+    assert core.update([BlockUpdate(None, upd)]) > 0
+    assert not core.held[0][0]
+    assert core.refresh() == 0
+
+
+def _push(refresh, steps=60):
+    """A pair whose weight the optimizer keeps pushing up, past what the table can write:
+    an update then a refresh check every step; returns the refreshes."""
+    chip, rec, core = _pair_core(refresh)
+    core.program_initial([np.zeros(2, F32)])
+    _climb(core, chip, (11.0, 13.0), None)
+    push = np.array([0.05, 0.0], F32)
+    for step in range(1, steps + 1):
+        core.io.step = step
+        core.update([BlockUpdate(None, push)])
+        core.refresh()
+    return core.refreshes
+
+
+def test_the_legacy_rule_feeds_back_the_default_rule_does_not():
+    """Criterion either below the table's top, no hold, no fresh read (config format 1): the
+    pushed pair is rewritten near the top, qualifies again, and is refreshed again and again.
+    The default rule refreshes it at most once."""
+    legacy = RefreshConfig(period_steps=1, criterion=RefreshCriterion.EITHER, high_us=9.0,
+                           check_thresholds=False, hold_until_updated=False, fresh_read=False)
+    assert _push(legacy) >= 10
+    assert _push(RefreshConfig(period_steps=1)) <= 1
+
+
+@pytest.mark.parametrize("refresh,key", [
+    (RefreshConfig(criterion=RefreshCriterion.EITHER, high_us=9.0), "high_us"),
+    (RefreshConfig(high_us=9.0), "high_us"),
+    (RefreshConfig(low_us=0.3), "low_us"),
+])
+def test_thresholds_a_refreshed_pair_meets_at_once_are_refused_by_name(refresh, key):
+    with pytest.raises(ConfigError, match=rf"optimizer\.refresh\.{key}: .*qualify again"):
+        _pair_core(refresh)
+    _pair_core(RefreshConfig(criterion=refresh.criterion, high_us=refresh.high_us,
+                             low_us=refresh.low_us, check_thresholds=False))
+
+
+def test_the_decision_uses_a_fresh_read():
+    """A pair the cache says qualifies, but whose devices read lower now (here: RESET behind
+    the cache's back), is re-read and left alone."""
+    chip, rec, core = _pair_core(RefreshConfig(period_steps=1))
+    core.program_initial([np.zeros(2, F32)])
+    _climb(core, chip, (11.0, 13.0), (4.0, 5.0))
+    pb = core.pairs.blocks[0]
+    chip.program(np.array([pb.plus[0]]), np.array([1]), PulseSpecReset)
+    rec.take()
+    assert core.refresh() == 0
+    (kind, purpose, addr, values, _), = rec.take()
+    assert (kind, purpose) == ("read", "refresh_check")
+    assert addr.tolist() == [pb.plus[0], pb.minus[0]]
+    assert core.cache.blocks[0].gp[0] == values[0] < core.refresh_high_us
+
+
+# --- verified initial programming ------------------------------------------------------------
+def test_verified_programming_lands_within_tolerance_in_one_command_per_step_of_a_round():
+    chip, rec, core = _core()
+    targets = _targets(1)
+    core.program_initial(targets, InitVerify(tolerance_us=0.5, max_rounds=40))
+    cmds = rec.take()
+    assert cmds[0][:2] == ("program", "init_reset") and cmds[-1][:2] == ("read", "full_read")
+    rounds = cmds[1:-1]
+    # a round: RESET what overshot (when anything did), then pulse what is short and read
+    # it back
+    assert {p for _, p, *_ in rounds} <= {"init_verify_reset", "init_verify_set",
+                                          "init_verify_read"}
+    sets = [c for c in rounds if c[1] == "init_verify_set"]
+    reads = [c for c in rounds if c[1] == "init_verify_read"]
+    assert len(sets) == len(reads) >= 2
+    for s_cmd, r_cmd in zip(sets, reads):
+        assert np.array_equal(s_cmd[2], r_cmd[2])
+    reset = float(core.curve[0])
+    for pb, c, w in zip(core.pairs.blocks, core.cache.blocks, targets):
+        g = np.where(w > 0, c.gp, c.gm)     # the device of the weight's sign
+        want = reset + np.abs(w) / pb.beta
+        # within the tolerance, up to the read noise of the final read (σ ≈ 0.2 µS)
+        assert np.mean(np.abs(g - want) <= 0.5 + 0.6) > 0.97
+        assert np.sqrt(np.mean((c.w - w) ** 2)) < 0.5 * np.sqrt(np.mean(w ** 2)) + 0.05 * pb.beta
+        other = np.where(w > 0, c.pulses_minus, c.pulses_plus)
+        assert not other.any()              # the other device stays at RESET
+    # blind programming of the same targets is much further off
+    _, _, blind = _core()
+    blind.program_initial(targets)
+    err = lambda cc: sum(float(np.sum((c.w - w) ** 2)) for c, w in zip(cc.cache.blocks, targets))
+    assert err(core) < 0.5 * err(blind)
+
+
+def test_no_pulse_goes_to_a_device_above_the_tables_top():
+    """A weight pushed past what its device can hold: the saturated device gets no more SET
+    pulses and χ gives up what the device cannot take (it stays below ε), so a turn of the
+    gradient is answered at once; the other device of the pair still takes pulses."""
+    chip, rec, core = _pair_core(RefreshConfig(period_steps=0))
+    core.program_initial([np.zeros(2, F32)])
+    _climb(core, chip, (11.0, 13.0), None)
+    eps = core.chi.eps_w[0]
+    rec.take()
+    for step in range(1, 21):
+        core.io.step = step
+        assert core.update([BlockUpdate(None, np.array([0.4, 0.0], F32))]) == 0
+    assert rec.take() == []                        # nothing sent
+    chi = float(core.chi.chi[0][0])
+    # χ gave up every pulse the rule called for (p·ε each step) and kept the remainder
+    assert 0 < chi < eps and core.skipped_saturated == round((20 * 0.4 - chi) / eps) == 53
+    # the gradient turns: pulses go to G- at once
+    assert core.update([BlockUpdate(None, np.array([-0.4, 0.0], F32))]) == 2
+    (k, purpose, addr, n, _), _ = rec.take()
+    assert purpose == "update" and addr.tolist() == [core.pairs.blocks[0].minus[0]]
+    # without the guard (config format 1) the saturated device is pulsed every step
+    chip, rec, core = _pair_core(RefreshConfig(period_steps=0))
+    core.skip_saturated = False
+    core.program_initial([np.zeros(2, F32)])
+    _climb(core, chip, (11.0, 13.0), None)
+    sent = sum(core.update([BlockUpdate(None, np.array([0.4, 0.0], F32))]) for _ in range(20))
+    assert sent >= 20

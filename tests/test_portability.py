@@ -165,7 +165,10 @@ def test_the_committed_log_verifies_and_keeps_its_digest(tmp_path):
     with RunLog(str(COMMITTED_LOG)) as log:
         cfg, logged, arithmetic = log.config, log.summary, log.arithmetic
     assert arithmetic == "portable-1" and logged["state_digest"] == COMMITTED_DIGEST
-    assert _train(cfg, {}, tmp_path, "fresh")["state_digest"] == COMMITTED_DIGEST
+    # the logged config has no config_version: it is format 1, as a file it must say so
+    assert "config_version" not in cfg
+    assert _train({**cfg, "config_version": 1}, {}, tmp_path, "fresh")["state_digest"] == \
+        COMMITTED_DIGEST
 
 
 @pytest.mark.slow

@@ -93,7 +93,8 @@ def trained(small_data, tmp_path_factory):
     path = str(tmp_path_factory.mktemp("state") / "run.h5")
     run_experiment(cfg, open_backend("sim://", cfg.sim_chip_spec()), RunLogWriter(path, cfg),
                    data=small_data)
-    return cfg, path, small_data.head(cfg.data.train_examples, cfg.data.test_examples)
+    return cfg, path, small_data.head(cfg.data.train_examples, cfg.data.test_examples,
+                                      cfg.data.validation_examples)
 
 
 def _rerun_to(cfg, log: RunLog, snapshot: int, data) -> MixedPrecisionTrainer:
@@ -106,7 +107,7 @@ def _rerun_to(cfg, log: RunLog, snapshot: int, data) -> MixedPrecisionTrainer:
     try:
         for epoch in range(cfg.training.epochs):
             res = trainer.train_epoch(data, epoch)
-            res.baseline_test_accuracy = trainer.baseline.train_epoch(data, epoch)
+            res.set_baseline(trainer.baseline.train_epoch(data, epoch))
             trainer.finish_epoch(res)
     except SegmentEnd:
         return trainer

@@ -12,7 +12,8 @@ from drivers.geometry import Geometry
 from hil.backend_url import open_backend
 from hil.recorder import Recorder
 from hil.mixed_precision import TrainingDiverged
-from hil.training import MixedPrecisionTrainer, run_experiment
+from hil.training import (Dataset, MixedPrecisionTrainer, learning_rate, run_experiment,
+                          split_indices)
 from sim_backend import PcmModel, SimChipSpec, SimulatedChip
 
 from conftest import small_config
@@ -54,10 +55,13 @@ def test_short_run_learns_and_batches_io(small_data):
         normal = [c for c in cmds if not c[1].startswith("refresh") and c[1] != "full_read"]
         assert normal in ([], [("program", "update"), ("read", "readback")]), (step, cmds)
         refresh = [c for c in cmds if c[1].startswith("refresh")]
+        # the candidates re-read (when there are any); then, for those that still qualify,
         # RESET batch, SET batch (absent when every difference rounds to 0 pulses), read-back
-        assert refresh in ([], [("program", "refresh_reset"), ("read", "refresh_readback")],
-                           [("program", "refresh_reset"), ("program", "refresh_set"),
-                            ("read", "refresh_readback")]), (step, refresh)
+        check = [("read", "refresh_check")]
+        assert refresh in ([], check,
+                           check + [("program", "refresh_reset"), ("read", "refresh_readback")],
+                           check + [("program", "refresh_reset"), ("program", "refresh_set"),
+                                    ("read", "refresh_readback")]), (step, refresh)
         if refresh:
             assert step % 50 == 0
     # the reduction against programming every weight on every example
@@ -72,6 +76,32 @@ def test_same_seed_same_digest_other_seed_differs(small_data):
     other = small_config(seed=8, data={"train_examples": 500, "test_examples": 200})
     assert run_experiment(other, _chip(other), data=small_data)["state_digest"] != \
         runs[0]["state_digest"]
+
+
+def test_validation_is_the_last_of_the_training_digits(mnist):
+    train, val = split_indices(60000, 50000, 10000)   # the standard 50k/10k split
+    assert np.array_equal(train, np.arange(50000)) and np.array_equal(val,
+                                                                      np.arange(50000, 60000))
+    d = Dataset.from_mnist(mnist, 300, 100, 200)
+    assert np.array_equal(d.train_x[:, :-1], mnist.train_x[:300])
+    assert np.array_equal(d.val_x[:, :-1], mnist.train_x[59800:])
+    assert np.array_equal(d.val_y, mnist.train_y[59800:]) and (d.val_x[:, -1] == 1).all()
+    assert np.array_equal(d.test_x[:, :-1], mnist.test_x[:100])
+    # the config's sizes: the first of each set, never a digit of the other
+    h = d.head(100, 50, 20)
+    assert np.array_equal(h.val_x, d.val_x[:20]) and h.train_x.shape[0] == 100
+    assert d.head(100, 50).n_validation == 0
+    with pytest.raises(ConfigError, match="data.validation_examples: 500 validation"):
+        d.head(100, 50, 500)
+    with pytest.raises(ConfigError, match="data.train_examples"):
+        split_indices(60000, 50001, 10000)
+
+
+def test_learning_rate_schedules():
+    exp = small_config(optimizer={"learning_rate": 0.2, "lr_decay": 0.5})
+    inv = small_config(optimizer={"learning_rate": 0.2, "lr_schedule": "inverse"})
+    assert [learning_rate(exp, e) for e in range(3)] == [0.2, 0.1, 0.05]
+    assert [learning_rate(inv, e) for e in range(3)] == [0.2, 0.1, 0.2 / 3]
 
 
 def test_mini_batch_and_measured_chi_and_chip_matvec(small_data):
@@ -179,7 +209,19 @@ def test_cli_train_writes_summary(tmp_path):
                 "train_seconds", "state_digest"):
         assert key in s, key
     assert s["seed"] == 3 and s["examples"] == 300 and len(s["state_digest"]) == 64
-    assert "epoch   1/1" in r.stdout
+    # train, validation and test accuracy per epoch: printed, in the summary, in the log
+    line = next(ln for ln in r.stdout.splitlines() if ln.startswith("epoch   1/1"))
+    e = s["per_epoch"][0]
+    assert f"train {100 * e['train_accuracy']:6.2f}%  val {100 * e['validation_accuracy']:6.2f}%" \
+        f"  test {100 * e['test_accuracy']:6.2f}%" in line
+    assert f"(val {100 * e['baseline_validation_accuracy']:6.2f}%)" in line
+    assert s["validation_accuracy"] == e["validation_accuracy"]
+    from hil.run_log import RunLog
+    with RunLog(str(tmp_path / "run.h5")) as log:
+        em = log.epoch_metrics()
+    for key in ("train_accuracy", "validation_accuracy", "test_accuracy",
+                "baseline_validation_accuracy", "baseline_test_accuracy"):
+        assert em[key].tolist() == [e[key]], key
 
 
 @pytest.mark.parametrize("args,match", [
@@ -211,7 +253,7 @@ def test_ctrl_c_or_sigterm_stops_after_the_step(tmp_path, sig, rc, said):
     import time
     from hil.run_log import RunLog
     cfg = tmp_path / "long.yaml"
-    cfg.write_text("data: {train_examples: 60000, test_examples: 100}\n"
+    cfg.write_text("data: {train_examples: 50000, test_examples: 100}\n"
                    "training: {epochs: 5, baseline: false}\n")
     log = tmp_path / "r.h5"
     p = subprocess.Popen([sys.executable, "-m", "hil.cli", "train", "--config", str(cfg),
@@ -240,7 +282,7 @@ def test_stopped_twice_while_loading_says_nothing_was_sent(tmp_path):
     import time
     from hil.run_log import RunLogError, read_header
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("data: {train_examples: 60000, test_examples: 100}\n"
+    cfg.write_text("data: {train_examples: 50000, test_examples: 100}\n"
                    "training: {epochs: 1, baseline: false}\n")
     log = tmp_path / "r.h5"
     p = subprocess.Popen([sys.executable, "-m", "hil.cli", "train", "--config", str(cfg),

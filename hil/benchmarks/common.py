@@ -26,7 +26,8 @@ def bench_config(examples: int, test_examples: int, network_name: str = "784-250
     """The default experiment config, one epoch of `examples`, no baseline, no log."""
     layers, init_range, beta = NETWORKS[network_name]
     d = ExperimentConfig(name="bench").to_dict()
-    d["data"].update(train_examples=examples, test_examples=test_examples)
+    d["data"].update(train_examples=examples, validation_examples=0,
+                     test_examples=test_examples)
     d["training"].update(epochs=1, baseline=False)
     d["network"].update(layers=list(layers), init_range=list(init_range))
     d["optimizer"]["beta"] = list(beta)

@@ -34,7 +34,7 @@ from hil.benchmarks.common import open_sim_chip
 def _config(examples: int):
     from hil.config import ExperimentConfig, config_from_dict
     d = ExperimentConfig(name="bench").to_dict()
-    d["data"].update(train_examples=examples, test_examples=1000)
+    d["data"].update(train_examples=examples, validation_examples=0, test_examples=1000)
     d["training"].update(epochs=1, baseline=False)
     return config_from_dict(d)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from drivers.errors import ConfigError
 from hil.commands.arguments import positive_int
@@ -26,11 +27,20 @@ too: it shows everything up to the last flush, and the pulse batches its write-a
                         view: nearest snapshot plus every read up to the step)
   pulses.png            SET and RESET pulses per step
   refreshes.png         refreshed devices per step, and their running total
+  refresh_distribution.png
+                        refreshes per pair over the run, and per epoch the most-refreshed
+                        pair and the share of SET pulses taken by the 100 most-pulsed weights
   traces.png            the conductance of a few devices, read by read, over the run
   loss.png              the training loss per step (a GAN: both players' losses)
   bpc.png               a language model's bits per character per epoch, chip and fp32
   fid.png               a GAN's classifier-FID and inception-style score per epoch
   gan_losses.png        a GAN's mean losses of both players per epoch, chip and fp32
+
+--energy prints an energy estimate of the run per training image, for the mixed-precision
+design and for a 32-bit digital design doing the same training, part by part (docs/energy.md),
+and draws it (energy.png in the --plot folder, else RUN-energy.png beside the log). Every
+per-operation energy comes from one table with its sources (hil/energy_table.yaml); a lab
+gives its own with --energy-table FILE.
 
 --verify re-runs the experiment from the logged config against the log itself (the
 replay:// backend): every read and on-chip weighted sum (MATVEC) is served from the log,
@@ -56,6 +66,7 @@ examples:
   pcm-hil replay runs/quick.h5 --verify
   pcm-hil replay runs/long.h5 --verify --workers 2
   pcm-hil replay runs/long.h5 --verify --workers 16 --address 10.0.0.5:6379
+  pcm-hil replay runs/quick.h5 --energy --energy-table lab_energy.yaml
   pcm-hil train --config configs/quick.yaml --backend replay://runs/quick.h5
 
 exit status: 0 ok, 1 error or divergence, 2 bad command line.
@@ -88,6 +99,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--address", metavar="ADDR",
                    help="with --verify: run the segments on the Ray cluster at ADDR "
                         "(HOST:PORT of its head, or 'auto'), N at once")
+    p.add_argument("--energy", action="store_true",
+                   help="print the run's energy estimate per image against a 32-bit digital "
+                        "design, and plot it")
+    p.add_argument("--energy-table", metavar="FILE",
+                   help="per-operation energies with their sources (default: the packaged "
+                        "table, hil/energy_table.yaml)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar for --verify")
     p.set_defaults(func=run)
@@ -113,6 +130,8 @@ def run(args: argparse.Namespace) -> int:
             steps = parse_steps(args.steps, log)
             files = make_plots(log, args.plot, steps, args.devices, args.device)
             print(f"plots: {', '.join(files)}")
+        if args.energy or args.energy_table:
+            _energy(log, args)
     if args.verify:
         from hil.replay.verify import verify_run
         report = verify_run(args.run, progress=not args.no_progress, workers=args.workers,
@@ -125,3 +144,16 @@ def run(args: argparse.Namespace) -> int:
                   f"{report.logged_seconds:.1f} s)")
         return 0 if report.ok else 1
     return 0
+
+
+def _energy(log: RunLog, args: argparse.Namespace) -> None:
+    from hil.energy import EnergyTable, counts_from_log, estimate, format_estimate, \
+        plot_estimate
+    table = EnergyTable.load(args.energy_table)
+    est = estimate(counts_from_log(log), table)
+    print(format_estimate(est))
+    if args.plot:
+        png = os.path.join(args.plot, "energy.png")
+    else:
+        png = os.path.splitext(args.run)[0] + "-energy.png"
+    print(f"energy plot: {plot_estimate(est, png)}")

@@ -5,7 +5,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from drivers.errors import ConfigError, LinkError
 from hil.commands.arguments import non_negative_int
@@ -18,6 +18,9 @@ from hil.run_stack import (RunCompleted, RunRequest, RunStack, default_log_path,
                            open_run_stack)
 from hil.station import Station, load_station
 from hil.training import EpochResult, run_experiment
+
+if TYPE_CHECKING:
+    from hil.energy import EnergyTable
 
 DEFAULT_CONFIG = "configs/mnist_mlp.yaml"
 #: Exit status of a run whose chip link failed (EX_TEMPFAIL): it can be resumed once the
@@ -85,6 +88,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="sim:// only: save the in-process simulated chip's state to FILE at "
                         "every commit of the run log, which makes the run resumable (with "
                         "--resume: the state file to restore, default the one the run used)")
+    p.add_argument("--energy-table", metavar="FILE",
+                   help="per-operation energies with their sources for the summary's energy "
+                        "estimate (default: the packaged table; docs/energy.md)")
     p.add_argument("--dry-run", action="store_true",
                    help="walk the whole experiment against the simulated chip under the "
                         "station's limits and report what would be sent; the configured chip "
@@ -136,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     if args.summary_json:
         check_writable(args.summary_json, "--summary-json", make_folder=True)  # not at the end
     station = load_station(args.station) if args.station else None
+    from hil.energy import EnergyTable
+    energy_table = EnergyTable.load(args.energy_table) if args.energy_table else None
     try:
         request = _request(args, station)
     except RunCompleted as done:
@@ -148,10 +156,11 @@ def run(args: argparse.Namespace) -> int:
         return _dry_run(request, args)
     control = RunControl()
     with control.sigint_handler():
-        return _train(request, args, control)
+        return _train(request, args, control, energy_table)
 
 
-def _train(request: RunRequest, args: argparse.Namespace, control: RunControl) -> int:
+def _train(request: RunRequest, args: argparse.Namespace, control: RunControl,
+           energy_table: "EnergyTable | None" = None) -> int:
     cfg = request.config
     stack = None
     try:
@@ -164,7 +173,8 @@ def _train(request: RunRequest, args: argparse.Namespace, control: RunControl) -
                                      progress=not args.no_progress,
                                      report=_print_epoch(cfg.training.epochs),
                                      control=control, monitor=stack.monitor,
-                                     provenance=stack.provenance)
+                                     provenance=stack.provenance,
+                                     energy_table=energy_table)
             resumed = stack.resumed
     except (RunAborted, KeyboardInterrupt) as e:
         started = getattr(e, "started", True)
@@ -243,10 +253,26 @@ def _final_line(s: dict) -> str:
     if "baseline_test_accuracy" in s:
         base = (f", fp32 baseline {100 * s['baseline_test_accuracy']:.2f}% "
                 f"(gap {100 * s['accuracy_gap']:+.2f} pts)")
-    return (f"done: test accuracy {100 * s['test_accuracy']:.2f}%{base}; "
-            f"{s['set_pulses']:,} SET pulses, {s['refreshes']:,} refreshes, "
-            f"{s['programming_reduction']:,.0f}x fewer pulses than programming every weight "
-            f"every example; {s['examples_per_s']:,.0f} examples/s")
+    val = f" (validation {100 * s['validation_accuracy']:.2f}%)" \
+        if "validation_accuracy" in s else ""
+    reduction = s.get("reduction_all_pulses", s["programming_reduction"])
+    energy = ""
+    if "energy" in s:
+        e = s["energy"]
+        energy = (f"; energy {_si(e['mixed_precision_j_per_image'])}J per image against "
+                  f"{_si(e['digital_fp32_j_per_image'])}J for a 32-bit digital design "
+                  f"({e['ratio']:,.1f}x)")
+    return (f"done: test accuracy {100 * s['test_accuracy']:.2f}%{val}{base}; "
+            f"{s['set_pulses']:,} SET and {s['reset_pulses']:,} RESET pulses, "
+            f"{s['refreshes']:,} refreshes, {reduction:,.0f}x fewer pulses than programming "
+            f"every weight every example{energy}; {s['examples_per_s']:,.0f} examples/s")
+
+
+def _si(v: float) -> str:
+    for scale, prefix in ((1e-3, "m"), (1e-6, "µ"), (1e-9, "n"), (1e-12, "p")):
+        if abs(v) >= scale:
+            return f"{v / scale:.3g} {prefix}"
+    return f"{v / 1e-15:.3g} f"
 
 
 def main(argv: Optional[list] = None) -> int:  # pragma: no cover - convenience

@@ -42,6 +42,40 @@ def parse_steps(text: str, log: RunLog) -> List[int]:
     return out
 
 
+def _refresh_distribution(log: RunLog, plt: Any) -> Any:
+    """Refreshes per pair over the run (a feedback loop shows as a long tail), and per
+    epoch the most-refreshed pair and the share of SET pulses taken by the top 100 weights."""
+    from hil.pulse_stats import TOP_WEIGHTS, distribution_from_log, epoch_stats_from_log
+    whole = distribution_from_log(log)
+    per_epoch = epoch_stats_from_log(log)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
+    r = whole.refreshes
+    if r.size and r.max() > 0:
+        a1.hist(r[r > 0], bins=np.arange(1, r.max() + 2) - 0.5 if r.max() < 60 else 60)
+        a1.set_yscale("log")
+    else:
+        a1.text(0.5, 0.5, "no refreshes", ha="center", transform=a1.transAxes)
+    a1.set_xlabel("refreshes of one pair (whole run)")
+    a1.set_ylabel("pairs")
+    a1.set_title(f"{int(np.count_nonzero(r)):,} pairs refreshed, most {int(r.max()) if r.size else 0}")
+    ep = np.arange(1, len(per_epoch) + 1)
+    if per_epoch:
+        a2.plot(ep, [d.max_pair_refreshes for d in per_epoch], "o-",
+                label="refreshes of the most-refreshed pair")
+        a2.set_ylabel("refreshes in the epoch")
+        b = a2.twinx()
+        b.plot(ep, [100 * d.top_pulse_share for d in per_epoch], "s--", color="tab:red",
+               label=f"share of SET pulses on the top {TOP_WEIGHTS} weights")
+        b.set_ylabel(f"% of SET pulses, top {TOP_WEIGHTS} weights")
+        b.set_ylim(bottom=0)
+        lines = a2.get_lines() + b.get_lines()
+        a2.legend(lines, [ln.get_label() for ln in lines], fontsize="small", loc="upper left")
+    a2.set_xlabel("epoch")
+    a2.set_title("per epoch")
+    a2.grid(alpha=0.3)
+    return fig
+
+
 def make_plots(log: RunLog, folder: str, steps: List[int], n_devices: int = 6,
                devices: Optional[List[int]] = None) -> List[str]:
     """Write the PNG figures; returns their paths."""
@@ -143,6 +177,8 @@ def make_plots(log: RunLog, folder: str, steps: List[int], n_devices: int = 6,
     ax.set_ylabel("pairs refreshed")
     ax.set_title("refreshes")
     save(fig, "refreshes.png")
+
+    save(_refresh_distribution(log, plt), "refresh_distribution.png")
 
     # Device traces.
     if devices:

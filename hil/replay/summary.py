@@ -53,11 +53,16 @@ def summarize(log: RunLog) -> Dict[str, Any]:
         "events": [{"step": e.step, "kind": e.kind, "detail": e.detail} for e in log.events()],
         "devices": log.n_devices,
     }
-    for key in ("test_accuracy", "train_accuracy", "baseline_test_accuracy",
+    for key in ("test_accuracy", "train_accuracy", "validation_accuracy",
+                "baseline_test_accuracy", "baseline_validation_accuracy",
                 "holdout_bpc", "baseline_holdout_bpc", "fid", "baseline_fid",
                 "inception_score", "baseline_inception_score"):
         if key in em and em[key].size and not np.isnan(em[key][-1]):
             out[key] = float(em[key][-1])
+    # where the pulses went, epoch by epoch (logs of config format 2 on): the worst epoch
+    for key in ("max_pair_refreshes", "top100_pulse_share"):
+        if key in em and em[key].size and not np.isnan(em[key]).all():
+            out[f"worst_{key}"] = float(np.nanmax(em[key]))
     tail = log.journal()
     if tail.batches or tail.acked_rows:
         out["journal_batches"] = len(tail.batches)
@@ -87,6 +92,8 @@ def format_summary(s: Dict[str, Any]) -> str:
         acc = f"test {100 * s['test_accuracy']:.2f}%"
         if "train_accuracy" in s:
             acc += f", train {100 * s['train_accuracy']:.2f}%"
+        if "validation_accuracy" in s:
+            acc += f", validation {100 * s['validation_accuracy']:.2f}%"
         if "baseline_test_accuracy" in s:
             acc += f", fp32 baseline {100 * s['baseline_test_accuracy']:.2f}%"
     elif "holdout_bpc" in s:          # a language model (docs/lstm-gan.md)
@@ -111,7 +118,10 @@ def format_summary(s: Dict[str, Any]) -> str:
                    f"{s['pulse_batches']:,} batches"
                    + (f" ({s['unacknowledged_batches']} never acknowledged)"
                       if s["unacknowledged_batches"] else "")),
-        ("refreshes", f"{s['refreshes']:,}"),
+        ("refreshes", f"{s['refreshes']:,}" + (
+            f"; most of one pair in an epoch {s['worst_max_pair_refreshes']:.0f}, top 100 "
+            f"weights at most {100 * s['worst_top100_pulse_share']:.1f}% of an epoch's SET "
+            f"pulses" if "worst_top100_pulse_share" in s else "")),
         ("reads", f"{s['devices_read']:,} devices in {s['read_commands']:,} commands"
                   + (f"; {s['matvec_commands']:,} MATVECs" if s["matvec_commands"] else "")),
         ("snapshots", f"{len(snaps)}" + (f" (steps {', '.join(map(str, snaps[:6]))}"

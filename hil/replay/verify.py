@@ -28,8 +28,9 @@ from hil.run_log import RunLog, RunLogError, arithmetic_mismatch, is_wall_clock
 from hil.run_state import RunState
 from hil.trainer_state import StateLayout, TrainerState
 
-#: Summary keys that legitimately differ between a live run and its replay.
-SUMMARY_IGNORED = frozenset({"backend"})
+#: Summary keys that legitimately differ between a live run and its replay: the chip's URL,
+#: and the energy estimate (the run's counts priced by an energy table the lab may replace).
+SUMMARY_IGNORED = frozenset({"backend", "energy"})
 
 
 def _same(a: float, b: float) -> bool:

@@ -267,9 +267,10 @@ class RunLog:
         return yaml.safe_load(self.config_yaml) or {}
 
     def experiment_config(self) -> Any:
-        """The logged config as an ExperimentConfig (validated like a config file)."""
-        from hil.config import config_from_dict
-        return config_from_dict(self.config, source=f"{self.path}:/meta/config_yaml")
+        """The logged config as an ExperimentConfig (validated like a config file; keys added
+        after the log was written take the values that kept its behaviour)."""
+        from hil.config import logged_config
+        return logged_config(self.config, source=f"{self.path}:/meta/config_yaml")
 
     @property
     def provenance(self) -> Dict[str, Any]:

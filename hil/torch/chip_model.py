@@ -55,7 +55,8 @@ class ChipModel:
                  recorder: Optional[Recorder] = None, *, layers: Sequence[str] | None = None,
                  beta: BetaSpec = None, biases_on_chip: bool = True, epsilon_us: float = 1.5,
                  max_pulses: int = 8, chi_update: ChiUpdate = ChiUpdate.MEASURED,
-                 refresh: RefreshConfig = RefreshConfig(), device_model: Any = "jap",
+                 refresh: RefreshConfig = RefreshConfig(), skip_saturated: bool = True,
+                 device_model: Any = "jap",
                  start_address: int = 0, bad_devices: Sequence[int] = (),
                  full_read_every_steps: int = 0, matvec: MatvecMode = MatvecMode.HOST,
                  matvec_read_v: float = 0.2) -> None:
@@ -73,7 +74,8 @@ class ChipModel:
             else PcmModel.load(device_model)
         self.core = MixedPrecisionCore(self.io, self.pairs, host_model, epsilon_us=epsilon_us,
                                        max_pulses=max_pulses, chi_update=chi_update,
-                                       refresh=refresh, check_finite=True)
+                                       refresh=refresh, check_finite=True,
+                                       skip_saturated=skip_saturated)
         self.full_read_every_steps = int(full_read_every_steps)
         self.step = 0            # optimizer steps done; commands of step s are logged under s
         self.programmed = False
