@@ -572,6 +572,8 @@ def with_legacy_values(data: Mapping[str, Any], version: int,
     kind = kind or ExperimentConfig
     out = _copy_mapping(data)
     out["config_version"] = version
+    defaults = None
+    made: set = set()   # ids of the sections written out from the defaults (not the user's)
     for added_in in sorted(LEGACY_VALUES):
         if added_in <= version:
             continue
@@ -580,16 +582,33 @@ def with_legacy_values(data: Mapping[str, Any], version: int,
                 continue
             *path, leaf = dotted.split(".")
             node = out
-            for part in path:
+            for i, part in enumerate(path):
                 child = node.get(part)
                 if child is None:
-                    child = node[part] = {}
+                    # an absent section is the kind's default one (its own default factory:
+                    # the CNN's optimizer is not the MLP's), written out so the key can go in
+                    defaults = defaults or dataclass_to_dict(kind())
+                    child = node[part] = _copy_mapping(_lookup(defaults, path[:i + 1]))
+                    made.update(_section_ids(child))
                 elif not isinstance(child, dict):
                     break   # a malformed section: load_dataclass names it
                 node = child
             else:
-                node.setdefault(leaf, value)
+                if id(node) in made:
+                    node[leaf] = value
+                else:
+                    node.setdefault(leaf, value)
     return out
+
+
+def _section_ids(d: Dict[str, Any]) -> List[int]:
+    return [id(d)] + [i for v in d.values() if isinstance(v, dict) for i in _section_ids(v)]
+
+
+def _lookup(d: Mapping[str, Any], path: List[str]) -> Mapping[str, Any]:
+    for part in path:
+        d = d[part]
+    return d
 
 
 def _has_key(kind: type, dotted: str) -> bool:

@@ -69,6 +69,25 @@ def test_keys_added_after_a_format_take_their_legacy_values():
         config_from_dict({"config_version": 9})
 
 
+def test_every_experiment_kind_records_its_format_and_takes_only_its_own_legacy_keys():
+    """A torch, LSTM or GAN config logged before format 2 shares the optimizer's new keys with
+    the MLP (their old behaviour comes back) but has no `data.validation_examples`: the
+    legacy value of a key its kind lacks is not added (it would be an unknown key)."""
+    from hil.config import (CharLstmExperimentConfig, GanExperimentConfig,
+                            TorchExperimentConfig)
+    for section, kind in (("model", TorchExperimentConfig), ("char_lstm",
+                                                             CharLstmExperimentConfig),
+                          ("gan", GanExperimentConfig)):
+        old = logged_config({section: {}})
+        assert isinstance(old, kind) and old.config_version == 1
+        assert not old.optimizer.skip_saturated and not old.optimizer.refresh.fresh_read
+        new = config_from_dict({section: {}})
+        assert new.config_version == CONFIG_VERSION and new.optimizer.skip_saturated
+        assert new.to_dict()["config_version"] == CONFIG_VERSION
+        with pytest.raises(ConfigError, match="config_version: format 0 is not one"):
+            config_from_dict({section: {}, "config_version": 0})
+
+
 def test_an_old_logs_config_keeps_its_behaviour_and_its_log_still_verifies():
     """tests/data/mlp-config-v1.h5 was written before config format 2: its config has no
     config_version and none of the keys added since. Read back, it is format 1 with the old
