@@ -22,7 +22,7 @@ import numpy as np
 from bokeh.core.validation import silence
 from bokeh.core.validation.warnings import EMPTY_LAYOUT, MISSING_RENDERERS
 from bokeh.document import Document
-from bokeh.layouts import column, row
+from bokeh.layouts import column, gridplot, row
 from bokeh.models import (BoxAnnotation, Button, ColorBar, ColumnDataSource, CustomJS,
                           DataTable, Div, GlyphRenderer,
                           HoverTool, LinearColorMapper, NumeralTickFormatter, Span,
@@ -248,9 +248,13 @@ class LivePage:
                                                   code=ARM_JS))
             self.confirm_button.on_click(self._stop_confirmed)
             header += [self.stop_button, self.confirm_button]
+        # one toolbar for the five run figures (its tools act on each): a toolbar is many
+        # DOM elements and style sheets for the browser to build and lay out
+        run_figures = gridplot([[self.acc_epoch, self.acc_steps], [self.loss_fig, self.set_fig],
+                                [self.reset_fig, self.windows_title]], merge_tools=True,
+                               toolbar_location="right")
         self.layout = column(
-            row(*header), row(self.acc_epoch, self.acc_steps), row(self.loss_fig, self.set_fig),
-            row(self.reset_fig, self.windows_title),
+            row(*header), run_figures,
             Div(text="<h3>Conductance per layer (G+ and G-)</h3>"), self.hist_box,
             Div(text="<h3>Chip array</h3>"), self.chip_fig,
             Div(text="<h3>Monitors</h3>"), self.monitor_box,
