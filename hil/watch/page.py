@@ -495,6 +495,11 @@ class PageFactory:
         self.on_stop = on_stop
         self._spare: Optional[LivePage] = None
 
+    @property
+    def ready(self) -> Optional[LivePage]:
+        """The page the next session will get, if one is built."""
+        return self._spare
+
     def prepare(self) -> None:
         """Build the spare page now (nothing if one is ready, or none can be shown yet)."""
         if self._spare is None and self.follower.model is not None:
