@@ -107,8 +107,8 @@ class HeadlessBrowser:
 
     def cpu_seconds(self) -> Optional[float]:
         """CPU time (user + system) this browser's processes have used so far, from /proc
-        (None where there is none): what a page cost the browser, whatever else the machine
-        is doing."""
+        (None where there is none): what a page cost the browser, less dependent than
+        wall-clock time on what else the machine is doing."""
         tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
         mark = f"--user-data-dir={self._profile}".encode()
         total, found = 0.0, False
