@@ -105,6 +105,38 @@ class HeadlessBrowser:
     def open(self, url: str) -> None:
         self.driver.get(url)
 
+    def cpu_seconds(self) -> Optional[float]:
+        """CPU time (user + system) this browser's processes have used so far, from /proc
+        (None where there is none): what a page cost the browser, less dependent than
+        wall-clock time on what else the machine is doing."""
+        tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        mark = f"--user-data-dir={self._profile}".encode()
+        total, found = 0.0, False
+        try:
+            pids = [p for p in os.listdir("/proc") if p.isdigit()]
+        except OSError:
+            return None
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                    if mark not in fh.read():
+                        continue
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick
+            found = True
+        return total if found else None
+
+    def navigation_ms(self) -> Dict[str, float]:
+        """The page's navigation timing (ms from the navigation's start): when the request
+        went out, its answer began and ended, and the document was loaded."""
+        js = ("const n = performance.getEntriesByType('navigation')[0];"
+              "return n ? {request: n.requestStart, response: n.responseStart,"
+              " response_end: n.responseEnd, dom_loaded: n.domContentLoadedEventEnd} : {};")
+        return self.driver.execute_script(js) or {}
+
     def sources(self, name: Optional[str] = None) -> Optional[Dict[str, Dict[str, List[Any]]]]:
         """Every named source of the page (or only `name`: a light poll)."""
         js = READ_SOURCES_JS if name is None else READ_SOURCES_JS.replace(

@@ -22,13 +22,14 @@ import numpy as np
 from bokeh.core.validation import silence
 from bokeh.core.validation.warnings import EMPTY_LAYOUT, MISSING_RENDERERS
 from bokeh.document import Document
-from bokeh.layouts import column, row
+from bokeh.layouts import column, gridplot, row
 from bokeh.models import (BoxAnnotation, Button, ColorBar, ColumnDataSource, CustomJS,
-                          DataTable, Div,
+                          DataTable, Div, GlyphRenderer,
                           HoverTool, LinearColorMapper, NumeralTickFormatter, Span,
                           TableColumn)
 from bokeh.palettes import Category10_10, Category20_20, Viridis256
 from bokeh.plotting import figure
+from tornado.ioloop import IOLoop
 
 from hil.watch import model as m
 from hil.watch.follower import LogFollower, PageModel
@@ -45,6 +46,9 @@ const d = cb_obj.data;
 const v = (d instanceof Map ? d.get('version') : d.version)[0];
 requestAnimationFrame(() => setTimeout(() => { cb_obj.tags = [v]; }, 0));
 """
+#: A new spare page is built this long after a session took the last one: after its
+#: browser has pulled the document, so that the build does not delay that page.
+SPARE_DELAY_S = 1.0
 ARM_S = 10.0
 ARM_JS = ("confirm.visible = true; "
           f"setTimeout(() => {{ confirm.visible = false }}, {ARM_S * 1000:.0f});")
@@ -111,6 +115,18 @@ def status_html(model: Optional[PageModel], waiting: Optional[str],
             f"{html.escape(h.path)} &middot; {h.commits:,} commits</span>{notes}</div>")
 
 
+def _lean(fig: figure) -> figure:
+    """Leave a figure's glyphs without their own non-selected and muted versions: the page
+    has no selection tools and hides (does not mute) series, and BokehJS derives both from
+    the glyph when they are "auto". Two models fewer per glyph for the server to build and
+    send and the browser to read, on every page load."""
+    for r in fig.renderers:
+        if isinstance(r, GlyphRenderer):
+            r.nonselection_glyph = "auto"
+            r.muted_glyph = "auto"
+    return fig
+
+
 def _clean(a: np.ndarray) -> np.ndarray:
     return np.asarray(a, dtype=np.float64)
 
@@ -118,9 +134,10 @@ def _clean(a: np.ndarray) -> np.ndarray:
 class LivePage:
     """The figures of one session and how a new PageModel updates them."""
 
-    def __init__(self, doc: Document, follower: LogFollower,
-                 on_stop: Optional[StopHandler] = None) -> None:
-        self.doc = doc
+    def __init__(self, follower: LogFollower, on_stop: Optional[StopHandler] = None) -> None:
+        """Build the figures (no document yet: see `attach`), filled with the follower's
+        latest commit."""
+        self.doc: Optional[Document] = None
         self.follower = follower
         self.on_stop = on_stop
         self.version = -1
@@ -141,12 +158,29 @@ class LivePage:
         self.monitor_src: Dict[str, ColumnDataSource] = {}
         self._acc_series: Dict[str, str] = {}
         self.segment_spans: List[Span] = []
+        #: one formatter for every step axis and count axis (a model each would cost the
+        #: server and the browser one more model per axis)
+        self._numeral = NumeralTickFormatter(format="0,0")
         self._build(model)
-        if model is not None:
-            # filled before the document holds them: a change to a model in a document
-            # makes it re-walk every model it references, each time
-            self.update(model)
-            self._acked = model.version     # the browser gets the page with it
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Fill the figures with the follower's newest commit, if they show an older one."""
+        model = self.follower.model
+        if model is None or model.version == self.version:
+            return
+        if self.version == -1 and isinstance(self.chip_fig, Div):
+            self._rebuild_after_wait(model)
+        self.update(model)
+        self._acked = model.version     # the browser gets the page with it
+
+    def attach(self, doc: Document) -> None:
+        """Make this the page of a session's document (once)."""
+        # brought up to date before the document holds the figures: a change to a model in
+        # a document makes it re-walk every model it references, each time
+        self._catch_up()
+        self.doc = doc
+        model = self.follower.model
         doc.add_root(self.layout)
         doc.add_root(self.status_src)   # drawn by no glyph: a root, so the browser has it
         doc.title = f"{model.header.name if model else 'run log'} - pcm-hil live view"
@@ -186,9 +220,11 @@ class LivePage:
             fig.legend.location = "top_right"
             fig.legend.click_policy = "hide"
         for fig in (self.acc_steps, self.loss_fig, self.set_fig, self.reset_fig):
-            fig.xaxis.formatter = NumeralTickFormatter(format="0,0")
+            fig.xaxis.formatter = self._numeral
         for fig in (self.set_fig, self.reset_fig):
-            fig.yaxis.formatter = NumeralTickFormatter(format="0,0")
+            fig.yaxis.formatter = self._numeral
+        for fig in (self.acc_steps, self.loss_fig, self.set_fig, self.reset_fig):
+            _lean(fig)
         self.windows_title = Div(text="")
         self.hist_box = row(children=[])
         self._build_chipmap(model)
@@ -212,9 +248,13 @@ class LivePage:
                                                   code=ARM_JS))
             self.confirm_button.on_click(self._stop_confirmed)
             header += [self.stop_button, self.confirm_button]
+        # one toolbar for the five run figures (its tools act on each): a toolbar is many
+        # DOM elements and style sheets for the browser to build and lay out
+        run_figures = gridplot([[self.acc_epoch, self.acc_steps], [self.loss_fig, self.set_fig],
+                                [self.reset_fig, self.windows_title]], merge_tools=True,
+                               toolbar_location="right")
         self.layout = column(
-            row(*header), row(self.acc_epoch, self.acc_steps), row(self.loss_fig, self.set_fig),
-            row(self.reset_fig, self.windows_title),
+            row(*header), run_figures,
             Div(text="<h3>Conductance per layer (G+ and G-)</h3>"), self.hist_box,
             Div(text="<h3>Chip array</h3>"), self.chip_fig,
             Div(text="<h3>Monitors</h3>"), self.monitor_box,
@@ -258,7 +298,7 @@ class LivePage:
         fig.add_layout(ColorBar(color_mapper=self.mapper, title="µS"), "right")
         fig.legend.location = "bottom_right"
         fig.legend.label_text_font_size = "8pt"
-        self.chip_fig = fig
+        self.chip_fig = _lean(fig)
 
     def _hist_figure(self, name: str) -> ColumnDataSource:
         src = ColumnDataSource({"left": [], "right": [], "plus": [], "minus": [],
@@ -272,7 +312,7 @@ class LivePage:
         fig.quad(left="left", right="right", bottom=0.7, top="minus_top", source=src,
                  fill_color="#d62728", fill_alpha=0.45, line_color="#d62728", legend_label="G-")
         fig.legend.location = "top_right"
-        self.hist_box.children.append(fig)
+        self.hist_box.children.append(_lean(fig))
         self.hist_src[name] = src
         return src
 
@@ -295,7 +335,7 @@ class LivePage:
             self.monitor_box.children = []
         if not self.monitor_box.children or len(self.monitor_box.children[-1].children) >= 2:
             self.monitor_box.children.append(row(children=[]))
-        self.monitor_box.children[-1].children.append(fig)
+        self.monitor_box.children[-1].children.append(_lean(fig))
         self.monitor_src[trace.label] = src
         return src
 
@@ -311,6 +351,8 @@ class LivePage:
                                    color=color, size=8, legend_label=label)
         self.acc_epoch.legend.location = "bottom_right"
         self.acc_steps.legend.location = "bottom_right"
+        _lean(self.acc_epoch)
+        _lean(self.acc_steps)
         self._acc_series[name] = label
 
     # --- updating ----------------------------------------------------------------------------
@@ -437,12 +479,44 @@ class LivePage:
         self.on_stop("stopped from the live view")
 
 
+class PageFactory:
+    """The Bokeh application function: a LivePage for each new session, built before the
+    browser asks for it.
+
+    Building a page's figures (some 300 Bokeh models) is most of what the server does for a
+    new session, so one page is kept ready: `prepare` builds it (at start, and
+    `SPARE_DELAY_S` after each session took the last one, once that session's browser has
+    had its document), and a session takes it, brought up to the newest commit, instead of
+    waiting for a build. Everything runs on the server's IO loop, as Bokeh requires of a
+    session's documents."""
+
+    def __init__(self, follower: LogFollower, on_stop: Optional[StopHandler] = None) -> None:
+        self.follower = follower
+        self.on_stop = on_stop
+        self._spare: Optional[LivePage] = None
+
+    @property
+    def ready(self) -> Optional[LivePage]:
+        """The page the next session will get, if one is built."""
+        return self._spare
+
+    def prepare(self) -> None:
+        """Build the spare page now (nothing if one is ready, or none can be shown yet)."""
+        if self._spare is None and self.follower.model is not None:
+            self._spare = LivePage(self.follower, self.on_stop)
+
+    def __call__(self, doc: Document) -> None:
+        page, self._spare = self._spare, None
+        if page is None:
+            page = LivePage(self.follower, self.on_stop)
+        page.attach(doc)
+        IOLoop.current().call_later(SPARE_DELAY_S, self.prepare)
+
+
 def page_factory(follower: LogFollower, on_stop: Optional[StopHandler] = None
-                 ) -> Callable[[Document], None]:
-    """The Bokeh application function: a LivePage for each new session."""
-    def make(doc: Document) -> None:
-        LivePage(doc, follower, on_stop)
-    return make
+                 ) -> PageFactory:
+    """The Bokeh application function (see `PageFactory`)."""
+    return PageFactory(follower, on_stop)
 
 
-__all__ = ["LivePage", "page_factory", "status_html", "status_row"]
+__all__ = ["LivePage", "PageFactory", "page_factory", "status_html", "status_row"]

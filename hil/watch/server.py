@@ -41,7 +41,7 @@ from tornado.web import RequestHandler
 
 from drivers.errors import ConfigError
 from hil.watch.follower import LogFollower
-from hil.watch.page import StopHandler, page_factory
+from hil.watch.page import PageFactory, StopHandler, page_factory
 
 log = logging.getLogger("pcm_hil.watch")
 
@@ -167,6 +167,7 @@ class WatchServer:
         self._server: Optional[BaseServer] = None
         self._thread: Optional[threading.Thread] = None
         self.access: Optional[Access] = None
+        self.pages: Optional[PageFactory] = None
 
     def _make(self) -> BaseServer:
         sockets = bind(self._listen, self._port)
@@ -175,7 +176,8 @@ class WatchServer:
         token = secrets.token_urlsafe(24) if self._listen is not None else None
         self.access = Access(host, port, token)
         origins = ["*"] if token else [f"localhost:{port}", f"127.0.0.1:{port}"]
-        app = Application(FunctionHandler(page_factory(self.follower, self._stop_handler())))
+        self.pages = page_factory(self.follower, self._stop_handler())
+        app = Application(FunctionHandler(self.pages))
         tornado_app = _GatedTornado({"/": app}, access=self.access,
                                     extra_websocket_origins=origins, use_index=False,
                                     redirect_root=False)
@@ -202,6 +204,8 @@ class WatchServer:
         """Listen on the current thread's IO loop (run it with `run_forever`)."""
         self._server = self._make()
         self._server.start()
+        # the first page is built before a browser asks for it
+        IOLoop.current().add_callback(self.pages.prepare)
         return self
 
     def run_forever(self) -> None:
