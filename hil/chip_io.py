@@ -30,7 +30,10 @@ def wire_seq_of(backend: ChipBackend) -> int:
 
     Journaled with the command, so resume can re-send a command a kill cut off under the
     same number and the firmware answers from memory instead of executing it twice."""
-    sequenced = find_ability(backend, SequencedBackend)
+    return _next_seq(find_ability(backend, SequencedBackend))
+
+
+def _next_seq(sequenced: SequencedBackend | None) -> int:
     return -1 if sequenced is None else int(sequenced.next_wire_seq())
 
 
@@ -56,13 +59,16 @@ class ChipIO:
         self.step = 0
         #: The station's guard in the stack, or None (no station: nothing to check here).
         self.guard = find_ability(backend, GuardedBackend)
+        # The layer that numbers commands, or None; found once, as the guard is: find_ability
+        # probes every layer's attributes, which costs more than a small command itself.
+        self._sequenced = find_ability(backend, SequencedBackend)
         self._step_of_pulses = 0    # the step _step_pulses counts
         self._step_pulses = 0       # pulses sent in that step so far
 
     def _seq_kw(self) -> dict:
         """`wire_seq=` for the write-ahead hooks, only when the backend has one (recorders
         written before it existed keep working on backends without sequence numbers)."""
-        seq = wire_seq_of(self.backend)
+        seq = _next_seq(self._sequenced)
         return {"wire_seq": seq} if seq != -1 else {}
 
     def record_refusal(self, command: str, purpose: str, addresses: np.ndarray,

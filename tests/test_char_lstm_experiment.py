@@ -25,7 +25,8 @@ TINY = {"name": "tiny-lstm", "seed": 2,
         "char_lstm": {"hidden": 12, "seq_len": 8, "batch": 4},
         "data": {"holdout": "validation", "train_chars": 320, "holdout_chars": 400},
         "optimizer": {"learning_rate": 2.0, "beta": [0.07, 0.07, 0.07],
-                      "refresh": {"period_steps": 5, "high_us": 5.0}},
+                      "refresh": {"period_steps": 5, "high_us": 5.0,
+                                  "check_thresholds": False}},
         "training": {"epochs": 2},
         "log": {"flush_every_steps": 4, "snapshot_every_steps": 10}}
 

@@ -25,7 +25,8 @@ TINY = {"name": "tiny-gan", "seed": 1,
         "gan": {"latent": 6, "g_hidden": 12, "d_hidden": 8, "batch": 8, "eval_samples": 120},
         "data": {"train_examples": 96, "holdout": "validation", "holdout_examples": 300},
         "optimizer": {"learning_rate": 0.1, "beta": [0.1, 0.07, 0.03, 0.09],
-                      "refresh": {"period_steps": 6, "high_us": 5.0}},
+                      "refresh": {"period_steps": 6, "high_us": 5.0,
+                                  "check_thresholds": False}},
         "training": {"epochs": 2},
         "log": {"flush_every_steps": 4, "snapshot_every_steps": 10}}
 

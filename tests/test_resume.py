@@ -33,7 +33,7 @@ def _config(tmp_path, train=1500, epochs=1, flush=50, name="c.yaml", extra=""):
     path = tmp_path / name
     path.write_text(f"""name: rs
 seed: 7
-data: {{train_examples: {train}, test_examples: 300}}
+data: {{train_examples: {train}, validation_examples: 200, test_examples: 300}}
 training: {{epochs: {epochs}, baseline: false}}
 optimizer: {{refresh: {{period_steps: 40}}}}
 log: {{flush_every_steps: {flush}, snapshot_every_steps: 400}}

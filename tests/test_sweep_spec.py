@@ -57,7 +57,7 @@ def test_an_unknown_sweep_key_is_named(tmp_path):
 def test_a_config_key_that_does_not_exist_is_named_with_what_exists(tmp_path):
     msg = _error(tmp_path, grid={"optimizer.lerning_rate": [0.1]})
     assert "grid.optimizer.lerning_rate: not a key of the experiment config" in msg
-    assert "optimizer has: learning_rate, lr_decay" in msg
+    assert "optimizer has: learning_rate, lr_schedule, lr_decay" in msg
     assert "set.optimizer.refresh.hgh_us: not a key" in _error(
         tmp_path, set={"optimizer.refresh.hgh_us": 8})
     assert "variants[1].network.layrs: not a key" in _error(

@@ -183,6 +183,8 @@ def mlp_agreement(mnist: Mnist, steps: int) -> Dict[str, Any]:
     from hil.training import Dataset as MlpData, MixedPrecisionTrainer, initial_weights
 
     cfg = bench_config(steps, 100)
+    # hil.torch programs its initial weights blind: so does the numpy trainer here
+    cfg = replace(cfg, network=replace(cfg.network, init_programming=InitProgramming.BLIND))
     opt = cfg.optimizer
     data = MlpData.from_mnist(mnist, steps, 100)
     order = epoch_order(cfg.seed, 0, steps)
@@ -205,7 +207,7 @@ def mlp_agreement(mnist: Mnist, steps: int) -> Dict[str, Any]:
     chip = ChipModel(net, cfg.sim_chip_spec().build(), rec_t, beta=list(opt.beta),
                      epsilon_us=opt.epsilon_us, max_pulses=opt.max_pulses_per_update,
                      chi_update=opt.chi_update, refresh=opt.refresh,
-                     device_model=cfg.chip.model)
+                     skip_saturated=opt.skip_saturated, device_model=cfg.chip.model)
     assert np.array_equal(chip.pairs.addresses, t.mapping.addresses)   # the same devices
     chip.program()
     sgd = MixedPrecisionSGD(chip, opt.learning_rate)
