@@ -174,7 +174,7 @@ class LivePage:
         #: one formatter for every step axis and count axis (a model each would cost the
         #: server and the browser one more model per axis)
         self._numeral = NumeralTickFormatter(format="0,0")
-        self._build(model)
+        self._build()
         self._catch_up()
 
     def _catch_up(self) -> None:
@@ -198,7 +198,7 @@ class LivePage:
         doc.add_periodic_callback(self.poll, UPDATE_MS)
 
     # --- building ----------------------------------------------------------------------------
-    def _build(self, model: Optional[PageModel]) -> None:
+    def _build(self) -> None:
         tools = TOOLS
         self.acc_epoch = figure(title="accuracy per epoch", width=FIG_W, height=FIG_H,
                                 x_axis_label="epoch", y_axis_label="accuracy (%)", tools=tools)
@@ -257,9 +257,10 @@ class LivePage:
                                toolbar_location="right")
         self._tab_builders: Dict[int, Callable[[PageModel], LayoutDOM]] = {
             1: self._conductance_tab, 2: self._monitors_tab}
-        self.tabs = Tabs(name="tabs", tabs=[TabPanel(title=TAB_TITLES[0], child=run_figures)] + [
-            TabPanel(title=t, child=Div(text="<i>waiting for the log</i>", tags=[PENDING_TAG]))
-            for t in TAB_TITLES[1:]])
+        pending = [TabPanel(title=t, child=Div(text="<i>waiting for the log</i>",
+                                               tags=[PENDING_TAG])) for t in TAB_TITLES[1:]]
+        self.tabs = Tabs(name="tabs",
+                         tabs=[TabPanel(title=TAB_TITLES[0], child=run_figures)] + pending)
         self.tabs.on_change("active", self._tab_selected)
         # the status line and Stop stay above the tabs, whichever is shown
         self.layout = column(row(*header), self.tabs)
@@ -515,7 +516,7 @@ class PageFactory:
     """The Bokeh application function: a LivePage for each new session, built before the
     browser asks for it.
 
-    Building a page's figures (some 300 Bokeh models) is most of what the server does for a
+    Building a page's first tab (some 190 Bokeh models) is most of what the server does for a
     new session, so one page is kept ready: `prepare` builds it (at start, and
     `SPARE_DELAY_S` after each session took the last one, once that session's browser has
     had its document), and a session takes it, brought up to the newest commit, instead of
