@@ -1,5 +1,6 @@
 """The live view in a real browser (headless Chromium): it loads with no console errors,
-shows what the log holds, follows a real training run, and Stop ends a --watch run safely.
+shows what the log holds (the other tabs' figures once their tab is selected), follows a
+real training run, and Stop ends a --watch run safely.
 
 Skipped, saying why, where Chromium, chromedriver or selenium cannot be had (.ci/run
 installs Debian's chromium and chromium-driver)."""
@@ -21,7 +22,7 @@ from hil.watch import model as m  # noqa: E402
 from hil.watch.browser import BrowserMissing, HeadlessBrowser, find_chromium  # noqa: E402
 from hil.watch.conductance import Geometry2D, map_grid  # noqa: E402
 from hil.watch.follower import LogFollower  # noqa: E402
-from hil.watch.page import ARM_S  # noqa: E402
+from hil.watch.page import ARM_S, TAB_TITLES  # noqa: E402
 from hil.watch.server import WatchServer  # noqa: E402
 from watch_logs import STATION, LogBuilder, config, mlp_layout, torch_layout  # noqa: E402
 
@@ -64,6 +65,15 @@ def _serve(path, **kw):
     f.refresh()
     f.start(poll_s=0.1)
     return f, WatchServer(f, port=0, **kw).start_in_thread()
+
+
+def select_every_tab(browser):
+    """Click each tab after the first, as a reader would, until it is drawn; then every
+    figure's source is on the page."""
+    for title in TAB_TITLES[1:]:
+        browser.click_tab(title)
+        browser.wait_tab_drawn(title, 120)
+    return browser.sources()
 
 
 def check_page_equals_log(src, path):
@@ -124,8 +134,13 @@ def test_the_page_loads_without_errors_and_shows_what_the_log_holds(browser, tmp
     try:
         browser.console_errors()
         browser.open(server.url)
-        src = browser.wait_loaded(120)
+        first = browser.wait_loaded(120)
         browser.wait_rendered(120)
+        # the first tab only: the others' figures are built when the tab is selected
+        assert {"status", "epochs", "windows", "epoch_marks"} <= set(first)
+        assert not [k for k in first if k.startswith(("hist:", "monitor:"))]
+        assert not {"chipmap", "blocks", "bad", "events"} & set(first)
+        src = select_every_tab(browser)
         assert browser.console_errors() == []
         check_page_equals_log(src, path)
         assert src["status"]["segment"] == [2]
@@ -202,6 +217,7 @@ def test_the_page_follows_a_real_run_as_it_trains(browser, tmp_path):
                 seen.add(src["status"]["step"][0])
             time.sleep(0.1)
         assert len(seen) >= 4, seen
+        select_every_tab(browser)      # from now on, these tabs' figures follow the run too
     finally:
         p.send_signal(signal.SIGINT)
         p.communicate(timeout=120)

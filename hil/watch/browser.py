@@ -172,6 +172,40 @@ class HeadlessBrowser:
                 raise TimeoutError("the page never finished drawing")
             time.sleep(0.02)
 
+    def click_tab(self, title: str, timeout_s: float = 30.0) -> None:
+        """Click the header of the page's tab titled so, as a person would."""
+        js = ("const want = arguments[0];"
+              "const walk = (root) => { for (const el of root.querySelectorAll('*')) {"
+              "  if (el.classList.contains('bk-tab') && el.textContent.trim() === want) {"
+              "    el.click(); return true; }"
+              "  if (el.shadowRoot && walk(el.shadowRoot)) return true; } return false; };"
+              "return walk(document);")
+        end = time.monotonic() + timeout_s
+        while not self.driver.execute_script(js, title):
+            if time.monotonic() > end:
+                raise LookupError(f"no tab titled {title!r} on the page")
+            time.sleep(0.05)
+
+    def wait_tab_drawn(self, title: str, timeout_s: float = 30.0) -> None:
+        """Until the tab titled so holds its real content (not the stand-in tagged
+        `pending` that a tab holds until the server builds its figures) and BokehJS has
+        drawn every view of it (the document's own idle flag is set once, at first load)."""
+        js = ("const d = window.Bokeh && Bokeh.documents && Bokeh.documents[0];"
+              "if (!d) return false;"
+              "const all = d._all_models ? Array.from(d._all_models.values())"
+              "                          : Array.from(d.all_models || []);"
+              "const p = all.filter((m) =>"
+              "  m.constructor.__name__ === 'Tabs').flatMap((m) => m.tabs)"
+              "  .find((q) => q.title === arguments[0]);"
+              "if (!p || p.child.tags.includes('pending')) return false;"
+              "const v = Bokeh.index.find_one(p.child);"
+              "return !!(v && v.has_finished());")
+        end = time.monotonic() + timeout_s
+        while not self.driver.execute_script(js, title):
+            if time.monotonic() > end:
+                raise TimeoutError(f"the tab {title!r} was never drawn")
+            time.sleep(0.02)
+
     def console_errors(self) -> List[str]:
         """Messages the page logged at SEVERE level (errors) since the last call."""
         return [e["message"] for e in self.driver.get_log("browser")

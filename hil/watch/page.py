@@ -6,6 +6,12 @@ that what the page shows can be read back from the browser and compared with the
 session polls the follower's model every `UPDATE_MS` and, when a new commit was loaded,
 replaces the sources' data; figures for layers or monitors that appear later are added then.
 
+The page is three tabs (`TAB_TITLES`): what an operator watches live (the run's curves and
+pulses) on the first, the conductance histograms and chip map, and the monitors and events,
+on the others. BokehJS builds and lays out the views of every tab, shown or not, and that is
+most of a page load's cost, so the other tabs' figures (and their sources) are built on the
+server only when a browser first selects the tab; from then on they follow the log too.
+
 The page is read-only. The one exception, on a `pcm-hil train --watch` run, is the Stop
 button: it shows a confirming button for `ARM_S`, whose click calls `on_stop`, which asks
 the run to stop as Ctrl-C does.
@@ -24,9 +30,9 @@ from bokeh.core.validation.warnings import EMPTY_LAYOUT, MISSING_RENDERERS
 from bokeh.document import Document
 from bokeh.layouts import column, gridplot, row
 from bokeh.models import (BoxAnnotation, Button, ColorBar, ColumnDataSource, CustomJS,
-                          DataTable, Div, GlyphRenderer,
-                          HoverTool, LinearColorMapper, NumeralTickFormatter, Span,
-                          TableColumn)
+                          DataTable, Div, GlyphRenderer, HoverTool, LayoutDOM,
+                          LinearColorMapper, NumeralTickFormatter, Span, TableColumn,
+                          TabPanel, Tabs)
 from bokeh.palettes import Category10_10, Category20_20, Viridis256
 from bokeh.plotting import figure
 from tornado.ioloop import IOLoop
@@ -58,6 +64,10 @@ TOOLS = "pan,wheel_zoom,reset"
 STATUS_COLORS = {"running": "#1a7f37", "paused": "#b7791f", "completed": "#1f4e9c",
                  "aborted": "#b42318", "failed": "#b42318", "waiting": "#666666"}
 SERIES_COLORS = Category10_10
+TAB_TITLES = ("Run", "Conductance and chip", "Monitors and events")
+#: The tag of a tab's stand-in until its figures are built (`HeadlessBrowser.wait_tab_drawn`
+#: waits for the real child).
+PENDING_TAG = "pending"
 
 StopHandler = Callable[[str], None]
 WINDOW_COLUMNS = ("start", "stop", "mid", "steps", "loss", "train_accuracy", "set_pulses",
@@ -152,8 +162,11 @@ class LivePage:
         self.marks_src = ColumnDataSource({"end_step": [], "train_loss": []},
                                           name="epoch_marks")
         self.windows_src = ColumnDataSource({k: [] for k in WINDOW_COLUMNS}, name="windows")
-        self.events_src = ColumnDataSource({"step": [], "time": [], "kind": [], "text": []},
-                                           name="events")
+        self._model: Optional[PageModel] = None     # the commit the page shows
+        # the other tabs' figures: built when the tab is first selected (`_show_tab`)
+        self.hist_box: Optional[LayoutDOM] = None
+        self.monitor_box: Optional[LayoutDOM] = None
+        self.events_src: Optional[ColumnDataSource] = None
         self.hist_src: Dict[str, ColumnDataSource] = {}
         self.monitor_src: Dict[str, ColumnDataSource] = {}
         self._acc_series: Dict[str, str] = {}
@@ -161,7 +174,7 @@ class LivePage:
         #: one formatter for every step axis and count axis (a model each would cost the
         #: server and the browser one more model per axis)
         self._numeral = NumeralTickFormatter(format="0,0")
-        self._build(model)
+        self._build()
         self._catch_up()
 
     def _catch_up(self) -> None:
@@ -169,8 +182,6 @@ class LivePage:
         model = self.follower.model
         if model is None or model.version == self.version:
             return
-        if self.version == -1 and isinstance(self.chip_fig, Div):
-            self._rebuild_after_wait(model)
         self.update(model)
         self._acked = model.version     # the browser gets the page with it
 
@@ -187,7 +198,7 @@ class LivePage:
         doc.add_periodic_callback(self.poll, UPDATE_MS)
 
     # --- building ----------------------------------------------------------------------------
-    def _build(self, model: Optional[PageModel]) -> None:
+    def _build(self) -> None:
         tools = TOOLS
         self.acc_epoch = figure(title="accuracy per epoch", width=FIG_W, height=FIG_H,
                                 x_axis_label="epoch", y_axis_label="accuracy (%)", tools=tools)
@@ -226,15 +237,6 @@ class LivePage:
         for fig in (self.acc_steps, self.loss_fig, self.set_fig, self.reset_fig):
             _lean(fig)
         self.windows_title = Div(text="")
-        self.hist_box = row(children=[])
-        self._build_chipmap(model)
-        self.monitor_box = column(children=[Div(text="<i>no monitor readings logged</i>")])
-        self.events_table = DataTable(
-            source=self.events_src, width=1040, height=220, index_position=None,
-            columns=[TableColumn(field="step", title="step", width=80),
-                     TableColumn(field="time", title="time", width=150),
-                     TableColumn(field="kind", title="kind", width=80),
-                     TableColumn(field="text", title="event", width=730)])
         header = [self.status_div]
         if self.on_stop is not None:
             # Two steps: "Stop run" shows the confirming button (in the browser, no round
@@ -253,23 +255,60 @@ class LivePage:
         run_figures = gridplot([[self.acc_epoch, self.acc_steps], [self.loss_fig, self.set_fig],
                                 [self.reset_fig, self.windows_title]], merge_tools=True,
                                toolbar_location="right")
-        self.layout = column(
-            row(*header), run_figures,
-            Div(text="<h3>Conductance per layer (G+ and G-)</h3>"), self.hist_box,
-            Div(text="<h3>Chip array</h3>"), self.chip_fig,
-            Div(text="<h3>Monitors</h3>"), self.monitor_box,
-            Div(text="<h3>Events</h3>"), self.events_table)
+        self._tab_builders: Dict[int, Callable[[PageModel], LayoutDOM]] = {
+            1: self._conductance_tab, 2: self._monitors_tab}
+        pending = [TabPanel(title=t, child=Div(text="<i>waiting for the log</i>",
+                                               tags=[PENDING_TAG])) for t in TAB_TITLES[1:]]
+        self.tabs = Tabs(name="tabs",
+                         tabs=[TabPanel(title=TAB_TITLES[0], child=run_figures)] + pending)
+        self.tabs.on_change("active", self._tab_selected)
+        # the status line and Stop stay above the tabs, whichever is shown
+        self.layout = column(row(*header), self.tabs)
 
-    def _build_chipmap(self, model: Optional[PageModel]) -> None:
+    def _tab_selected(self, attr: str, old: int, new: int) -> None:
+        self._show_tab(new)
+
+    def _show_tab(self, i: int) -> None:
+        """Build tab `i`'s figures, filled with the commit the page shows, if not yet built
+        (and a commit is shown: a page waiting for its log builds the tab when one comes)."""
+        if i not in self._tab_builders or self._model is None:
+            return
+        # filled before it joins the document: one change for the browser, not one per
+        # source; a new panel, since BokehJS redraws a Tabs for a new list of panels but not
+        # for a panel's new child
+        child = self._tab_builders.pop(i)(self._model)
+        panels = list(self.tabs.tabs)
+        panels[i] = TabPanel(title=panels[i].title, child=child)
+        self.tabs.tabs = panels
+
+    def _conductance_tab(self, model: PageModel) -> LayoutDOM:
+        self.hist_box = row(children=[])
+        self._build_chipmap(model)
+        self._update_conductance(model)
+        return column(Div(text="<h3>Conductance per layer (G+ and G-)</h3>"), self.hist_box,
+                      Div(text="<h3>Chip array</h3>"), self.chip_fig)
+
+    def _monitors_tab(self, model: PageModel) -> LayoutDOM:
+        self.events_src = ColumnDataSource({"step": [], "time": [], "kind": [], "text": []},
+                                           name="events")
+        self.monitor_box = column(children=[Div(text="<i>no monitor readings logged</i>")])
+        events_table = DataTable(
+            source=self.events_src, width=1040, height=220, index_position=None,
+            columns=[TableColumn(field="step", title="step", width=80),
+                     TableColumn(field="time", title="time", width=150),
+                     TableColumn(field="kind", title="kind", width=80),
+                     TableColumn(field="text", title="event", width=730)])
+        self._update_monitors_and_events(model)
+        return column(Div(text="<h3>Monitors</h3>"), self.monitor_box,
+                      Div(text="<h3>Events</h3>"), events_table)
+
+    def _build_chipmap(self, model: PageModel) -> None:
         self.chip_src = ColumnDataSource({"image": [], "x": [], "y": [], "dw": [], "dh": []},
                                          name="chipmap")
         self.blocks_src = ColumnDataSource({"x0": [], "x1": [], "y0": [], "y1": [], "key": [],
                                             "color": []}, name="blocks")
         self.bad_src = ColumnDataSource({"x": [], "y": [], "address": [], "count": []},
                                         name="bad")
-        if model is None:
-            self.chip_fig = Div(text="<i>waiting for the log</i>")
-            return
         geo = model.grid.geometry
         width = 1040
         height = int(max(160, min(520, width * geo.total_rows / max(geo.cols, 1)))) + 60
@@ -368,8 +407,6 @@ class LivePage:
                 or since >= ACK_TIMEOUT_S):
             self.doc.hold("combine")
             try:
-                if self.version == -1 and isinstance(self.chip_fig, Div):
-                    self._rebuild_after_wait(model)
                 self.update(model)
             finally:
                 self.doc.unhold()
@@ -380,24 +417,17 @@ class LivePage:
         if new:
             self._acked = int(new[0])
 
-    def _rebuild_after_wait(self, model: PageModel) -> None:
-        old = self.chip_fig
-        self._build_chipmap(model)
-        children = list(self.layout.children)
-        children[children.index(old)] = self.chip_fig
-        self.layout.children = children
-
     def update(self, model: PageModel) -> None:
+        """Show `model` in every figure built so far (the tabs not yet selected have none)."""
         self.version = model.version
+        self._model = model
         self._drawn_at = time.monotonic()
         self._update_curves(model)
-        self._update_conductance(model)
-        self._update_monitors(model)
-        self.events_src.data = {
-            "step": [e.step for e in model.events],
-            "time": [_dt.datetime.fromtimestamp(e.time_unix).strftime("%Y-%m-%d %H:%M:%S")
-                     if math.isfinite(e.time_unix) else "" for e in model.events],
-            "kind": [e.kind for e in model.events], "text": [e.text for e in model.events]}
+        if self.hist_box is not None:
+            self._update_conductance(model)
+        if self.monitor_box is not None:
+            self._update_monitors_and_events(model)
+        self._show_tab(self.tabs.active)    # selected while the page waited for its log
         for seg in model.segments[len(self.segment_spans):]:
             for fig in (self.acc_steps, self.loss_fig, self.set_fig, self.reset_fig):
                 span = Span(location=seg.complete_step, dimension="height",
@@ -447,8 +477,6 @@ class LivePage:
                         "plus": h.plus.astype(np.int64), "minus": h.minus.astype(np.int64),
                         "plus_top": np.where(h.plus > 0, h.plus, np.nan),
                         "minus_top": np.where(h.minus > 0, h.minus, np.nan)}
-        if isinstance(self.chip_fig, Div):
-            return
         geo = model.grid.geometry
         self.chip_src.data = {"image": [model.region_g.astype(np.float64)], "x": [0],
                               "y": [0], "dw": [geo.cols], "dh": [geo.total_rows]}
@@ -461,13 +489,18 @@ class LivePage:
                                     "key": list(b.key), "color": [color[k] for k in b.key]}
             self.bad_src.data = {k: np.asarray(v) for k, v in model.bad.items()}
 
-    def _update_monitors(self, model: PageModel) -> None:
+    def _update_monitors_and_events(self, model: PageModel) -> None:
         for t in model.monitors:
             src = self.monitor_src.get(t.label) or self._monitor_figure(t)
             outside = t.band.outside(t.value) if t.band is not None else \
                 np.zeros(t.value.size, bool)
             src.data = {"step": t.step, "value": _clean(t.value),
                         "outside": outside.astype(np.int8)}
+        self.events_src.data = {
+            "step": [e.step for e in model.events],
+            "time": [_dt.datetime.fromtimestamp(e.time_unix).strftime("%Y-%m-%d %H:%M:%S")
+                     if math.isfinite(e.time_unix) else "" for e in model.events],
+            "kind": [e.kind for e in model.events], "text": [e.text for e in model.events]}
 
     # --- Stop --------------------------------------------------------------------------------
     def _stop_confirmed(self) -> None:
@@ -483,7 +516,7 @@ class PageFactory:
     """The Bokeh application function: a LivePage for each new session, built before the
     browser asks for it.
 
-    Building a page's figures (some 300 Bokeh models) is most of what the server does for a
+    Building a page's first tab (some 190 Bokeh models) is most of what the server does for a
     new session, so one page is kept ready: `prepare` builds it (at start, and
     `SPARE_DELAY_S` after each session took the last one, once that session's browser has
     had its document), and a session takes it, brought up to the newest commit, instead of
@@ -519,4 +552,5 @@ def page_factory(follower: LogFollower, on_stop: Optional[StopHandler] = None
     return PageFactory(follower, on_stop)
 
 
-__all__ = ["LivePage", "PageFactory", "page_factory", "status_html", "status_row"]
+__all__ = ["LivePage", "PageFactory", "TAB_TITLES", "page_factory", "status_html",
+           "status_row"]
