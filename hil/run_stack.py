@@ -38,7 +38,7 @@ from drivers.errors import ConfigError
 from drivers.safety import LimitedBackend
 from hil.backend_url import open_backend
 from hil.chip_state import STATE_SIDECAR, ChipStateKeeper
-from hil.config import ExperimentConfig, config_from_dict
+from hil.config import ExperimentConfig, logged_config
 from hil.monitors import Monitor
 from hil.output_files import check_writable
 from hil.replay.resume import (ResumeBackend, ResumeError, ResumePlan, plan_resume,
@@ -119,7 +119,7 @@ class RunRequest:
         RunCompleted when the newest segment completed."""
         src = resume_target(log_path, note)
         header = read_header(src)
-        cfg = config_from_dict(header.config, source=f"{src}:/meta/config_yaml")
+        cfg = logged_config(header.config, source=f"{src}:/meta/config_yaml")
         logged = header.provenance.get("station")
         started = station_from_provenance(logged, f"{src}: provenance station") \
             if logged else None

@@ -73,12 +73,15 @@ class Dataset:
         return 0 if self.val_x is None else int(self.val_x.shape[0])
 
     def head(self, n_train: int, n_test: int, n_validation: int = 0) -> "Dataset":
-        """The first examples of each set, as the config's data section asks."""
+        """The examples the config's data section asks for: the first of the training and
+        test sets, and the LAST `n_validation` of the validation set, which are the last
+        of the training digits, as `from_mnist` holds them out: a run given a larger data
+        set validates on the digits a run that loads its own would."""
         if n_validation > self.n_validation:
             raise ConfigError(f"{n_validation:,} validation examples asked for, the data set "
                               f"given holds {self.n_validation:,}",
                               key="data.validation_examples")
-        val = (self.val_x[:n_validation], self.val_y[:n_validation]) if n_validation \
+        val = (self.val_x[-n_validation:], self.val_y[-n_validation:]) if n_validation \
             else (None, None)
         return Dataset(self.train_x[:n_train], self.train_y[:n_train], self.test_x[:n_test],
                        self.test_y[:n_test], *val)

@@ -27,6 +27,11 @@ KEYS = ("test_accuracy", "train_accuracy", "epochs", "examples", "steps", "set_p
 SMALL = ("network: {layers: [784, 16, 10], init_range: [0.2, 0.3]}\n"
          "chip: {rows: 128, cols: 256}\n")
 SMALL_CHIP = ("--rows", "128", "--cols", "256")
+#: Blind initial programming: one RESET and one SET command, so the requests of a run are
+#: numbered as the tests below expect, and its first commit stays small.
+BLIND = "network: {init_programming: blind}\n"
+SMALL_BLIND = SMALL.replace("init_range: [0.2, 0.3]}", "init_range: [0.2, 0.3], "
+                            "init_programming: blind}")
 
 
 def _config(tmp_path, train=1500, epochs=1, flush=50, name="c.yaml", extra=""):
@@ -374,11 +379,11 @@ def test_run_failed_inside_a_command_resumes_exactly(tmp_path, small_data, crash
     """The emulator executes request N, journals it, and dies before replying: the trainer's
     run fails inside that command, with its outcome unknown. After the emulator restarts on
     its state file, --resume re-sends the command under its wire sequence number and the
-    firmware answers it from memory: applied once, logged once. Request 3 is the initial
-    programming (a PROGRAM); 42 and 43 are training steps (PROGRAM_READ)."""
+    firmware answers it from memory: applied once, logged once. With blind initial
+    programming, request 3 is its PROGRAM; 42 and 43 are training steps (PROGRAM_READ)."""
     from drivers.errors import HilError
     from drivers.fpga import FpgaChip
-    cfg_path = _config(tmp_path, train=200, flush=25)
+    cfg_path = _config(tmp_path, train=200, flush=25, extra=BLIND)
     emu, url, state, stats = _emulator(tmp_path, "--crash-at", str(crash_at))
     cfg = with_overrides(load_config(cfg_path), backend=url)
     run = str(tmp_path / "run.h5")

@@ -350,8 +350,9 @@ def _run_until_the_disk_refuses(tmp_path, log, preexec=None):
     """Train through the emulator into `log` until its file system refuses; returns the
     trainer's result and whether the chip was left idle (its safe state), asked afterwards."""
     from drivers.fpga import FpgaChip
-    from test_resume import SMALL, SMALL_CHIP, _config, _emulator, _stop
-    cfg = _config(tmp_path, train=3000, flush=50, extra=SMALL)
+    from test_resume import SMALL_BLIND, SMALL_CHIP, _config, _emulator, _stop
+    # blind initial programming: the first commit must fit in what the tests leave free
+    cfg = _config(tmp_path, train=3000, flush=50, extra=SMALL_BLIND)
     emu, url, _, _ = _emulator(tmp_path, *SMALL_CHIP)
     try:
         r = subprocess.run([sys.executable, "-m", "hil.cli", "train", "--no-progress",

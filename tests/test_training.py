@@ -87,9 +87,10 @@ def test_validation_is_the_last_of_the_training_digits(mnist):
     assert np.array_equal(d.val_x[:, :-1], mnist.train_x[59800:])
     assert np.array_equal(d.val_y, mnist.train_y[59800:]) and (d.val_x[:, -1] == 1).all()
     assert np.array_equal(d.test_x[:, :-1], mnist.test_x[:100])
-    # the config's sizes: the first of each set, never a digit of the other
+    # the config's sizes: the first training and test digits, the last validation digits
+    # (those a run loading its own data holds out), never a digit of the other set
     h = d.head(100, 50, 20)
-    assert np.array_equal(h.val_x, d.val_x[:20]) and h.train_x.shape[0] == 100
+    assert np.array_equal(h.val_x[:, :-1], mnist.train_x[59980:]) and h.train_x.shape[0] == 100
     assert d.head(100, 50).n_validation == 0
     with pytest.raises(ConfigError, match="data.validation_examples: 500 validation"):
         d.head(100, 50, 500)

@@ -17,7 +17,7 @@ import numpy as np
 
 from hil.benchmarks.common import bench_config
 from hil.benchmarks.throughput import AIHWKIT_SKIP, _aihwkit_rpu_config
-from hil.config import TorchExperimentConfig, config_from_dict
+from hil.config import InitProgramming, TorchExperimentConfig, config_from_dict, replace
 from hil.mnist import Mnist
 from hil.recorder import Recorder
 from hil.training import Dataset, epoch_order
