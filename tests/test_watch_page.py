@@ -18,17 +18,23 @@ from hil.watch.page import SPARE_DELAY_S, TAB_TITLES, LivePage, PageFactory  # n
 from watch_logs import LogBuilder, mlp_layout  # noqa: E402
 
 
-def _status(doc):
-    return doc.get_model_by_name("status").data
-
-
-def test_a_session_takes_the_page_built_ahead_brought_up_to_the_newest_commit(tmp_path):
+def _followed_log(tmp_path):
+    """A log of 30 committed steps, its builder and a follower that has read it."""
     path = str(tmp_path / "live.h5")
     b = LogBuilder(path, mlp_layout())
     b.steps(30)
     b.commit()
     f = LogFollower(path)
     f.refresh()
+    return path, b, f
+
+
+def _status(doc):
+    return doc.get_model_by_name("status").data
+
+
+def test_a_session_takes_the_page_built_ahead_brought_up_to_the_newest_commit(tmp_path):
+    path, b, f = _followed_log(tmp_path)
     pages = PageFactory(f)
     pages.prepare()
     built = pages.ready
@@ -85,12 +91,7 @@ def _histograms_of_log(path):
 
 
 def test_a_tab_s_figures_are_built_when_first_selected_then_follow_the_log(tmp_path):
-    path = str(tmp_path / "live.h5")
-    b = LogBuilder(path, mlp_layout())
-    b.steps(30)
-    b.commit()
-    f = LogFollower(path)
-    f.refresh()
+    path, b, f = _followed_log(tmp_path)
     page = LivePage(f)
     doc = Document()
     page.attach(doc)
