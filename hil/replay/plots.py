@@ -235,11 +235,9 @@ def _loss_plots(log: RunLog, em: dict, plt: Any, save: Any) -> None:
     ep = em["epoch"] + 1
     if "holdout_bpc" in em:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for key, label, style in (("train_bpc", "train (chip)", "o-"),
-                                  ("holdout_bpc", "holdout (chip)", "s-"),
-                                  ("baseline_holdout_bpc", "holdout (fp32)", "^--")):
-            if key in em:
-                ax.plot(ep, em[key], style, label=label)
+        _epoch_series(ax, ep, em, (("train_bpc", "train (chip)", "o-"),
+                                   ("holdout_bpc", "holdout (chip)", "s-"),
+                                   ("baseline_holdout_bpc", "holdout (fp32)", "^--")))
         ax.set_xlabel("epoch")
         ax.set_ylabel("bits per character")
         ax.set_title(f"{log.name}: bits per character per epoch")
@@ -248,13 +246,9 @@ def _loss_plots(log: RunLog, em: dict, plt: Any, save: Any) -> None:
         save(fig, "bpc.png")
     if "fid" in em:
         fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-        for key, label, style in (("fid", "chip", "s-"), ("baseline_fid", "fp32", "^--")):
-            if key in em:
-                ax.plot(ep, em[key], style, label=label)
-        for key, label, style in (("inception_score", "chip", "s-"),
-                                  ("baseline_inception_score", "fp32", "^--")):
-            if key in em:
-                ax2.plot(ep, em[key], style, label=label)
+        _epoch_series(ax, ep, em, (("fid", "chip", "s-"), ("baseline_fid", "fp32", "^--")))
+        _epoch_series(ax2, ep, em, (("inception_score", "chip", "s-"),
+                                    ("baseline_inception_score", "fp32", "^--")))
         ax.set_title("classifier-FID per epoch (lower is better)")
         ax2.set_title("inception-style score per epoch")
         for a in (ax, ax2):
@@ -263,15 +257,20 @@ def _loss_plots(log: RunLog, em: dict, plt: Any, save: Any) -> None:
             a.grid(alpha=0.3)
         save(fig, "fid.png")
         fig, ax = plt.subplots(figsize=(6, 4))
-        for key, label, style in (("d_loss", "discriminator (chip)", "o-"),
-                                  ("g_loss", "generator (chip)", "s-"),
-                                  ("baseline_d_loss", "discriminator (fp32)", "o--"),
-                                  ("baseline_g_loss", "generator (fp32)", "s--")):
-            if key in em:
-                ax.plot(ep, em[key], style, label=label)
+        _epoch_series(ax, ep, em, (("d_loss", "discriminator (chip)", "o-"),
+                                   ("g_loss", "generator (chip)", "s-"),
+                                   ("baseline_d_loss", "discriminator (fp32)", "o--"),
+                                   ("baseline_g_loss", "generator (fp32)", "s--")))
         ax.set_xlabel("epoch")
         ax.set_ylabel("mean loss over the epoch")
         ax.set_title(f"{log.name}: both players' losses per epoch")
         ax.legend()
         ax.grid(alpha=0.3)
         save(fig, "gan_losses.png")
+
+
+def _epoch_series(ax, ep, em, series) -> None:
+    """Plot each (epoch-metric key, label, style) the log has against the epoch number."""
+    for key, label, style in series:
+        if key in em:
+            ax.plot(ep, em[key], style, label=label)
