@@ -30,7 +30,7 @@ from hil.models import mnist_gan as ref
 from hil.recorder import Recorder
 from hil.run_control import RunControl
 from hil.torch_run import TorchEpochTrainer, between_steps, chip_summary, drop_gradients
-from hil.training import learning_rate
+from hil.epoch_loop import learning_rate
 
 _bce = nn.functional.binary_cross_entropy_with_logits
 
@@ -241,7 +241,7 @@ class GanBaseline:
 def gan_trainers(cfg: GanExperimentConfig, backend: ChipBackend,
                  recorder: Optional[Recorder], data: Optional[Any]
                  ) -> Tuple[ChipGanTrainer, Optional[GanBaseline], GanData]:
-    """What hil.training.run_epochs needs: the trainer, the baseline (or None) and the data
+    """What hil.epoch_loop.run_epochs needs: the trainer, the baseline (or None) and the data
     (`data`: an Mnist to take it from, or a GanData; default the configured source)."""
     if data is None or isinstance(data, Mnist):
         data = GanData.from_mnist(load_mnist(cfg.data.source) if data is None else data, cfg)

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional
 from drivers.typed_yaml import read_yaml
 from hil.backend_url import open_backend
 from hil.config import AnyExperimentConfig, apply_settings, config_from_dict
-from hil.training import run_epochs
+from hil.epoch_loop import run_epochs
 
 CONFIGS = {"lstm": os.path.join("configs", "shakespeare_lstm.yaml"),
            "gan": os.path.join("configs", "mnist_gan.yaml")}

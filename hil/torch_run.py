@@ -24,7 +24,7 @@ from hil.recorder import NullRecorder, Recorder
 from hil.run_control import RunControl
 from hil.torch.chip_model import ChipModel, StepReport
 from hil.torch.optimizer import MixedPrecisionSGD
-from hil.training import EpochTrainer, run_counters
+from hil.epoch_loop import EpochTrainer, run_counters
 
 if TYPE_CHECKING:
     from hil.monitors import Monitor
@@ -133,7 +133,7 @@ def between_steps(trainer: Any, metrics: Dict[str, Any], snapshot_from: int,
 
 def chip_summary(cfg: AnyExperimentConfig, trainer: Any, epochs: List[Any],
                  train_seconds: float) -> Dict[str, Any]:
-    """The counters of every chip run (hil.training.run_counters), the update SET pulses per
+    """The counters of every chip run (hil.epoch_loop.run_counters), the update SET pulses per
     epoch, and `programming_reduction` against programming every weight at every step."""
     out = run_counters(cfg, trainer, epochs, train_seconds)
     out.update(set_pulses_per_epoch=out["update_set_pulses"] / max(1, len(epochs)),

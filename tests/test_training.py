@@ -12,8 +12,8 @@ from drivers.geometry import Geometry
 from hil.backend_url import open_backend
 from hil.recorder import Recorder
 from hil.mixed_precision import TrainingDiverged
-from hil.training import (Dataset, MixedPrecisionTrainer, learning_rate, run_experiment,
-                          split_indices)
+from hil.epoch_loop import learning_rate
+from hil.training import Dataset, MixedPrecisionTrainer, run_experiment, split_indices
 from sim_backend import PcmModel, SimChipSpec, SimulatedChip
 
 from conftest import small_config

@@ -9,7 +9,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hil.benchmarks.common import NETWORKS, bench_config, open_sim_chip, say
 from hil.config import ExperimentConfig
-from hil.training import Dataset, MixedPrecisionTrainer, epoch_order, learning_rate
+from hil.epoch_loop import epoch_order, learning_rate
+from hil.training import Dataset, MixedPrecisionTrainer
 
 #: The network of the device-count series: small enough for the 0.25 M-device chip
 #: (159,020 devices), so one network spans 0.25 M to 4 M devices.

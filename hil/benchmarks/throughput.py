@@ -10,8 +10,8 @@ import numpy as np
 
 from hil.benchmarks.common import open_sim_chip
 from hil.config import ExperimentConfig
-from hil.training import (BaselineTrainer, Dataset, epoch_order, initial_weights,
-                          learning_rate, run_experiment)
+from hil.epoch_loop import epoch_order, learning_rate
+from hil.training import BaselineTrainer, Dataset, initial_weights, run_experiment
 
 F32 = np.float32
 

@@ -20,7 +20,8 @@ from hil.benchmarks.throughput import AIHWKIT_SKIP, _aihwkit_rpu_config
 from hil.config import InitProgramming, TorchExperimentConfig, config_from_dict, replace
 from hil.mnist import Mnist
 from hil.recorder import Recorder
-from hil.training import Dataset, epoch_order
+from hil.epoch_loop import epoch_order
+from hil.training import Dataset
 
 #: The issue's figures for a LeNet-5 (tanh, max-pool) on 2 cores, examples/s by batch size:
 #: references, not measured here.

@@ -17,7 +17,8 @@ from hil.run_log import read_header
 from hil.run_stack import (RunCompleted, RunRequest, RunStack, default_log_path,
                            open_run_stack)
 from hil.station import Station, load_station
-from hil.training import EpochResult, run_experiment
+from hil.epoch_loop import EpochResult
+from hil.training import run_experiment
 
 if TYPE_CHECKING:
     from hil.energy import EnergyTable

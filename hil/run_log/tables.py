@@ -357,6 +357,74 @@ class StateTable:
             ds[row] = values[name] if values is not None else np.zeros(ds.shape[1:], ds.dtype)
 
 
+class SnapshotTable:
+    """/snapshots: one row per snapshot (where it sits in every table: `rows`, a RowTable
+    written at commit), the conductance of every mapped device (`g_us`), χ of every layer
+    (`chi`, flat; the layers, sizes and shapes in its attributes) and the trainer's state
+    record (`state`, a StateTable). A snapshot's arrays are written at once.
+
+    χ has one layer per layout key prefix ("layer0.plus" → "layer0"), shaped like the
+    layer's first key."""
+
+    def __init__(self, group: Any, columns: Sequence[Column],
+                 layout: Mapping[str, Tuple[int, ...]], state_layout: Optional[StateLayout],
+                 path: str) -> None:
+        import json
+        self.path = path
+        self.n_devices = int(sum(int(np.prod(shape)) for shape in layout.values()))
+        self.layers: List[str] = []
+        shapes: List[Tuple[int, ...]] = []
+        for key, shape in layout.items():
+            name = key.split(".", 1)[0]
+            if name not in self.layers:
+                self.layers.append(name)
+                shapes.append(tuple(shape))
+        self.sizes = [int(np.prod(s)) for s in shapes]
+        n_chi = sum(self.sizes)
+        self.rows = RowTable(group, columns, 256)
+        self.state = StateTable(group.create_group("state"), state_layout)
+        self._g = group.create_dataset(
+            "g_us", shape=(0, self.n_devices), maxshape=(None, self.n_devices), dtype="<f4",
+            chunks=(1, max(1, min(self.n_devices, SNAPSHOT_CHUNK))), **filter_kwargs("gzip"))
+        self._chi = group.create_dataset(
+            "chi", shape=(0, n_chi), maxshape=(None, n_chi), dtype="<f4",
+            chunks=(1, max(1, min(max(n_chi, 1), SNAPSHOT_CHUNK))), **filter_kwargs("gzip"))
+        self._chi.attrs["layers"] = np.array(self.layers, dtype=object)
+        self._chi.attrs["sizes"] = np.array(self.sizes, dtype=np.int64)
+        self._chi.attrs["shapes"] = json.dumps([list(s) for s in shapes])
+
+    def check(self, step: int, g_us: np.ndarray, chi: Mapping[str, np.ndarray]
+              ) -> Tuple[np.ndarray, np.ndarray]:
+        """A snapshot's conductances and χ as the flat float32 vectors stored, checked
+        against the layout (RunLogError names what does not fit)."""
+        g = np.asarray(g_us, dtype=np.float32).ravel()
+        if g.size != self.n_devices:
+            raise RunLogError(f"on_snapshot at step {int(step)}: {g.size} conductances, the "
+                              f"layout has {self.n_devices} devices", path=self.path)
+        parts = []
+        for name, size in zip(self.layers, self.sizes):
+            if name not in chi:
+                raise RunLogError(f"on_snapshot at step {int(step)}: chi has no layer "
+                                  f"{name!r} (has {sorted(chi)})", path=self.path)
+            c = np.asarray(chi[name], dtype=np.float32).ravel()
+            if c.size != size:
+                raise RunLogError(f"on_snapshot at step {int(step)}: chi[{name!r}] has "
+                                  f"{c.size} values, expected {size}", path=self.path)
+            parts.append(c)
+        return g, (np.concatenate(parts) if parts else np.zeros(0, np.float32))
+
+    def write(self, g: np.ndarray, chi_flat: np.ndarray,
+              state: Optional[Mapping[str, np.ndarray]]) -> None:
+        """The arrays of the snapshot whose row was last added to `rows`."""
+        row = self.rows.total - 1
+        self._g.resize((row + 1, g.size))
+        self._g[row, :] = g
+        self._chi.resize((row + 1, chi_flat.size))
+        if chi_flat.size:
+            self._chi[row, :] = chi_flat
+        self.state.write(row, state)
+
+
 def overwrite(dsid: Any, data: np.ndarray) -> None:
     """Write the whole of a fixed-size dataset in place (the /commit record)."""
     h5s = _h5s or h5s_module()
@@ -364,4 +432,4 @@ def overwrite(dsid: Any, data: np.ndarray) -> None:
 
 
 __all__ = ["CodeTable", "CommandTable", "DocumentTable", "MetricsTable", "RowTable",
-           "StateTable", "extend", "overwrite"]
+           "SnapshotTable", "StateTable", "extend", "overwrite"]

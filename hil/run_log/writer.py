@@ -22,33 +22,31 @@ Why it is built this way:
 """
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import logging
 import os
 import re
 import time
 import zlib
 from array import array
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 
 from drivers.pulse import PulseKind, PulseSpec
 from hil.recorder import Recorder
-from hil.run_log.h5file import create_file
+from hil.run_log.header import (PART_SUFFIX, create_log, remove_quietly, to_json,
+                                write_header_file, write_text, yaml_text)
 from hil.run_log.journal import JOURNAL_SUFFIX, JournalWriter
 from hil.run_log.packing import F32, I64_FAST, SMALL, address_bytes, pulse_count_bytes
 from hil.run_log.provenance import ARITHMETIC, environment_provenance
 from hil.run_log.schema import (BATCH_ACKED, BATCH_SENT, COMMIT_FIELDS, EVENT_COLUMNS,
-                                EVENT_KINDS, FORMAT, MATVEC_BATCH_COLUMNS, MATVEC_EVENT_COLUMNS,
+                                EVENT_KINDS, MATVEC_BATCH_COLUMNS, MATVEC_EVENT_COLUMNS,
                                 PULSE_BATCH_COLUMNS, PULSE_EVENT_COLUMNS, PURPOSE_BYTES,
                                 PURPOSES, READ_BATCH_COLUMNS, READ_EVENT_COLUMNS,
-                                SCHEMA_VERSION, SNAPSHOT_CHUNK, SNAPSHOT_COLUMNS,
-                                SNAPSHOT_POSITION_COLUMNS, STATE_GROUP, STATUS_CODE,
-                                STATUS_COLUMNS, RunLogError, filter_kwargs)
+                                SNAPSHOT_COLUMNS, SNAPSHOT_POSITION_COLUMNS,
+                                STATUS_CODE, STATUS_COLUMNS, RunLogError)
 from hil.run_log.tables import (CodeTable, CommandTable, DocumentTable, MetricsTable,
-                                RowTable, StateTable, overwrite)
+                                SnapshotTable, overwrite)
 from hil.run_state import RunState, can_transition
 from hil.trainer_state import StateLayout, TrainerState
 
@@ -90,7 +88,7 @@ class RunLogWriter(Recorder):
                                                 "snapshot_every_steps", 0) or 0)
         self.check_path(self.path, overwrite=overwrite)
         cfg_dict = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg or {})
-        self._config_text = _yaml_text(cfg_dict)
+        self._config_text = yaml_text(cfg_dict)
         #: What the run's provenance holds before begin() (the station, the chip-state
         #: file, earlier segments): in the header file, so a run that never began can be
         #: started again as it was asked for.
@@ -150,60 +148,10 @@ class RunLogWriter(Recorder):
         return self._complete_step
 
     # --- helpers -------------------------------------------------------------------------
-    def _create(self, path: str) -> Any:
-        """A new HDF5 file with the root attributes and the config: everything a log holds
-        before its run begins."""
-        f = create_file(path)
-        try:
-            f.attrs["format"] = FORMAT
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["created_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat(
-                timespec="seconds")
-            try:
-                from hil import __version__ as hil_version
-            except ImportError:  # pragma: no cover
-                hil_version = "unknown"
-            f.attrs["writer"] = f"pcm-hil {hil_version}"
-            name = getattr(self.cfg, "name", None)
-            f.attrs["run_name"] = str(name) if name is not None else ""
-            self._meta = f.create_group("meta")
-            self._write_text(self._meta, "config_yaml", self._config_text)
-        except BaseException:
-            f.close()
-            raise
-        return f
-
     def _write_header(self, final_status: Optional[str] = None,
                       final_reason: Optional[str] = None) -> None:
-        """The log before its run begins: a small, closed HDF5 file (root attributes,
-        config, the provenance known so far, and the final status of a run that ended
-        before begin()), written under a temporary name and renamed into place, so the path
-        holds either nothing or a whole file that opens, however the writer dies."""
-        tmp = self.path + _PART_SUFFIX
-        try:
-            f = self._create(tmp)
-            try:
-                self._write_text(self._meta, "provenance_json",
-                                 _dumps(self._early_provenance))
-                if final_status is not None:
-                    f.attrs["final_status"] = str(final_status)
-                    f.attrs["final_reason"] = str(final_reason or "")
-            finally:
-                f.close()
-            os.replace(tmp, self.path)
-        except OSError as e:
-            _remove_quietly(tmp)
-            raise RunLogError(f"cannot write the run log: {e}", path=self.path) from None
-        except BaseException:
-            _remove_quietly(tmp)
-            raise
-
-    @staticmethod
-    def _write_text(group: Any, name: str, text: str) -> None:
-        import h5py
-        if name in group:
-            del group[name]
-        group.create_dataset(name, data=text, dtype=h5py.string_dtype("utf-8"))
+        write_header_file(self.path, getattr(self.cfg, "name", None), self._config_text,
+                          self._early_provenance, final_status, final_reason)
 
     def _require(self, state: str, hook: str) -> None:
         if self._state != state:
@@ -270,30 +218,18 @@ class RunLogWriter(Recorder):
         prov.setdefault("environment", environment_provenance())
         prov["arithmetic"] = ARITHMETIC   # what a re-run must compute with to reproduce it
         if config:
-            self._config_text = _yaml_text(dict(config))
+            self._config_text = yaml_text(dict(config))
         # The whole file is built under a temporary name and renamed over the header file
         # once it is in SWMR mode: at every instant the path holds a file that opens.
-        f = self._f = self._create(self.path + _PART_SUFFIX)
-        self._write_text(self._meta, "provenance_json", _dumps(prov))
+        f, self._meta = create_log(self.path + PART_SUFFIX, getattr(self.cfg, "name", None),
+                                   self._config_text)
+        self._f = f
+        write_text(self._meta, "provenance_json", to_json(prov))
         lay = f.create_group("layout")
         for k, a in zip(keys, arrays):
             lay.create_dataset(k, data=a)
         lay.attrs["order"] = np.array(keys, dtype=object)
         lay.attrs["n_devices"] = int(self._layout_flat.size)
-        # χ layers: one per layout key prefix ("layer0.plus" → "layer0"), shaped like its
-        # first key.
-        layers: List[str] = []
-        shapes: List[Tuple[int, ...]] = []
-        for k in keys:
-            name = _layer_of(k)
-            if name not in layers:
-                layers.append(name)
-                shapes.append(tuple(np.asarray(layout[k]).shape))
-        self._chi_layers = layers
-        self._chi_sizes = [int(np.prod(s)) for s in shapes]
-        self._chi_shapes = shapes
-        n_chi = sum(self._chi_sizes)
-        n_dev = int(self._layout_flat.size)
         # Tables.
         self._reads = CommandTable(f.create_group("reads"), READ_BATCH_COLUMNS,
                                    READ_EVENT_COLUMNS, ("address", "value"))
@@ -301,20 +237,11 @@ class RunLogWriter(Recorder):
                                     PULSE_EVENT_COLUMNS, ("address", "n_pulses"))
         self._matvec = CommandTable(f.create_group("matvec"), MATVEC_BATCH_COLUMNS,
                                     MATVEC_EVENT_COLUMNS, ("value",))
-        snaps = f.create_group("snapshots")
-        self._snapshots = RowTable(snaps, SNAPSHOT_COLUMNS + SNAPSHOT_POSITION_COLUMNS, 256)
-        self._state_table = StateTable(f.create_group(STATE_GROUP), state_layout)
-        dev_chunk = max(1, min(n_dev, SNAPSHOT_CHUNK))
-        self._snap_g = snaps.create_dataset("g_us", shape=(0, n_dev), maxshape=(None, n_dev),
-                                            dtype="<f4", chunks=(1, dev_chunk),
-                                            **filter_kwargs("gzip"))
-        chi_chunk = max(1, min(max(n_chi, 1), SNAPSHOT_CHUNK))
-        self._snap_chi = snaps.create_dataset("chi", shape=(0, n_chi),
-                                              maxshape=(None, n_chi), dtype="<f4",
-                                              chunks=(1, chi_chunk), **filter_kwargs("gzip"))
-        self._snap_chi.attrs["layers"] = np.array(layers, dtype=object)
-        self._snap_chi.attrs["sizes"] = np.array(self._chi_sizes, dtype=np.int64)
-        self._snap_chi.attrs["shapes"] = _dumps([list(s) for s in shapes])
+        self._snap = SnapshotTable(f.create_group("snapshots"),
+                                   SNAPSHOT_COLUMNS + SNAPSHOT_POSITION_COLUMNS,
+                                   {k: a.shape for k, a in zip(keys, arrays)}, state_layout,
+                                   self.path)
+        self._snapshots = self._snap.rows
         metrics = f.create_group("metrics")
         self._step_metrics = MetricsTable(metrics.create_group("step"), "step", self.path)
         self._epoch_metrics = MetricsTable(metrics.create_group("epoch"), "epoch", self.path)
@@ -334,7 +261,7 @@ class RunLogWriter(Recorder):
         f.flush()
         if self._swmr:
             f.swmr_mode = True
-        os.replace(self.path + _PART_SUFFIX, self.path)
+        os.replace(self.path + PART_SUFFIX, self.path)
         self._state = "running"
         if self._journal_on:
             self._journal = JournalWriter(self.journal_path)
@@ -485,7 +412,7 @@ class RunLogWriter(Recorder):
         at begin()."""
         if self._state != "running":
             self._require("running", "on_state_snapshot")
-        declared = self._state_table.layout
+        declared = self._snap.state.layout
         diff = ("no state layout was declared at begin()" if declared is None
                 else state.layout.difference(declared))
         if diff is not None:
@@ -497,38 +424,17 @@ class RunLogWriter(Recorder):
                   state: Optional[Mapping[str, np.ndarray]]) -> None:
         if self._state != "running":
             self._require("running", "on_snapshot")
-        g = np.asarray(g_us, dtype=np.float32).ravel()
-        if g.size != self._layout_flat.size:
-            raise RunLogError(f"on_snapshot at step {int(step)}: {g.size} conductances, the "
-                              f"layout has {self._layout_flat.size} devices", path=self.path)
-        parts = []
-        for name, size in zip(self._chi_layers, self._chi_sizes):
-            if name not in chi:
-                raise RunLogError(f"on_snapshot at step {int(step)}: chi has no layer "
-                                  f"{name!r} (has {sorted(chi)})", path=self.path)
-            c = np.asarray(chi[name], dtype=np.float32).ravel()
-            if c.size != size:
-                raise RunLogError(f"on_snapshot at step {int(step)}: chi[{name!r}] has "
-                                  f"{c.size} values, expected {size}", path=self.path)
-            parts.append(c)
+        g, chi_flat = self._snap.check(step, g_us, chi)
         s = self._check_step(step, "on_snapshot")
-        chi_flat = np.concatenate(parts) if parts else np.zeros(0, np.float32)
         self._check_space(g.nbytes + chi_flat.nbytes)
-        t = self._snapshots
-        row = t.total
         rd, pl, mv = self._reads, self._pulses, self._matvec
-        t.pending.append([s, self._seq, rd.event_total, pl.event_total, time.time(),
-                          rd.batch_rows + len(rd.pending), pl.batch_rows + len(pl.pending),
-                          mv.batch_rows + len(mv.pending), mv.event_total,
-                          self._step_metrics.total, self._epoch_metrics.total,
-                          int(state is not None)])
+        self._snapshots.pending.append([
+            s, self._seq, rd.event_total, pl.event_total, time.time(),
+            rd.batch_rows + len(rd.pending), pl.batch_rows + len(pl.pending),
+            mv.batch_rows + len(mv.pending), mv.event_total, self._step_metrics.total,
+            self._epoch_metrics.total, int(state is not None)])
         try:
-            self._snap_g.resize((row + 1, g.size))
-            self._snap_g[row, :] = g
-            self._snap_chi.resize((row + 1, chi_flat.size))
-            if chi_flat.size:
-                self._snap_chi[row, :] = chi_flat
-            self._state_table.write(row, state)
+            self._snap.write(g, chi_flat, state)
         except (OSError, RuntimeError) as e:
             raise self._fail(e) from None
         self._commit()
@@ -565,7 +471,7 @@ class RunLogWriter(Recorder):
         s = self._check_step(step, "on_event")
         code = self._event_kinds.code(kind)
         try:
-            self._events.add([s, time.time(), code], _dumps(dict(detail)).encode("utf-8"))
+            self._events.add([s, time.time(), code], to_json(dict(detail)).encode("utf-8"))
         except (OSError, RuntimeError) as e:
             raise self._fail(e) from None
         self._commit()
@@ -593,7 +499,7 @@ class RunLogWriter(Recorder):
                 except Exception:  # noqa: BLE001 - the reason below matters more
                     pass
                 self._f = None
-                _remove_quietly(self.path + _PART_SUFFIX)
+                remove_quietly(self.path + PART_SUFFIX)
             shown = status.value if isinstance(status, RunState) else str(status)
             self._state = "finished"
             self._write_header(shown, reason)
@@ -643,7 +549,7 @@ class RunLogWriter(Recorder):
     # --- internals -------------------------------------------------------------------------
     def _append_status(self, status: RunState, reason: Optional[str],
                        summary: Optional[Mapping[str, Any]], step: int) -> None:
-        doc = _dumps({"status": status.value, "reason": reason, "summary": summary})
+        doc = to_json({"status": status.value, "reason": reason, "summary": summary})
         try:
             self._status.add([STATUS_CODE[status.value], step, time.time()], doc.encode("utf-8"))
         except (OSError, RuntimeError) as e:
@@ -770,7 +676,7 @@ class RunLogWriter(Recorder):
             if self._f is not None:
                 self._f.close()
                 if not begun:   # begin() failed half way: its file never took the path
-                    _remove_quietly(self.path + _PART_SUFFIX)
+                    remove_quietly(self.path + PART_SUFFIX)
         finally:
             self._state = "finished"
             if self._journal is not None:
@@ -781,44 +687,5 @@ class RunLogWriter(Recorder):
 #: Free space a commit leaves on the log's file system, at the least (beyond twice what
 #: it writes): HDF5 rewrites the last chunk of every column, and the final status must fit.
 DISK_MARGIN = 4 << 20
-
-#: Suffix of the file a writer builds before renaming it into place (never left behind by
-#: a writer that ends normally; a killed one may leave it, and nothing reads it).
-_PART_SUFFIX = ".part"
-
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
-
-
-def _layer_of(key: str) -> str:
-    return key.split(".", 1)[0]
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    return str(obj)
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_json_default, sort_keys=False)
-
-
-def _yaml_text(d: Mapping[str, Any]) -> str:
-    import yaml
-    return yaml.safe_dump(json.loads(_dumps(d)), sort_keys=False)
-
 
 __all__ = ["RunLogWriter"]

@@ -2,7 +2,7 @@
 
 `pcm-hil train --config configs/mnist_cnn.yaml` runs it (hil.training.run_experiment
 dispatches here on the config's `model` section). The loop, the metrics, the run log and the
-summary are the MLP's (hil.training.EpochTrainer, run_epochs): only the network differs. The
+summary are the MLP's (hil.epoch_loop): only the network differs. The
 fp32 baseline starts from the same initial weights (the same seed), sees the same examples
 in the same order and uses the same learning rate, batch size and decay.
 """
@@ -25,7 +25,8 @@ from hil.recorder import NullRecorder, Recorder
 from hil.torch.chip_model import ChipModel
 from hil.torch.lenet import build
 from hil.torch.optimizer import MixedPrecisionSGD
-from hil.training import Dataset, EpochTrainer, epoch_order, learning_rate
+from hil.epoch_loop import EpochTrainer, epoch_order, learning_rate
+from hil.training import Dataset
 
 #: Examples per forward pass when testing (bounds memory, not the result).
 TEST_CHUNK = 2000
@@ -158,7 +159,7 @@ class TorchBaseline:
 def torch_trainers(cfg: TorchExperimentConfig, backend: ChipBackend,
                    recorder: Optional[Recorder], data: Optional[Any]
                    ) -> Tuple[TorchTrainer, Optional[TorchBaseline], Dataset]:
-    """What hil.training.run_epochs needs for a torch run: the trainer, the baseline (or
+    """What hil.epoch_loop.run_epochs needs for a torch run: the trainer, the baseline (or
     None) and the data (`data`: an Mnist to take it from, default the configured source)."""
     m = load_mnist(cfg.data.source) if data is None else data
     if not isinstance(m, Mnist):
