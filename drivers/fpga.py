@@ -698,7 +698,7 @@ def _as_set(addr: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
 
 #: Driver options a serial:// or socket:// URL's query may set: option -> (keyword, type).
 _URL_OPTIONS = {"baudrate": ("baudrate", int), "timeout": ("timeout_s", float),
-                "retries": ("retries", int),
+                "retries": ("retries", int), "reconnect": ("reconnect_timeout_s", float),
                 "busy_poll_us": ("busy_poll_s", lambda v: float(v) / 1e6)}
 
 
@@ -718,15 +718,16 @@ def _url_options(scheme: str, query: str) -> dict:
 
 
 def _parse_serial_url(url: str) -> Tuple[str, dict]:
-    """`serial://PATH?baudrate=N&timeout=S&retries=K&busy_poll_us=U` -> (PATH, options)."""
+    """`serial://PATH?baudrate=N&timeout=S&retries=K&reconnect=S&busy_poll_us=U` -> (PATH,
+    options)."""
     path, _, query = url[len("serial://"):].partition("?")
     return path, _url_options("serial", query)
 
 
 def _parse_socket_url(url: str) -> Tuple[str, dict]:
-    """`socket://HOST:PORT?timeout=S&retries=K&busy_poll_us=U` -> (socket://HOST:PORT,
-    options), checked here so that a bad host or port is named in our words, not in
-    pyserial's."""
+    """`socket://HOST:PORT?timeout=S&retries=K&reconnect=S&busy_poll_us=U` ->
+    (socket://HOST:PORT, options), checked here so that a bad host or port is named in our
+    words, not in pyserial's."""
     rest, _, query = url[len("socket://"):].partition("?")
     host, colon, port = rest.rpartition(":")
     if not colon or not host:

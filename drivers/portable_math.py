@@ -498,3 +498,19 @@ def cos_2pi_u32(m: np.ndarray) -> np.ndarray:
     s = a[:, 1] * b[:, 1]
     out -= s
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _cos_rows() -> Tuple[List[Tuple[float, float]], List[Tuple[float, float]]]:
+    ta, tb = _cos_tables()
+    return [tuple(r) for r in ta.tolist()], [tuple(r) for r in tb.tolist()]
+
+
+def cos_2pi_u32_scalar(m: int) -> float:
+    """cos_2pi_u32 of one integer 0 <= m < 2^32 as a Python float, bit for bit (the same
+    two products and one subtraction, on IEEE binary64 Python floats): a step's few
+    Box-Muller draws cost a few µs instead of numpy's per-call overhead."""
+    ta, tb = _cos_rows()
+    ca, sa = ta[m >> 16]
+    cb, sb = tb[m & 0xFFFF]
+    return ca * cb - sa * sb

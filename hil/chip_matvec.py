@@ -9,7 +9,7 @@ therefore never reach the array, whatever the network computes. The MLP trainer
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Tuple
 
 import numpy as np
 
@@ -20,6 +20,14 @@ from hil.chip_io import ChipIO
 from hil.mixed_precision import TrainingDiverged
 
 F32 = np.float32
+
+
+def preflight_block(guard: Any, plus: np.ndarray, fan_in: int) -> None:
+    """Check the two MATVECs a training step sends to a block against the station's limits
+    (drivers.safety: its size, here; the voltages are checked as each is sent): driven from
+    its inputs (rows: the `fan_in` inputs and a bias row, if any) and from its outputs."""
+    guard.check_matvec(plus.T, np.zeros(plus.shape[0]))        # forward
+    guard.check_matvec(plus[:fan_in], np.zeros(plus.shape[1]))  # backward
 
 
 class ChipMatvec:

@@ -17,7 +17,7 @@ or a log that recorded none.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Dict, List, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from drivers.abilities import ChipHistory, find_ability
 from drivers.backend import ChipBackend
@@ -78,11 +78,15 @@ def expected_history(log: "RunLog") -> HistoryExpectation:
                if int(s) != BATCH_ACKED and int(b) not in acked]
     programs = int(log.counts["pulse_batches"]) - len(unacked)
     reads = int(log.counts["read_batches"])
-    # Commands sent without a known outcome, by wire sequence number: [programs, reads].
+    # Commands sent without a known outcome, by wire sequence number: [programs, reads], and
+    # their devices.
     open_: Dict[int, List[int]] = {}
+    devices = 0
     if unacked:   # committed as sent, never acknowledged: its wire seq is the journal's last
         seq = tail.last.wire_seq if tail.last is not None else -1   # record (or its read half)
         open_.setdefault(seq, [0, 0])[0] += len(unacked)
+        count = dict(zip((int(b) for b in pb["batch_id"]), (int(n) for n in pb["count"])))
+        devices = sum(count[b] for b in unacked)
     for c in tail.commands:
         if c.done or c.wire_seq == NOT_SENT:   # a served one reached the chip in an earlier
             if c.kind == "program":            # segment
@@ -91,6 +95,7 @@ def expected_history(log: "RunLog") -> HistoryExpectation:
                 reads += 1
             continue
         open_.setdefault(c.wire_seq, [0, 0])[0 if c.kind == "program" else 1] += 1
+        devices = max(devices, int(c.addresses.size))   # a PROGRAM_READ's halves: the same
     if len(open_) > 1 or any(n > 1 for v in open_.values() for n in v):
         raise ChipHistoryError(
             f"{log.path} leaves more than one command with an unknown outcome, so where the "
@@ -99,11 +104,26 @@ def expected_history(log: "RunLog") -> HistoryExpectation:
     uncertain = None
     if open_:
         (seq, (p, r)), = open_.items()
-        uncertain = UncertainCommand(seq, p, r)
+        uncertain = UncertainCommand(seq, p, r, parts=batch_parts(devices,
+                                                                  logged_batch_limit(log)))
     return HistoryExpectation(
         f"run log {os.path.basename(log.path)}", start, programs, reads, 0, uncertain,
         further="another client has used the chip since, or a later segment of this run "
                 "has continued it")
+
+
+def logged_batch_limit(log: "RunLog") -> Optional[int]:
+    """safety.max_batch_devices of the station the logged run was under (None: no station,
+    no limit): how its station guard split a command into parts."""
+    safety = (log.provenance.get("station") or {}).get("safety") or {}
+    limit = safety.get("max_batch_devices")
+    return None if limit is None else int(limit)
+
+
+def batch_parts(devices: int, limit: Optional[int]) -> int:
+    """Commands on the wire a command of `devices` devices goes out as under a batch limit
+    (drivers.safety.LimitedBackend.parts)."""
+    return 1 if limit is None or devices <= limit else -(-int(devices) // int(limit))
 
 
 def check_log_chip(log: "RunLog", backend: ChipBackend) -> Tuple[HistoryPosition, bool]:
@@ -113,5 +133,5 @@ def check_log_chip(log: "RunLog", backend: ChipBackend) -> Tuple[HistoryPosition
     return check_chip(backend, expected_history(log))
 
 
-__all__ = ["KEY", "check_log_chip", "expected_history", "resumed_provenance",
-           "start_provenance"]
+__all__ = ["KEY", "batch_parts", "check_log_chip", "expected_history", "logged_batch_limit",
+           "resumed_provenance", "start_provenance"]

@@ -44,6 +44,7 @@ from hil.output_files import check_writable
 from hil.replay.resume import (ResumeBackend, ResumeError, ResumePlan, plan_resume,
                                restart_provenance, resume_provenance, resume_target,
                                resumed_path)
+from hil.run_history import batch_parts, logged_batch_limit
 from hil.run_log import RunLog, RunLogWriter, read_header
 from hil.run_state import RunState
 from hil.station import Station, open_instruments, station_from_provenance, station_provenance
@@ -303,19 +304,15 @@ def _check_resend_parts(plan: ResumePlan, old: RunLog, station: Optional[Station
     n = plan.uncertain_devices
     if not n:
         return
-    logged = (old.provenance.get("station") or {}).get("safety") or {}
-    before = logged.get("max_batch_devices")
+    before = logged_batch_limit(old)
     now = station.safety.max_batch_devices if station is not None else None
-
-    def parts(limit: Optional[int]) -> int:
-        return 1 if limit is None else -(-n // int(limit))
-
-    if parts(before) != parts(now):
+    if batch_parts(n, before) != batch_parts(n, now):
         raise ResumeError(
             f"{old.path}: the command the run was cut off in ({n:,} devices) went out as "
-            f"{parts(before)} command(s) (safety.max_batch_devices "
+            f"{batch_parts(n, before)} command(s) (safety.max_batch_devices "
             f"{'unset' if before is None else f'{before:,}'}); under "
-            f"{'no limit' if now is None else f'{now:,}'} it would go out as {parts(now)}, "
+            f"{'no limit' if now is None else f'{now:,}'} it would go out as "
+            f"{batch_parts(n, now)}, "
             "and the firmware could not tell which parts it had executed: resume under the "
             "batch limit the run had")
 

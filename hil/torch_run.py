@@ -108,6 +108,9 @@ class TorchEpochTrainer(EpochTrainer):
     def initialize(self) -> None:
         self.train_seconds += self.training.program(self.extra_provenance)
 
+    def preflight_matvec(self, guard: Any) -> None:
+        self.chip.preflight_matvec(guard)
+
 
 def drop_gradients(params: Sequence[nn.Parameter]) -> None:
     """Forget the gradients of `params`, so the next step leaves them alone (the GAN's

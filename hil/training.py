@@ -27,7 +27,7 @@ from drivers.errors import ConfigError
 from drivers.pulse import DEFAULT_RESET, DEFAULT_SET
 from hil import network
 from hil.chip_io import ChipIO
-from hil.chip_matvec import ChipMatvec
+from hil.chip_matvec import ChipMatvec, preflight_block
 from hil.config import (AnyExperimentConfig, CharLstmExperimentConfig, ExperimentConfig,
                         GanExperimentConfig, InitProgramming, MatvecMode,
                         TorchExperimentConfig)
@@ -210,9 +210,7 @@ class MixedPrecisionTrainer(EpochTrainer):
     def preflight_matvec(self, guard: Any) -> None:
         if isinstance(self._matmul, ChipMatmul):
             for pairs in self.core.pairs.blocks:
-                block = pairs.plus
-                guard.check_matvec(block.T, np.zeros(block.shape[0]))    # forward
-                guard.check_matvec(block[:-1], np.zeros(block.shape[1]))  # backward
+                preflight_block(guard, pairs.plus, pairs.plus.shape[0] - 1)   # bias row last
 
     def initialize(self) -> None:
         """RESET every mapped device, program the initial weights (blind or verified), read

@@ -16,7 +16,7 @@ from hil.backend_url import open_backend
     ("socket://127.0.0.1:99999", LinkError, r"port '99999' is not a TCP port number"),
     ("socket://127.0.0.1", LinkError, r"is not socket://HOST:PORT"),
     ("socket://127.0.0.1:7700?colour=red", LinkError,
-     r"unknown socket:// option 'colour' \(known: baudrate, timeout, retries, busy_poll_us\)"),
+     r"unknown socket:// option 'colour' \(known: baudrate, timeout, retries, reconnect, busy_poll_us\)"),
     ("socket://127.0.0.1:7700?timeout=soon", LinkError,
      r"bad value 'soon' for socket:// option timeout"),
 ])

@@ -53,6 +53,20 @@ def test_the_uncertain_command_counts_only_under_its_own_sequence_number():
     assert "seq 1234" in str(e) and "seq 77" in str(e)
 
 
+def test_an_uncertain_command_sent_in_parts_may_have_any_first_parts_executed():
+    """A station guard sends a large command as consecutive commands: a kill leaves some
+    first k of them executed, the last under seq wire_seq + k - 1 (wrapping at 2^32)."""
+    u = UncertainCommand(2 ** 32 - 2, programs=1, parts=3)   # seqs 2^32-2, 2^32-1, 0
+    assert check_history(moved(1, 1, 4), expect(uncertain=u)) is False
+    for k, last in ((1, 2 ** 32 - 2), (2, 2 ** 32 - 1), (3, 0)):
+        assert check_history(moved(1, 1 + k, 4, last_seq=last), expect(uncertain=u)) is True
+    e = refused(moved(1, 3, 4, last_seq=2 ** 32 - 2), expect(uncertain=u))   # 2 parts, seq 1st
+    assert e.mismatch is HistoryMismatch.LAST_COMMAND
+    assert "sent in 3 parts, seq 4294967294..0" in str(e)
+    e = refused(moved(1, 5, 4, last_seq=1), expect(uncertain=u))   # a fourth program
+    assert e.mismatch is HistoryMismatch.FURTHER and "+1 program operations" in str(e)
+
+
 def test_another_boot_is_refused_naming_both():
     e = refused(moved(1, 1, 4, boot="00000000000000bb"), expect())
     assert e.mismatch is HistoryMismatch.BOOT and e.found.boot_id == "00000000000000bb"

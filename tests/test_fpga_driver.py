@@ -806,8 +806,10 @@ def test_open_fpga_and_backend_url(emu):
 def test_serial_url_options(emu):
     if not emu.url.startswith("/"):
         pytest.skip("serial:// names a device path")
-    with open_fpga(f"serial://{emu.url}?baudrate=115200&timeout=0.7&busy_poll_us=0") as chip:
+    with open_fpga(f"serial://{emu.url}?baudrate=115200&timeout=0.7&reconnect=2.5"
+                   "&busy_poll_us=0") as chip:
         assert chip.baudrate == 115200 and chip.timeout_s == 0.7 and chip.busy_poll_s == 0
+        assert chip.reconnect_timeout_s == 2.5
         chip.read(np.arange(3))
     with pytest.raises(LinkError, match="unknown serial:// option"):
         open_fpga(f"serial://{emu.url}?speed=1")

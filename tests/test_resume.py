@@ -422,6 +422,63 @@ def test_run_failed_inside_a_command_resumes_exactly(tmp_path, small_data, crash
     print(f"crash at request {crash_at}: uncertain {what} re-sent")
 
 
+def test_a_command_cut_off_in_parts_resumes_only_under_the_batch_limit_it_went_out_under(
+        tmp_path, small_data):
+    """The station splits the RESET of every device into commands of at most
+    safety.max_batch_devices; the emulator dies inside the second. A resume re-sends the cut
+    command in the parts it went out in, the firmware answering those it executed from its
+    memory; under a batch limit that splits it otherwise it could not tell which parts it had
+    executed, so that resume is refused before anything is sent or a new log exists, and the
+    run resumes under the limit it had."""
+    import dataclasses
+
+    from drivers.errors import HilError
+    from hil.replay import ResumeError
+    from hil.run_stack import RunRequest, open_run_stack
+    from hil.station import load_station
+    station = load_station(os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "configs", "station_sim.yaml"))
+
+    def limited(n):
+        return dataclasses.replace(station, safety=dataclasses.replace(
+            station.safety, max_batch_devices=n))
+
+    cfg = load_config(_config(tmp_path, train=60, flush=25, extra=SMALL_BLIND))
+    emu, url, state, stats = _emulator(tmp_path, *SMALL_CHIP, "--crash-at", "4")
+    run = str(tmp_path / "run.h5")
+    with pytest.raises(HilError):
+        req = RunRequest(cfg, backend_url=url + "?timeout=0.5&retries=1&reconnect=0.5",
+                         station=limited(10_000), log_path=run)
+        with open_run_stack(req) as stack:
+            run_experiment(cfg, stack.backend, stack.recorder, data=small_data,
+                           provenance=stack.provenance)
+    emu.communicate(timeout=60)
+    with RunLog(run) as lg:
+        devices = lg.n_devices                 # 25,460: three parts of at most 10,000
+        assert lg.status.status == "failed"
+    emu, url2, _, _ = _emulator(tmp_path, *SMALL_CHIP)
+    try:
+        with pytest.raises(ResumeError, match=rf"cut off in \({devices:,} devices\) went out "
+                                              r"as 3 command\(s\) \(safety\.max_batch_devices "
+                                              r"10,000\); under 5,000 it would go out as 6"):
+            open_run_stack(RunRequest.resume(run, backend_url=url2, station=limited(5_000)))
+        assert not os.path.exists(str(tmp_path / "run-2.h5"))
+        again = RunRequest.resume(run, backend_url=url2, station=limited(9_000))   # 3 parts
+        with open_run_stack(again) as stack:
+            s = run_experiment(cfg, stack.backend, stack.recorder, data=small_data,
+                               provenance=stack.provenance)
+        assert s["steps"] == 60
+    finally:
+        _stop(emu)
+    assert json.loads(open(stats).read())["repeats_answered"] >= 2   # parts 1 and 2
+    with RunLog(again.log_path) as lg:
+        ev = lg.pulse_events(columns=("address", "n_pulses"))
+    pulse_ev = np.load(state)["pulse_ev"].astype(np.int64)
+    assert np.array_equal(np.bincount(ev["address"].astype(np.int64),
+                                      ev["n_pulses"].astype(np.int64),
+                                      minlength=pulse_ev.size), pulse_ev)   # none twice
+
+
 @pytest.mark.slow
 def test_sigkill_ten_times_through_emulator(tmp_path, small_data):
     kills, _ = _kill_and_resume(tmp_path, small_data, n_kills=10, train=2000, seed=12)

@@ -185,6 +185,30 @@ def test_the_station_preflight_refuses_a_torch_run_before_its_first_command(tmp_
     assert chip.commands_executed == 0
 
 
+def test_the_preflight_refuses_an_on_chip_matvec_block_the_station_cannot_take(tmp_path,
+                                                                                mnist):
+    """With `matvec: chip` every training step sends each block whole as one MATVEC, which
+    the guard cannot split: a block larger than safety.max_batch_devices is refused before
+    the first command, not after the initial programming of every device."""
+    from drivers.errors import SafetyLimitError
+    from drivers.safety import LimitedBackend, PulseLimits, SafetyLimits
+    d = load_config(_config_file(tmp_path)).to_dict()
+    d["training"]["matvec"] = "chip"
+    cfg = config_from_dict(d)
+    chip = open_backend("sim://", cfg.sim_chip_spec())
+    limits = SafetyLimits(set=PulseLimits(1.5, 1000.0), reset=PulseLimits(3.5, 200.0),
+                          max_pulses_per_device=1000, max_pulses_per_step=500_000,
+                          max_batch_devices=500)   # the 76 x 8 block of the hidden layer: 608
+    with pytest.raises(SafetyLimitError, match=r"\[MATVEC\] block of 608 devices exceeds "
+                                               r"safety\.max_batch_devices = 500"):
+        run_experiment(cfg, LimitedBackend(chip, limits), data=mnist)
+    assert chip.commands_executed == 0
+    d["training"]["matvec"] = "host"   # the same limits pass where no MATVEC is sent
+    s = run_experiment(config_from_dict(d), LimitedBackend(
+        open_backend("sim://", cfg.sim_chip_spec()), limits), data=mnist)
+    assert s["matvec_commands"] == 0 and s["steps"] == 12
+
+
 def test_a_torch_log_verifies_serially_under_workers_saying_why(tmp_path, mnist):
     """A torch trainer declares no trainer state record, so `--verify --workers` cannot
     split its log: it re-runs it once, with the serial verdict and a note."""

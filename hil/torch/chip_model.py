@@ -19,6 +19,7 @@ from torch import nn
 from drivers.backend import ChipBackend
 from drivers.errors import ConfigError, HilError
 from hil.chip_io import ChipIO
+from hil.chip_matvec import preflight_block
 from hil.config import ChiUpdate, MatvecMode, RefreshConfig
 from hil.device_pairs import WeightBlock, allocate_pairs
 from hil.mixed_precision import MixedPrecisionCore
@@ -182,6 +183,13 @@ class ChipModel:
     @property
     def matvec_commands(self) -> int:
         return 0 if self._matvec is None else self._matvec.matvec.commands
+
+    def preflight_matvec(self, guard: Any) -> None:
+        """Check the on-chip MATVECs a training step sends (each block driven from its
+        inputs and from its outputs) against the station's limits; none with matvec: host."""
+        if self._matvec is not None:
+            for b, pb in zip(self.bindings, self.pairs.blocks):
+                preflight_block(guard, pb.plus, b.fan_in)
 
     @property
     def n_weights(self) -> int:

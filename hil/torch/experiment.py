@@ -133,6 +133,9 @@ class TorchTrainer(EpochTrainer):
     def matvec_commands(self) -> int:
         return self.chip.matvec_commands
 
+    def preflight_matvec(self, guard: Any) -> None:
+        self.chip.preflight_matvec(guard)
+
 
 class TorchBaseline:
     """The fp32 baseline: the same network, initial weights, data order and learning rate,
