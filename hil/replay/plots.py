@@ -155,7 +155,11 @@ def make_plots(log: RunLog, folder: str, steps: List[int], n_devices: int = 6,
     ax.set_xlabel("step")
     ax.set_ylabel("pulses per step")
     ax.set_title("pulses per step (initial programming at step 0 not shown)")
-    ax.legend()
+    if ax.lines:
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no pulses after the initial programming", ha="center",
+                va="center", transform=ax.transAxes)
     ax.grid(alpha=0.3)
     save(fig, "pulses.png")
 
