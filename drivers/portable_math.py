@@ -501,9 +501,10 @@ def cos_2pi_u32(m: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=1)
-def _cos_rows() -> Tuple[List[Tuple[float, float]], List[Tuple[float, float]]]:
+def _cos_rows() -> Tuple[List[float], List[float]]:
+    """The two tables as flat lists of Python floats (cos, sin of row i at 2i, 2i + 1)."""
     ta, tb = _cos_tables()
-    return [tuple(r) for r in ta.tolist()], [tuple(r) for r in tb.tolist()]
+    return ta.ravel().tolist(), tb.ravel().tolist()
 
 
 def cos_2pi_u32_scalar(m: int) -> float:
@@ -511,6 +512,6 @@ def cos_2pi_u32_scalar(m: int) -> float:
     two products and one subtraction, on IEEE binary64 Python floats): a step's few
     Box-Muller draws cost a few µs instead of numpy's per-call overhead."""
     ta, tb = _cos_rows()
-    ca, sa = ta[m >> 16]
-    cb, sb = tb[m & 0xFFFF]
-    return ca * cb - sa * sb
+    a = (m >> 16) << 1
+    b = (m & 0xFFFF) << 1
+    return ta[a] * tb[b] - ta[a + 1] * tb[b + 1]
