@@ -498,20 +498,3 @@ def cos_2pi_u32(m: np.ndarray) -> np.ndarray:
     s = a[:, 1] * b[:, 1]
     out -= s
     return out
-
-
-@functools.lru_cache(maxsize=1)
-def _cos_rows() -> Tuple[List[float], List[float]]:
-    """The two tables as flat lists of Python floats (cos, sin of row i at 2i, 2i + 1)."""
-    ta, tb = _cos_tables()
-    return ta.ravel().tolist(), tb.ravel().tolist()
-
-
-def cos_2pi_u32_scalar(m: int) -> float:
-    """cos_2pi_u32 of one integer 0 <= m < 2^32 as a Python float, bit for bit (the same
-    two products and one subtraction, on IEEE binary64 Python floats): a step's few
-    Box-Muller draws cost a few µs instead of numpy's per-call overhead."""
-    ta, tb = _cos_rows()
-    a = (m >> 16) << 1
-    b = (m & 0xFFFF) << 1
-    return ta[a] * tb[b] - ta[a + 1] * tb[b + 1]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import math
 import sys
 from typing import Sequence, Tuple
 
@@ -149,9 +148,6 @@ def normal(h: np.ndarray) -> np.ndarray:
     on every machine (numpy's np.log/np.cos pick SIMD kernels by CPU feature)."""
     shape = np.shape(h)
     h = np.ascontiguousarray(h, dtype=_U64).reshape(-1)
-    if h.size <= _FEW_DRAWS:
-        r = np.array([_normal_scalar(v) for v in h.tolist()], dtype=np.float64)
-        return r.reshape(shape) if shape else r[0]
     halves = h.view(np.uint32).reshape(-1, 2)
     u1 = np.add(halves[:, 1 - _LO], _HALF, dtype=np.float64)
     u1 *= _INV_2_32
@@ -160,17 +156,3 @@ def normal(h: np.ndarray) -> np.ndarray:
     np.sqrt(r, out=r)
     r *= portable_math.cos_2pi_u32(halves[:, _LO])
     return r.reshape(shape) if shape else r[0]
-
-
-#: Up to this many draws, `normal` computes each on Python floats (the same operations in
-#: the same order, so the same bits): a training step draws for a handful of devices, and
-#: there the vectorised path's ~25 numpy calls cost more than the arithmetic.
-_FEW_DRAWS = 12
-_INV_2_32_F = 1.0 / 2.0**32
-
-
-def _normal_scalar(h: int) -> float:
-    """normal() of one 64-bit hash given as a Python int, bit for bit."""
-    u1 = (float(h >> 32) + 0.5) * _INV_2_32_F
-    r = math.sqrt(portable_math.log_scalar(u1) * -2.0)
-    return r * portable_math.cos_2pi_u32_scalar(h & 0xFFFFFFFF)

@@ -112,21 +112,6 @@ def test_a_single_key_gives_a_single_number():
         4, Stream.INIT, np.array([12], np.uint32), 3))[0])
 
 
-def test_a_few_normals_on_python_floats_are_the_vectorised_ones_bit_for_bit():
-    """A step's few draws take the scalar path; it must give the vectorised path's bits."""
-    h = keys(seed=3, stream=Stream.SET, n=20_000, counter=5)
-    assert h.size > crng._FEW_DRAWS
-    whole = crng.normal(h).view(np.uint64)
-    for k in range(crng._FEW_DRAWS + 2):
-        for start in range(0, h.size - k, 613):
-            part = crng.normal(h[start:start + k]).view(np.uint64)
-            assert np.array_equal(part, whole[start:start + k]), (k, start)
-    edge = np.array([0, 1, 2 ** 32 - 1, 2 ** 32, 2 ** 64 - 1, 0xFFFF_FFFF_0000_FFFF],
-                    dtype=np.uint64)    # the extreme halves: u1 at 2^-33 and 1 - 2^-33
-    assert np.array_equal(crng.normal(edge).view(np.uint64),
-                          crng.normal(np.tile(edge, 5))[:edge.size].view(np.uint64))
-
-
 # --- distribution --------------------------------------------------------------------------------
 def test_uniforms_are_uniform_on_the_open_interval():
     u = crng.uniform(keys())

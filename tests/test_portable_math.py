@@ -293,7 +293,6 @@ def test_cos_2pi_u32_within_2_5e_16(rng):
     for g, v in zip(got, m.tolist()):
         exact = d_cos(2 * PI * (Decimal(v) + Decimal("0.5")) / 2 ** 32)
         assert abs(Decimal(float(g)) - exact) <= Decimal("2.5e-16"), v
-    assert [pm.cos_2pi_u32_scalar(v) for v in m.tolist()] == got.tolist()   # bit for bit
 
 
 # --- the bits, pinned --------------------------------------------------------------------------
