@@ -24,13 +24,13 @@ from torch import nn
 
 from drivers.backend import ChipBackend
 from hil.config import GanExperimentConfig, Holdout
+from hil.epoch_loop import learning_rate
 from hil.metrics.gan_quality import GanQuality, MnistGanScorer
 from hil.mnist import Mnist, load_mnist
 from hil.models import mnist_gan as ref
 from hil.recorder import Recorder
 from hil.run_control import RunControl
 from hil.torch_run import TorchEpochTrainer, between_steps, chip_summary, drop_gradients
-from hil.epoch_loop import learning_rate
 
 _bce = nn.functional.binary_cross_entropy_with_logits
 

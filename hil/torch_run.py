@@ -20,11 +20,11 @@ from torch import nn
 from drivers.backend import ChipBackend
 from hil.config import AnyExperimentConfig
 from hil.device_pairs import load_bad_devices
+from hil.epoch_loop import EpochTrainer, run_counters
 from hil.recorder import NullRecorder, Recorder
 from hil.run_control import RunControl
 from hil.torch.chip_model import ChipModel, StepReport
 from hil.torch.optimizer import MixedPrecisionSGD
-from hil.epoch_loop import EpochTrainer, run_counters
 
 if TYPE_CHECKING:
     from hil.monitors import Monitor

@@ -10,9 +10,9 @@ import pytest
 from drivers.errors import ConfigError
 from drivers.geometry import Geometry
 from hil.backend_url import open_backend
+from hil.epoch_loop import learning_rate
 from hil.recorder import Recorder
 from hil.mixed_precision import TrainingDiverged
-from hil.epoch_loop import learning_rate
 from hil.training import Dataset, MixedPrecisionTrainer, run_experiment, split_indices
 from sim_backend import PcmModel, SimChipSpec, SimulatedChip
 

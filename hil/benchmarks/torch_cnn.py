@@ -18,9 +18,9 @@ import numpy as np
 from hil.benchmarks.common import bench_config
 from hil.benchmarks.throughput import AIHWKIT_SKIP, _aihwkit_rpu_config
 from hil.config import InitProgramming, TorchExperimentConfig, config_from_dict, replace
+from hil.epoch_loop import epoch_order
 from hil.mnist import Mnist
 from hil.recorder import Recorder
-from hil.epoch_loop import epoch_order
 from hil.training import Dataset
 
 #: The issue's figures for a LeNet-5 (tanh, max-pool) on 2 cores, examples/s by batch size:

@@ -11,13 +11,13 @@ from drivers.errors import ConfigError, LinkError
 from hil.commands.arguments import non_negative_int
 from hil.commands.watch import add_server_arguments, check_server_arguments, live_view
 from hil.config import load_config, with_overrides
+from hil.epoch_loop import EpochResult
 from hil.run_control import RunAborted, RunControl
 from hil.output_files import check_writable
 from hil.run_log import read_header
 from hil.run_stack import (RunCompleted, RunRequest, RunStack, default_log_path,
                            open_run_stack)
 from hil.station import Station, load_station
-from hil.epoch_loop import EpochResult
 from hil.training import run_experiment
 
 if TYPE_CHECKING:

@@ -20,12 +20,12 @@ from torch import nn
 from drivers.backend import ChipBackend
 from hil.config import Holdout, TorchExperimentConfig
 from hil.device_pairs import load_bad_devices
+from hil.epoch_loop import EpochTrainer, epoch_order, learning_rate
 from hil.mnist import Mnist, load_mnist
 from hil.recorder import NullRecorder, Recorder
 from hil.torch.chip_model import ChipModel
 from hil.torch.lenet import build
 from hil.torch.optimizer import MixedPrecisionSGD
-from hil.epoch_loop import EpochTrainer, epoch_order, learning_rate
 from hil.training import Dataset
 
 #: Examples per forward pass when testing (bounds memory, not the result).
