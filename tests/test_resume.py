@@ -160,7 +160,7 @@ def test_a_run_killed_before_it_began_starts_again_from_step_0(tmp_path, small_d
     everything else its log's header names - into the next segment."""
     from hil.run_log import read_header
     cfg = _config(tmp_path, train=200)
-    ref = _reference(cfg, str(tmp_path / "ref.h5"), small_data)
+    _reference(cfg, str(tmp_path / "ref.h5"), small_data)
     run = str(tmp_path / "run.h5")
     p = _train(tmp_path, "--config", cfg, "--run", run, "--chip-state", str(tmp_path / "c"))
     assert p.stdout.readline().startswith("run log:")   # the header is there
@@ -532,7 +532,7 @@ def _supervise(tmp_path, small_data, kills, seed, train):
                              stderr=subprocess.STDOUT)
     hit = []
     try:
-        ref = _reference(cfg, str(tmp_path / "ref.h5"), small_data, backend=url)
+        _reference(cfg, str(tmp_path / "ref.h5"), small_data, backend=url)
         last = None
         for kind in kills:
             end = time.monotonic() + 300
