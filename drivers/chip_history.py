@@ -114,15 +114,18 @@ class UncertainCommand:
     def of(cls, opcode: Opcode, wire_seq: int) -> "UncertainCommand":
         return cls(int(wire_seq), *OPERATIONS[Opcode(opcode)])
 
-    def executed(self, operations: Tuple[int, int, int], last_seq: Optional[int]
-                 ) -> Optional[int]:
-        """How many of its parts a chip `operations` past the record's known commands, whose
-        last command is `last_seq`, has executed (None: no number of them explains it)."""
+    def parts_executed(self, operations: Tuple[int, int, int]) -> Optional[int]:
+        """How many of its parts (1..parts) a chip `operations` past the record's known
+        commands has executed, by the counts alone (None: no number of them)."""
         one = (self.programs, self.reads, self.others)
         for k in range(1, self.parts + 1):
             if operations == tuple(k * n for n in one):
-                return k if last_seq == (self.wire_seq + k - 1) & _SEQ_MASK else None
+                return k
         return None
+
+    def last_seq(self, k: int) -> int:
+        """The wire sequence number of its k-th part."""
+        return (self.wire_seq + k - 1) & _SEQ_MASK
 
     def describe(self) -> str:
         if self.parts == 1:
@@ -174,11 +177,10 @@ def check_history(found: HistoryPosition, expected: HistoryExpectation) -> bool:
     if got == want:
         return False
     u = expected.uncertain
-    beyond = tuple(g - w for g, w in zip(got, want))
-    if u is not None and u.executed(beyond, found.last_seq) is not None:
-        return True
-    if u is not None and any(beyond == tuple(k * n for n in (u.programs, u.reads, u.others))
-                             for k in range(1, u.parts + 1)):
+    k = None if u is None else u.parts_executed(tuple(g - w for g, w in zip(got, want)))
+    if k is not None:
+        if found.last_seq == u.last_seq(k):
+            return True
         raise ChipHistoryError(
             f"the chip has executed {'one command' if u.parts == 1 else 'commands'} more than "
             f"{src} knows of, but not {src}'s {u.describe()}: the chip's last is "
