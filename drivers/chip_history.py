@@ -130,7 +130,7 @@ class UncertainCommand:
     def describe(self) -> str:
         if self.parts == 1:
             return f"uncertain command seq {self.wire_seq}"
-        last = (self.wire_seq + self.parts - 1) & _SEQ_MASK
+        last = self.last_seq(self.parts)
         return f"uncertain command sent in {self.parts} parts, seq {self.wire_seq}..{last}"
 
 
