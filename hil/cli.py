@@ -11,13 +11,13 @@ import importlib
 import logging
 import os
 import pkgutil
-import signal
 import sys
 import threading
 from typing import List, Optional
 
 from drivers.errors import HilError
 from hil import __version__, commands
+from hil.run_control import install_interrupt_handler, raise_if_interrupted
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +46,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if threading.current_thread() is threading.main_thread():
         # Ctrl-C (SIGINT) stops every command, also one a script started in the background,
         # where the shell leaves SIGINT ignored and Python would install no handler.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        install_interrupt_handler()
     try:
         rc = int(args.func(args) or 0)
+        raise_if_interrupted()   # a Ctrl-C Python dropped in a weakref callback or __del__
         sys.stdout.flush()   # a closed pipe shows here, not at interpreter exit
         return rc
     except HilError as e:

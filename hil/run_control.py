@@ -23,6 +23,42 @@ from hil.run_state import RunState
 
 log = logging.getLogger("pcm_hil.run_control")
 
+#: Set by `interrupt_handler` at a Ctrl-C, and never cleared: the process is on its way out.
+_interrupted = threading.Event()
+
+
+def _interrupt_handler(signum: int, frame: Any) -> None:  # noqa: ARG001 - signal API
+    _interrupted.set()
+    raise KeyboardInterrupt
+
+
+_previous_unraisable_hook = sys.unraisablehook
+
+
+def _unraisable_hook(unraisable: Any) -> None:
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        _previous_unraisable_hook(unraisable)
+
+
+def install_interrupt_handler() -> None:
+    """SIGINT for a command without a RunControl of its own (replay, --verify, fit-model):
+    KeyboardInterrupt, as Python's own handler raises, and remembered. Python drops an
+    exception raised while a weakref callback or a `__del__` runs (and prints "Exception
+    ignored in ..."), so a Ctrl-C that lands there would be lost and the command would run
+    on to its end; `raise_if_interrupted`, at the command's step boundaries and at its
+    return, raises it again, and the dropped one is not printed. Also installed where the
+    shell started the process with SIGINT ignored (a script's background job)."""
+    global _previous_unraisable_hook
+    signal.signal(signal.SIGINT, _interrupt_handler)
+    if sys.unraisablehook is not _unraisable_hook:
+        _previous_unraisable_hook, sys.unraisablehook = sys.unraisablehook, _unraisable_hook
+
+
+def raise_if_interrupted() -> None:
+    """Raise KeyboardInterrupt if `interrupt_handler` has seen a Ctrl-C."""
+    if _interrupted.is_set():
+        raise KeyboardInterrupt
+
 
 class RunAborted(Exception):
     """Raised at a step boundary after the operator asked the run to stop (`started`:

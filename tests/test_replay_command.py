@@ -87,6 +87,41 @@ def test_ctrl_c_during_verify_is_one_line(tiny_trained_log, inherited):
     assert err.strip() == "pcm-hil replay: interrupted (Ctrl-C)"
 
 
+def test_a_ctrl_c_python_drops_in_a_weakref_callback_is_raised_at_the_next_check(
+        monkeypatch, capsys):
+    """Python drops an exception a signal handler raises while a weakref callback runs; the
+    CI once saw a Ctrl-C during --verify lost that way (the run went on to exit 0). The
+    handler remembers it, the next check raises it, and the dropped one is not printed."""
+    import signal
+    import threading
+    import weakref
+
+    from hil import run_control
+
+    monkeypatch.setattr(run_control, "_interrupted", threading.Event())
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    previous = signal.getsignal(signal.SIGINT)
+    run_control.install_interrupt_handler()
+    try:
+        class Held:
+            pass
+
+        def callback(_ref) -> None:
+            os.kill(os.getpid(), signal.SIGINT)   # the handler runs inside this callback
+            for _ in range(1000):
+                pass
+
+        held = Held()
+        ref = weakref.ref(held, callback)
+        del held                                  # the callback runs, its exception dropped
+        assert ref() is None
+        with pytest.raises(KeyboardInterrupt):
+            run_control.raise_if_interrupted()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert "KeyboardInterrupt" not in capsys.readouterr().err
+
+
 def test_summary_of_a_failed_run_with_events(tmp_path, capsys):
     """`pcm-hil replay --json` of a run that did not complete: its events are listed, and it
     has no state digest (only a completed run's final status record carries one)."""

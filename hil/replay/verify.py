@@ -24,6 +24,7 @@ from drivers.errors import HilError
 from hil.recorder import Recorder
 from hil.replay.backend import ReplayBackend
 from hil.replay.divergence import LogEnded, ReplayDivergence, first_difference
+from hil.run_control import raise_if_interrupted
 from hil.run_log import RunLog, RunLogError, arithmetic_mismatch, is_wall_clock
 from hil.run_state import RunState
 from hil.trainer_state import StateLayout, TrainerState
@@ -123,6 +124,7 @@ class VerifyRecorder(Recorder):
                                        "but the run did not report it", **where)
 
     def on_step_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        raise_if_interrupted()   # a Ctrl-C that Python dropped: stop at this step after all
         self._compare("step", self.step_metrics, self.si, self.n_step, "step", int(step),
                       metrics)
         self.si += 1
