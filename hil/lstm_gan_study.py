@@ -66,7 +66,8 @@ def one_run(kind: str, cfg: AnyExperimentConfig, out: str, tag: str) -> Dict[str
             from hil.char_lstm_experiment import SAMPLE_CHARS, lstm_trainers
             from hil.models.char_lstm import sample
             trainer, baseline, data = lstm_trainers(cfg, be, None, None)
-            summary = run_epochs(trainer, baseline, data, be, report=report)
+            trainer.baseline = baseline
+            summary = run_epochs(trainer, data, be, report=report)
             with open(stem + "-samples.txt", "w", encoding="utf-8") as f:
                 f.write(f"chip:\n{summary['sample']}\n\nfp32:\n")
                 if baseline is not None:
@@ -74,7 +75,8 @@ def one_run(kind: str, cfg: AnyExperimentConfig, out: str, tag: str) -> Dict[str
         else:
             from hil.gan_experiment import gan_trainers, sample_grid
             trainer, baseline, data = gan_trainers(cfg, be, None, None)
-            summary = run_epochs(trainer, baseline, data, be, report=report)
+            trainer.baseline = baseline
+            summary = run_epochs(trainer, data, be, report=report)
             _save_png(stem + "-chip.png", sample_grid(trainer.players, cfg))
             if baseline is not None:
                 _save_png(stem + "-fp32.png", sample_grid(baseline.players, cfg))
