@@ -22,7 +22,8 @@ from hil.run_log import RunLog, RunLogWriter  # noqa: E402
 from hil.training import run_experiment  # noqa: E402
 
 TINY = {"name": "tiny-gan", "seed": 1,
-        "gan": {"latent": 6, "g_hidden": 12, "d_hidden": 8, "batch": 8, "eval_samples": 120},
+        "gan": {"latent": 6, "g_hidden": 12, "d_hidden": 8, "batch": 8, "eval_samples": 120,
+                "biases_on_chip": True},
         "data": {"train_examples": 96, "holdout": "validation", "holdout_examples": 300},
         "optimizer": {"learning_rate": 0.1, "beta": [0.1, 0.07, 0.03, 0.09],
                       "refresh": {"period_steps": 6, "high_us": 5.0,
@@ -74,6 +75,11 @@ def test_both_players_are_on_the_chip_and_the_baseline_starts_where_the_chip_doe
         "generator_fc1", "generator_fc2", "discriminator_fc1", "discriminator_fc2"]
     assert trainer.chip.host_parameter_names == []
     assert trainer.chip.n_weights == 7 * 12 + 13 * 784 + 785 * 8 + 9 * 1
+    host = ChipGanTrainer(_tiny(gan={"biases_on_chip": False}),
+                          open_backend("sim://", cfg.sim_chip_spec()))   # the default
+    assert host.chip.host_parameter_names == [
+        f"{p}.fc{i}.bias" for p in ("generator", "discriminator") for i in (1, 2)]
+    assert host.chip.n_weights == 6 * 12 + 12 * 784 + 784 * 8 + 8 * 1
     base = GanBaseline(cfg)
     for (name, p), (_, q) in zip(trainer.players.named_parameters(),
                                  base.players.named_parameters()):
