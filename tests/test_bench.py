@@ -95,7 +95,7 @@ def _check_lstm_gan(lg) -> None:
     predicted), the GAN's 128 digits (two batches); both sides timed, the chip pulsing."""
     assert lg["torch_threads"] == 1
     lstm, gan = lg["lstm"], lg["gan"]
-    assert lstm["characters"] == 32 * 199 and gan["digits"] == 128
+    assert lstm["chars"] == 32 * 199 and gan["digits"] == 128
     for row, unit in ((lstm, "chars"), (gan, "digits")):
         for key in (f"chip_{unit}_per_s", f"fp32_{unit}_per_s", "ratio_fp32",
                     "set_pulses_per_step"):

@@ -23,47 +23,42 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def _config(kind: str, settings: List[str]) -> Any:
-    """The shipped config of `kind` ("lstm", "gan"), one epoch, no fp32 run of its own."""
+    """The shipped config of `kind` ("lstm", "gan"), one epoch, with its fp32 counterpart."""
     return with_settings(os.path.join(REPO, CONFIGS[kind]),
-                         ["training.epochs=1", "training.baseline=false", *settings], "test", 0)
+                         ["training.epochs=1", "training.baseline=true", *settings], "test", 0)
 
 
-def _timed(train_epoch: Any, *args: Any) -> float:
+def _chip_against_fp32(make: Any, cfg: Any, unit: str) -> Dict[str, Any]:
+    """Time one epoch of the chip trainer and one of its fp32 counterpart, as `make` (the
+    experiment's `lstm_trainers` or `gan_trainers`) builds them for `cfg`."""
+    chip, fp32, data = make(cfg, cfg.sim_chip_spec().build(), None, None)
+    chip.initialize()
     t0 = time.perf_counter()
-    train_epoch(*args)
-    return time.perf_counter() - t0
+    chip.train_epoch(data, 0)
+    t1 = time.perf_counter()
+    fp32.train_epoch(data, 0)
+    t2 = time.perf_counter()
+    n = chip.examples
+    return {unit: n, f"chip_{unit}_per_s": n / (t1 - t0), f"fp32_{unit}_per_s": n / (t2 - t1),
+            "ratio_fp32": (t2 - t1) / (t1 - t0),
+            "set_pulses_per_step": chip.io.counters.set_pulses / max(chip.step, 1)}
 
 
 def lstm_figures(chars: int) -> Dict[str, Any]:
     """Characters per second of the character-level LSTM over its first `chars` training
     characters, chip and fp32."""
-    from hil.char_lstm_experiment import ChipLstmTrainer, LstmBaseline, TextData
+    from hil.char_lstm_experiment import lstm_trainers
     cfg = _config("lstm", [f"data.train_chars={chars}", "data.holdout_chars=3200"])
-    data = TextData.load(cfg.data.holdout)
-    chip = ChipLstmTrainer(cfg, cfg.sim_chip_spec().build())
-    chip.initialize()
-    chip_s = _timed(chip.train_epoch, data, 0)
-    n = chip.examples
-    fp32_s = _timed(LstmBaseline(cfg).train_epoch, data, 0)
-    return {"characters": n, "chip_chars_per_s": n / chip_s, "fp32_chars_per_s": n / fp32_s,
-            "ratio_fp32": fp32_s / chip_s,
-            "set_pulses_per_step": chip.io.counters.set_pulses / max(chip.step, 1)}
+    return _chip_against_fp32(lstm_trainers, cfg, "chars")
 
 
 def gan_figures(digits: int) -> Dict[str, Any]:
     """Real digits per second of the MLP GAN (a discriminator and a generator step per batch)
     over its first `digits` training digits, chip and fp32."""
-    from hil.gan_experiment import GanBaseline, gan_trainers
+    from hil.gan_experiment import gan_trainers
     cfg = _config("gan", [f"data.train_examples={digits}", "data.holdout_examples=500",
                           "gan.eval_samples=500"])
-    chip, _, data = gan_trainers(cfg, cfg.sim_chip_spec().build(), None, None)
-    chip.initialize()
-    chip_s = _timed(chip.train_epoch, data, 0)
-    n = chip.examples
-    fp32_s = _timed(GanBaseline(cfg).train_epoch, data, 0)
-    return {"digits": n, "chip_digits_per_s": n / chip_s, "fp32_digits_per_s": n / fp32_s,
-            "ratio_fp32": fp32_s / chip_s,
-            "set_pulses_per_step": chip.io.counters.set_pulses / max(chip.step, 1)}
+    return _chip_against_fp32(gan_trainers, cfg, "digits")
 
 
 def lstm_gan_figures(chars: int, digits: int, threads: int = TORCH_THREADS) -> Dict[str, Any]:
