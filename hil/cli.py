@@ -17,7 +17,7 @@ from typing import List, Optional
 
 from drivers.errors import HilError
 from hil import __version__, commands
-from hil.run_control import install_interrupt_handler, raise_if_interrupted
+from hil.run_control import install_interrupt_handler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         install_interrupt_handler()
     try:
         rc = int(args.func(args) or 0)
-        raise_if_interrupted()   # a Ctrl-C Python dropped in a weakref callback or __del__
         sys.stdout.flush()   # a closed pipe shows here, not at interpreter exit
         return rc
     except HilError as e:

@@ -45,9 +45,10 @@ def install_interrupt_handler() -> None:
     KeyboardInterrupt, as Python's own handler raises, and remembered. Python drops an
     exception raised while a weakref callback or a `__del__` runs (and prints "Exception
     ignored in ..."), so a Ctrl-C that lands there would be lost and the command would run
-    on to its end; `raise_if_interrupted`, at the command's step boundaries and at its
-    return, raises it again, and the dropped one is not printed. Also installed where the
-    shell started the process with SIGINT ignored (a script's background job)."""
+    on to its end; `raise_if_interrupted` at a command's step boundaries (--verify's)
+    raises it again, and the dropped one is not printed. Commands that end on Ctrl-C by
+    design (watch, emulate) catch the first one as before. Also installed where the shell
+    started the process with SIGINT ignored (a script's background job)."""
     global _previous_unraisable_hook
     signal.signal(signal.SIGINT, _interrupt_handler)
     if sys.unraisablehook is not _unraisable_hook:
