@@ -23,7 +23,7 @@ from hil.run_state import RunState
 
 log = logging.getLogger("pcm_hil.run_control")
 
-#: Set by `interrupt_handler` at a Ctrl-C, and never cleared: the process is on its way out.
+#: Set by the CLI's SIGINT handler at a Ctrl-C; cleared when a command installs it.
 _interrupted = threading.Event()
 
 
@@ -50,13 +50,14 @@ def install_interrupt_handler() -> None:
     design (watch, emulate) catch the first one as before. Also installed where the shell
     started the process with SIGINT ignored (a script's background job)."""
     global _previous_unraisable_hook
+    _interrupted.clear()
     signal.signal(signal.SIGINT, _interrupt_handler)
     if sys.unraisablehook is not _unraisable_hook:
         _previous_unraisable_hook, sys.unraisablehook = sys.unraisablehook, _unraisable_hook
 
 
 def raise_if_interrupted() -> None:
-    """Raise KeyboardInterrupt if `interrupt_handler` has seen a Ctrl-C."""
+    """Raise KeyboardInterrupt if the CLI's SIGINT handler has seen a Ctrl-C."""
     if _interrupted.is_set():
         raise KeyboardInterrupt
 
