@@ -354,7 +354,7 @@ class TorchDataConfig:
 def _cnn_optimizer() -> OptimizerConfig:
     """The CNN experiment's optimizer (configs/mnist_cnn.yaml; chosen on the validation split,
     docs/torch.md): β per weight layer conv1, conv2, fc1, fc2, fc3."""
-    return OptimizerConfig(learning_rate=0.1, lr_decay=0.9, batch_size=32,
+    return OptimizerConfig(learning_rate=0.2, lr_decay=0.95, batch_size=32,
                            beta=[0.05, 0.02, 0.0125, 0.023, 0.027])
 
 
