@@ -352,8 +352,9 @@ class TorchDataConfig:
 
 
 def _cnn_optimizer() -> OptimizerConfig:
-    """The CNN experiment's optimizer (configs/mnist_cnn.yaml; chosen on the validation split,
-    docs/torch.md): β per weight layer conv1, conv2, fc1, fc2, fc3."""
+    """The CNN experiment's optimizer, as configs/mnist_cnn.yaml (tests/test_config.py keeps
+    them equal): learning rate and decay chosen on the validation split (docs/torch.md), β
+    per weight layer conv1, conv2, fc1, fc2, fc3."""
     return OptimizerConfig(learning_rate=0.2, lr_decay=0.95, batch_size=32,
                            beta=[0.05, 0.02, 0.0125, 0.023, 0.027])
 

@@ -179,3 +179,14 @@ def test_round_trip_and_overrides():
         (5, 3, "sim://?seed=2", False)
     with pytest.raises(ConfigError, match="epochs must be >= 1"):
         with_overrides(cfg, epochs=0)
+
+
+def test_the_shipped_cnn_config_carries_the_cnn_defaults():
+    """configs/mnist_cnn.yaml and TorchExperimentConfig's defaults (which scripts/bench and
+    every in-process CNN run start from) hold the settings chosen on validation: one must
+    not move without the other."""
+    from hil.config import TorchExperimentConfig
+    shipped = load_config(ROOT / "configs" / "mnist_cnn.yaml").to_dict()
+    default = TorchExperimentConfig().to_dict()
+    for section in ("model", "optimizer"):   # (training.epochs is the MLP's shared default)
+        assert shipped[section] == default[section], section
