@@ -114,3 +114,15 @@ def test_write_readme_markers(tmp_path):
     assert first.endswith(report.MARK_END + "\n\n## Next\n\ntext\n")
     report.write_readme(str(p), ["| figure | value |", "|---|---|", "| f | 2 |"])
     assert p.read_text() == first.replace("| f | 1 |", "| f | 2 |")
+
+
+def test_median_interval_is_the_sign_tests_order_statistics():
+    from hil.benchmarks.common import median_interval
+    assert median_interval([3.0, 1.0, 2.0, 5.0, 4.0]) is None          # 5 values: none at 95 %
+    # 6 values: min and max cover the median with 1 - 2/64 = 96.9 %
+    assert median_interval([6.0, 1.0, 5.0, 2.0, 4.0, 3.0]) == (1.0, 6.0)
+    # 10: the 2nd smallest and largest (97.9 %; the 3rd would be 89 %)
+    assert median_interval([float(i) for i in range(10)]) == (1.0, 8.0)
+    # 20: the 6th (95.9 %), as the sign-test tables give
+    assert median_interval([float(i) for i in range(20)]) == (5.0, 14.0)
+    assert median_interval([float(i) for i in range(10)], level=0.8) == (2.0, 7.0)

@@ -263,6 +263,10 @@ def test_stop_ends_a_watch_run_safely(browser, tmp_path):
         assert p.returncode == 130, err
         assert "stop requested from the live view" in err
         assert "aborted: stopped from the live view after step" in err
+        # the view served until the page had the run's end: it does not stay at "running"
+        status = browser.sources("status")["status"]
+        assert status["status"] == ["aborted"], status
+        assert status["reason"][0].startswith("stopped from the live view after step")
         with RunLog(path) as lg:
             assert lg.status.status == "aborted"
             assert lg.status.reason.startswith("stopped from the live view after step")

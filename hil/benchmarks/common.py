@@ -1,8 +1,9 @@
 """What every benchmark shares: the benchmark experiment and the chip it runs on."""
 from __future__ import annotations
 
+import math
 import sys
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hil.config import ExperimentConfig, config_from_dict
 from sim_backend.sim_chip import SimulatedChip
@@ -44,3 +45,20 @@ def epoch_examples_per_s(summary: Dict[str, Any]) -> float:
     """Examples per second of the training epoch (the chip's one-off initial programming is
     excluded, so the figure compares with the fp32 loops, which have none)."""
     return summary["examples"] / summary["per_epoch"][0]["seconds"]
+
+
+def median_interval(values: Sequence[float], level: float = 0.95
+                    ) -> Optional[Tuple[float, float]]:
+    """A distribution-free interval for the median of `values`, at least `level` sure: the
+    k-th smallest and k-th largest values for the largest k the sign test allows. On a
+    shared machine run-to-run noise is neither normal nor small, so paired benchmark
+    differences are judged by this rather than a mean ± std. None for fewer than 6 values
+    (no interval reaches 95 %)."""
+    v = sorted(values)
+    n = len(v)
+    best = None
+    for k in range(n // 2):   # P(v[k] <= median <= v[n-1-k]) = 1 - 2·P(Binomial(n, 1/2) <= k)
+        if 1.0 - 2.0 * sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n < level:
+            break
+        best = (v[k], v[n - 1 - k])
+    return best

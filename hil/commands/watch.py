@@ -5,6 +5,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from typing import Optional
 
 from drivers.errors import ConfigError
@@ -116,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                          on_stop=on_stop if channel else None).start()
     if channel:
         print(f"url {server.url}", flush=True)
-        _stop_on_eof(server)
+        _stop_on_eof(server, follower)
     else:
         print(f"live view of {args.run}: {server.url}\n"
               + ("every request needs the token: open the URL as printed\n"
@@ -145,13 +146,24 @@ def _stop_on_signals() -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def _stop_on_eof(server) -> None:
-    """The parent run closes our stdin when it ends (or dies): stop serving then."""
+def _stop_on_eof(server, follower) -> None:
+    """The parent run closes our stdin when it ends (or dies): stop serving then, once the
+    pages have been sent how the run ended (completed, aborted, failed): an operator's page
+    must not stay at "running" when the run is over."""
     from tornado.ioloop import IOLoop
+
+    from hil.watch.live import END_PUSH_S, END_STATUS_WAIT_S
     loop = IOLoop.current()
 
     def wait() -> None:
         for _ in sys.stdin:
             pass
+        end = time.monotonic() + END_STATUS_WAIT_S
+        while time.monotonic() < end:
+            model = follower.model
+            if model is not None and model.header.status not in ("running", "paused"):
+                break
+            time.sleep(0.05)
+        time.sleep(END_PUSH_S)
         loop.add_callback(loop.stop)
     threading.Thread(target=wait, name="pcm-hil-watch-stdin", daemon=True).start()

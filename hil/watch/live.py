@@ -12,7 +12,9 @@ The two talk over the child's stdin and stdout, one line each way:
   `stop REASON` when the Stop button is confirmed: the parent calls
   `RunControl.request_stop(REASON)`, exactly what the first Ctrl-C does (the step in flight
   finishes, the chip goes to its safe state, the log is marked aborted, exit status 130);
-- the child exits when its stdin closes: when the run ends, or when the trainer dies.
+- the child exits when its stdin closes (when the run ends, or when the trainer dies),
+  once the log's final status has reached its pages: up to END_STATUS_WAIT_S for the
+  status, then END_PUSH_S for the pages to draw it.
 
 The child has a session of its own, so the operator's Ctrl-C reaches the trainer only.
 """
@@ -30,6 +32,10 @@ from drivers.errors import ConfigError
 from hil.run_control import RunControl
 
 START_TIMEOUT_S = 60.0
+#: After the run ends, how long the view waits for the log's final status (a trainer that
+#: died leaves none), then how long it keeps serving so that open pages draw it.
+END_STATUS_WAIT_S = 10.0
+END_PUSH_S = 1.5
 STOP_PREFIX = "stop "
 URL_PREFIX = "url "
 
@@ -108,7 +114,7 @@ class LiveView:
         except OSError:
             pass
         try:
-            proc.wait(timeout=5)
+            proc.wait(timeout=END_STATUS_WAIT_S + END_PUSH_S + 5)
         except subprocess.TimeoutExpired:
             proc.terminate()
             try:
