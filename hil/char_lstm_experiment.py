@@ -174,8 +174,8 @@ class ChipLstmTrainer(TorchEpochTrainer):
 
 
 class LstmBaseline:
-    """The fp32 counterpart: same network, initial weights, windows, plain SGD, rate and
-    clipping."""
+    """The fp32 counterpart: same network, initial weights, windows, plain SGD, rate (or
+    `training.baseline_learning_rate`) and clipping."""
 
     def __init__(self, cfg: CharLstmExperimentConfig) -> None:
         self.cfg = cfg
@@ -183,7 +183,7 @@ class LstmBaseline:
         self.optimizer = torch.optim.SGD(self.model.parameters(), cfg.optimizer.learning_rate)
 
     def train_epoch(self, data: TextData, epoch: int) -> float:
-        self.optimizer.param_groups[0]["lr"] = learning_rate(self.cfg, epoch)
+        self.optimizer.param_groups[0]["lr"] = learning_rate(self.cfg, epoch, baseline=True)
         clip = self.cfg.char_lstm.clip
         state: Optional[ref.State] = None
         for x, y in epoch_windows(self.cfg, data, epoch)[1]:

@@ -40,17 +40,21 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return np.random.default_rng([seed, 1, epoch]).permutation(n)
 
 
-def learning_rate(cfg: AnyExperimentConfig, epoch: int) -> float:
+def learning_rate(cfg: AnyExperimentConfig, epoch: int, baseline: bool = False) -> float:
     """η of an epoch (counted from 0): exponential learning_rate · lr_decay^epoch, the power
     as repeated products (`**` calls the C library's pow(), whose last bit differs between
-    libraries), or inverse learning_rate / (1 + epoch) (one IEEE division)."""
+    libraries), or inverse learning_rate / (1 + epoch) (one IEEE division). For the fp32
+    `baseline`, `training.baseline_learning_rate` where the config gives one."""
     opt = cfg.optimizer
+    eta = opt.learning_rate
+    if baseline and cfg.training.baseline_learning_rate is not None:
+        eta = cfg.training.baseline_learning_rate
     if opt.lr_schedule is LrSchedule.INVERSE:
-        return opt.learning_rate / (1 + epoch)
+        return eta / (1 + epoch)
     decay = 1.0
     for _ in range(epoch):
         decay *= opt.lr_decay
-    return opt.learning_rate * decay
+    return eta * decay
 
 
 @dataclass

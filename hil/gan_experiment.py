@@ -202,8 +202,8 @@ class ChipGanTrainer(TorchEpochTrainer):
 
 
 class GanBaseline:
-    """The fp32 counterpart: the same players, initial weights, digits, latents, plain SGD
-    and rate."""
+    """The fp32 counterpart: the same players, initial weights, digits, latents and plain
+    SGD, at the rate `training.baseline_learning_rate` gives (the chip's by default)."""
 
     def __init__(self, cfg: GanExperimentConfig) -> None:
         self.cfg = cfg
@@ -214,7 +214,7 @@ class GanBaseline:
 
     def train_epoch(self, data: GanData, epoch: int) -> GanEpoch:
         t0 = time.perf_counter()
-        lr = learning_rate(self.cfg, epoch)
+        lr = learning_rate(self.cfg, epoch, baseline=True)
         for opt in (self.opt_g, self.opt_d):
             opt.param_groups[0]["lr"] = lr
         p = self.players

@@ -417,7 +417,7 @@ def portable_mean(x: np.ndarray) -> float:
 
 class BaselineTrainer:
     """The fp32 software baseline: same network, initial target weights, data order and
-    learning rate."""
+    learning rate (or `training.baseline_learning_rate`)."""
 
     def __init__(self, cfg: ExperimentConfig) -> None:
         self.cfg = cfg
@@ -426,7 +426,7 @@ class BaselineTrainer:
 
     def train_epoch(self, data: Dataset, epoch: int) -> BaselineEpoch:
         """Train one epoch; returns its test (and validation) accuracy."""
-        lr = learning_rate(self.cfg, epoch)
+        lr = learning_rate(self.cfg, epoch, baseline=True)
         order = epoch_order(self.cfg.seed, epoch, data.train_x.shape[0])
         bs = self.cfg.optimizer.batch_size
         for s in range(0, order.size, bs):

@@ -181,12 +181,18 @@ def test_round_trip_and_overrides():
         with_overrides(cfg, epochs=0)
 
 
-def test_the_shipped_cnn_config_carries_the_cnn_defaults():
-    """configs/mnist_cnn.yaml and TorchExperimentConfig's defaults (which scripts/bench and
-    every in-process CNN run start from) hold the settings chosen on validation: one must
+@pytest.mark.parametrize("name, kind, section", [
+    ("mnist_cnn.yaml", "TorchExperimentConfig", "model"),
+    ("shakespeare_lstm.yaml", "CharLstmExperimentConfig", "char_lstm"),
+    ("mnist_gan.yaml", "GanExperimentConfig", "gan")])
+def test_the_shipped_torch_configs_carry_their_kinds_defaults(name, kind, section):
+    """The shipped CNN, LSTM and GAN configs and their kinds' defaults (which scripts/bench
+    and every in-process run start from) hold the settings chosen on validation: one must
     not move without the other."""
-    from hil.config import TorchExperimentConfig
-    shipped = load_config(ROOT / "configs" / "mnist_cnn.yaml").to_dict()
-    default = TorchExperimentConfig().to_dict()
-    for section in ("model", "optimizer"):   # (training.epochs is the MLP's shared default)
-        assert shipped[section] == default[section], section
+    import hil.config
+    shipped = load_config(ROOT / "configs" / name).to_dict()
+    default = getattr(hil.config, kind)().to_dict()
+    for key in (section, "optimizer"):   # (training.epochs is the MLP's shared default)
+        assert shipped[key] == default[key], key
+    assert (shipped["training"]["baseline_learning_rate"]
+            == default["training"]["baseline_learning_rate"])

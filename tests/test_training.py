@@ -105,6 +105,26 @@ def test_learning_rate_schedules():
     assert [learning_rate(inv, e) for e in range(3)] == [0.2, 0.1, 0.2 / 3]
 
 
+def test_the_baseline_takes_its_own_rate_on_the_same_schedule(small_data):
+    from hil.training import BaselineTrainer
+    own = small_config(optimizer={"learning_rate": 0.2, "lr_decay": 0.5},
+                       training={"baseline": True, "baseline_learning_rate": 0.05})
+    assert [learning_rate(own, e) for e in range(2)] == [0.2, 0.1]          # the chip's
+    assert [learning_rate(own, e, baseline=True) for e in range(2)] == [0.05, 0.025]
+    assert learning_rate(small_config(), 1, baseline=True) == learning_rate(small_config(), 1)
+    # the baseline trained so is the baseline of a config whose rate is that one
+    same = small_config(optimizer={"learning_rate": 0.05, "lr_decay": 0.5},
+                        training={"baseline": True})
+    a, b = BaselineTrainer(own), BaselineTrainer(same)
+    ra, rb = a.train_epoch(small_data, 0), b.train_epoch(small_data, 0)
+    assert ra == rb and all(np.array_equal(x, y) for x, y in zip(a.weights, b.weights))
+    ref = BaselineTrainer(small_config(training={"baseline": True}))
+    ref.train_epoch(small_data, 0)
+    assert not np.array_equal(ref.weights[0], a.weights[0])
+    with pytest.raises(ValueError, match="baseline_learning_rate must be > 0"):
+        small_config(training={"baseline_learning_rate": 0.0})
+
+
 def test_mini_batch_and_measured_chi_and_chip_matvec(small_data):
     cfg = small_config(data={"train_examples": 600, "test_examples": 300},
                        optimizer={"batch_size": 4, "chi_update": "measured"})

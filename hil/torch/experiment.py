@@ -138,8 +138,8 @@ class TorchTrainer(EpochTrainer):
 
 
 class TorchBaseline:
-    """The fp32 baseline: the same network, initial weights, data order and learning rate,
-    trained by plain torch SGD."""
+    """The fp32 baseline: the same network, initial weights, data order and learning rate
+    (or `training.baseline_learning_rate`), trained by plain torch SGD."""
 
     def __init__(self, cfg: TorchExperimentConfig) -> None:
         self.cfg = cfg
@@ -147,7 +147,7 @@ class TorchBaseline:
         self.optimizer = torch.optim.SGD(self.model.parameters(), cfg.optimizer.learning_rate)
 
     def train_epoch(self, data: Dataset, epoch: int) -> float:
-        self.optimizer.param_groups[0]["lr"] = learning_rate(self.cfg, epoch)
+        self.optimizer.param_groups[0]["lr"] = learning_rate(self.cfg, epoch, baseline=True)
         order = epoch_order(self.cfg.seed, epoch, data.train_x.shape[0])
         bs = self.cfg.optimizer.batch_size
         for s in range(0, order.size, bs):
