@@ -152,18 +152,15 @@ def _stop_on_eof(server, follower) -> None:
     must not stay at "running" when the run is over."""
     from tornado.ioloop import IOLoop
 
+    from hil.run_state import FINAL_STATES
     from hil.watch.live import END_PUSH_S, END_STATUS_WAIT_S
     loop = IOLoop.current()
 
     def wait() -> None:
         for _ in sys.stdin:
             pass
-        end = time.monotonic() + END_STATUS_WAIT_S
-        while time.monotonic() < end:
-            model = follower.model
-            if model is not None and model.header.status not in ("running", "paused"):
-                break
-            time.sleep(0.05)
+        follower.wait_for(lambda model: model is not None
+                          and model.header.status in FINAL_STATES, END_STATUS_WAIT_S)
         time.sleep(END_PUSH_S)
         loop.add_callback(loop.stop)
     threading.Thread(target=wait, name="pcm-hil-watch-stdin", daemon=True).start()

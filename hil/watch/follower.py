@@ -22,7 +22,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -289,13 +289,17 @@ class LogFollower:
             self._thread.join(timeout=timeout_s)
             self._thread = None
 
+    def wait_for(self, predicate: Callable[[Optional[PageModel]], bool],
+                 timeout_s: float) -> Optional[PageModel]:
+        """Block until `predicate(model)` holds for a loaded commit (or the timeout
+        passes); returns the model then."""
+        with self.changed:
+            self.changed.wait_for(lambda: predicate(self.model), timeout_s)
+        return self.model
+
     def wait_for_model(self, timeout_s: float) -> Optional[PageModel]:
         """Block until a first commit is loaded (or the timeout passes)."""
-        end = time.monotonic() + timeout_s
-        with self.changed:
-            while self.model is None and time.monotonic() < end:
-                self.changed.wait(min(0.2, max(0.0, end - time.monotonic())))
-        return self.model
+        return self.wait_for(lambda model: model is not None, timeout_s)
 
 
 def _paused_by_events(events: List[m.Event]) -> Optional[str]:
