@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
 from hil.benchmarks import report, suite
+from hil.config import TorchExperimentConfig
 
 # Keys that are null only when an optional part is skipped.
 OPTIONAL = {"aihwkit_examples_per_s", "ratio_aihwkit"}
@@ -55,7 +57,20 @@ def test_bench_tiny_writes_every_figure_and_leaves_the_readme(tmp_path, capsys):
         for row in r["cnn"].values():
             for key in ("examples_per_s", "fp32_examples_per_s", "ratio_fp32"):
                 assert _number(row[key]) and row[key] > 0, key
-            assert row["torch_threads"] == 1   # chip, fp32 and aihwkit alike
+            # every tool at every thread count the machine has cores for, each at its best
+            counts = row["thread_counts"]
+            assert counts == [t for t in (1, 2) if t <= (os.cpu_count() or 1)]
+            assert sorted(row["by_threads"]) == [str(t) for t in counts]
+            assert row["examples_per_s"] == max(
+                m["examples_per_s"] for m in row["by_threads"].values())
+            assert row["examples_per_s"] == \
+                row["by_threads"][str(row["torch_threads"])]["examples_per_s"]
+            assert row["fp32_examples_per_s"] == max(
+                m["fp32_examples_per_s"] for m in row["by_threads"].values())
+            # the shipped config's step per example at every batch size
+            shipped = TorchExperimentConfig().optimizer
+            assert row["learning_rate"] == pytest.approx(
+                shipped.learning_rate * row["batch"] / shipped.batch_size)
         m = r["mlp_torch"]
         assert m["identical_steps"] == m["steps"] and m["first_different_step"] is None
         assert m["numpy_set_pulses"] == m["torch_set_pulses"] > 0
@@ -84,7 +99,7 @@ def test_bench_only_torch_measures_the_hil_torch_figures_alone(tmp_path, capsys)
         assert _number(row["aihwkit_examples_per_s"]) or row["aihwkit_skip_reason"]
     _check_lstm_gan(r["lstm_gan"])
     captured = capsys.readouterr()
-    assert "batch 32, 1 torch thread(s)" in captured.out
+    assert "batch 32 at lr 0.2, best of " in captured.out
     assert "character-level LSTM (configs/shakespeare_lstm.yaml)" in captured.out
     assert "`scripts/bench --only torch`" in captured.out
     assert readme.read_text() == before

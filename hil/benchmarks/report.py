@@ -106,15 +106,22 @@ def _torch_rows(r: Dict[str, Any], cmd: str) -> List[tuple]:
     for row in r["cnn"].values():
         b = row["batch"]
         t_fp32, t_aihw = targets.get(b, ("", ""))
+        counts = " and ".join(str(t) for t in row["thread_counts"])
         rows.append((f"CNN (LeNet-5, tanh, max-pool) training throughput through hil.torch, "
-                     f"in-process simulated chip, batch {b}, "
-                     f"{row['torch_threads']} torch thread(s)",
+                     f"in-process simulated chip, batch {b} at lr {row['learning_rate']:g}, "
+                     f"best of {counts} torch thread(s): at {row['torch_threads']}",
                      f"{row['examples_per_s']:,.0f} examples/s", "", cmd))
         rows.append((f"… against the same CNN in plain torch fp32 "
-                     f"({row['fp32_examples_per_s']:,.0f} examples/s, same batch)",
-                     _x(row["ratio_fp32"]), t_fp32, cmd))
+                     f"({row['fp32_examples_per_s']:,.0f} examples/s, same batch, best at "
+                     f"{row['fp32_threads']} thread(s))", _x(row["ratio_fp32"]), t_fp32, cmd))
+        same = row.get("ratio_aihwkit_same_threads") or {}
+        at_same = "; at equal thread counts " + ", ".join(
+            f"{_x(v, 1)} ({t})" for t, v in same.items()) if same else ""
         rows.append(("… against aihwkit AnalogConv2d/AnalogLinear, MixedPrecisionCompound("
-                     "PCMPresetUnitCell), measured in this run",
+                     "PCMPresetUnitCell), measured in this run, each at its best thread count"
+                     + (f" (aihwkit {row['aihwkit_examples_per_s']:,.0f} examples/s at "
+                        f"{row['aihwkit_threads']}{at_same})"
+                        if row["ratio_aihwkit"] is not None else ""),
                      _x(row["ratio_aihwkit"], 1) if row["ratio_aihwkit"] is not None
                      else "skipped (aihwkit not installed, docs/benchmarks.md)", t_aihw, cmd))
         if row["ratio_aihwkit_reference"] is not None:

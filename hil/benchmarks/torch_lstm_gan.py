@@ -7,7 +7,8 @@ on the same windows or digits and latents, with the same plain SGD: the chip thr
 mixed-precision core (hil.char_lstm_experiment, hil.gan_experiment), fp32 through their fp32
 counterparts. Both sides' epochs end with the same small scoring (3,200 holdout characters;
 500 generated digits), so that is inside both times; the chip's one-off initial programming
-is not. One torch thread on both sides (hil.benchmarks.torch_cnn explains why).
+is not. One torch thread on both sides: the two sides run the same torch code, and on a
+shared machine a second thread spins against the other load (hil.benchmarks.torch_cnn).
 """
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ import os
 import time
 from typing import Any, Dict, List
 
-from hil.benchmarks.torch_cnn import TORCH_THREADS
 from hil.lstm_gan_study import CONFIGS, with_settings
+
+#: torch intra-op threads of both sides.
+TORCH_THREADS = 1
 
 #: The checkout the shipped configs are read from.
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
