@@ -57,8 +57,10 @@ def median_interval(values: Sequence[float], level: float = 0.95
     v = sorted(values)
     n = len(v)
     best = None
+    below = 0   # the count of Binomial(n, 1/2) outcomes <= k
     for k in range(n // 2):   # P(v[k] <= median <= v[n-1-k]) = 1 - 2·P(Binomial(n, 1/2) <= k)
-        if 1.0 - 2.0 * sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n < level:
+        below += math.comb(n, k)
+        if 1.0 - 2.0 * below / 2.0 ** n < level:
             break
         best = (v[k], v[n - 1 - k])
     return best
