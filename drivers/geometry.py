@@ -81,7 +81,8 @@ def ascending_order(addresses: np.ndarray, *,
                     command: str | None = None) -> Optional[np.ndarray]:
     """The permutation that sorts a batch (None when it already is strictly ascending, the
     common case, checked in one pass); AddressError if it names a device twice."""
-    if addresses.size < 2 or bool((addresses[1:] > addresses[:-1]).all()):
+    if addresses.size < 2 or bool(np.logical_and.reduce(addresses[1:] > addresses[:-1],
+                                                        axis=None)):
         return None
     order = np.argsort(addresses, kind="stable")
     s = addresses[order]

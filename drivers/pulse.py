@@ -56,7 +56,8 @@ def check_pulse_counts(addresses: np.ndarray, n_pulses: np.ndarray, max_pulses: 
     if n.shape != np.shape(addresses):
         raise ChipError(f"n_pulses has shape {n.shape}, addresses {np.shape(addresses)}",
                         command=command)
-    if n.size and (n.min() < 0 or n.max() > max_pulses):
+    if n.size and (np.minimum.reduce(n, axis=None) < 0
+                   or np.maximum.reduce(n, axis=None) > max_pulses):
         bad = (n < 0) | (n > max_pulses)
         raise SafetyLimitError(f"{limit_name} must be in 0..{max_pulses}", command=command,
                                devices=np.asarray(addresses)[bad])

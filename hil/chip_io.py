@@ -187,8 +187,10 @@ class ChipIO:
         c = self.counters
         c.program_commands += 1
         c.largest_batch = max(c.largest_batch, int(addresses.size))
-        c.most_pulses_per_device = max(c.most_pulses_per_device, int(n_pulses.max()))
-        total = int(n_pulses.sum())
+        # ufunc reductions: without the Python wrappers of .max()/.sum() (a batch is small)
+        c.most_pulses_per_device = max(c.most_pulses_per_device,
+                                       int(np.maximum.reduce(n_pulses, axis=None)))
+        total = int(np.add.reduce(n_pulses, axis=None, dtype=np.int64))
         c.devices_pulsed += int(np.count_nonzero(n_pulses))
         if pulse.kind is PulseKind.SET:
             self.counters.set_pulses += total

@@ -412,7 +412,7 @@ class MixedPrecisionCore:
                 w_after -= w_before   # now the change the chip made
                 self.chi.chi[i].reshape(-1)[plan.flat] += nominal - w_after
             pos += k
-        total = int(n.sum())
+        total = int(np.add.reduce(n, dtype=np.int64))
         self.totals.update_set += total
         return total
 
@@ -424,7 +424,7 @@ class MixedPrecisionCore:
             return plan
         g = self.cache.blocks[block].conductance(plan.flat, plan.positive)
         keep = g < self.saturation_us
-        if keep.all():
+        if np.logical_and.reduce(keep):
             return plan
         self.skipped_saturated += int(plan.n[~keep].sum())
         return PulsePlan(plan.flat[keep], plan.n[keep], plan.positive[keep],

@@ -146,7 +146,7 @@ def normal(h: np.ndarray) -> np.ndarray:
     u1 = (high half + 1/2)/2^32 gives the radius sqrt(-2 log u1), the low half the angle
     2π(low + 1/2)/2^32; log and cos are drivers.portable_math's, so a draw has the same bits
     on every machine (numpy's np.log/np.cos pick SIMD kernels by CPU feature)."""
-    shape = np.shape(h)
+    shape = h.shape if isinstance(h, np.ndarray) else np.shape(h)
     h = np.ascontiguousarray(h, dtype=_U64).reshape(-1)
     halves = h.view(np.uint32).reshape(-1, 2)
     u1 = np.add(halves[:, 1 - _LO], _HALF, dtype=np.float64)

@@ -26,8 +26,10 @@ _SET_TABLE_SIZE = 1024
 
 
 def _shape(x: object) -> tuple:
-    """np.shape, without its wrapper for the common case of an array."""
-    return x.shape if isinstance(x, np.ndarray) else np.shape(x)
+    """np.shape, without its wrapper for the common cases of an array and a float."""
+    if isinstance(x, np.ndarray):
+        return x.shape
+    return () if isinstance(x, float) else np.shape(x)
 
 
 @dataclass(frozen=True)

@@ -33,14 +33,19 @@ from sim_backend import counter_rng as crng
 from sim_backend.counter_rng import Stream
 from sim_backend.pcm_model import PcmModel
 
+#: The command name of a program batch by pulse kind (Enum.name is a slow property).
+_PROGRAM = {k: f"PROGRAM_{k.name}" for k in PulseKind}
+
 STATE_BYTES_PER_DEVICE = 16
 STATE_FORMAT = "pcm-hil-sim-state/1"
 _U64_16 = np.array(16, dtype=np.uint64)
 _U16_ONE = np.array(1, dtype=np.uint16)
 _U16_MAX = np.iinfo(np.uint16).max
 #: A SET batch of at most this many (device, pulse) slots draws for every device at every
-#: pulse index (fewest numpy calls); a larger one only for the pulses it applies (least work).
-_DENSE_SET_DRAWS = 4096
+#: pulse index (fewest numpy calls); a larger one only for the pulses it applies (least work:
+#: about 7 % less time per PROGRAM_READ than the dense way on the CNN's batches of ~250
+#: devices, most of them pulsed once).
+_DENSE_SET_DRAWS = 256
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,7 @@ class SimulatedChip(ChipBackend):
         return self._drifted(addr).astype(np.float32)
 
     def program(self, addresses: np.ndarray, n_pulses: np.ndarray, pulse: PulseSpec) -> None:
-        cmd = "PROGRAM_" + pulse.kind.name
+        cmd = _PROGRAM[pulse.kind]
         addr = self._check(addresses, cmd)
         n = self.limits.check_program(addr, n_pulses, pulse, cmd)
         ascending_order(addr, command=cmd)   # refuses a device named twice
@@ -188,7 +193,7 @@ class SimulatedChip(ChipBackend):
         program() followed by read(); RESET batches and batches with zero pulse counts take
         that path itself.
         """
-        cmd = "PROGRAM_" + pulse.kind.name
+        cmd = _PROGRAM[pulse.kind]
         addr = self._check(addresses, cmd)
         n = self.limits.check_program(addr, n_pulses, pulse, cmd)
         ascending_order(addr, command=cmd)   # refuses a device named twice
@@ -327,31 +332,31 @@ class SimulatedChip(ChipBackend):
         The k-th pulse of device i draws with counter ev[i] + k; every draw of the command
         comes from one hash pass. A small batch draws for every device at every k up to the
         largest count (a device with fewer pulses ignores the rest: draws are pure functions
-        of their keys), which costs fewest numpy calls; a large one sorts its devices by pulse
-        count so that only live devices are drawn for and computed. `k_max` is n.max() when
-        the caller knows it.
+        of their keys), which costs fewest numpy calls; a large one draws for and computes
+        pulse k only on the devices with more than k pulses. `k_max` is n.max() when the
+        caller knows it.
         """
         size = a.size
         if k_max is None:
             k_max = int(n.max())
         if k_max > 1 and size * k_max > _DENSE_SET_DRAWS:
-            order = np.argsort(-n, kind="stable")
-            s_a, s_n = a[order], n[order]
-            live = np.searchsorted(-s_n, -np.arange(1, k_max + 1), side="right")
-            ev64 = ev[order].astype(np.uint64)
-            parts: list = [(Stream.SET, s_a[:m], ev64[:m] + np.uint64(k))
-                           for k, m in enumerate(live)]
-            z, scale, z_read = self._draws(parts, s_a, read_key, a)
-            g, nset = self._g[s_a], nset[order]
-            pos = 0
-            for k, m in enumerate(live):
-                g[:m] = self.model.set_pulse_counted(
-                    g[:m], nset[:m] + (k + 1), z[pos:pos + m],
-                    scale[:m] if isinstance(scale, np.ndarray) else scale)
+            # Pulse k (from 0) goes to the devices with n > k alone: most devices of a batch
+            # take one pulse, so the later pulses draw and compute for a few.
+            live = [np.flatnonzero(n > k) for k in range(1, k_max)]
+            ev64 = ev.astype(np.uint64)
+            parts: list = [(Stream.SET, a, ev)]
+            parts += [(Stream.SET, a[i], ev64[i] + np.uint64(k)) for k, i in enumerate(live, 1)]
+            z, scale, z_read = self._draws(parts, a, read_key, a)
+            g = self._g[a]
+            g[...] = self.model.set_pulse_counted(g, nset + 1, z[:size], scale)
+            pos = size
+            for k, i in enumerate(live, 1):
+                m = i.size
+                g[i] = self.model.set_pulse_counted(
+                    g[i], nset[i] + (k + 1), z[pos:pos + m],
+                    scale[i] if isinstance(scale, np.ndarray) else scale)
                 pos += m
-            out = np.empty_like(g)
-            out[order] = g
-            return out, z_read
+            return g, z_read
         parts = [(Stream.SET, a, ev)]
         if k_max > 1:
             ev64 = ev.astype(np.uint64)

@@ -29,13 +29,14 @@ def test_jap_monte_carlo_matches_paper_table():
         assert stds[n] == pytest.approx(s, abs=0.05), n
 
 
-def test_multi_pulse_command_equals_single_pulses():
+@pytest.mark.parametrize("devices", [40, 1000])   # both ways of _set_levels: dense, live only
+def test_multi_pulse_command_equals_single_pulses(devices):
     """n pulses in one command follow the same draws as n commands of one pulse."""
     model = PcmModel.preset("jap")
     a = SimulatedChip(model, Geometry(1, 10, 100), seed=3)
     b = SimulatedChip(model, Geometry(1, 10, 100), seed=3)
-    addr = np.arange(1000, dtype=np.uint32)
-    n = np.arange(1000) % 5
+    addr = np.arange(devices, dtype=np.uint32)
+    n = np.arange(devices) % 5
     a.program(addr, n, PulseSpec.set())
     for k in range(5):
         sel = n > k

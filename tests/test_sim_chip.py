@@ -178,7 +178,7 @@ def _batch(rng, size, lo, hi, pulse=PulseSpec.set(), idle_s=0.0):
 @pytest.mark.parametrize("shape", [
     "one pulse each",            # the fast path, one draw per device
     "a few pulses each",         # fast path, every device drawn at every pulse index
-    "large, several pulses",     # fast path, devices sorted by pulse count
+    "large, several pulses",     # fast path, later pulses drawn for live devices alone
     "some zero counts",          # general path
     "reset",                     # general path
     "empty",
