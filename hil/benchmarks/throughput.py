@@ -11,7 +11,8 @@ import numpy as np
 from hil.benchmarks.common import open_sim_chip
 from hil.config import ExperimentConfig
 from hil.epoch_loop import epoch_order, learning_rate
-from hil.training import BaselineTrainer, Dataset, initial_weights, run_experiment
+from hil.training import (BaselineTrainer, Dataset, MixedPrecisionTrainer, initial_weights,
+                          run_experiment)
 
 F32 = np.float32
 
@@ -27,6 +28,24 @@ def run_in_process(cfg: ExperimentConfig, data: Dataset) -> Dict[str, Any]:
     """One epoch of mixed-precision training on an in-process simulated chip."""
     with open_sim_chip(cfg) as be:
         return run_experiment(cfg, be, data=data)
+
+
+def mp_steps_examples_per_s(cfg: ExperimentConfig, data: Dataset) -> float:
+    """Mixed precision timed as the textbook loop and aihwkit are: the training steps of one
+    epoch alone (forward, backward, χ, the PROGRAM_READ of the pulses, refreshes), on an
+    in-process simulated chip; the one-off initial programming, the epoch's closing full read
+    and its test evaluation excluded (the other loops have none of them)."""
+    with open_sim_chip(cfg) as be:
+        trainer = MixedPrecisionTrainer(cfg, be)
+        trainer.initialize()
+        order = epoch_order(cfg.seed, 0, data.train_x.shape[0])
+        lr, bs = learning_rate(cfg, 0), cfg.optimizer.batch_size
+        x, y = data.train_x, data.train_y
+        t0 = time.perf_counter()
+        for s in range(0, order.size, bs):
+            idx = order[s:s + bs]
+            trainer.train_step(x[idx], y[idx], lr)
+        return order.size / (time.perf_counter() - t0)
 
 
 def fp32_textbook_epoch(weights: List[np.ndarray], x: np.ndarray, y: np.ndarray,
