@@ -106,8 +106,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="torch CPU threads (default 1: on cores other work shares, more "
                         "threads run slower)")
     a = p.parse_args(argv)
-    import torch
-    torch.set_num_threads(a.threads)
+    from hil.torch.threads import torch_threads
+    with torch_threads(a.threads):
+        return _runs(a)
+
+
+def _runs(a: argparse.Namespace) -> int:
+    """Every seed's runs, then the mean ± std over the seeds."""
     score, base, gap = SCORES[a.experiment]
     rows = []
     for seed in a.seeds:

@@ -66,11 +66,7 @@ def gan_figures(digits: int) -> Dict[str, Any]:
 
 def lstm_gan_figures(chars: int, digits: int, threads: int = TORCH_THREADS) -> Dict[str, Any]:
     """Both, at `threads` torch threads (restored afterwards)."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    from hil.torch.threads import torch_threads
+    with torch_threads(threads):
         return {"lstm": lstm_figures(chars), "gan": gan_figures(digits),
                 "torch_threads": threads}
-    finally:
-        torch.set_num_threads(before)

@@ -22,13 +22,12 @@ import sys
 import time
 from typing import List, Optional
 
-import torch
-
 from drivers.typed_yaml import read_yaml
 from hil.backend_url import open_backend
 from hil.config import TorchExperimentConfig, apply_settings, config_from_dict
 from hil.mnist import load_mnist
 from hil.torch.experiment import TorchBaseline, torch_dataset
+from hil.torch.threads import torch_threads
 from hil.training import run_experiment
 
 
@@ -85,7 +84,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", default=os.path.join("runs", "cnn"))
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1)")
     a = p.parse_args(argv)
-    torch.set_num_threads(a.threads)
+    with torch_threads(a.threads):
+        return _study(a)
+
+
+def _study(a: argparse.Namespace) -> int:
+    """The tuning run, or every seed's runs and the mean ± std over the seeds."""
     if a.mode == "tune":
         cfg = study_config(a.config, a.set, "validation")
         tag = a.tag or ("tune-" + "-".join(s.replace("=", "") for s in a.set) or "tune")
